@@ -1,0 +1,792 @@
+//! The ledger state machine of one shard. Pure: no IO, no clock, no randomness.
+//!
+//! [`Ledger::apply`] takes a command and the cluster time the leader stamped on it, and returns
+//! an [`Outcome`]. Every balance change appends one hash-chained [`Entry`] to the caller's sink.
+//! Invariants are asserted on every apply, in release builds too: a broken invariant means the
+//! code is wrong, and stopping is safer than moving money on a corrupt state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Hash maps on the apply path: looked up, never iterated where iteration could decide an
+/// outcome. foldhash is several times faster than SipHash on short ids and is still seeded per
+/// process against collision flooding; snapshots sort their contents.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::account::AccountRef;
+use crate::command::{Command, CommandKind, HOLD_TIMEOUT_MAX_MS};
+use crate::entry::{Entry, EntryKind, Hash, genesis_hash};
+use crate::ids::{PlayerId, Reason, RoundId, TxId};
+use crate::money::{Amount, Balance, Currency};
+use crate::outcome::{Outcome, Receipt, Rejection};
+use crate::shard::ShardId;
+use crate::time::ClusterTime;
+
+/// Seven days of cluster time: how long ids, bets and rollback tombstones are remembered.
+pub const ID_RETENTION_DEFAULT_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
+
+/// Settings that every replica of a shard must share; they are part of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerConfig {
+    /// How long a transaction id is remembered, in cluster milliseconds. A retry arriving later
+    /// than this is treated as a new command. Default: 7 days.
+    pub id_retention_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { id_retention_ms: ID_RETENTION_DEFAULT_MS }
+    }
+}
+
+/// A 128-bit digest standing in for an id in the retained indexes.
+///
+/// Indexes hold one entry per id for the whole retention window, so they key by 16 bytes
+/// instead of the id text: no allocation, no string compares, a third of the memory. A
+/// collision needs ~2^64 work to find, and even then it can only make the second command
+/// a `Conflict`, never apply it twice.
+type Key = [u8; 16];
+
+fn digest16(parts: &[&[u8]]) -> Key {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize()[..16].try_into().expect("sha256 is 32 bytes")
+}
+
+fn id_key(tx: &TxId) -> Key {
+    digest16(&[b"tx", tx.as_str().as_bytes()])
+}
+
+fn round_key(player: &PlayerId, round: &RoundId) -> Key {
+    digest16(&[b"round", player.as_str().as_bytes(), round.as_str().as_bytes()])
+}
+
+/// What an applied command produced, compactly: the accounts can be rebuilt from the command
+/// itself (a duplicate carries the identical command), so only numbers are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct AppliedRecord {
+    seq: Option<u64>,
+    at: ClusterTime,
+    currency: Option<Currency>,
+    balances: [Balance; 2],
+}
+
+/// What the ledger remembers about a transaction id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IdRecord {
+    fingerprint: Key,
+    kind: CommandKind,
+    result: Result<AppliedRecord, Rejection>,
+}
+
+impl AppliedRecord {
+    fn from_receipt(r: &Receipt) -> Self {
+        assert!(r.balances.len() <= 2, "a command touches at most two accounts");
+        let mut balances = [Balance::default(); 2];
+        for (slot, (_, b)) in balances.iter_mut().zip(&r.balances) {
+            *slot = *b;
+        }
+        Self { seq: r.seq, at: r.at, currency: r.balances.first().map(|(a, _)| a.currency()), balances }
+    }
+
+    /// Rebuilds the original receipt. Accounts are listed debit first, as `post` lists them.
+    fn receipt(&self, cmd: &Command) -> Receipt {
+        let mut balances = Vec::with_capacity(2);
+        if let Some(c) = self.currency {
+            let wallet = |p: &PlayerId| AccountRef::player(p.clone(), c);
+            let accounts: Vec<AccountRef> = match cmd {
+                Command::OpenAccount { player, .. }
+                | Command::ReserveWithdrawal { player, .. }
+                | Command::CancelWithdrawal { player, .. } => vec![wallet(player)],
+                Command::Deposit { player, .. } => vec![AccountRef::External(c), wallet(player)],
+                Command::CommitWithdrawal { player, .. } => vec![wallet(player), AccountRef::External(c)],
+                Command::Bet { player, .. } => vec![wallet(player), AccountRef::House(c)],
+                Command::Win { player, .. } | Command::Rollback { player, .. } => {
+                    vec![AccountRef::House(c), wallet(player)]
+                }
+                Command::Transfer { from, to, .. } => vec![wallet(from), wallet(to)],
+                Command::Adjust { debit, credit, .. } => vec![debit.clone(), credit.clone()],
+            };
+            balances.extend(accounts.into_iter().zip(self.balances));
+        }
+        Receipt { seq: self.seq, at: self.at, balances }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Hold {
+    player: PlayerId,
+    currency: Currency,
+    amount: Amount,
+    expires_at: ClusterTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Bet {
+    round: Key,
+    currency: Currency,
+    amount: Amount,
+    rolled_back: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Round {
+    currency: Currency,
+    /// Bets in the round not rolled back.
+    live_bets: u32,
+    last_at: ClusterTime,
+}
+
+/// Something remembered only for the retention window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Retained {
+    Id(Key),
+    Tombstone(Key),
+    Round(Key),
+}
+
+/// A ledger entry about to be appended.
+struct Posting<'a> {
+    kind: EntryKind,
+    tx: &'a TxId,
+    debit: &'a AccountRef,
+    credit: &'a AccountRef,
+    amount: u64,
+    balances: Vec<(AccountRef, Balance)>,
+    round: Option<&'a RoundId>,
+    reference: Option<&'a TxId>,
+    reason: Option<&'a Reason>,
+}
+
+/// One shard's ledger.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    shard: ShardId,
+    config: LedgerConfig,
+    accounts: FastMap<AccountRef, Balance>,
+    ids: FastMap<Key, IdRecord>,
+    bets: FastMap<Key, Bet>,
+    rounds: FastMap<Key, Round>,
+    /// Bets rolled back before they arrived.
+    tombstones: FastMap<Key, ClusterTime>,
+    holds: BTreeMap<TxId, Hold>,
+    hold_expiry: BTreeSet<(ClusterTime, TxId)>,
+    /// In the order things were remembered, which is cluster-time order.
+    retention: VecDeque<(ClusterTime, Retained)>,
+    head_seq: u64,
+    head_hash: Hash,
+    last_at: ClusterTime,
+}
+
+impl Ledger {
+    /// An empty ledger for `shard`.
+    pub fn new(shard: ShardId, config: LedgerConfig) -> Self {
+        assert!(
+            config.id_retention_ms >= HOLD_TIMEOUT_MAX_MS,
+            "ids must outlive the longest hold, or a live hold could lose its reserve id"
+        );
+        Self {
+            shard,
+            config,
+            accounts: FastMap::default(),
+            ids: FastMap::default(),
+            bets: FastMap::default(),
+            rounds: FastMap::default(),
+            tombstones: FastMap::default(),
+            holds: BTreeMap::new(),
+            hold_expiry: BTreeSet::new(),
+            retention: VecDeque::new(),
+            head_seq: 0,
+            head_hash: genesis_hash(shard),
+            last_at: ClusterTime::default(),
+        }
+    }
+
+    /// The shard this ledger belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The shared settings.
+    pub fn config(&self) -> LedgerConfig {
+        self.config
+    }
+
+    /// Sequence number and hash of the last entry (`0` and the genesis hash when empty).
+    pub fn head(&self) -> (u64, Hash) {
+        (self.head_seq, self.head_hash)
+    }
+
+    /// The latest cluster time applied.
+    pub fn last_at(&self) -> ClusterTime {
+        self.last_at
+    }
+
+    /// An account's balance. House and external accounts always exist (zero until used); a
+    /// player wallet exists once opened.
+    pub fn balance(&self, account: &AccountRef) -> Option<Balance> {
+        match self.accounts.get(account) {
+            Some(b) => Some(*b),
+            None if account.player_id().is_none() => Some(Balance::default()),
+            None => None,
+        }
+    }
+
+    /// Every account that has been used, sorted by account.
+    pub fn accounts(&self) -> Vec<(AccountRef, Balance)> {
+        let mut all: Vec<_> = self.accounts.iter().map(|(a, b)| (a.clone(), *b)).collect();
+        all.sort_by(|x, y| x.0.cmp(&y.0));
+        all
+    }
+
+    /// The earliest time a pending hold expires, if any hold is pending. The leader proposes a
+    /// tick when this time has passed, so holds expire even when no command arrives.
+    pub fn next_hold_expiry(&self) -> Option<ClusterTime> {
+        self.hold_expiry.first().map(|(t, _)| *t)
+    }
+
+    /// How many ids are currently remembered.
+    pub fn remembered_ids(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Applies one command at cluster time `at`, appending its entries (and those of any holds
+    /// that expired first) to `sink`. Never fails: business results are in the [`Outcome`].
+    pub fn apply(&mut self, cmd: &Command, at: ClusterTime, sink: &mut Vec<Entry>) -> Outcome {
+        let at = self.advance(at, sink);
+        let fingerprint: Key = cmd.fingerprint()[..16].try_into().expect("sha256 is 32 bytes");
+        let key = id_key(cmd.tx());
+        if let Some(record) = self.ids.get(&key) {
+            return match (&record.result, record.fingerprint == fingerprint) {
+                (_, false) => Outcome::Conflict,
+                (Ok(applied), true) => Outcome::Duplicate(applied.receipt(cmd)),
+                (Err(rejection), true) => Outcome::AlreadyFailed(*rejection),
+            };
+        }
+        let result = cmd.validate().and_then(|()| self.execute(cmd, &key, at, sink));
+        let stored = result.as_ref().map(AppliedRecord::from_receipt).map_err(|r| *r);
+        if let (Ok(receipt), Ok(applied)) = (&result, &stored) {
+            debug_assert_eq!(&applied.receipt(cmd), receipt, "a duplicate must get the original receipt");
+        }
+        self.ids.insert(key, IdRecord { fingerprint, kind: cmd.kind(), result: stored });
+        self.retention.push_back((at, Retained::Id(key)));
+        match result {
+            Ok(receipt) => Outcome::Applied(receipt),
+            Err(rejection) => Outcome::Rejected(rejection),
+        }
+    }
+
+    /// Lets cluster time pass without a command: expires holds and forgets old ids.
+    pub fn tick(&mut self, at: ClusterTime, sink: &mut Vec<Entry>) {
+        self.advance(at, sink);
+    }
+
+    /// Moves cluster time forward (never back), then expires holds and prunes retention.
+    fn advance(&mut self, at: ClusterTime, sink: &mut Vec<Entry>) -> ClusterTime {
+        // A new leader's clock may be behind the previous leader's: time never goes backwards.
+        let at = at.max(self.last_at);
+        self.last_at = at;
+        while let Some((expires_at, hold_id)) = self.hold_expiry.first().cloned() {
+            if expires_at > at {
+                break;
+            }
+            self.release_hold(&hold_id, EntryKind::WithdrawalExpire, &hold_id, None, at, sink);
+        }
+        let horizon = at.minus_millis(self.config.id_retention_ms);
+        while let Some((when, _)) = self.retention.front() {
+            if *when > horizon {
+                break;
+            }
+            let (_, item) = self.retention.pop_front().expect("front exists");
+            self.forget(item, at);
+        }
+        at
+    }
+
+    fn forget(&mut self, item: Retained, at: ClusterTime) {
+        match item {
+            Retained::Id(key) => {
+                if let Some(record) = self.ids.remove(&key)
+                    && record.kind == CommandKind::Bet
+                {
+                    self.bets.remove(&key);
+                }
+            }
+            Retained::Tombstone(key) => {
+                self.tombstones.remove(&key);
+            }
+            Retained::Round(key) => {
+                let Some(r) = self.rounds.get(&key) else { return };
+                if r.last_at.plus_millis(self.config.id_retention_ms) <= at {
+                    self.rounds.remove(&key);
+                } else {
+                    // Still active: look at it again one window from now. Pushing `at` (not the
+                    // round's last activity) keeps the queue in time order.
+                    self.retention.push_back((at, Retained::Round(key)));
+                }
+            }
+        }
+    }
+
+    fn execute(
+        &mut self,
+        cmd: &Command,
+        key: &Key,
+        at: ClusterTime,
+        sink: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        match cmd {
+            Command::OpenAccount { tx, player, currency } => {
+                let wallet = AccountRef::player(player.clone(), *currency);
+                if self.accounts.contains_key(&wallet) {
+                    return Err(Rejection::AccountExists);
+                }
+                let balances = vec![(wallet.clone(), Balance::default())];
+                Ok(self.post(
+                    Posting {
+                        kind: EntryKind::Open,
+                        tx,
+                        debit: &wallet,
+                        credit: &wallet,
+                        amount: 0,
+                        balances,
+                        round: None,
+                        reference: None,
+                        reason: None,
+                    },
+                    at,
+                    sink,
+                ))
+            }
+            Command::Deposit { tx, player, currency, amount } => {
+                let wallet = AccountRef::player(player.clone(), *currency);
+                let external = AccountRef::External(*currency);
+                self.transfer(EntryKind::Deposit, tx, &external, &wallet, *amount, None, None, None, at, sink)
+            }
+            Command::ReserveWithdrawal { tx, player, currency, amount, timeout_ms } => {
+                let wallet = AccountRef::player(player.clone(), *currency);
+                let balance = self.existing(&wallet)?;
+                if balance.available() < amount.signed() {
+                    return Err(Rejection::InsufficientFunds);
+                }
+                let held = balance.held.checked_add(amount.signed()).ok_or(Rejection::BalanceOverflow)?;
+                let after = Balance { held, ..balance };
+                let external = AccountRef::External(*currency);
+                let receipt = self.post(
+                    Posting {
+                        kind: EntryKind::WithdrawalReserve,
+                        tx,
+                        debit: &wallet,
+                        credit: &external,
+                        amount: amount.minor(),
+                        balances: vec![(wallet.clone(), after)],
+                        round: None,
+                        reference: None,
+                        reason: None,
+                    },
+                    at,
+                    sink,
+                );
+                let expires_at = at.plus_millis(*timeout_ms);
+                self.holds.insert(
+                    tx.clone(),
+                    Hold { player: player.clone(), currency: *currency, amount: *amount, expires_at },
+                );
+                self.hold_expiry.insert((expires_at, tx.clone()));
+                Ok(receipt)
+            }
+            Command::CommitWithdrawal { tx, player, hold } => {
+                let h = self.pending_hold(player, hold)?;
+                let wallet = AccountRef::player(player.clone(), h.currency);
+                let external = AccountRef::External(h.currency);
+                let w = self.existing(&wallet)?;
+                let e = self.existing(&external)?;
+                let amt = h.amount.signed();
+                // held <= posted for players, so both subtractions stay >= 0.
+                let w_after = Balance { posted: w.posted - amt, held: w.held - amt };
+                let e_after = Balance { posted: e.posted.checked_add(amt).ok_or(Rejection::BalanceOverflow)?, ..e };
+                let receipt = self.post(
+                    Posting {
+                        kind: EntryKind::WithdrawalCommit,
+                        tx,
+                        debit: &wallet,
+                        credit: &external,
+                        amount: h.amount.minor(),
+                        balances: vec![(wallet.clone(), w_after), (external.clone(), e_after)],
+                        round: None,
+                        reference: Some(hold),
+                        reason: None,
+                    },
+                    at,
+                    sink,
+                );
+                self.holds.remove(hold);
+                self.hold_expiry.remove(&(h.expires_at, hold.clone()));
+                Ok(receipt)
+            }
+            Command::CancelWithdrawal { tx, player, hold } => {
+                self.pending_hold(player, hold)?;
+                Ok(self.release_hold(hold, EntryKind::WithdrawalCancel, tx, Some(hold), at, sink))
+            }
+            Command::Bet { tx, player, round, currency, amount } => {
+                if self.tombstones.contains_key(key) {
+                    return Err(Rejection::BetRolledBack);
+                }
+                let rkey = round_key(player, round);
+                if let Some(r) = self.rounds.get(&rkey)
+                    && r.currency != *currency
+                {
+                    return Err(Rejection::CurrencyMismatch);
+                }
+                let wallet = AccountRef::player(player.clone(), *currency);
+                let house = AccountRef::House(*currency);
+                let receipt =
+                    self.transfer(EntryKind::Bet, tx, &wallet, &house, *amount, Some(round), None, None, at, sink)?;
+                self.bets.insert(*key, Bet { round: rkey, currency: *currency, amount: *amount, rolled_back: false });
+                match self.rounds.get_mut(&rkey) {
+                    Some(r) => {
+                        r.live_bets += 1;
+                        r.last_at = at;
+                    }
+                    None => {
+                        self.rounds.insert(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
+                        self.retention.push_back((at, Retained::Round(rkey)));
+                    }
+                }
+                Ok(receipt)
+            }
+            Command::Win { tx, player, round, currency, amount } => {
+                let rkey = round_key(player, round);
+                let r = self.rounds.get(&rkey).ok_or(Rejection::UnknownRound)?;
+                if r.currency != *currency {
+                    return Err(Rejection::CurrencyMismatch);
+                }
+                if r.live_bets == 0 {
+                    return Err(Rejection::RoundRolledBack);
+                }
+                let wallet = AccountRef::player(player.clone(), *currency);
+                let house = AccountRef::House(*currency);
+                let receipt =
+                    self.transfer(EntryKind::Win, tx, &house, &wallet, *amount, Some(round), None, None, at, sink)?;
+                self.rounds.get_mut(&rkey).expect("checked above").last_at = at;
+                Ok(receipt)
+            }
+            Command::Rollback { tx, player, round, bet } => self.rollback(tx, player, round, bet, at, sink),
+            Command::Transfer { tx, from, to, currency, amount } => {
+                let from = AccountRef::player(from.clone(), *currency);
+                let to = AccountRef::player(to.clone(), *currency);
+                self.transfer(EntryKind::Transfer, tx, &from, &to, *amount, None, None, None, at, sink)
+            }
+            Command::Adjust { tx, debit, credit, currency, amount, reason } => {
+                if debit.currency() != *currency || credit.currency() != *currency {
+                    return Err(Rejection::CurrencyMismatch);
+                }
+                self.transfer(EntryKind::Adjustment, tx, debit, credit, *amount, None, None, Some(reason), at, sink)
+            }
+        }
+    }
+
+    fn rollback(
+        &mut self,
+        tx: &TxId,
+        player: &PlayerId,
+        round: &RoundId,
+        bet_id: &TxId,
+        at: ClusterTime,
+        sink: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        let no_entry = Receipt { seq: None, at, balances: Vec::new() };
+        let bet_key = id_key(bet_id);
+        let Some(bet) = self.bets.get(&bet_key) else {
+            return match self.ids.get(&bet_key) {
+                // The bet failed, so there is nothing to reverse.
+                Some(record) if record.kind == CommandKind::Bet => Ok(no_entry),
+                Some(_) => Err(Rejection::NotABet),
+                None => {
+                    // The rollback overtook its bet. Remember it so the bet is refused later.
+                    self.tombstones.insert(bet_key, at);
+                    self.retention.push_back((at, Retained::Tombstone(bet_key)));
+                    Ok(no_entry)
+                }
+            };
+        };
+        let rkey = round_key(player, round);
+        if bet.round != rkey {
+            return Err(Rejection::BetMismatch);
+        }
+        if bet.rolled_back {
+            return Err(Rejection::BetAlreadyRolledBack);
+        }
+        let (currency, amount) = (bet.currency, bet.amount);
+        let wallet = AccountRef::player(player.clone(), currency);
+        let house = AccountRef::House(currency);
+        let receipt =
+            self.transfer(EntryKind::Rollback, tx, &house, &wallet, amount, Some(round), Some(bet_id), None, at, sink)?;
+        self.bets.get_mut(&bet_key).expect("checked above").rolled_back = true;
+        if let Some(r) = self.rounds.get_mut(&rkey) {
+            r.live_bets = r.live_bets.checked_sub(1).expect("a live bet was counted in its round");
+            r.last_at = at;
+        }
+        Ok(receipt)
+    }
+
+    /// The balance of an account that must exist: players must have opened their wallet.
+    fn existing(&self, account: &AccountRef) -> Result<Balance, Rejection> {
+        self.balance(account).ok_or(Rejection::UnknownAccount)
+    }
+
+    fn pending_hold(&self, player: &PlayerId, hold: &TxId) -> Result<Hold, Rejection> {
+        match self.holds.get(hold) {
+            Some(h) if h.player == *player => Ok(h.clone()),
+            // Another player's hold is reported as unknown, not as someone else's.
+            Some(_) => Err(Rejection::UnknownHold),
+            None => match self.ids.get(&id_key(hold)) {
+                Some(r) if r.kind == CommandKind::ReserveWithdrawal && r.result.is_ok() => Err(Rejection::HoldSettled),
+                _ => Err(Rejection::UnknownHold),
+            },
+        }
+    }
+
+    /// Releases a pending hold without posting (cancel or expiry).
+    fn release_hold(
+        &mut self,
+        hold_id: &TxId,
+        kind: EntryKind,
+        tx: &TxId,
+        reference: Option<&TxId>,
+        at: ClusterTime,
+        sink: &mut Vec<Entry>,
+    ) -> Receipt {
+        let h = self.holds.remove(hold_id).expect("caller checked the hold is pending");
+        assert!(self.hold_expiry.remove(&(h.expires_at, hold_id.clone())), "every hold has an expiry");
+        let wallet = AccountRef::player(h.player.clone(), h.currency);
+        let w = self.accounts.get(&wallet).copied().expect("a hold's wallet exists");
+        let after = Balance { held: w.held - h.amount.signed(), ..w };
+        let external = AccountRef::External(h.currency);
+        self.post(
+            Posting {
+                kind,
+                tx,
+                debit: &wallet,
+                credit: &external,
+                amount: h.amount.minor(),
+                balances: vec![(wallet.clone(), after)],
+                round: None,
+                reference,
+                reason: None,
+            },
+            at,
+            sink,
+        )
+    }
+
+    /// Moves `amount` of posted balance from `debit` to `credit`, after checking that both
+    /// accounts exist, a debited player can afford it, and nothing overflows.
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        kind: EntryKind,
+        tx: &TxId,
+        debit: &AccountRef,
+        credit: &AccountRef,
+        amount: Amount,
+        round: Option<&RoundId>,
+        reference: Option<&TxId>,
+        reason: Option<&Reason>,
+        at: ClusterTime,
+        sink: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        assert_eq!(debit.currency(), credit.currency(), "postings never cross currencies");
+        let d = self.existing(debit)?;
+        let c = self.existing(credit)?;
+        let amt = amount.signed();
+        if debit.player_id().is_some() && d.available() < amt {
+            return Err(Rejection::InsufficientFunds);
+        }
+        let d_after = Balance { posted: d.posted.checked_sub(amt).ok_or(Rejection::BalanceOverflow)?, ..d };
+        let c_after = Balance { posted: c.posted.checked_add(amt).ok_or(Rejection::BalanceOverflow)?, ..c };
+        Ok(self.post(
+            Posting {
+                kind,
+                tx,
+                debit,
+                credit,
+                amount: amount.minor(),
+                balances: vec![(debit.clone(), d_after), (credit.clone(), c_after)],
+                round,
+                reference,
+                reason,
+            },
+            at,
+            sink,
+        ))
+    }
+
+    /// Writes new balances, appends the entry and checks the invariants it could break.
+    fn post(&mut self, p: Posting<'_>, at: ClusterTime, sink: &mut Vec<Entry>) -> Receipt {
+        let currency = p.debit.currency();
+        let mut delta: i128 = 0;
+        for (account, after) in &p.balances {
+            assert_eq!(account.currency(), currency, "an entry touches one currency");
+            let before = match self.accounts.get_mut(account) {
+                Some(slot) => std::mem::replace(slot, *after),
+                None => {
+                    self.accounts.insert(account.clone(), *after);
+                    Balance::default()
+                }
+            };
+            delta += i128::from(after.posted) - i128::from(before.posted);
+            if account.player_id().is_some() {
+                assert!(
+                    after.held >= 0 && after.held <= after.posted,
+                    "player balance below zero or over-held: {account} {after:?}"
+                );
+            } else {
+                assert_eq!(after.held, 0, "system accounts hold nothing");
+            }
+        }
+        // Each entry conserves money, so the per-currency sum over all accounts stays zero;
+        // check_invariants re-adds the whole sum.
+        assert_eq!(delta, 0, "money not conserved in {currency}: {:?} moved {delta}", p.kind);
+        assert!(at >= self.last_at, "cluster time went backwards");
+
+        let mut entry = Entry {
+            shard: self.shard,
+            seq: self.head_seq.checked_add(1).expect("sequence overflow"),
+            at,
+            kind: p.kind,
+            tx: p.tx.clone(),
+            debit: p.debit.clone(),
+            credit: p.credit.clone(),
+            amount: p.amount,
+            balances: p.balances,
+            round: p.round.cloned(),
+            reference: p.reference.cloned(),
+            reason: p.reason.cloned(),
+            prev_hash: self.head_hash,
+            hash: [0; 32],
+        };
+        entry.hash = entry.compute_hash();
+        assert_eq!(entry.prev_hash, self.head_hash, "hash chain must link");
+        self.head_seq = entry.seq;
+        self.head_hash = entry.hash;
+        let receipt = Receipt { seq: Some(entry.seq), at, balances: entry.balances.clone() };
+        sink.push(entry);
+        receipt
+    }
+
+    /// Re-checks every invariant over the whole state. O(accounts); used by tests, property tests
+    /// and before every snapshot.
+    pub fn check_invariants(&self) {
+        let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+        let mut held_by_player: BTreeMap<AccountRef, i64> = BTreeMap::new();
+        for (account, balance) in &self.accounts {
+            *sums.entry(account.currency()).or_insert(0) += i128::from(balance.posted);
+            if account.player_id().is_some() {
+                assert!(balance.held >= 0 && balance.held <= balance.posted, "{account}: {balance:?}");
+            } else {
+                assert_eq!(balance.held, 0, "{account} holds money");
+            }
+        }
+        for (currency, sum) in &sums {
+            assert_eq!(*sum, 0, "money not conserved in {currency}");
+        }
+        for (id, hold) in &self.holds {
+            assert!(self.hold_expiry.contains(&(hold.expires_at, id.clone())), "hold {id} has no expiry");
+            let wallet = AccountRef::player(hold.player.clone(), hold.currency);
+            *held_by_player.entry(wallet).or_insert(0) += hold.amount.signed();
+        }
+        assert_eq!(self.hold_expiry.len(), self.holds.len(), "expiry index out of step with holds");
+        for (account, balance) in &self.accounts {
+            let held = held_by_player.get(account).copied().unwrap_or(0);
+            assert_eq!(balance.held, held, "{account}: held differs from its pending holds");
+        }
+        let mut last = ClusterTime::default();
+        for (when, _) in &self.retention {
+            assert!(*when >= last, "retention queue out of time order");
+            last = *when;
+        }
+    }
+
+    /// The state as a plain value with every collection in a canonical order, for snapshots.
+    pub fn to_image(&self) -> LedgerImage {
+        let mut ids: Vec<_> = self.ids.iter().map(|(k, v)| (*k, v.clone())).collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut bets: Vec<_> = self.bets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        bets.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rounds: Vec<_> = self.rounds.iter().map(|(k, v)| (*k, v.clone())).collect();
+        rounds.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tombstones: Vec<_> = self.tombstones.iter().map(|(k, v)| (*k, *v)).collect();
+        tombstones.sort();
+        LedgerImage {
+            shard: self.shard,
+            config: self.config,
+            accounts: self.accounts(),
+            ids,
+            bets,
+            rounds,
+            tombstones,
+            holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            retention: self.retention.iter().cloned().collect(),
+            head_seq: self.head_seq,
+            head_hash: self.head_hash,
+            last_at: self.last_at,
+        }
+    }
+
+    /// Rebuilds a ledger from an image and checks its invariants.
+    pub fn from_image(image: LedgerImage) -> Self {
+        let mut ledger = Self::new(image.shard, image.config);
+        ledger.accounts = image.accounts.into_iter().collect();
+        ledger.ids = image.ids.into_iter().collect();
+        ledger.bets = image.bets.into_iter().collect();
+        ledger.rounds = image.rounds.into_iter().collect();
+        ledger.tombstones = image.tombstones.into_iter().collect();
+        ledger.hold_expiry = image.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect();
+        ledger.holds = image.holds.into_iter().collect();
+        ledger.retention = image.retention.into_iter().collect();
+        ledger.head_seq = image.head_seq;
+        ledger.head_hash = image.head_hash;
+        ledger.last_at = image.last_at;
+        ledger.check_invariants();
+        ledger
+    }
+}
+
+/// A ledger's state in canonical order: what a snapshot stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerImage {
+    shard: ShardId,
+    config: LedgerConfig,
+    accounts: Vec<(AccountRef, Balance)>,
+    ids: Vec<(Key, IdRecord)>,
+    bets: Vec<(Key, Bet)>,
+    rounds: Vec<(Key, Round)>,
+    tombstones: Vec<(Key, ClusterTime)>,
+    holds: Vec<(TxId, Hold)>,
+    retention: Vec<(ClusterTime, Retained)>,
+    head_seq: u64,
+    head_hash: Hash,
+    last_at: ClusterTime,
+}
+
+impl LedgerImage {
+    /// Sequence number and hash of the last entry the image includes.
+    pub fn head(&self) -> (u64, Hash) {
+        (self.head_seq, self.head_hash)
+    }
+
+    /// The shard the image belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! Outcomes of applying a command. Business results are values, not errors.
+//!
+//! A command is either applied, a duplicate of one already applied, rejected (and the rejection
+//! remembered under its id), or a conflict: its id was used before with a different payload.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::account::AccountRef;
+use crate::money::Balance;
+use crate::time::ClusterTime;
+
+/// Which id field of a command is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdField {
+    /// The transaction id (idempotency key).
+    Tx,
+    /// A player id.
+    Player,
+    /// A game round id.
+    Round,
+}
+
+impl std::fmt::Display for IdField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tx => "transaction id",
+            Self::Player => "player id",
+            Self::Round => "round id",
+        })
+    }
+}
+
+/// Why a command was not applied.
+///
+/// The first group is wrong input, detected without looking at any state; the edge refuses such
+/// commands before proposing them. The second group depends on the ledger's state; once a command
+/// is rejected for such a reason, its id stays rejected (see [`Outcome::AlreadyFailed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Error)]
+pub enum Rejection {
+    /// The amount is zero or negative.
+    #[error("amount must be positive")]
+    AmountNotPositive,
+    /// The amount is larger than any balance can hold.
+    #[error("amount exceeds the largest representable balance (2^63-1 minor units)")]
+    AmountTooLarge,
+    /// An id is empty, longer than 64 bytes, or not printable ASCII.
+    #[error("{0} must be 1 to 64 bytes of printable ASCII without spaces")]
+    InvalidId(IdField),
+    /// The currency is not an ISO 4217 code with minor units.
+    #[error("currency is not an ISO 4217 code with minor units")]
+    UnknownCurrency,
+    /// An adjustment reason is empty, longer than 256 bytes, or has control characters.
+    #[error("reason must be 1 to 256 bytes of text without control characters")]
+    InvalidReason,
+    /// Both sides of a transfer or adjustment are the same account.
+    #[error("debit and credit account are the same")]
+    SameAccount,
+    /// A withdrawal hold timeout is outside the allowed range.
+    #[error("hold timeout must be between 1 second and 24 hours")]
+    InvalidHoldTimeout,
+
+    /// A player wallet named by the command does not exist in this shard.
+    #[error("unknown account")]
+    UnknownAccount,
+    /// The wallet being opened already exists.
+    #[error("account already exists")]
+    AccountExists,
+    /// The command's currency differs from an account's or round's currency.
+    #[error("currency does not match the account or round")]
+    CurrencyMismatch,
+    /// A player's available balance is below the amount.
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    /// Applying the amount would overflow a balance.
+    #[error("balance would overflow")]
+    BalanceOverflow,
+    /// No withdrawal hold was reserved under that id.
+    #[error("unknown withdrawal hold")]
+    UnknownHold,
+    /// The withdrawal hold was already committed, cancelled or expired.
+    #[error("withdrawal hold is already settled or expired")]
+    HoldSettled,
+    /// A win names a round with no bet from this player.
+    #[error("unknown round")]
+    UnknownRound,
+    /// A win names a round whose bets were all rolled back.
+    #[error("round was rolled back")]
+    RoundRolledBack,
+    /// A bet arrived after a rollback that named it; aggregators require it to be refused.
+    #[error("bet was rolled back before it arrived")]
+    BetRolledBack,
+    /// The bet was already reversed by another rollback.
+    #[error("bet was already rolled back")]
+    BetAlreadyRolledBack,
+    /// The rollback names a bet of another player or round.
+    #[error("rollback does not match the bet's player or round")]
+    BetMismatch,
+    /// The rollback names a transaction that is not a bet.
+    #[error("referenced transaction is not a bet")]
+    NotABet,
+}
+
+impl Rejection {
+    /// A stable machine-readable code, for APIs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AmountNotPositive => "AMOUNT_NOT_POSITIVE",
+            Self::AmountTooLarge => "AMOUNT_TOO_LARGE",
+            Self::InvalidId(IdField::Tx) => "INVALID_TX_ID",
+            Self::InvalidId(IdField::Player) => "INVALID_PLAYER_ID",
+            Self::InvalidId(IdField::Round) => "INVALID_ROUND_ID",
+            Self::UnknownCurrency => "UNKNOWN_CURRENCY",
+            Self::InvalidReason => "INVALID_REASON",
+            Self::SameAccount => "SAME_ACCOUNT",
+            Self::InvalidHoldTimeout => "INVALID_HOLD_TIMEOUT",
+            Self::UnknownAccount => "UNKNOWN_ACCOUNT",
+            Self::AccountExists => "ACCOUNT_EXISTS",
+            Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Self::BalanceOverflow => "BALANCE_OVERFLOW",
+            Self::UnknownHold => "UNKNOWN_HOLD",
+            Self::HoldSettled => "HOLD_SETTLED",
+            Self::UnknownRound => "UNKNOWN_ROUND",
+            Self::RoundRolledBack => "ROUND_ROLLED_BACK",
+            Self::BetRolledBack => "BET_ROLLED_BACK",
+            Self::BetAlreadyRolledBack => "BET_ALREADY_ROLLED_BACK",
+            Self::BetMismatch => "BET_MISMATCH",
+            Self::NotABet => "NOT_A_BET",
+        }
+    }
+
+    /// True for input errors that need no state to detect. They are refused before proposing.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Self::AmountNotPositive
+                | Self::AmountTooLarge
+                | Self::InvalidId(_)
+                | Self::UnknownCurrency
+                | Self::InvalidReason
+                | Self::SameAccount
+                | Self::InvalidHoldTimeout
+        )
+    }
+}
+
+/// What an applied command did: its ledger entry and the balances that resulted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The entry's sequence number, or `None` when the command moved no money (a rollback that
+    /// arrived before its bet, or a rollback of a bet that had failed).
+    pub seq: Option<u64>,
+    /// The cluster time the command took effect.
+    pub at: ClusterTime,
+    /// Each touched account's balance right after the command.
+    pub balances: Vec<(AccountRef, Balance)>,
+}
+
+impl Receipt {
+    /// The resulting balance of `account`, if the command touched it.
+    pub fn balance_of(&self, account: &AccountRef) -> Option<Balance> {
+        self.balances.iter().find(|(a, _)| a == account).map(|(_, b)| *b)
+    }
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied now.
+    Applied(Receipt),
+    /// Applied earlier under the same id with the same payload; this is the original receipt,
+    /// balances included, not the current state.
+    Duplicate(Receipt),
+    /// Rejected now. The id is remembered, so a retry gets [`Outcome::AlreadyFailed`].
+    Rejected(Rejection),
+    /// Rejected earlier under the same id with the same payload. It never succeeds later.
+    AlreadyFailed(Rejection),
+    /// The id was used earlier with a different payload. Nothing changed.
+    Conflict,
+}
+
+impl Outcome {
+    /// The receipt, for applied commands and their duplicates.
+    pub fn receipt(&self) -> Option<&Receipt> {
+        match self {
+            Self::Applied(r) | Self::Duplicate(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The rejection, first time or remembered.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Rejected(r) | Self::AlreadyFailed(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
