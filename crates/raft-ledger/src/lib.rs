@@ -21,7 +21,9 @@ mod ids;
 mod ledger;
 mod money;
 mod outcome;
+pub mod raft;
 mod shard;
+pub mod store;
 mod time;
 pub mod verify;
 

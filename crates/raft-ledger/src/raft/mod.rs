@@ -1,0 +1,125 @@
+//! How the ledger plugs into openraft: the type configuration, what a log entry carries, and
+//! Raft timing derived from the network's round-trip time.
+
+pub(crate) mod runtime;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
+use crate::outcome::Outcome;
+use crate::time::ClusterTime;
+
+pub use runtime::{LedgerRuntime, seed_thread_rng};
+
+/// A node id: stable for the life of a node's data directory, never reused after a wipe.
+pub type NodeId = u64;
+
+/// What the cluster knows about a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `host:port` of the node's gRPC listener.
+    pub addr: String,
+    /// The region the node runs in.
+    pub region: String,
+    /// The zone inside the region.
+    pub zone: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}/{}", self.addr, self.region, self.zone)
+    }
+}
+
+/// What one Raft log entry asks the state machine to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Apply a client command.
+    Command(Command),
+    /// Let cluster time pass: expire holds and forget old ids. The leader proposes one when a
+    /// hold is due, so holds expire even when no command arrives.
+    Tick,
+}
+
+/// A proposal: a request and the cluster time the leader stamped on it.
+///
+/// The leader reads its clock once, here; followers never read theirs. The state machine makes
+/// the time monotonic, so a new leader with a slow clock cannot move time backwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// When the leader proposed it.
+    pub at: ClusterTime,
+    /// What to do.
+    pub request: Request,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.request {
+            Request::Command(c) => write!(f, "{:?} {} at {}", c.kind(), c.tx(), self.at),
+            Request::Tick => write!(f, "tick at {}", self.at),
+        }
+    }
+}
+
+/// What applying a proposal produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The command's outcome.
+    Outcome(Outcome),
+    /// A tick was applied.
+    Ticked,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of a ledger shard.
+    pub TypeConfig:
+        D = Proposal,
+        R = Reply,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        // Classic Raft: one leader per term. The simulator checks exactly that invariant.
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
+        AsyncRuntime = LedgerRuntime,
+);
+
+/// A Raft log id.
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// A Raft log entry.
+pub type RaftEntry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+/// A Raft vote.
+pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
+/// A membership as stored with its log id.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+
+/// Raft timing for a cluster whose slowest quorum link has the given round-trip time.
+///
+/// LAN defaults (150–300 ms elections, 50 ms heartbeats) would make cross-region clusters
+/// elect constantly. Heartbeats go every max(50 ms, 2 RTT); an election starts after
+/// max(300 ms, 6 RTT) to 2x that of silence, so a single lost heartbeat never deposes a leader.
+pub fn raft_config(cluster_name: &str, rtt_ms: u64) -> Arc<openraft::Config> {
+    let heartbeat_ms = (2 * rtt_ms).max(50);
+    let election_min_ms = (6 * rtt_ms).max(300).max(3 * heartbeat_ms);
+    let config = openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_min_ms,
+        election_timeout_max: 2 * election_min_ms,
+        // Followers that fall this far behind get a snapshot instead of a log replay.
+        replication_lag_threshold: 20_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        // Keep some applied entries so a briefly lagging follower catches up from the log.
+        max_in_snapshot_log_to_keep: 2_000,
+        purge_batch_size: 512,
+        max_payload_entries: 1_024,
+        install_snapshot_timeout: 60_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    Arc::new(config.validate().expect("derived raft config is valid"))
+}

@@ -1,0 +1,400 @@
+//! openraft's state machine for one shard: the pure [`Ledger`], its journal, and snapshots.
+//!
+//! # Snapshots
+//!
+//! A snapshot is the ledger's state at a log position ([`LedgerImage`]) plus the length and head
+//! hash of the journal at that position. The state is small (accounts and retained ids); the
+//! journal is the whole history and is not copied locally: the journal file itself, fsynced up
+//! to that length, is the snapshot's history. When a peer needs the snapshot, the state and the
+//! journal prefix are streamed to it, and it verifies every hash of the received journal before
+//! installing it.
+//!
+//! File `snapshot.bin`: `"LSNP" | version 1 | SHA-256 of body | body (postcard SnapshotState)`,
+//! replaced atomically.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::journal::{Journal, JournalError, JournalPrefix};
+use super::vfs::{VFile, Vfs};
+use crate::entry::{Entry, Hash};
+use crate::ledger::{Ledger, LedgerConfig, LedgerImage};
+use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::shard::ShardId;
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// Why a shard's stored state cannot be loaded.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The disk failed.
+    #[error("shard storage IO error: {0}")]
+    Io(#[from] io::Error),
+    /// The snapshot file is damaged.
+    #[error("snapshot {path} is damaged: {what}")]
+    BadSnapshot {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The journal is damaged.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// What a snapshot stores besides the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapshotState {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) image: LedgerImage,
+    pub(crate) journal_entries: u64,
+    pub(crate) journal_head: Hash,
+}
+
+/// A snapshot's data: the encoded state and the journal prefix it covers.
+#[derive(Clone)]
+pub struct LedgerSnapshot {
+    /// postcard-encoded [`SnapshotState`].
+    pub(crate) state: Arc<Vec<u8>>,
+    /// The journal entries the state includes.
+    pub(crate) journal: JournalPrefix,
+    /// For a snapshot received from a peer: where its journal was written.
+    pub(crate) received_at: Option<PathBuf>,
+}
+
+impl LedgerSnapshot {
+    pub(crate) fn decode_state(&self) -> io::Result<SnapshotState> {
+        postcard::from_bytes(&self.state).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// A shard's live state, shared by the state machine (writer) and readers.
+pub(crate) struct ShardState {
+    pub(crate) ledger: Ledger,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    pub(crate) journal: Journal,
+}
+
+/// The shared cell around a shard's state, plus a watch of the journal length for followers of
+/// the entry stream.
+pub(crate) struct ShardCell {
+    pub(crate) state: RwLock<ShardState>,
+    pub(crate) journal_len: watch::Sender<u64>,
+}
+
+impl ShardCell {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, ShardState> {
+        self.state.read().expect("shard state lock poisoned: a state machine assertion failed")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ShardState> {
+        self.state.write().expect("shard state lock poisoned: a state machine assertion failed")
+    }
+}
+
+/// The state machine of one shard.
+pub struct LedgerStateMachine {
+    shard: ShardId,
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    cell: Arc<ShardCell>,
+    sink: Vec<Entry>,
+}
+
+fn snapshot_path(dir: &Path) -> PathBuf {
+    dir.join("snapshot.bin")
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("journal.log")
+}
+
+/// Where a snapshot received from a peer is written before it is verified and installed.
+pub(crate) fn received_journal_path(dir: &Path) -> PathBuf {
+    dir.join("journal.recv")
+}
+
+fn encode_snapshot_file(state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(37 + state.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.push(SNAPSHOT_VERSION);
+    out.extend_from_slice(&Sha256::digest(state));
+    out.extend_from_slice(state);
+    out
+}
+
+fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, SnapshotState), StoreError> {
+    let bad = |what: &str| StoreError::BadSnapshot { path: path.display().to_string(), what: what.to_string() };
+    if bytes.len() < 37 || &bytes[..4] != SNAPSHOT_MAGIC {
+        return Err(bad("not a snapshot file"));
+    }
+    if bytes[4] != SNAPSHOT_VERSION {
+        return Err(bad("unknown snapshot version"));
+    }
+    let body = &bytes[37..];
+    if Sha256::digest(body)[..] != bytes[5..37] {
+        return Err(bad("checksum mismatch"));
+    }
+    let state = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+    Ok((body.to_vec(), state))
+}
+
+impl LedgerStateMachine {
+    /// Loads a shard from `dir`: its snapshot if any, and its journal up to that snapshot.
+    pub(crate) fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        shard: ShardId,
+        config: LedgerConfig,
+    ) -> Result<(Self, Arc<ShardCell>), StoreError> {
+        vfs.create_dir_all(dir)?;
+        vfs.remove(&received_journal_path(dir))?;
+        let snap_path = snapshot_path(dir);
+        let snapshot = match vfs.read(&snap_path) {
+            Ok(bytes) => Some(decode_snapshot_file(&snap_path, &bytes)?.1),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let keep = snapshot.as_ref().map_or(0, |s| s.journal_entries);
+        let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, keep)?;
+        let state = match snapshot {
+            Some(s) => {
+                if journal.head() != s.journal_head {
+                    return Err(StoreError::BadSnapshot {
+                        path: snap_path.display().to_string(),
+                        what: "journal head differs from the snapshot's".into(),
+                    });
+                }
+                assert_eq!(s.image.shard(), shard, "snapshot of another shard");
+                ShardState {
+                    ledger: Ledger::from_image(s.image),
+                    last_applied: s.meta.last_log_id,
+                    membership: s.meta.last_membership,
+                    journal,
+                }
+            }
+            None => ShardState {
+                ledger: Ledger::new(shard, config),
+                last_applied: None,
+                membership: StoredMembership::default(),
+                journal,
+            },
+        };
+        assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
+        let (journal_len, _) = watch::channel(state.journal.len());
+        let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
+        let sm = Self { shard, vfs, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new() };
+        Ok((sm, cell))
+    }
+
+    fn builder(&self) -> LedgerSnapshotBuilder {
+        let st = self.cell.read();
+        // Full invariant check before anything is persisted.
+        st.ledger.check_invariants();
+        let meta = SnapshotMeta { last_log_id: st.last_applied.clone(), last_membership: st.membership.clone() };
+        let state = SnapshotState {
+            meta: meta.clone(),
+            image: st.ledger.to_image(),
+            journal_entries: st.journal.len(),
+            journal_head: st.journal.head(),
+        };
+        let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
+        LedgerSnapshotBuilder {
+            vfs: self.vfs.clone(),
+            path: snapshot_path(&self.dir),
+            meta,
+            state: Arc::new(bytes),
+            journal: st.journal.prefix(st.journal.len()),
+        }
+    }
+}
+
+/// Writes a snapshot that was captured between two apply batches.
+pub struct LedgerSnapshotBuilder {
+    vfs: Arc<dyn Vfs>,
+    path: PathBuf,
+    meta: SnapshotMeta,
+    state: Arc<Vec<u8>>,
+    journal: JournalPrefix,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
+    type SnapshotData = LedgerSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>, io::Error> {
+        // The journal prefix must be durable before a snapshot that relies on it, because logs
+        // up to the snapshot are purged once it exists.
+        self.journal.file.sync()?;
+        self.vfs.write_atomic(&self.path, &encode_snapshot_file(&self.state))?;
+        tracing::debug!(last_log_id = ?self.meta.last_log_id, journal_entries = self.journal.entries, "snapshot written");
+        Ok(openraft::Snapshot {
+            meta: self.meta.clone(),
+            snapshot: LedgerSnapshot { state: self.state.clone(), journal: self.journal.clone(), received_at: None },
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
+    type SnapshotData = LedgerSnapshot;
+    type SnapshotBuilder = LedgerSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let st = self.cell.read();
+        Ok((st.last_applied.clone(), st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        // Collect first: the shard lock is synchronous and must not be held across an await.
+        let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let mut replies = Vec::with_capacity(batch.len());
+        let journal_len = {
+            let mut st = self.cell.write();
+            let st = &mut *st;
+            self.sink.clear();
+            for (entry, responder) in batch {
+                let log_id = openraft::entry::RaftEntry::log_id(&entry);
+                if let Some(prev) = &st.last_applied {
+                    assert!(log_id.index > prev.index, "applied index must only grow: {log_id} after {prev}");
+                }
+                let reply = match entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(proposal) => Some(match &proposal.request {
+                        Request::Command(cmd) => Reply::Outcome(st.ledger.apply(cmd, proposal.at, &mut self.sink)),
+                        Request::Tick => {
+                            st.ledger.tick(proposal.at, &mut self.sink);
+                            Reply::Ticked
+                        }
+                    }),
+                    EntryPayload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(log_id.clone()), m);
+                        None
+                    }
+                };
+                st.last_applied = Some(log_id);
+                if let Some(responder) = responder {
+                    replies.push((responder, reply.unwrap_or(Reply::Ticked)));
+                }
+            }
+            st.journal.append(&self.sink)?;
+            st.journal.len()
+        };
+        self.cell.journal_len.send_replace(journal_len);
+        for (responder, reply) in replies {
+            responder.send(reply);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
+        let state = snapshot.decode_state()?;
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        if state.image.shard() != self.shard {
+            return Err(invalid("snapshot belongs to another shard"));
+        }
+        if state.meta.last_log_id != meta.last_log_id || state.image.head() != (state.journal_entries, state.journal_head)
+        {
+            return Err(invalid("snapshot state does not match its metadata"));
+        }
+        let journal_len = {
+            let mut st = self.cell.write();
+            let expected = (state.journal_entries, state.journal_head);
+            match &snapshot.received_at {
+                Some(path) => st.journal.replace(self.vfs.as_ref(), path, expected).map_err(io::Error::other)?,
+                None => {
+                    // Our own snapshot (restart): keep the journal up to it and cut the rest.
+                    let journal = Journal::open(self.vfs.as_ref(), &journal_path(&self.dir), self.shard, expected.0)
+                        .map_err(io::Error::other)?;
+                    if journal.head() != expected.1 {
+                        return Err(invalid("local journal differs from the snapshot"));
+                    }
+                    st.journal = journal;
+                }
+            }
+            self.vfs.write_atomic(&snapshot_path(&self.dir), &encode_snapshot_file(&snapshot.state))?;
+            st.ledger = Ledger::from_image(state.image);
+            st.last_applied = meta.last_log_id.clone();
+            st.membership = meta.last_membership.clone();
+            st.journal.len()
+        };
+        tracing::info!(shard = %self.shard, last_log_id = ?meta.last_log_id, journal_entries = journal_len, "installed snapshot");
+        self.cell.journal_len.send_replace(journal_len);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>>, io::Error> {
+        let path = snapshot_path(&self.dir);
+        let bytes = match self.vfs.read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (body, state) = decode_snapshot_file(&path, &bytes).map_err(io::Error::other)?;
+        let st = self.cell.read();
+        if st.journal.len() < state.journal_entries {
+            return Err(io::Error::other("journal is shorter than the current snapshot"));
+        }
+        Ok(Some(openraft::Snapshot {
+            meta: state.meta,
+            snapshot: LedgerSnapshot {
+                state: Arc::new(body),
+                journal: st.journal.prefix(state.journal_entries),
+                received_at: None,
+            },
+        }))
+    }
+}
+
+/// Collects a snapshot streamed from a peer: the state in memory, the journal on disk.
+pub(crate) struct SnapshotReceiver {
+    path: PathBuf,
+    file: Arc<dyn VFile>,
+    written: u64,
+}
+
+impl SnapshotReceiver {
+    /// Starts a fresh receive file in the shard's directory.
+    pub(crate) fn begin(vfs: &dyn Vfs, shard_dir: &Path) -> io::Result<Self> {
+        vfs.create_dir_all(shard_dir)?;
+        let path = received_journal_path(shard_dir);
+        vfs.remove(&path)?;
+        let file = vfs.open(&path)?;
+        Ok(Self { path, file, written: 0 })
+    }
+
+    /// Appends a chunk of the journal.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.file.append(chunk)?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Completes the snapshot data. The journal is verified when the snapshot is installed.
+    pub(crate) fn finish(self, state: Vec<u8>, journal_entries: u64) -> LedgerSnapshot {
+        LedgerSnapshot {
+            state: Arc::new(state),
+            journal: JournalPrefix { file: self.file, entries: journal_entries, bytes: self.written },
+            received_at: Some(self.path),
+        }
+    }
+}

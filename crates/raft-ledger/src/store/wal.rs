@@ -1,0 +1,647 @@
+//! The node-wide write-ahead log: every shard's Raft log, vote and commit index in one stream of
+//! checksummed records, made durable by one writer with group commit.
+//!
+//! # Why one log per node
+//!
+//! A node hosts many shards. With a file per shard, N shards pay N fsyncs for the same instant's
+//! writes; here all shards' appends, votes and truncations queue to one writer, which writes
+//! whatever has queued as one buffer and makes it durable with one `fdatasync`. Under load the
+//! queue fills while the previous fsync runs, so the cost of an fsync is shared by everything
+//! that arrived during it.
+//!
+//! # Format
+//!
+//! Segment files `wal/<16 hex digits>.wal`, each a sequence of frames:
+//! `magic "WL" | u32 BE length | u32 BE CRC-32C of the payload | payload (postcard Record)`.
+//! A new segment starts with a checkpoint of every shard's vote, commit index and purge point,
+//! so a segment whose entries are all purged can be deleted without losing metadata.
+//!
+//! # Recovery
+//!
+//! Segments are replayed in order into memory. A frame that fails its checksum at the very end
+//! of the newest segment is a torn write from a crash before fsync returned: nothing in it was
+//! acknowledged, so it is truncated away. Any other bad frame — in an older segment, or followed
+//! by a valid frame — is corruption of data that was acknowledged, and recovery stops with an
+//! error instead of silently dropping committed entries.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use super::vfs::{VFile, Vfs};
+use crate::raft::{LogId, RaftEntry as Entry, TypeConfig, Vote};
+
+const FRAME_MAGIC: [u8; 2] = *b"WL";
+const FRAME_HEADER_BYTES: usize = 10;
+/// Largest payload a frame may claim; anything larger is garbage, not a record.
+const FRAME_PAYLOAD_MAX: usize = 256 << 20;
+/// A segment is closed once it grows past this size.
+pub(crate) const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// At most this much queued work is written per fsync, to bound write latency.
+const BATCH_BYTES_MAX: usize = 16 << 20;
+
+/// The durable metadata of one shard's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShardMeta {
+    pub(crate) vote: Option<Vote>,
+    pub(crate) committed: Option<LogId>,
+    pub(crate) purged: Option<LogId>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Entries { shard: u32, entries: Vec<Entry> },
+    Vote { shard: u32, vote: Vote },
+    Committed { shard: u32, committed: Option<LogId> },
+    TruncateAfter { shard: u32, after: Option<LogId> },
+    Purge { shard: u32, upto: LogId },
+    Checkpoint { shards: Vec<(u32, ShardMeta)> },
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, Error)]
+pub enum WalError {
+    /// The disk failed.
+    #[error("write-ahead log IO error: {0}")]
+    Io(#[from] io::Error),
+    /// Acknowledged data is damaged. The node must not start on it.
+    #[error(
+        "write-ahead log segment {segment} is corrupt at byte {offset}: {what}. Acknowledged entries may be \
+         damaged, so the node refuses to start. Restore the disk, or wipe this node's data directory and \
+         add it back to the cluster under a new node id."
+    )]
+    Corrupt {
+        /// The segment file.
+        segment: String,
+        /// Byte offset of the bad frame.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One shard's log as held in memory: its metadata and the entries not yet purged.
+#[derive(Debug, Default)]
+pub(crate) struct ShardLog {
+    pub(crate) meta: ShardMeta,
+    entries: VecDeque<Entry>,
+}
+
+impl ShardLog {
+    fn next_index(&self) -> u64 {
+        match self.entries.back() {
+            Some(e) => e.index() + 1,
+            None => self.meta.purged.as_ref().map_or(0, |p| p.index + 1),
+        }
+    }
+
+    /// The last log id present, or the purge point when no entry is left.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.entries.back().map(|e| e.log_id()).or_else(|| self.meta.purged.clone())
+    }
+
+    /// Appends entries; an entry at an index already present replaces it and everything after.
+    fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), String> {
+        for e in entries {
+            let index = e.index();
+            if let Some(p) = &self.meta.purged
+                && index <= p.index
+            {
+                continue; // already covered by a snapshot
+            }
+            // An empty log without a purge point may start anywhere; otherwise no holes.
+            let fresh = self.entries.is_empty() && self.meta.purged.is_none();
+            if index > self.next_index() && !fresh {
+                return Err(format!("log hole: entry {index} after {}", self.next_index()));
+            }
+            self.truncate_from(index);
+            self.entries.push_back(e);
+        }
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.index() >= index) {
+            self.entries.pop_back();
+        }
+    }
+
+    fn truncate_after(&mut self, after: Option<&LogId>) {
+        self.truncate_from(after.map_or(0, |l| l.index + 1));
+    }
+
+    fn purge(&mut self, upto: &LogId) {
+        while self.entries.front().is_some_and(|e| e.index() <= upto.index) {
+            self.entries.pop_front();
+        }
+        if self.meta.purged.as_ref().is_none_or(|p| p.index < upto.index) {
+            self.meta.purged = Some(upto.clone());
+        }
+    }
+
+    /// Clones of the entries in `range`.
+    pub(crate) fn range(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
+        let first = match self.entries.front() {
+            Some(e) => e.index(),
+            None => return Vec::new(),
+        };
+        let start = match range.start_bound() {
+            std::ops::Bound::Included(s) => *s,
+            std::ops::Bound::Excluded(s) => s + 1,
+            std::ops::Bound::Unbounded => first,
+        };
+        let skip = usize::try_from(start.saturating_sub(first)).unwrap_or(usize::MAX);
+        self.entries.iter().skip(skip).take_while(|e| range.contains(&e.index())).cloned().collect()
+    }
+
+    fn apply(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Entries { entries, .. } => self.append(entries)?,
+            Record::Vote { vote, .. } => self.meta.vote = Some(vote),
+            Record::Committed { committed, .. } => self.meta.committed = committed,
+            Record::TruncateAfter { after, .. } => self.truncate_after(after.as_ref()),
+            Record::Purge { upto, .. } => self.purge(&upto),
+            Record::Checkpoint { .. } => unreachable!("checkpoints are applied per shard by the caller"),
+        }
+        Ok(())
+    }
+}
+
+/// How a queued write reports completion.
+pub(crate) enum Done {
+    /// Nobody waits.
+    Nothing,
+    /// openraft's callback for appended entries.
+    Flushed(IOFlushed<TypeConfig>),
+    /// A caller awaiting durability.
+    Notify(oneshot::Sender<io::Result<()>>),
+}
+
+impl Done {
+    fn complete(self, result: &io::Result<()>) {
+        let r = || match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        };
+        match self {
+            Done::Nothing => {}
+            Done::Flushed(cb) => cb.io_completed(r()),
+            Done::Notify(tx) => {
+                let _ = tx.send(r());
+            }
+        }
+    }
+}
+
+/// What a queued write changes, so the writer can keep its own durable view of every shard.
+#[derive(Debug, Clone)]
+enum Change {
+    Entries { last_index: u64 },
+    Vote(Vote),
+    Committed(Option<LogId>),
+    TruncateAfter(Option<LogId>),
+    Purge(LogId),
+}
+
+struct WriteOp {
+    shard: u32,
+    change: Change,
+    frame: Vec<u8>,
+    done: Done,
+}
+
+/// How the writer runs: on its own OS thread (production), or as a task on the current runtime
+/// (the simulator, whose simulated disk must be used from the simulated host's tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// A dedicated thread does the blocking writes and fsyncs.
+    Thread,
+    /// A task on the current runtime does them inline.
+    Task,
+}
+
+/// The write-ahead log shared by every shard of a node.
+pub(crate) struct Wal {
+    shards: Mutex<BTreeMap<u32, Arc<Mutex<ShardLog>>>>,
+    /// `None` once closed.
+    queue: Mutex<Option<mpsc::UnboundedSender<WriteOp>>>,
+    failed: Arc<AtomicBool>,
+    /// Resolves when the writer has drained the queue and exited.
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+fn encode_frame(record: &Record) -> Vec<u8> {
+    let payload = postcard::to_allocvec(record).expect("records always serialise");
+    assert!(payload.len() <= FRAME_PAYLOAD_MAX, "record of {} bytes exceeds the frame limit", payload.len());
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&FRAME_MAGIC);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Decodes the frame at `at`, or says why there is none.
+fn decode_frame(bytes: &[u8], at: usize) -> Result<(Record, usize), String> {
+    let header = bytes.get(at..at + FRAME_HEADER_BYTES).ok_or("truncated frame header")?;
+    if header[..2] != FRAME_MAGIC {
+        return Err("bad frame magic".into());
+    }
+    let len = u32::from_be_bytes(header[2..6].try_into().expect("4 bytes")) as usize;
+    if len > FRAME_PAYLOAD_MAX {
+        return Err(format!("frame length {len} too large"));
+    }
+    let crc = u32::from_be_bytes(header[6..10].try_into().expect("4 bytes"));
+    let payload = bytes.get(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len).ok_or("truncated frame payload")?;
+    if crc32c::crc32c(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let record = postcard::from_bytes(payload).map_err(|e| format!("undecodable record: {e}"))?;
+    Ok((record, FRAME_HEADER_BYTES + len))
+}
+
+fn segment_name(no: u64) -> String {
+    format!("{no:016x}.wal")
+}
+
+struct Segment {
+    no: u64,
+    /// Highest entry index per shard written into this segment.
+    max_index: BTreeMap<u32, u64>,
+}
+
+/// The writer's own state: what is durable, not what is in memory.
+struct Writer {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    segments: VecDeque<Segment>,
+    active: Arc<dyn VFile>,
+    active_len: u64,
+    durable: BTreeMap<u32, ShardMeta>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn write_batch(&mut self, batch: Vec<WriteOp>) {
+        let result = self.write_frames(&batch);
+        if result.is_err() {
+            // A failed fsync leaves the file's durable state unknown; never write again.
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        for op in batch {
+            op.done.complete(&result);
+        }
+        if result.is_ok()
+            && let Err(e) = self.collect_garbage()
+        {
+            tracing::warn!(error = %e, "could not delete an old write-ahead log segment");
+        }
+    }
+
+    fn write_frames(&mut self, batch: &[WriteOp]) -> io::Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other("write-ahead log failed earlier; refusing further writes"));
+        }
+        let bytes: usize = batch.iter().map(|op| op.frame.len()).sum();
+        if self.active_len > 0 && self.active_len + bytes as u64 > self.segment_bytes_max {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(bytes);
+        let active = self.segments.back_mut().expect("there is always an active segment");
+        for op in batch {
+            buf.extend_from_slice(&op.frame);
+            let meta = self.durable.entry(op.shard).or_default();
+            match &op.change {
+                Change::Entries { last_index } => {
+                    let m = active.max_index.entry(op.shard).or_insert(0);
+                    *m = (*m).max(*last_index);
+                }
+                Change::Vote(v) => meta.vote = Some(v.clone()),
+                Change::Committed(c) => meta.committed = c.clone(),
+                Change::TruncateAfter(_) => {}
+                Change::Purge(p) => {
+                    if meta.purged.as_ref().is_none_or(|old| old.index < p.index) {
+                        meta.purged = Some(p.clone());
+                    }
+                }
+            }
+        }
+        self.active.append(&buf)?;
+        self.active.sync()?;
+        self.active_len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let no = self.segments.back().map_or(0, |s| s.no + 1);
+        let path = self.dir.join(segment_name(no));
+        let file = self.vfs.open(&path)?;
+        let checkpoint = encode_frame(&Record::Checkpoint {
+            shards: self.durable.iter().map(|(s, m)| (*s, m.clone())).collect(),
+        });
+        file.append(&checkpoint)?;
+        file.sync()?;
+        self.vfs.sync_dir(&self.dir)?;
+        self.active = file;
+        self.active_len = checkpoint.len() as u64;
+        self.segments.push_back(Segment { no, max_index: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose entries every shard has purged.
+    fn collect_garbage(&mut self) -> io::Result<()> {
+        while self.segments.len() > 1 {
+            let oldest = self.segments.front().expect("len > 1");
+            let purged = |shard: &u32| self.durable.get(shard).and_then(|m| m.purged.as_ref()).map_or(0, |p| p.index);
+            if !oldest.max_index.iter().all(|(shard, max)| *max <= purged(shard)) {
+                break;
+            }
+            self.vfs.remove(&self.dir.join(segment_name(oldest.no)))?;
+            self.segments.pop_front();
+        }
+        Ok(())
+    }
+
+    fn run_thread(mut self, mut rx: mpsc::UnboundedReceiver<WriteOp>, _done: oneshot::Sender<()>) {
+        while let Some(first) = rx.blocking_recv() {
+            let batch = Self::fill(first, &mut rx);
+            self.write_batch(batch);
+        }
+    }
+
+    async fn run_task(mut self, mut rx: mpsc::UnboundedReceiver<WriteOp>, _done: oneshot::Sender<()>) {
+        while let Some(first) = rx.recv().await {
+            let batch = Self::fill(first, &mut rx);
+            self.write_batch(batch);
+        }
+    }
+
+    /// Takes everything already queued behind `first`, up to the batch bound.
+    fn fill(first: WriteOp, rx: &mut mpsc::UnboundedReceiver<WriteOp>) -> Vec<WriteOp> {
+        let mut bytes = first.frame.len();
+        let mut batch = vec![first];
+        while bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.frame.len();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+}
+
+/// What recovery found, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments replayed.
+    pub segments: usize,
+    /// Records replayed.
+    pub records: usize,
+    /// Bytes of torn tail cut off the newest segment.
+    pub truncated_bytes: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, replays it, and starts the writer.
+    pub(crate) fn open(vfs: Arc<dyn Vfs>, dir: &Path, mode: IoMode) -> Result<(Self, RecoveryReport), WalError> {
+        Self::open_with(vfs, dir, mode, SEGMENT_BYTES_MAX)
+    }
+
+    /// [`Wal::open`] with a chosen segment size (tests use small segments to exercise rotation).
+    pub(crate) fn open_with(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        mode: IoMode,
+        segment_bytes_max: u64,
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        vfs.create_dir_all(dir)?;
+        let mut names: Vec<String> = vfs.list(dir)?.into_iter().filter(|n| n.ends_with(".wal")).collect();
+        names.sort();
+        let mut shards: BTreeMap<u32, ShardLog> = BTreeMap::new();
+        let mut segments = VecDeque::new();
+        let mut report = RecoveryReport::default();
+        let mut active: Option<(Arc<dyn VFile>, u64)> = None;
+        for (i, name) in names.iter().enumerate() {
+            let no = u64::from_str_radix(name.trim_end_matches(".wal"), 16).map_err(|_| WalError::Corrupt {
+                segment: name.clone(),
+                offset: 0,
+                what: "unexpected file name".into(),
+            })?;
+            let path = dir.join(name);
+            let bytes = vfs.read(&path)?;
+            let newest = i + 1 == names.len();
+            let mut segment = Segment { no, max_index: BTreeMap::new() };
+            let mut at = 0usize;
+            while at < bytes.len() {
+                match decode_frame(&bytes, at) {
+                    Ok((record, len)) => {
+                        replay(&mut shards, &mut segment, record)
+                            .map_err(|what| WalError::Corrupt { segment: name.clone(), offset: at as u64, what })?;
+                        report.records += 1;
+                        at += len;
+                    }
+                    Err(what) => {
+                        let valid_after = (at + 1..bytes.len()).any(|p| decode_frame(&bytes, p).is_ok());
+                        if !newest || valid_after {
+                            return Err(WalError::Corrupt { segment: name.clone(), offset: at as u64, what });
+                        }
+                        // A torn write from a crash mid-batch: never acknowledged, safe to cut.
+                        let file = vfs.open(&path)?;
+                        file.truncate(at as u64)?;
+                        report.truncated_bytes = (bytes.len() - at) as u64;
+                        tracing::warn!(segment = %name, offset = at, bytes = report.truncated_bytes, "truncated torn tail of write-ahead log: {what}");
+                        break;
+                    }
+                }
+            }
+            if newest {
+                active = Some((vfs.open(&path)?, at as u64));
+            }
+            segments.push_back(segment);
+            report.segments += 1;
+        }
+        let (active, active_len) = match active {
+            Some(a) => a,
+            None => {
+                let file = vfs.open(&dir.join(segment_name(0)))?;
+                vfs.sync_dir(dir)?;
+                segments.push_back(Segment { no: 0, max_index: BTreeMap::new() });
+                (file, 0)
+            }
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            vfs,
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            segments,
+            active,
+            active_len,
+            durable: shards.iter().map(|(s, l)| (*s, l.meta.clone())).collect(),
+            failed: failed.clone(),
+        };
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        match mode {
+            IoMode::Thread => {
+                std::thread::Builder::new()
+                    .name("wal-writer".into())
+                    .spawn(move || writer.run_thread(rx, done_tx))
+                    .map_err(WalError::Io)?;
+            }
+            IoMode::Task => {
+                tokio::spawn(writer.run_task(rx, done_tx));
+            }
+        }
+        let shards = shards.into_iter().map(|(s, l)| (s, Arc::new(Mutex::new(l)))).collect();
+        let wal = Self {
+            shards: Mutex::new(shards),
+            queue: Mutex::new(Some(queue)),
+            failed,
+            writer_done: Mutex::new(Some(done_rx)),
+        };
+        Ok((wal, report))
+    }
+
+    /// Stops accepting writes, lets the writer make everything queued durable, and waits for it
+    /// to exit. A node must close its log before the same directory is opened again.
+    pub(crate) async fn close(&self) {
+        drop(self.queue.lock().expect("wal lock").take());
+        let done = self.writer_done.lock().expect("wal lock").take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+
+    fn send(&self, op: WriteOp) -> io::Result<()> {
+        let queue = self.queue.lock().expect("wal lock");
+        let queue = queue.as_ref().ok_or_else(|| io::Error::other("write-ahead log is closed"))?;
+        queue.send(op).map_err(|_| io::Error::other("write-ahead log writer stopped"))
+    }
+
+    /// The in-memory log of `shard`, created empty if the shard is new.
+    pub(crate) fn shard(&self, shard: u32) -> Arc<Mutex<ShardLog>> {
+        self.shards.lock().expect("wal lock").entry(shard).or_default().clone()
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            Err(io::Error::other("write-ahead log failed earlier; this node must restart"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn submit(&self, shard: u32, change: Change, record: &Record, done: Done) -> io::Result<()> {
+        self.check()?;
+        self.send(WriteOp { shard, change, frame: encode_frame(record), done })
+    }
+
+    /// Appends entries in memory now; `done` fires once they are durable.
+    pub(crate) fn append(&self, shard: u32, entries: Vec<Entry>, done: Done) -> io::Result<()> {
+        self.check()?;
+        let Some(last_index) = entries.last().map(|e| e.index()) else {
+            done.complete(&Ok(()));
+            return Ok(());
+        };
+        let log = self.shard(shard);
+        let mut log = log.lock().expect("shard log lock");
+        // Encode before the in-memory append so the frame and memory cannot disagree; queue while
+        // holding the shard lock so this shard's records reach the writer in memory order.
+        let record = Record::Entries { shard, entries };
+        let frame = encode_frame(&record);
+        let Record::Entries { entries, .. } = record else { unreachable!() };
+        log.append(entries).map_err(io::Error::other)?;
+        self.send(WriteOp { shard, change: Change::Entries { last_index }, frame, done })
+    }
+
+    /// Saves the vote and waits until it is durable: a vote must never be forgotten.
+    pub(crate) async fn save_vote(&self, shard: u32, vote: &Vote) -> io::Result<()> {
+        let durable = {
+            let log = self.shard(shard);
+            let mut log = log.lock().expect("shard log lock");
+            log.meta.vote = Some(vote.clone());
+            let (tx, rx) = oneshot::channel();
+            let record = Record::Vote { shard, vote: vote.clone() };
+            self.submit(shard, Change::Vote(vote.clone()), &record, Done::Notify(tx))?;
+            rx
+        };
+        durable.await.map_err(|_| io::Error::other("write-ahead log writer stopped"))?
+    }
+
+    /// Records the commit index; durable with the next group commit.
+    pub(crate) fn save_committed(&self, shard: u32, committed: Option<LogId>) -> io::Result<()> {
+        let log = self.shard(shard);
+        let mut log = log.lock().expect("shard log lock");
+        log.meta.committed = committed.clone();
+        self.submit(shard, Change::Committed(committed.clone()), &Record::Committed { shard, committed }, Done::Nothing)
+    }
+
+    /// Removes entries after `after`, and waits until that is durable.
+    pub(crate) async fn truncate_after(&self, shard: u32, after: Option<LogId>) -> io::Result<()> {
+        let durable = {
+            let log = self.shard(shard);
+            let mut log = log.lock().expect("shard log lock");
+            log.truncate_after(after.as_ref());
+            let (tx, rx) = oneshot::channel();
+            let record = Record::TruncateAfter { shard, after: after.clone() };
+            self.submit(shard, Change::TruncateAfter(after), &record, Done::Notify(tx))?;
+            rx
+        };
+        durable.await.map_err(|_| io::Error::other("write-ahead log writer stopped"))?
+    }
+
+    /// Drops entries up to `upto`, which a durable snapshot now covers.
+    pub(crate) fn purge(&self, shard: u32, upto: LogId) -> io::Result<()> {
+        let log = self.shard(shard);
+        let mut log = log.lock().expect("shard log lock");
+        log.purge(&upto);
+        self.submit(shard, Change::Purge(upto.clone()), &Record::Purge { shard, upto }, Done::Nothing)
+    }
+}
+
+fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: Record) -> Result<(), String> {
+    match record {
+        Record::Checkpoint { shards: metas } => {
+            for (shard, meta) in metas {
+                let log = shards.entry(shard).or_default();
+                if let Some(p) = &meta.purged {
+                    log.purge(p);
+                }
+                log.meta.vote = meta.vote;
+                log.meta.committed = meta.committed;
+            }
+            Ok(())
+        }
+        record => {
+            let shard = match &record {
+                Record::Entries { shard, entries } => {
+                    if let Some(last) = entries.last() {
+                        let m = segment.max_index.entry(*shard).or_insert(0);
+                        *m = (*m).max(last.index());
+                    }
+                    *shard
+                }
+                Record::Vote { shard, .. }
+                | Record::Committed { shard, .. }
+                | Record::TruncateAfter { shard, .. }
+                | Record::Purge { shard, .. } => *shard,
+                Record::Checkpoint { .. } => unreachable!("matched above"),
+            };
+            shards.entry(shard).or_default().apply(record)
+        }
+    }
+}
