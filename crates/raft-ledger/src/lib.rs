@@ -14,12 +14,15 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
 mod account;
+pub mod client;
 mod codec;
 mod command;
 mod entry;
 mod ids;
 mod ledger;
 mod money;
+pub mod net;
+pub mod node;
 mod outcome;
 pub mod raft;
 mod shard;
@@ -29,7 +32,9 @@ pub mod verify;
 
 pub use account::{AccountKind, AccountRef};
 pub use codec::DecodeError;
-pub use command::{Command, CommandKind, HOLD_TIMEOUT_DEFAULT_MS, HOLD_TIMEOUT_MAX_MS, HOLD_TIMEOUT_MIN_MS};
+pub use command::{
+    Command, CommandKind, HOLD_TIMEOUT_DEFAULT_MS, HOLD_TIMEOUT_MAX_MS, HOLD_TIMEOUT_MIN_MS,
+};
 pub use entry::{ENTRY_FORMAT_VERSION, Entry, EntryKind, Hash, genesis_hash};
 pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
 pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage};

@@ -27,7 +27,10 @@ impl Currency {
         let iso = iso_currency::Currency::from_code(code).ok_or(Rejection::UnknownCurrency)?;
         let exponent = iso.exponent().ok_or(Rejection::UnknownCurrency)?;
         let exponent = u8::try_from(exponent).map_err(|_| Rejection::UnknownCurrency)?;
-        let code: [u8; 3] = code.as_bytes().try_into().map_err(|_| Rejection::UnknownCurrency)?;
+        let code: [u8; 3] = code
+            .as_bytes()
+            .try_into()
+            .map_err(|_| Rejection::UnknownCurrency)?;
         Ok(Self { code, exponent })
     }
 
@@ -183,7 +186,11 @@ mod tests {
         assert_eq!(Currency::new("JPY").unwrap().exponent(), 0);
         assert_eq!(Currency::new("BHD").unwrap().exponent(), 3);
         for bad in ["eur", "XYZ", "XAU", "EURO", ""] {
-            assert_eq!(Currency::new(bad), Err(Rejection::UnknownCurrency), "{bad:?}");
+            assert_eq!(
+                Currency::new(bad),
+                Err(Rejection::UnknownCurrency),
+                "{bad:?}"
+            );
         }
     }
 
@@ -193,7 +200,10 @@ mod tests {
         assert_eq!(Amount::new(-1), Err(Rejection::AmountNotPositive));
         assert_eq!(Amount::new(i64::MIN), Err(Rejection::AmountNotPositive));
         assert_eq!(Amount::new(i64::MAX).unwrap().minor(), AMOUNT_MAX);
-        assert_eq!(Amount::from_u64(AMOUNT_MAX + 1), Err(Rejection::AmountTooLarge));
+        assert_eq!(
+            Amount::from_u64(AMOUNT_MAX + 1),
+            Err(Rejection::AmountTooLarge)
+        );
         assert_eq!(Amount::from_u64(0), Err(Rejection::AmountNotPositive));
         let bytes = postcard::to_allocvec(&0u64).unwrap();
         assert!(postcard::from_bytes::<Amount>(&bytes).is_err());

@@ -97,12 +97,18 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 /// A snapshot's metadata.
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 
-/// Raft timing for a cluster whose slowest quorum link has the given round-trip time.
+/// Raft settings for a cluster whose slowest quorum link has the given round-trip time.
 ///
 /// LAN defaults (150–300 ms elections, 50 ms heartbeats) would make cross-region clusters
 /// elect constantly. Heartbeats go every max(50 ms, 2 RTT); an election starts after
 /// max(300 ms, 6 RTT) to 2x that of silence, so a single lost heartbeat never deposes a leader.
-pub fn raft_config(cluster_name: &str, rtt_ms: u64) -> Arc<openraft::Config> {
+/// A snapshot is taken every `snapshot_every` applied entries, keeping `logs_kept` entries.
+pub fn raft_config(
+    cluster_name: &str,
+    rtt_ms: u64,
+    snapshot_every: u64,
+    logs_kept: u64,
+) -> Arc<openraft::Config> {
     let heartbeat_ms = (2 * rtt_ms).max(50);
     let election_min_ms = (6 * rtt_ms).max(300).max(3 * heartbeat_ms);
     let config = openraft::Config {
@@ -111,11 +117,12 @@ pub fn raft_config(cluster_name: &str, rtt_ms: u64) -> Arc<openraft::Config> {
         election_timeout_min: election_min_ms,
         election_timeout_max: 2 * election_min_ms,
         // Followers that fall this far behind get a snapshot instead of a log replay.
-        replication_lag_threshold: 20_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        replication_lag_threshold: 2 * snapshot_every,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         // Keep some applied entries so a briefly lagging follower catches up from the log.
-        max_in_snapshot_log_to_keep: 2_000,
-        purge_batch_size: 512,
+        max_in_snapshot_log_to_keep: logs_kept,
+        // openraft purges only once this many entries can go; never wait longer than one snapshot.
+        purge_batch_size: snapshot_every.clamp(1, 512),
         max_payload_entries: 1_024,
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),

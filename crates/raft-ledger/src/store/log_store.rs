@@ -21,7 +21,11 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(wal: Arc<Wal>, shard: u32) -> Self {
-        Self { shard, log: wal.shard(shard), wal }
+        Self {
+            shard,
+            log: wal.shard(shard),
+            wal,
+        }
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, ShardLog> {
@@ -47,7 +51,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let log = self.log();
-        Ok(LogState { last_purged_log_id: log.meta.purged.clone(), last_log_id: log.last_log_id() })
+        Ok(LogState {
+            last_purged_log_id: log.meta.purged.clone(),
+            last_log_id: log.last_log_id(),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -66,12 +73,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.log().meta.committed.clone())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.wal.append(self.shard, entries.into_iter().collect(), Done::Flushed(callback))
+        self.wal.append(
+            self.shard,
+            entries.into_iter().collect(),
+            Done::Flushed(callback),
+        )
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

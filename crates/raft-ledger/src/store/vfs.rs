@@ -77,13 +77,18 @@ impl VFile for StdFile {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
 
 fn parent(path: &Path) -> &Path {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 impl Vfs for StdFs {
@@ -92,7 +97,11 @@ impl Vfs for StdFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VFile>> {
-        let file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
 
@@ -194,7 +203,11 @@ pub mod sim {
         }
 
         fn open(&self, path: &Path) -> std::io::Result<Arc<dyn VFile>> {
-            let f = tfs::OpenOptions::new().read(true).write(true).create(true).open(path)?;
+            let f = tfs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .open(path)?;
             Ok(Arc::new(TurmoilFile(Mutex::new(f))))
         }
 

@@ -1,0 +1,119 @@
+//! The messages of the node's gRPC services.
+
+use openraft::errors::RaftError;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse,
+    TransferLeaderRequest as RaftTransferLeader, TransferLeaderResponse, VoteRequest as RaftVote,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountRef;
+use crate::command::Command;
+use crate::entry::Entry;
+use crate::node::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
+use crate::outcome::Outcome;
+use crate::raft::{SnapshotMeta, TypeConfig, Vote};
+
+/// A Raft message addressed to one shard of the receiving node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardMsg<T> {
+    /// The shard.
+    pub shard: u32,
+    /// The Raft message.
+    pub msg: T,
+}
+
+/// Why a peer could not handle a Raft message.
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The peer hosts no replica of the shard.
+    #[error("peer hosts no replica of shard {0}")]
+    UnknownShard(u32),
+    /// The peer's Raft group failed.
+    #[error(transparent)]
+    Raft(#[from] RaftError<TypeConfig>),
+    /// A snapshot stream was malformed or could not be stored.
+    #[error("snapshot transfer failed: {0}")]
+    Snapshot(String),
+}
+
+pub type AppendRequest = ShardMsg<AppendEntriesRequest<TypeConfig>>;
+pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, PeerError>;
+pub type VoteRequest = ShardMsg<RaftVote<TypeConfig>>;
+pub type VoteReply = Result<VoteResponse<TypeConfig>, PeerError>;
+pub type TransferLeaderRequest = ShardMsg<RaftTransferLeader<TypeConfig>>;
+pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, PeerError>;
+pub type SnapshotReply = Result<SnapshotResponse<TypeConfig>, PeerError>;
+
+/// One message of a snapshot stream: a header, then the journal in chunks.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SnapshotChunk {
+    /// Sent first.
+    Header {
+        /// The shard.
+        shard: u32,
+        /// The sender's vote.
+        vote: Vote,
+        /// The snapshot's metadata.
+        meta: SnapshotMeta,
+        /// The encoded ledger state.
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+        /// Entries in the journal that follows.
+        journal_entries: u64,
+        /// Bytes of journal that follow.
+        journal_bytes: u64,
+    },
+    /// A piece of the journal, in order.
+    Journal(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// Asks a node to run a command.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The shard, or `None` to route by the command's player.
+    pub shard: Option<u32>,
+    /// The command.
+    pub command: Command,
+    /// How long the caller will wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+pub type SubmitReply = Result<Outcome, LedgerError>;
+
+/// Asks for an account's balance.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BalanceRequest {
+    /// The shard, or `None` to route by the account's player.
+    pub shard: Option<u32>,
+    /// The account.
+    pub account: AccountRef,
+    /// Linearizable (leader only) or a local read that reports its staleness.
+    pub consistency: ReadConsistency,
+}
+pub type BalanceReply = Result<BalanceView, LedgerError>;
+
+/// Asks for journal entries.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EntriesRequest {
+    /// The shard.
+    pub shard: u32,
+    /// First sequence number wanted.
+    pub from_seq: u64,
+    /// At most this many.
+    pub limit: u32,
+}
+pub type EntriesReply = Result<Vec<Entry>, LedgerError>;
+
+/// Asks for the node's status.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusRequest;
+pub type StatusReply = NodeStatus;
+
+/// Asks the node to verify one shard's journal.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// The shard.
+    pub shard: u32,
+}
+pub type VerifyReply = Result<VerifyReport, LedgerError>;

@@ -1,0 +1,723 @@
+//! A ledger node: many shard replicas in one process, sharing one write-ahead log, one set of
+//! peer connections and one gRPC listener.
+//!
+//! Everything the node touches outside memory comes from its [`NodeEnv`]: the disk, the
+//! network, the clock. `walletd` passes the real ones; the simulator passes turmoil's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::rt::WatchReceiver;
+use openraft::{RaftMetrics, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::account::AccountRef;
+use crate::command::Command;
+use crate::entry::{Entry, Hash};
+use crate::ledger::LedgerConfig;
+use crate::money::Balance;
+use crate::net::env::{Listener, Net};
+use crate::net::peer::{PeerRouter, ShardNetworkFactory};
+use crate::outcome::{Outcome, Rejection};
+use crate::raft::{NodeId, NodeInfo, Proposal, Reply, Request, TypeConfig, raft_config};
+use crate::shard::{ShardId, shard_for_player};
+use crate::store::LogStore;
+use crate::store::state_machine::{LedgerStateMachine, ShardCell, StoreError};
+use crate::store::vfs::{StdFs, Vfs};
+use crate::store::wal::{IoMode, Wal, WalError};
+use crate::time::{Clock, ClusterTime, WallClock};
+use crate::verify::Verifier;
+
+/// The openraft handle of one shard replica.
+pub type LedgerRaft = openraft::Raft<TypeConfig, LedgerStateMachine>;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id. Never reuse the id of a wiped node.
+    pub node_id: NodeId,
+    /// Address, region and zone, as peers see them.
+    pub info: NodeInfo,
+    /// Where the node keeps its log, journals and snapshots.
+    pub data_dir: PathBuf,
+    /// Shards in the cluster; this node hosts a replica of each.
+    pub shards: u32,
+    /// A name shared by the cluster's nodes; a node refuses a data directory of another cluster.
+    pub cluster_name: String,
+    /// Round-trip time of the slowest link in a quorum, in ms; Raft timing derives from it.
+    pub rtt_ms: u64,
+    /// Settings every replica of a shard must share.
+    pub ledger: LedgerConfig,
+    /// How often each shard checks whether a withdrawal hold is due to expire.
+    pub tick_interval: Duration,
+    /// A snapshot is taken every this many applied log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl NodeConfig {
+    /// A config with defaults for everything but identity and placement.
+    pub fn new(node_id: NodeId, info: NodeInfo, data_dir: impl Into<PathBuf>, shards: u32) -> Self {
+        Self {
+            node_id,
+            info,
+            data_dir: data_dir.into(),
+            shards,
+            cluster_name: "casino-ledger".to_string(),
+            rtt_ms: 1,
+            ledger: LedgerConfig::default(),
+            tick_interval: Duration::from_millis(500),
+            snapshot_every: 10_000,
+            logs_kept_after_snapshot: 2_000,
+        }
+    }
+}
+
+/// The outside world of a node.
+#[derive(Clone)]
+pub struct NodeEnv {
+    /// The disk.
+    pub vfs: Arc<dyn Vfs>,
+    /// The network.
+    pub net: Net,
+    /// Where cluster time comes from (read by the leader only).
+    pub clock: Arc<dyn Clock>,
+    /// How the write-ahead log writer runs.
+    pub io: IoMode,
+}
+
+impl NodeEnv {
+    /// The real disk, TCP, the wall clock, and a writer thread.
+    pub fn production() -> Self {
+        Self {
+            vfs: Arc::new(StdFs),
+            net: Net::Tcp,
+            clock: Arc::new(WallClock),
+            io: IoMode::Thread,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The write-ahead log could not be opened.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A shard's journal or snapshot could not be opened.
+    #[error("shard {shard}: {source}")]
+    Shard {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        source: StoreError,
+    },
+    /// The data directory belongs to another node or cluster.
+    #[error("data directory {dir} belongs to {found}, not {expected}")]
+    WrongIdentity {
+        /// The directory.
+        dir: String,
+        /// What it says.
+        found: String,
+        /// What this node is.
+        expected: String,
+    },
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The disk failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// Why a request to a node failed. Every variant leaves the ledger unchanged, except
+/// [`LedgerError::Timeout`] and [`LedgerError::Unavailable`] during a write, whose outcome is
+/// unknown: retry with the same transaction id to learn it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+pub enum LedgerError {
+    /// This node does not lead the shard. Retry at the leader, if one is known.
+    #[error("node is not the leader of shard {shard}{}", leader_addr.as_ref().map(|a| format!("; leader is at {a}")).unwrap_or_default())]
+    NotLeader {
+        /// The shard.
+        shard: u32,
+        /// The leader's id, if known.
+        leader: Option<NodeId>,
+        /// The leader's address, if known.
+        leader_addr: Option<String>,
+    },
+    /// The node hosts no such shard.
+    #[error("unknown shard {0}")]
+    UnknownShard(u32),
+    /// The command's player lives in another shard.
+    #[error("the command's player lives in shard {expected}, not {requested}")]
+    WrongShard {
+        /// Where the player lives.
+        expected: u32,
+        /// The shard asked for.
+        requested: u32,
+    },
+    /// The request names no shard and no player to route by.
+    #[error("no shard given and the command names no player")]
+    NoShard,
+    /// The command is invalid on its own. Nothing was proposed.
+    #[error("invalid command: {0}")]
+    Invalid(Rejection),
+    /// The deadline passed. The command may still apply; retry with the same id.
+    #[error(
+        "deadline exceeded; the command may still apply, so retry with the same transaction id"
+    )]
+    Timeout,
+    /// The shard cannot serve right now (no quorum, shutting down, storage failure).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How fresh a balance read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Served by the leader after confirming leadership with a quorum (read-index).
+    Linearizable,
+    /// Served from this replica's state as it is; reports how far it has applied.
+    Local,
+}
+
+/// A balance as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceView {
+    /// The shard read.
+    pub shard: u32,
+    /// The balance, or `None` if the wallet does not exist.
+    pub balance: Option<Balance>,
+    /// The Raft log index the state reflects.
+    pub applied_index: Option<u64>,
+    /// Entries in the shard's journal at that point.
+    pub journal_len: u64,
+    /// Cluster time of the last applied command.
+    pub last_at: ClusterTime,
+    /// Which consistency was provided.
+    pub consistency: ReadConsistency,
+}
+
+/// One shard replica's state, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: u32,
+    /// Leader, Follower, Candidate, Learner or Shutdown.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Commit index.
+    pub committed: Option<u64>,
+    /// Apply index.
+    pub applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Log entries up to this index are purged (covered by the snapshot).
+    pub purged: Option<u64>,
+    /// Entries in the journal.
+    pub journal_len: u64,
+    /// Hash of the last journal entry, hex.
+    pub head_hash: String,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+}
+
+/// A node's state, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: NodeId,
+    /// Address, region, zone.
+    pub info: NodeInfo,
+    /// Shards in the cluster.
+    pub shard_count: u32,
+    /// Each hosted replica.
+    pub shards: Vec<ShardStatus>,
+}
+
+/// The result of verifying one shard's journal on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// The shard.
+    pub shard: u32,
+    /// Entries verified.
+    pub entries: u64,
+    /// Head hash, hex.
+    pub head_hash: String,
+    /// The first problem found, if any.
+    pub error: Option<String>,
+    /// Whether replaying the journal gives exactly the ledger's current balances.
+    pub balances_match: bool,
+}
+
+impl VerifyReport {
+    /// True when the chain verified and matched the live state.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.balances_match
+    }
+}
+
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) raft: LedgerRaft,
+    pub(crate) cell: Arc<ShardCell>,
+    pub(crate) dir: PathBuf,
+    /// One snapshot received at a time per shard: they share a receive file.
+    pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) config: NodeConfig,
+    pub(crate) env: NodeEnv,
+    wal: Arc<Wal>,
+    shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl NodeInner {
+    pub(crate) fn shard(&self, shard: u32) -> Option<Arc<Shard>> {
+        self.shards
+            .read()
+            .expect("shards lock")
+            .get(&shard)
+            .cloned()
+    }
+}
+
+/// A running ledger node. Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerNode {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Identity {
+    node_id: NodeId,
+    cluster_name: String,
+    shards: u32,
+}
+
+impl LedgerNode {
+    /// Opens the node's data directory (recovering its log, journals and snapshots) and starts a
+    /// Raft group for each shard. The node serves nothing until [`LedgerNode::serve`].
+    pub async fn start(config: NodeConfig, env: NodeEnv) -> Result<Self, NodeError> {
+        let vfs = env.vfs.clone();
+        vfs.create_dir_all(&config.data_dir)?;
+        check_identity(vfs.as_ref(), &config)?;
+        let (wal, report) = Wal::open(vfs.clone(), &config.data_dir.join("wal"), env.io)?;
+        tracing::info!(
+            node = config.node_id,
+            segments = report.segments,
+            records = report.records,
+            truncated_bytes = report.truncated_bytes,
+            "write-ahead log recovered"
+        );
+        let wal = Arc::new(wal);
+        let router = PeerRouter::new(config.node_id, env.net);
+        let raft_config = raft_config(
+            &config.cluster_name,
+            config.rtt_ms,
+            config.snapshot_every,
+            config.logs_kept_after_snapshot,
+        );
+        let (stop, _) = watch::channel(false);
+        let mut shards = BTreeMap::new();
+        for s in 0..config.shards {
+            let dir = config.data_dir.join("shards").join(s.to_string());
+            let (sm, cell) = LedgerStateMachine::open(vfs.clone(), &dir, ShardId(s), config.ledger)
+                .map_err(|source| NodeError::Shard { shard: s, source })?;
+            let log = LogStore::new(wal.clone(), s);
+            let network = ShardNetworkFactory::new(router.clone(), s);
+            let raft = LedgerRaft::new(config.node_id, raft_config.clone(), network, log, sm)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            shards.insert(
+                s,
+                Arc::new(Shard {
+                    id: ShardId(s),
+                    raft,
+                    cell,
+                    dir,
+                    snapshot_lock: tokio::sync::Mutex::new(()),
+                }),
+            );
+        }
+        let inner = Arc::new(NodeInner {
+            config,
+            env,
+            wal,
+            shards: RwLock::new(shards),
+            stop,
+        });
+        let node = Self { inner };
+        for shard in node.inner.shards.read().expect("shards lock").values() {
+            tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
+        }
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Forms a new cluster: every shard that has never been initialized gets `members` as its
+    /// first membership. Safe to call on every node with the same members, and on restarts.
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, NodeInfo>) -> Result<(), NodeError> {
+        for shard in self.shards() {
+            if shard
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+            {
+                continue;
+            }
+            if let Err(e) = shard.raft.initialize(members.clone()).await {
+                // Another node initialized it first: that is the goal, not an error.
+                tracing::debug!(shard = %shard.id, "initialize skipped: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn shards(&self) -> Vec<Arc<Shard>> {
+        self.inner
+            .shards
+            .read()
+            .expect("shards lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The Raft handle of a shard replica, for operators and tests.
+    pub fn raft(&self, shard: u32) -> Option<LedgerRaft> {
+        self.inner.shard(shard).map(|s| s.raft.clone())
+    }
+
+    /// Serves the node's gRPC services on `listener` until [`LedgerNode::shutdown`].
+    pub async fn serve(&self, listener: Listener) -> Result<(), NodeError> {
+        let mut stop = self.inner.stop.subscribe();
+        let routes = crate::net::server::routes(self.inner.clone());
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(listener.incoming(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))
+    }
+
+    /// Stops serving, stops every shard's Raft group, and makes the log durable and closed.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        for shard in self.shards() {
+            if let Err(e) = shard.raft.shutdown().await {
+                tracing::warn!(shard = %shard.id, "raft shutdown: {e}");
+            }
+        }
+        self.inner.wal.close().await;
+    }
+
+    /// The shard a command must run in: the requested one, checked against the command's
+    /// player, or the player's shard.
+    pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
+        let home = cmd
+            .player()
+            .map(|p| shard_for_player(p, self.inner.config.shards).0);
+        match (shard, home) {
+            (Some(s), Some(h)) if s != h => Err(LedgerError::WrongShard {
+                expected: h,
+                requested: s,
+            }),
+            (Some(s), _) | (None, Some(s)) => Ok(s),
+            (None, None) => Err(LedgerError::NoShard),
+        }
+    }
+
+    fn shard_or_err(&self, shard: u32) -> Result<Arc<Shard>, LedgerError> {
+        self.inner
+            .shard(shard)
+            .ok_or(LedgerError::UnknownShard(shard))
+    }
+
+    /// Runs a command on its shard's leader, which must be this node.
+    ///
+    /// Bad input is refused before anything is proposed. The leader stamps the cluster time.
+    pub async fn submit(
+        &self,
+        shard: Option<u32>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<Outcome, LedgerError> {
+        cmd.validate().map_err(LedgerError::Invalid)?;
+        let shard_id = self.route(shard, &cmd)?;
+        let shard = self.shard_or_err(shard_id)?;
+        let proposal = Proposal {
+            at: self.inner.env.clock.now(),
+            request: Request::Command(cmd),
+        };
+        match tokio::time::timeout(timeout, shard.raft.client_write(proposal)).await {
+            Err(_) => Err(LedgerError::Timeout),
+            Ok(Ok(resp)) => match resp.data {
+                Reply::Outcome(outcome) => Ok(outcome),
+                Reply::Ticked => unreachable!("a command proposal applies as a command"),
+            },
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(f) => Err(LedgerError::NotLeader {
+                    shard: shard_id,
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                }),
+                None => Err(LedgerError::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    /// Reads a balance. A linearizable read must be served by the leader.
+    pub async fn balance(
+        &self,
+        shard: Option<u32>,
+        account: &AccountRef,
+        consistency: ReadConsistency,
+    ) -> Result<BalanceView, LedgerError> {
+        let shard_id = match (shard, account.player_id()) {
+            (Some(s), _) => s,
+            (None, Some(p)) => shard_for_player(p, self.inner.config.shards).0,
+            (None, None) => return Err(LedgerError::NoShard),
+        };
+        let shard = self.shard_or_err(shard_id)?;
+        if consistency == ReadConsistency::Linearizable
+            && let Err(e) = shard.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
+        {
+            return Err(match e.forward_to_leader() {
+                Some(f) => LedgerError::NotLeader {
+                    shard: shard_id,
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                },
+                None => LedgerError::Unavailable(e.to_string()),
+            });
+        }
+        let st = shard.cell.read();
+        Ok(BalanceView {
+            shard: shard_id,
+            balance: st.ledger.balance(account),
+            applied_index: st.last_applied.as_ref().map(|l| l.index),
+            journal_len: st.journal.len(),
+            last_at: st.ledger.last_at(),
+            consistency,
+        })
+    }
+
+    /// Up to `limit` journal entries of a shard from `from_seq` on, as this replica has them.
+    pub fn entries(
+        &self,
+        shard: u32,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        let shard = self.shard_or_err(shard)?;
+        let st = shard.cell.read();
+        let mut out = Vec::new();
+        let first = from_seq.max(1);
+        for seq in first..first.saturating_add(u64::from(limit.min(10_000))) {
+            match st.journal.read(seq) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(LedgerError::Unavailable(format!(
+                        "journal read failed: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until the shard's journal has more than `seen` entries, or `timeout` passes.
+    /// Returns the journal length.
+    pub async fn wait_for_entries(
+        &self,
+        shard: u32,
+        seen: u64,
+        timeout: Duration,
+    ) -> Result<u64, LedgerError> {
+        let shard = self.shard_or_err(shard)?;
+        let mut rx = shard.cell.journal_len.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|len| *len > seen)).await;
+        let len = *rx.borrow();
+        Ok(len)
+    }
+
+    /// Re-verifies a shard's whole journal on this replica and compares the replayed balances
+    /// with the live ledger.
+    pub fn verify(&self, shard: u32) -> Result<VerifyReport, LedgerError> {
+        let shard = self.shard_or_err(shard)?;
+        let st = shard.cell.read();
+        let mut v = Verifier::new(shard.id);
+        let mut error = None;
+        for seq in 1..=st.journal.len() {
+            let checked = match st.journal.read(seq) {
+                Ok(Some(e)) => v.push(&e).map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("entry {seq} missing")),
+                Err(e) => Err(format!("entry {seq}: {e}")),
+            };
+            if let Err(e) = checked {
+                error = Some(e);
+                break;
+            }
+        }
+        let summary = v.finish();
+        let live: BTreeMap<AccountRef, Balance> = st.ledger.accounts().into_iter().collect();
+        let balances_match =
+            error.is_none() && summary.balances == live && summary.head_hash == st.ledger.head().1;
+        Ok(VerifyReport {
+            shard: shard.id.0,
+            entries: summary.entries,
+            head_hash: hex::encode(summary.head_hash),
+            error,
+            balances_match,
+        })
+    }
+
+    /// The node's view of every shard it hosts.
+    pub fn status(&self) -> NodeStatus {
+        let shards = self
+            .shards()
+            .iter()
+            .map(|s| {
+                let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
+                let st = s.cell.read();
+                ShardStatus {
+                    shard: s.id.0,
+                    state: server_state(m.state).to_string(),
+                    term: m.current_term,
+                    leader: m.current_leader,
+                    last_log_index: m.last_log_index,
+                    committed: m.local_committed.as_ref().map(|l| l.index),
+                    applied: m.last_applied.as_ref().map(|l| l.index),
+                    snapshot: m.snapshot.as_ref().map(|l| l.index),
+                    purged: m.purged.as_ref().map(|l| l.index),
+                    journal_len: st.journal.len(),
+                    head_hash: hex::encode(st.journal.head()),
+                    voters: m.membership_config.voter_ids().collect(),
+                    learners: m.membership_config.membership().learner_ids().collect(),
+                }
+            })
+            .collect();
+        NodeStatus {
+            node_id: self.inner.config.node_id,
+            info: self.inner.config.info.clone(),
+            shard_count: self.inner.config.shards,
+            shards,
+        }
+    }
+
+    /// The head (sequence, hash) of a shard's chain on this replica.
+    pub fn head(&self, shard: u32) -> Option<(u64, Hash)> {
+        self.inner.shard(shard).map(|s| s.cell.read().ledger.head())
+    }
+
+    /// Every balance of a shard on this replica, sorted by account.
+    pub fn balances(&self, shard: u32) -> Option<Vec<(AccountRef, Balance)>> {
+        self.inner
+            .shard(shard)
+            .map(|s| s.cell.read().ledger.accounts())
+    }
+}
+
+fn server_state(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
+    let path = config.data_dir.join("node.json");
+    let me = Identity {
+        node_id: config.node_id,
+        cluster_name: config.cluster_name.clone(),
+        shards: config.shards,
+    };
+    match vfs.read(&path) {
+        Ok(bytes) => {
+            let found: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                NodeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
+            if found != me {
+                return Err(NodeError::WrongIdentity {
+                    dir: config.data_dir.display().to_string(),
+                    found: format!("{found:?}"),
+                    expected: format!("{me:?}"),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = serde_json::to_vec_pretty(&me).expect("identity serialises");
+            vfs.write_atomic(&path, &bytes)?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
+/// in cluster time even when no command arrives.
+async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
+    let mut stop = node.stop.subscribe();
+    let mut interval = tokio::time::interval(node.config.tick_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !shard.raft.is_leader() {
+            continue;
+        }
+        let now = node.env.clock.now();
+        let due = shard
+            .cell
+            .read()
+            .ledger
+            .next_hold_expiry()
+            .is_some_and(|t| t <= now);
+        if due {
+            let proposal = Proposal {
+                at: now,
+                request: Request::Tick,
+            };
+            if let Err(e) = shard.raft.client_write(proposal).await {
+                tracing::debug!(shard = %shard.id, "tick not applied: {e}");
+            }
+        }
+    }
+}

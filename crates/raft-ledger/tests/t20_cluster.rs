@@ -1,0 +1,271 @@
+//! In-process clusters of real nodes over real loopback sockets: failover, a full restart from
+//! disk, and a wiped replica catching up by snapshot.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use raft_ledger::node::{LedgerError, ReadConsistency};
+use raft_ledger::{AccountRef, Balance, Command, Outcome, shard_for_player};
+
+fn applied(o: &Outcome) -> bool {
+    matches!(o, Outcome::Applied(_) | Outcome::Duplicate(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_leader_failover_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3, 2).await;
+    let client = cluster.client().await;
+    for (i, p) in ["alice", "bob"].iter().enumerate() {
+        assert!(applied(
+            &client.submit(open(&format!("open-{p}"), p)).await.unwrap()
+        ));
+        assert!(applied(
+            &client
+                .submit(deposit(&format!("dep-{i}"), p, 1_000))
+                .await
+                .unwrap()
+        ));
+    }
+    let shard = shard_for_player(&player("alice"), 2).0;
+    let old_leader = cluster.wait_leader(shard).await;
+
+    // A follower refuses writes and says who leads.
+    let follower = cluster
+        .members
+        .keys()
+        .copied()
+        .find(|id| *id != old_leader)
+        .unwrap();
+    let err = cluster
+        .node(follower)
+        .submit(None, bet("x", "alice", "r0", 1), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotLeader { leader: Some(l), .. } if l == old_leader),
+        "{err:?}"
+    );
+
+    cluster.stop(old_leader).await;
+    // The client finds the new leader by itself; every bet it gets an answer for is applied.
+    for i in 0..20 {
+        let o = client
+            .submit(bet(&format!("bet-{i}"), "alice", &format!("r{i}"), 10))
+            .await
+            .unwrap();
+        assert!(applied(&o), "{o:?}");
+    }
+    let new_leader = cluster.wait_leader(shard).await;
+    assert_ne!(new_leader, old_leader);
+    let view = client
+        .balance(&AccountRef::player(player("alice"), eur()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.balance,
+        Some(Balance {
+            posted: 800,
+            held: 0
+        })
+    );
+    assert_eq!(view.consistency, ReadConsistency::Linearizable);
+
+    cluster.restart(old_leader).await;
+    let (seq, _) = cluster.wait_converged(shard).await;
+    assert_eq!(seq, 22, "open + deposit + 20 bets");
+    for node in cluster.running() {
+        let report = node.verify(shard).unwrap();
+        assert!(report.ok(), "node {}: {report:?}", node.id());
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balances() {
+    let mut cluster = Cluster::start(3, 2).await;
+    let client = cluster.client().await;
+    let players = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    for p in players {
+        client.submit(open(&format!("o-{p}"), p)).await.unwrap();
+        client
+            .submit(deposit(&format!("d-{p}"), p, 500))
+            .await
+            .unwrap();
+        client
+            .submit(bet(&format!("b-{p}"), p, "round-1", 120))
+            .await
+            .unwrap();
+    }
+    let before: Vec<_> = (0..2).map(|s| cluster.node(1).head(s).unwrap()).collect();
+    for s in 0..2 {
+        assert_eq!(cluster.wait_converged(s).await, before[s as usize]);
+    }
+    let balances_before: Vec<_> = (0..2)
+        .map(|s| cluster.node(2).balances(s).unwrap())
+        .collect();
+    drop(client);
+
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    for s in 0..2 {
+        cluster.wait_leader(s).await;
+        assert_eq!(
+            cluster.wait_converged(s).await,
+            before[s as usize],
+            "shard {s} head changed across restart"
+        );
+        for node in cluster.running() {
+            assert_eq!(
+                node.balances(s).unwrap(),
+                balances_before[s as usize],
+                "node {} shard {s}",
+                node.id()
+            );
+            assert!(node.verify(s).unwrap().ok());
+        }
+    }
+    // The restarted cluster keeps working, and still remembers ids from before the restart.
+    let client = cluster.client().await;
+    let again = client.submit(deposit("d-p1", "p1", 500)).await.unwrap();
+    assert!(matches!(again, Outcome::Duplicate(_)), "{again:?}");
+    assert!(applied(
+        &client.submit(deposit("d2-p1", "p1", 1)).await.unwrap()
+    ));
+    cluster.shutdown().await;
+}
+
+fn small_snapshots(config: &mut raft_ledger::node::NodeConfig) {
+    config.snapshot_every = 20;
+    config.logs_kept_after_snapshot = 0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start_with(3, 1, small_snapshots).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    for i in 0..60 {
+        client
+            .submit(deposit(&format!("d{i}"), "alice", 5))
+            .await
+            .unwrap();
+    }
+    let leader = cluster.wait_leader(0).await;
+    wait_for(Duration::from_secs(10), || {
+        let s = &cluster.node(leader).status().shards[0];
+        s.purged.filter(|i| *i >= 40).map(|_| ())
+    })
+    .await
+    .expect("the leader snapshots and purges its log");
+
+    // Node 3 loses its disk. It may only come back under a new id.
+    let wiped = cluster
+        .members
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.stop(wiped).await;
+    std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
+    let raft = cluster.node(leader).raft(0).unwrap();
+    let survivors: BTreeSet<u64> = cluster
+        .members
+        .keys()
+        .copied()
+        .filter(|id| *id != wiped)
+        .collect();
+    raft.change_membership(survivors.clone(), false)
+        .await
+        .unwrap();
+
+    let info = cluster.add_member(4).await.info.clone();
+    // Blocks until the learner has caught up; the log it would need is purged, so this is a
+    // snapshot install.
+    raft.add_learner(4, info, true).await.unwrap();
+    let mut voters = survivors;
+    voters.insert(4);
+    raft.change_membership(voters, false).await.unwrap();
+
+    client.submit(deposit("after", "alice", 1)).await.ok();
+    let client = cluster.client().await;
+    assert!(applied(
+        &client.submit(deposit("after-2", "alice", 1)).await.unwrap()
+    ));
+    let head = cluster.node(leader).head(0).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        (cluster.node(4).head(0) == cluster.node(leader).head(0)).then_some(())
+    })
+    .await
+    .expect("the new replica converges");
+    assert!(cluster.node(4).head(0).unwrap().0 >= head.0);
+    let status = cluster.node(4).status();
+    assert!(
+        status.shards[0].snapshot.is_some(),
+        "node 4 installed a snapshot: {status:?}"
+    );
+    let report = cluster.node(4).verify(0).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(
+        cluster.node(4).entries(0, 1, 1000).unwrap(),
+        cluster.node(leader).entries(0, 1, 1000).unwrap(),
+        "the new replica holds the whole history, not just the state"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_a_withdrawal_hold_expires_in_cluster_time_without_further_commands() {
+    let cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    client.submit(deposit("d", "alice", 100)).await.unwrap();
+    let reserve = Command::ReserveWithdrawal {
+        tx: tx("h1"),
+        player: player("alice"),
+        currency: eur(),
+        amount: raft_ledger::Amount::new(70).unwrap(),
+        timeout_ms: 1_000,
+    };
+    client.submit(reserve).await.unwrap();
+    let wallet = AccountRef::player(player("alice"), eur());
+    assert_eq!(
+        client
+            .balance(&wallet, None)
+            .await
+            .unwrap()
+            .balance
+            .unwrap()
+            .held,
+        70
+    );
+    let mut released = false;
+    for _ in 0..100 {
+        if client
+            .balance(&wallet, None)
+            .await
+            .unwrap()
+            .balance
+            .unwrap()
+            .held
+            == 0
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(released, "the hold was not released by a leader tick");
+    let entries = cluster.node(1).entries(0, 1, 10).unwrap();
+    assert_eq!(
+        entries.last().unwrap().kind,
+        raft_ledger::EntryKind::WithdrawalExpire
+    );
+    cluster.shutdown().await;
+}
