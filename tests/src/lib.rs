@@ -1,1 +1,149 @@
-//! tmp
+//! Helpers for end-to-end tests that run real `walletd` processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `walletd` binary, built once per test run so it is never stale.
+pub fn walletd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "wallet-api", "--bin", "walletd"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building walletd failed");
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> -> target/<profile>/walletd
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let bin = profile_dir.join("walletd");
+        assert!(bin.exists(), "walletd not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `walletd start` process.
+pub struct Walletd {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Walletd {
+    /// Starts node `id` of a cluster whose members are `peers` (id, addr) and waits until ready.
+    pub fn start(id: u64, addr: &str, dir: &Path, shards: u32, peers: &[(u64, String)], bootstrap: bool) -> Self {
+        let mut args = vec![
+            "start".to_string(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--shards".into(),
+            shards.to_string(),
+            "--region".into(),
+            format!("region-{id}"),
+            "--zone".into(),
+            format!("zone-{id}"),
+        ];
+        for (pid, paddr) in peers {
+            args.push("--peer".into());
+            args.push(format!("{pid}={paddr}"));
+        }
+        if bootstrap {
+            args.push("--bootstrap".into());
+        }
+        let mut w = Walletd { id, addr: addr.to_string(), dir: dir.to_path_buf(), child: None, args };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("log file");
+        let mut child = Command::new(walletd_bin())
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn walletd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("ready on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("walletd {} exited early with {status}; see {}", self.id, self.dir.with_extension("log").display());
+            }
+            assert!(Instant::now() < deadline, "walletd {} did not become ready", self.id);
+        }
+        self.child = Some(child);
+        // A restart must not bootstrap again (it would be harmless, but it is not what operators do).
+        self.args.retain(|a| a != "--bootstrap");
+    }
+
+    /// SIGKILL: no shutdown, no flush. Only what was fsynced survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGTERM and wait: the clean shutdown path.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().expect("try_wait").is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Walletd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

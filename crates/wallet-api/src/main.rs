@@ -1,1 +1,121 @@
-fn main() {}
+//! The `walletd` binary: `start` a node, talk to a cluster with `client`, or run the `demo`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use wallet_api::config::{FileConfig, PeerConfig};
+
+#[derive(Parser)]
+#[command(name = "walletd", version, about = "Raft-replicated wallet ledger node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. Settings come from --config and/or flags (flags win).
+    Start(StartArgs),
+    /// Send a command or query to a cluster.
+    Client(wallet_api::cli::ClientArgs),
+    /// Run a three-region cluster on this machine and walk through what it does.
+    Demo(wallet_api::demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    /// A TOML file with the settings below (see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address peers should dial, if not `listen`.
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    zone: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shards in the cluster (same on every node).
+    #[arg(long)]
+    shards: Option<u32>,
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// Round-trip time of the slowest quorum link, in ms.
+    #[arg(long)]
+    rtt_ms: Option<u64>,
+    /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).
+    #[arg(long)]
+    bootstrap: bool,
+    /// A member for bootstrap: ID=HOST:PORT (repeat for each member).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<PeerConfig>,
+}
+
+fn parse_peer(s: &str) -> Result<PeerConfig, String> {
+    let (id, addr) = s.split_once('=').ok_or("expected ID=HOST:PORT")?;
+    let id = id.parse().map_err(|_| format!("bad node id `{id}`"))?;
+    Ok(PeerConfig { id, addr: addr.to_string(), region: String::new(), zone: String::new() })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A node logs its lifecycle; the demo and the client keep the terminal for their own output.
+    // openraft reports every unreachable peer as a warning, which buries everything else.
+    let default_filter = match cli.command {
+        Cmd::Start(_) => "warn,openraft=error,raft_ledger=info,wallet_api=info",
+        Cmd::Client(_) | Cmd::Demo(_) => "error",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Start(args) => {
+                let file = match &args.config {
+                    Some(path) => FileConfig::load(path)?,
+                    None => FileConfig::default(),
+                };
+                let flags = FileConfig {
+                    node_id: args.node_id,
+                    listen: args.listen,
+                    advertise: args.advertise,
+                    region: args.region,
+                    zone: args.zone,
+                    data_dir: args.data_dir,
+                    shards: args.shards,
+                    cluster_name: args.cluster_name,
+                    rtt_ms: args.rtt_ms,
+                    bootstrap: args.bootstrap.then_some(true),
+                    peers: args.peers,
+                };
+                let config = file.overlay(flags).resolve()?;
+                wallet_api::start::run(config).await.map_err(anyhow::Error::msg)?;
+                Ok::<i32, anyhow::Error>(0)
+            }
+            Cmd::Client(args) => wallet_api::cli::run(args).await.map_err(anyhow::Error::msg),
+            Cmd::Demo(args) => {
+                wallet_api::demo::run(args).await.map_err(anyhow::Error::msg)?;
+                Ok(0)
+            }
+        }
+    });
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("walletd: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -126,6 +126,11 @@ pub fn raft_config(
         max_payload_entries: 1_024,
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),
+        // A restarted leader must win an election again. A leader may count an entry committed
+        // on two followers' fsyncs before its own fsync finishes; if it then crashes, it comes
+        // back without that entry, and resuming leadership without a vote would let it serve
+        // (and overwrite) around a hole. An election's log check refuses such a candidate.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Arc::new(config.validate().expect("derived raft config is valid"))

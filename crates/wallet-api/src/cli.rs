@@ -1,0 +1,479 @@
+//! `walletd client`: a command-line client of the node API, for humans and scripts.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
+use raft_ledger::{
+    AccountRef, Amount, Command, Currency, HOLD_TIMEOUT_DEFAULT_MS, Outcome, PlayerId, Reason, Receipt, Rejection,
+    RoundId, TxId,
+};
+
+use crate::amount::parse_amount;
+
+/// Options of `walletd client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Node addresses (`host:port`), comma separated. Any node will do; the client finds leaders.
+    #[arg(long, env = "WALLETD_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub nodes: Vec<String>,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds of retrying.
+    #[arg(long, default_value_t = 15)]
+    pub deadline_secs: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: ClientOp,
+}
+
+/// One client operation. Amounts are decimals in the currency (`12.50` EUR is 1250 cents).
+#[derive(Debug, Subcommand)]
+pub enum ClientOp {
+    /// Open a player's wallet in a currency.
+    Open {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        currency: String,
+    },
+    /// Move money in from outside.
+    Deposit {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+    },
+    /// Stake money in a game round.
+    Bet {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        round: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+    },
+    /// Pay a win for a round the player bet in.
+    Win {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        round: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+    },
+    /// Reverse one bet, exactly once.
+    Rollback {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        round: String,
+        /// The bet's transaction id.
+        #[arg(long)]
+        bet: String,
+    },
+    /// Reserve money for a withdrawal (a hold that commits, cancels or expires).
+    Reserve {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+        /// Hold lifetime in cluster milliseconds.
+        #[arg(long, default_value_t = HOLD_TIMEOUT_DEFAULT_MS)]
+        timeout_ms: u64,
+    },
+    /// Settle a withdrawal hold: the money leaves.
+    Commit {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        /// The reserve's transaction id.
+        #[arg(long)]
+        hold: String,
+    },
+    /// Release a withdrawal hold.
+    Cancel {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        player: String,
+        /// The reserve's transaction id.
+        #[arg(long)]
+        hold: String,
+    },
+    /// Move money between two players of the same shard.
+    Transfer {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+    },
+    /// An operator correction between two accounts (`player:ID:CUR`, `house:CUR`, `external:CUR`).
+    Adjust {
+        #[arg(long)]
+        tx: String,
+        #[arg(long)]
+        debit: String,
+        #[arg(long)]
+        credit: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Required when neither account is a player's.
+        #[arg(long)]
+        shard: Option<u32>,
+    },
+    /// Read a wallet's balance (linearizable, from the shard leader).
+    Balance {
+        #[arg(long)]
+        player: String,
+        #[arg(long)]
+        currency: String,
+    },
+    /// List a shard's ledger entries as one node has them.
+    Entries {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        shard: u32,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show every shard replica of a node: role, term, indexes, chain head.
+    Status {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Re-verify a shard's hash chain and balances on one node.
+    Verify {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        shard: u32,
+    },
+}
+
+fn bad(what: &str, r: Rejection) -> String {
+    format!("{what}: {r}")
+}
+
+fn currency(s: &str) -> Result<Currency, String> {
+    Currency::new(s).map_err(|r| bad(&format!("currency `{s}`"), r))
+}
+
+fn tx(s: &str) -> Result<TxId, String> {
+    TxId::new(s).map_err(|r| bad("--tx", r))
+}
+
+fn player(s: &str) -> Result<PlayerId, String> {
+    PlayerId::new(s).map_err(|r| bad("player", r))
+}
+
+fn round(s: &str) -> Result<RoundId, String> {
+    RoundId::new(s).map_err(|r| bad("--round", r))
+}
+
+fn amount(s: &str, c: Currency) -> Result<Amount, String> {
+    let minor = parse_amount(s, c).map_err(|e| format!("--amount: {e}"))?;
+    Amount::new(minor).map_err(|r| bad("--amount", r))
+}
+
+/// Parses `player:ID:CUR`, `house:CUR` or `external:CUR`.
+pub fn parse_account(s: &str) -> Result<AccountRef, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts.as_slice() {
+        ["player", p, c] => Ok(AccountRef::player(player(p)?, currency(c)?)),
+        ["house", c] => Ok(AccountRef::House(currency(c)?)),
+        ["external", c] => Ok(AccountRef::External(currency(c)?)),
+        _ => Err(format!("account `{s}` must be player:ID:CUR, house:CUR or external:CUR")),
+    }
+}
+
+/// Turns a write operation into a validated command; `None` for read operations.
+pub fn command(op: &ClientOp) -> Result<Option<(Command, Option<u32>)>, String> {
+    let cmd = match op {
+        ClientOp::Open { tx: t, player: p, currency: c } => {
+            Command::OpenAccount { tx: tx(t)?, player: player(p)?, currency: currency(c)? }
+        }
+        ClientOp::Deposit { tx: t, player: p, currency: c, amount: a } => {
+            let c = currency(c)?;
+            Command::Deposit { tx: tx(t)?, player: player(p)?, currency: c, amount: amount(a, c)? }
+        }
+        ClientOp::Bet { tx: t, player: p, round: r, currency: c, amount: a } => {
+            let c = currency(c)?;
+            Command::Bet { tx: tx(t)?, player: player(p)?, round: round(r)?, currency: c, amount: amount(a, c)? }
+        }
+        ClientOp::Win { tx: t, player: p, round: r, currency: c, amount: a } => {
+            let c = currency(c)?;
+            Command::Win { tx: tx(t)?, player: player(p)?, round: round(r)?, currency: c, amount: amount(a, c)? }
+        }
+        ClientOp::Rollback { tx: t, player: p, round: r, bet } => {
+            Command::Rollback { tx: tx(t)?, player: player(p)?, round: round(r)?, bet: tx(bet)? }
+        }
+        ClientOp::Reserve { tx: t, player: p, currency: c, amount: a, timeout_ms } => {
+            let c = currency(c)?;
+            Command::ReserveWithdrawal {
+                tx: tx(t)?,
+                player: player(p)?,
+                currency: c,
+                amount: amount(a, c)?,
+                timeout_ms: *timeout_ms,
+            }
+        }
+        ClientOp::Commit { tx: t, player: p, hold } => {
+            Command::CommitWithdrawal { tx: tx(t)?, player: player(p)?, hold: tx(hold)? }
+        }
+        ClientOp::Cancel { tx: t, player: p, hold } => {
+            Command::CancelWithdrawal { tx: tx(t)?, player: player(p)?, hold: tx(hold)? }
+        }
+        ClientOp::Transfer { tx: t, from, to, currency: c, amount: a } => {
+            let c = currency(c)?;
+            Command::Transfer { tx: tx(t)?, from: player(from)?, to: player(to)?, currency: c, amount: amount(a, c)? }
+        }
+        ClientOp::Adjust { tx: t, debit, credit, currency: c, amount: a, reason, shard } => {
+            let c = currency(c)?;
+            let cmd = Command::Adjust {
+                tx: tx(t)?,
+                debit: parse_account(debit)?,
+                credit: parse_account(credit)?,
+                currency: c,
+                amount: amount(a, c)?,
+                reason: Reason::new(reason.as_str()).map_err(|r| bad("--reason", r))?,
+            };
+            return Ok(Some((cmd, *shard)));
+        }
+        ClientOp::Balance { .. } | ClientOp::Entries { .. } | ClientOp::Status { .. } | ClientOp::Verify { .. } => {
+            return Ok(None);
+        }
+    };
+    cmd.validate().map_err(|r| bad("command", r))?;
+    Ok(Some((cmd, None)))
+}
+
+/// Cluster time as RFC 3339 with milliseconds, for people.
+pub fn format_time(at: raft_ledger::ClusterTime) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(at.as_millis());
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn format_receipt(r: &Receipt) -> String {
+    let mut s = match r.seq {
+        Some(seq) => format!("entry #{seq} at {}", format_time(r.at)),
+        None => format!("no entry (nothing to move) at {}", format_time(r.at)),
+    };
+    for (account, b) in &r.balances {
+        let c = account.currency();
+        s.push_str(&format!("\n  {account:<28} {}", c.format(b.posted)));
+        if b.held != 0 {
+            s.push_str(&format!("  (held {})", c.format(b.held)));
+        }
+    }
+    s
+}
+
+/// Renders an outcome for a terminal, and the process exit code it deserves.
+pub fn render_outcome(o: &Outcome) -> (String, i32) {
+    match o {
+        Outcome::Applied(r) => (format!("applied: {}", format_receipt(r)), 0),
+        Outcome::Duplicate(r) => (format!("duplicate (already applied; original result): {}", format_receipt(r)), 0),
+        Outcome::Rejected(x) => (format!("rejected: {} ({})", x, x.code()), 2),
+        Outcome::AlreadyFailed(x) => (format!("rejected earlier and remembered: {} ({})", x, x.code()), 2),
+        Outcome::Conflict => ("conflict: this transaction id was used with a different payload; nothing changed".into(), 2),
+    }
+}
+
+/// Runs one client operation and returns the process exit code.
+pub async fn run(args: ClientArgs) -> Result<i32, String> {
+    let parsed = command(&args.op)?;
+    let options = ClientOptions { deadline: Duration::from_secs(args.deadline_secs), ..ClientOptions::default() };
+    let client = LedgerClient::connect(args.nodes.clone(), options).await.map_err(|e| e.to_string())?;
+    let first = args.nodes[0].clone();
+    let print = |json: String, human: String| {
+        if args.json {
+            println!("{json}");
+        } else {
+            println!("{human}");
+        }
+    };
+    if let Some((cmd, shard)) = parsed {
+        let result = match shard {
+            Some(s) => client.submit_to(s, cmd).await,
+            None => client.submit(cmd).await,
+        };
+        return match result {
+            Ok(outcome) => {
+                let (human, code) = render_outcome(&outcome);
+                print(to_json(&outcome), human);
+                Ok(code)
+            }
+            Err(ClientError::Invalid(r)) => Err(bad("refused before proposing", r)),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    match &args.op {
+        ClientOp::Balance { player: p, currency: c } => {
+            let account = AccountRef::player(player(p)?, currency(c)?);
+            let view = client.balance(&account, None).await.map_err(|e| e.to_string())?;
+            let human = match view.balance {
+                Some(b) => format!(
+                    "{account}: {}  available {}  held {}  (shard {}, applied index {:?}, linearizable)",
+                    account.currency().format(b.posted),
+                    account.currency().format(b.available()),
+                    account.currency().format(b.held),
+                    view.shard,
+                    view.applied_index
+                ),
+                None => format!("{account}: no such wallet (shard {})", view.shard),
+            };
+            print(to_json(&view), human);
+        }
+        ClientOp::Entries { node, shard, from, limit } => {
+            let addr = node.clone().unwrap_or(first);
+            let entries = client.entries(&addr, *shard, *from, *limit).await.map_err(|e| e.to_string())?;
+            if args.json {
+                for e in &entries {
+                    println!("{}", to_json(e));
+                }
+            } else {
+                for e in &entries {
+                    let c = e.currency();
+                    println!(
+                        "#{:<6} {} {:?} {:<18} {} -> {}  {}  hash {}",
+                        e.seq,
+                        format_time(e.at),
+                        e.kind,
+                        e.tx,
+                        e.debit,
+                        e.credit,
+                        c.format(e.amount as i64),
+                        &hex(&e.hash)[..16]
+                    );
+                }
+            }
+        }
+        ClientOp::Status { node } => {
+            let addr = node.clone().unwrap_or(first);
+            let status = client.status(&addr).await.map_err(|e| e.to_string())?;
+            let mut human = format!("node {} {} ({} shards)\n", status.node_id, status.info, status.shard_count);
+            human.push_str("shard  role       term  leader  last_log  committed  applied  snapshot  entries  head\n");
+            for s in &status.shards {
+                human.push_str(&format!(
+                    "{:<6} {:<10} {:<5} {:<7} {:<9} {:<10} {:<8} {:<9} {:<8} {}\n",
+                    s.shard,
+                    s.state,
+                    s.term,
+                    opt(s.leader),
+                    opt(s.last_log_index),
+                    opt(s.committed),
+                    opt(s.applied),
+                    opt(s.snapshot),
+                    s.journal_len,
+                    &s.head_hash[..16]
+                ));
+            }
+            print(to_json(&status), human.trim_end().to_string());
+        }
+        ClientOp::Verify { node, shard } => {
+            let addr = node.clone().unwrap_or(first);
+            let report = client.verify(&addr, *shard).await.map_err(|e| e.to_string())?;
+            let human = if report.ok() {
+                format!("shard {} on {addr}: OK, {} entries, head {}", report.shard, report.entries, report.head_hash)
+            } else {
+                format!(
+                    "shard {} on {addr}: FAILED after {} entries: {}",
+                    report.shard,
+                    report.entries,
+                    report.error.clone().unwrap_or_else(|| "replayed balances differ from the live ledger".into())
+                )
+            };
+            let ok = report.ok();
+            print(to_json(&report), human);
+            return Ok(if ok { 0 } else { 3 });
+        }
+        _ => unreachable!("write operations returned above"),
+    }
+    Ok(0)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".to_string(), |v| v.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_parse_from_their_printed_form() {
+        for s in ["player:alice:EUR", "house:USD", "external:JPY"] {
+            assert_eq!(parse_account(s).unwrap().to_string(), s);
+        }
+        assert!(parse_account("player:alice").is_err());
+        assert!(parse_account("bank:EUR").is_err());
+        assert!(parse_account("house:XXX").is_err());
+    }
+
+    #[test]
+    fn client_input_errors_are_caught_before_sending() {
+        let deposit = |amount: &str| ClientOp::Deposit {
+            tx: "t".into(),
+            player: "alice".into(),
+            currency: "EUR".into(),
+            amount: amount.into(),
+        };
+        assert!(command(&deposit("10.00")).unwrap().is_some());
+        assert!(command(&deposit("0")).unwrap_err().contains("positive"));
+        assert!(command(&deposit("-1")).is_err());
+        let same = ClientOp::Transfer {
+            tx: "t".into(),
+            from: "a".into(),
+            to: "a".into(),
+            currency: "EUR".into(),
+            amount: "1".into(),
+        };
+        assert!(command(&same).unwrap_err().contains("same"));
+        let long_tx = ClientOp::Open { tx: "x".repeat(65), player: "a".into(), currency: "EUR".into() };
+        assert!(command(&long_tx).unwrap_err().contains("--tx"));
+    }
+}

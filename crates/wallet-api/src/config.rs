@@ -1,0 +1,190 @@
+//! `walletd start` configuration: a TOML file, with command-line flags taking precedence.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raft_ledger::node::NodeConfig;
+use raft_ledger::raft::{NodeId, NodeInfo};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A member of the cluster as listed in the configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Node id.
+    pub id: NodeId,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// Region label.
+    #[serde(default)]
+    pub region: String,
+    /// Zone label.
+    #[serde(default)]
+    pub zone: String,
+}
+
+/// The contents of a node configuration file. Every field can also be given as a flag.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's id.
+    pub node_id: Option<NodeId>,
+    /// Address to listen on, for example `0.0.0.0:7001`.
+    pub listen: Option<String>,
+    /// Address peers should dial, if different from `listen`.
+    pub advertise: Option<String>,
+    /// Region label.
+    pub region: Option<String>,
+    /// Zone label.
+    pub zone: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards in the cluster.
+    pub shards: Option<u32>,
+    /// Cluster name; a node refuses a data directory of another cluster.
+    pub cluster_name: Option<String>,
+    /// Round-trip time of the slowest link in a quorum, in ms.
+    pub rtt_ms: Option<u64>,
+    /// Form a new cluster from `peers` if the shards are not initialized yet.
+    pub bootstrap: Option<bool>,
+    /// The cluster's members, this node included, for bootstrap.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("missing setting `{0}` (give it in the config file or as --{1})")]
+    Missing(&'static str, &'static str),
+    /// A setting has an impossible value.
+    #[error("invalid setting `{0}`: {1}")]
+    Invalid(&'static str, String),
+    /// The file could not be read or parsed.
+    #[error("config file {0}: {1}")]
+    File(String, String),
+}
+
+/// A fully resolved node setup.
+#[derive(Debug, Clone)]
+pub struct StartConfig {
+    /// Passed to the ledger node.
+    pub node: NodeConfig,
+    /// Where to listen.
+    pub listen: String,
+    /// Members to bootstrap with, if bootstrapping.
+    pub bootstrap: Option<BTreeMap<NodeId, NodeInfo>>,
+}
+
+impl FileConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
+        toml::from_str(&text).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))
+    }
+
+    /// Settings from `other` win over ours; peers are replaced if `other` lists any.
+    pub fn overlay(mut self, other: FileConfig) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(node_id, listen, advertise, region, zone, data_dir, shards, cluster_name, rtt_ms, bootstrap);
+        if !other.peers.is_empty() {
+            self.peers = other.peers;
+        }
+        self
+    }
+
+    /// Checks the settings and resolves defaults.
+    pub fn resolve(self) -> Result<StartConfig, ConfigError> {
+        let node_id = self.node_id.ok_or(ConfigError::Missing("node_id", "node-id"))?;
+        let listen = self.listen.ok_or(ConfigError::Missing("listen", "listen"))?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
+        let shards = self.shards.unwrap_or(8);
+        if shards == 0 || shards > 4096 {
+            return Err(ConfigError::Invalid("shards", format!("{shards} is outside 1..=4096")));
+        }
+        let advertise = self.advertise.unwrap_or_else(|| listen.clone());
+        if advertise.starts_with("0.0.0.0") || advertise.starts_with("[::]") {
+            return Err(ConfigError::Invalid(
+                "advertise",
+                format!("peers cannot dial {advertise}; set `advertise` to a routable address"),
+            ));
+        }
+        let info = NodeInfo {
+            addr: advertise,
+            region: self.region.unwrap_or_else(|| "default".into()),
+            zone: self.zone.unwrap_or_else(|| "default".into()),
+        };
+        let mut node = NodeConfig::new(node_id, info.clone(), data_dir, shards);
+        if let Some(name) = self.cluster_name {
+            node.cluster_name = name;
+        }
+        node.rtt_ms = self.rtt_ms.unwrap_or(1);
+        node.tick_interval = Duration::from_millis(500);
+        let bootstrap = if self.bootstrap.unwrap_or(false) {
+            let mut members = BTreeMap::new();
+            for p in self.peers {
+                let region = if p.region.is_empty() { "default".into() } else { p.region };
+                let zone = if p.zone.is_empty() { "default".into() } else { p.zone };
+                if members.insert(p.id, NodeInfo { addr: p.addr, region, zone }).is_some() {
+                    return Err(ConfigError::Invalid("peers", format!("node id {} listed twice", p.id)));
+                }
+            }
+            members.entry(node_id).or_insert(info);
+            Some(members)
+        } else {
+            None
+        };
+        Ok(StartConfig { node, listen, bootstrap })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_with_flags_over_it_resolves() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            node_id = 1
+            listen = "0.0.0.0:7001"
+            advertise = "10.0.0.1:7001"
+            data_dir = "/var/lib/walletd"
+            shards = 4
+            bootstrap = true
+            [[peers]]
+            id = 2
+            addr = "10.0.0.2:7001"
+            region = "us"
+            "#,
+        )
+        .unwrap();
+        let flags = FileConfig { shards: Some(16), ..Default::default() };
+        let c = file.overlay(flags).resolve().unwrap();
+        assert_eq!(c.node.shards, 16);
+        assert_eq!(c.node.info.addr, "10.0.0.1:7001");
+        let members = c.bootstrap.unwrap();
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2], "the node adds itself");
+        assert_eq!(members[&2].region, "us");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert_eq!(FileConfig::default().resolve().unwrap_err(), ConfigError::Missing("node_id", "node-id"));
+        let c = FileConfig {
+            node_id: Some(1),
+            listen: Some("0.0.0.0:1".into()),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        };
+        assert!(matches!(c.clone().resolve(), Err(ConfigError::Invalid("advertise", _))));
+        let c = FileConfig { shards: Some(0), advertise: Some("h:1".into()), ..c };
+        assert!(matches!(c.resolve(), Err(ConfigError::Invalid("shards", _))));
+        assert!(toml::from_str::<FileConfig>("nodeid = 1").is_err(), "unknown keys are refused");
+    }
+}
