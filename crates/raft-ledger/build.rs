@@ -23,12 +23,7 @@ fn main() {
         .method(unary("append", "Append", "AppendRequest", "AppendReply"))
         .method(unary("vote", "Vote", "VoteRequest", "VoteReply"))
         .method(unary("pre_vote", "PreVote", "VoteRequest", "VoteReply"))
-        .method(unary(
-            "transfer_leader",
-            "TransferLeader",
-            "TransferLeaderRequest",
-            "TransferLeaderReply",
-        ))
+        .method(unary("transfer_leader", "TransferLeader", "TransferLeaderRequest", "TransferLeaderReply"))
         .method(
             Method::builder()
                 .name("install_snapshot")
@@ -44,18 +39,8 @@ fn main() {
         .name("LedgerNode")
         .package("raftledger.v1")
         .method(unary("submit", "Submit", "SubmitRequest", "SubmitReply"))
-        .method(unary(
-            "balance",
-            "Balance",
-            "BalanceRequest",
-            "BalanceReply",
-        ))
-        .method(unary(
-            "entries",
-            "Entries",
-            "EntriesRequest",
-            "EntriesReply",
-        ))
+        .method(unary("balance", "Balance", "BalanceRequest", "BalanceReply"))
+        .method(unary("entries", "Entries", "EntriesRequest", "EntriesReply"))
         .method(unary("status", "Status", "StatusRequest", "StatusReply"))
         .method(unary("verify", "Verify", "VerifyRequest", "VerifyReply"))
         .build();

@@ -98,7 +98,11 @@ impl Walletd {
                 break;
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("walletd {} exited early with {status}; see {}", self.id, self.dir.with_extension("log").display());
+                panic!(
+                    "walletd {} exited early with {status}; see {}",
+                    self.id,
+                    self.dir.with_extension("log").display()
+                );
             }
             assert!(Instant::now() < deadline, "walletd {} did not become ready", self.id);
         }

@@ -92,7 +92,9 @@ async fn worker(w: usize, client: Arc<LedgerClient>, acks: Acks) {
             4 => {
                 let home = shard_for_player(&p, SHARDS);
                 match (0..PLAYERS).map(pid).find(|q| *q != p && shard_for_player(q, SHARDS) == home) {
-                    Some(to) => vec![Command::Transfer { tx: t("xfer"), from: p, to, currency: eur(), amount: amount(10) }],
+                    Some(to) => {
+                        vec![Command::Transfer { tx: t("xfer"), from: p, to, currency: eur(), amount: amount(10) }]
+                    }
                     None => vec![],
                 }
             }
@@ -202,7 +204,9 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
     let nodes: Arc<Mutex<Vec<Walletd>>> = Arc::new(Mutex::new(
         peers
             .iter()
-            .map(|(id, addr)| Walletd::start(*id, addr, &tmp.path().join(format!("node-{id}")), SHARDS, &peers, *id == 1))
+            .map(|(id, addr)| {
+                Walletd::start(*id, addr, &tmp.path().join(format!("node-{id}")), SHARDS, &peers, *id == 1)
+            })
             .collect(),
     ));
     let options = ClientOptions { deadline: Duration::from_secs(20), ..ClientOptions::default() };
@@ -213,7 +217,12 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
         let open = Command::OpenAccount { tx: tx(format!("open-{i}")), player: pid(i), currency: eur() };
         let o = resolve(&client, &open).await;
         record(&acks, &open, &o);
-        let dep = Command::Deposit { tx: tx(format!("seed-{i}")), player: pid(i), currency: eur(), amount: amount(1_000_000) };
+        let dep = Command::Deposit {
+            tx: tx(format!("seed-{i}")),
+            player: pid(i),
+            currency: eur(),
+            amount: amount(1_000_000),
+        };
         let o = resolve(&client, &dep).await;
         record(&acks, &dep, &o);
     }
@@ -283,7 +292,8 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
                 }
             }
         }
-        if heads.len() == SHARDS as usize && heads.values().all(|v| v.len() == 3 && v.windows(2).all(|w| w[0] == w[1])) {
+        if heads.len() == SHARDS as usize && heads.values().all(|v| v.len() == 3 && v.windows(2).all(|w| w[0] == w[1]))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -294,8 +304,11 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
     let by_tx: BTreeMap<TxId, &Result<Receipt, String>> = acks.iter().map(|(c, r)| (c.tx().clone(), r)).collect();
     assert_eq!(by_tx.len(), acks.len(), "every transaction id is used once");
     for shard in 0..SHARDS {
-        let chains: Vec<_> =
-            futures_join(addrs.iter().map(|a| client.entries(a, shard, 1, 100_000))).await.into_iter().map(Result::unwrap).collect();
+        let chains: Vec<_> = futures_join(addrs.iter().map(|a| client.entries(a, shard, 1, 100_000)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         assert!(chains.windows(2).all(|w| w[0] == w[1]), "shard {shard}: replicas hold different entries");
         let mut seen: BTreeMap<&TxId, u64> = BTreeMap::new();
         for e in &chains[0] {

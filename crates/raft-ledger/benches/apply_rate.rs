@@ -13,13 +13,15 @@
 //! - **steady**: the window is 24 h and cluster time advances 100 ms per command, so after a
 //!   warm-up of one window the ledger forgets ids as fast as it learns them (~864k retained).
 
+// Floats here are rates and durations for the report, never money.
+#![allow(clippy::float_arithmetic)]
+
 use std::time::Instant;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
 use raft_ledger::{
-    Amount, ClusterTime, Command, Currency, Ledger, LedgerConfig, Outcome, PlayerId, RoundId,
-    ShardId, TxId,
+    Amount, ClusterTime, Command, Currency, Ledger, LedgerConfig, Outcome, PlayerId, RoundId, ShardId, TxId,
 };
 
 #[derive(Parser)]
@@ -55,11 +57,7 @@ fn workload(ops: usize, players: usize) -> Vec<Command> {
     let mut g = Gen(0x9e37_79b9_7f4a_7c15);
     let mut cmds = Vec::with_capacity(ops + 2 * players);
     for i in 0..players {
-        cmds.push(Command::OpenAccount {
-            tx: TxId::new(format!("open-{i}")).unwrap(),
-            player: pid(i),
-            currency: eur,
-        });
+        cmds.push(Command::OpenAccount { tx: TxId::new(format!("open-{i}")).unwrap(), player: pid(i), currency: eur });
         cmds.push(Command::Deposit {
             tx: TxId::new(format!("dep-{i}")).unwrap(),
             player: pid(i),
@@ -77,13 +75,7 @@ fn workload(ops: usize, players: usize) -> Vec<Command> {
         } else if roll < 50 {
             let round = RoundId::new(format!("round-{n}")).unwrap();
             last_bet[p] = Some((tx.clone(), round.clone()));
-            Command::Bet {
-                tx,
-                player: pid(p),
-                round,
-                currency: eur,
-                amount: Amount::new(100).unwrap(),
-            }
+            Command::Bet { tx, player: pid(p), round, currency: eur, amount: Amount::new(100).unwrap() }
         } else if roll < 80 {
             match &last_bet[p] {
                 Some((_, round)) => Command::Win {
@@ -93,35 +85,15 @@ fn workload(ops: usize, players: usize) -> Vec<Command> {
                     currency: eur,
                     amount: Amount::new(180).unwrap(),
                 },
-                None => Command::Deposit {
-                    tx,
-                    player: pid(p),
-                    currency: eur,
-                    amount: Amount::new(500).unwrap(),
-                },
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: Amount::new(500).unwrap() },
             }
         } else if roll < 85 {
             match last_bet[p].take() {
-                Some((bet, round)) => Command::Rollback {
-                    tx,
-                    player: pid(p),
-                    round,
-                    bet,
-                },
-                None => Command::Deposit {
-                    tx,
-                    player: pid(p),
-                    currency: eur,
-                    amount: Amount::new(500).unwrap(),
-                },
+                Some((bet, round)) => Command::Rollback { tx, player: pid(p), round, bet },
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: Amount::new(500).unwrap() },
             }
         } else if roll < 93 {
-            Command::Deposit {
-                tx,
-                player: pid(p),
-                currency: eur,
-                amount: Amount::new(500).unwrap(),
-            }
+            Command::Deposit { tx, player: pid(p), currency: eur, amount: Amount::new(500).unwrap() }
         } else if roll < 97 {
             Command::Transfer {
                 tx,
@@ -161,14 +133,9 @@ impl Run {
             let b0 = Instant::now();
             for cmd in batch {
                 self.t_ms += self.ms_per_op;
-                match self
-                    .ledger
-                    .apply(cmd, ClusterTime::from_millis(self.t_ms), &mut sink)
-                {
+                match self.ledger.apply(cmd, ClusterTime::from_millis(self.t_ms), &mut sink) {
                     Outcome::Applied(_) => applied += 1,
-                    Outcome::Duplicate(_) | Outcome::AlreadyFailed(_) | Outcome::Conflict => {
-                        duplicates += 1
-                    }
+                    Outcome::Duplicate(_) | Outcome::AlreadyFailed(_) | Outcome::Conflict => duplicates += 1,
                     Outcome::Rejected(_) => rejected += 1,
                 }
                 sink.clear();
@@ -181,15 +148,10 @@ impl Run {
         self.ledger.check_invariants();
         println!("{name}");
         println!("  commands        {}", cmds.len());
-        println!(
-            "  applied         {applied}  rejected {rejected}  duplicate/conflict {duplicates}"
-        );
+        println!("  applied         {applied}  rejected {rejected}  duplicate/conflict {duplicates}");
         println!("  ids remembered  {}", self.ledger.remembered_ids());
         println!("  elapsed         {:.3} s", elapsed.as_secs_f64());
-        println!(
-            "  throughput      {:.0} ops/s",
-            cmds.len() as f64 / elapsed.as_secs_f64()
-        );
+        println!("  throughput      {:.0} ops/s", cmds.len() as f64 / elapsed.as_secs_f64());
         println!(
             "  latency per op  p50 {} ns  p99 {} ns  p999 {} ns  max {} ns",
             hist.value_at_quantile(0.50),
@@ -202,35 +164,20 @@ impl Run {
 
 fn main() {
     let args = Args::parse();
-    println!(
-        "pure state machine apply rate, 1 core, {} players",
-        args.players
-    );
+    println!("pure state machine apply rate, 1 core, {} players", args.players);
 
     let cmds = workload(args.ops, args.players);
-    let mut growth = Run {
-        ledger: Ledger::new(ShardId(0), LedgerConfig::default()),
-        t_ms: 1_700_000_000_000,
-        ms_per_op: 0,
-    };
+    let mut growth =
+        Run { ledger: Ledger::new(ShardId(0), LedgerConfig::default()), t_ms: 1_700_000_000_000, ms_per_op: 0 };
     growth.apply(&cmds, Some("growth (7-day window, indexes only grow)"));
     drop(growth);
 
     let window_ms = 24 * 60 * 60 * 1000;
     let warmup = (window_ms / 100) as usize + args.ops / 4;
     let cmds = workload(warmup + args.ops, args.players);
-    let config = LedgerConfig {
-        id_retention_ms: window_ms,
-    };
-    let mut steady = Run {
-        ledger: Ledger::new(ShardId(0), config),
-        t_ms: 1_700_000_000_000,
-        ms_per_op: 100,
-    };
+    let config = LedgerConfig { id_retention_ms: window_ms };
+    let mut steady = Run { ledger: Ledger::new(ShardId(0), config), t_ms: 1_700_000_000_000, ms_per_op: 100 };
     let (warm, measured) = cmds.split_at(cmds.len() - args.ops);
     steady.apply(warm, None);
-    steady.apply(
-        measured,
-        Some("steady (24 h window, 100 ms of cluster time per command)"),
-    );
+    steady.apply(measured, Some("steady (24 h window, 100 ms of cluster time per command)"));
 }

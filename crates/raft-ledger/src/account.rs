@@ -57,9 +57,7 @@ impl AccountRef {
     /// The account's currency.
     pub fn currency(&self) -> Currency {
         match self {
-            Self::Player { currency, .. } | Self::House(currency) | Self::External(currency) => {
-                *currency
-            }
+            Self::Player { currency, .. } | Self::House(currency) | Self::External(currency) => *currency,
         }
     }
 
@@ -92,10 +90,7 @@ impl AccountRef {
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let tag = r.u8("account tag")?;
         let player = match tag {
-            0 => Some(
-                PlayerId::new(r.str8("player id")?)
-                    .map_err(|_| DecodeError::Invalid("player id"))?,
-            ),
+            0 => Some(PlayerId::new(r.str8("player id")?).map_err(|_| DecodeError::Invalid("player id"))?),
             1 | 2 => None,
             _ => return Err(DecodeError::Invalid("account tag")),
         };

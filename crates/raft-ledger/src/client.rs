@@ -16,9 +16,7 @@ use crate::command::Command;
 use crate::entry::Entry;
 use crate::net::env::Net;
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
-use crate::net::wire::{
-    BalanceRequest, EntriesRequest, StatusRequest, SubmitRequest, VerifyRequest,
-};
+use crate::net::wire::{BalanceRequest, EntriesRequest, StatusRequest, SubmitRequest, VerifyRequest};
 use crate::node::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::outcome::{Outcome, Rejection};
 use crate::shard::shard_for_player;
@@ -59,11 +57,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(2),
-            deadline: Duration::from_secs(15),
-            net: Net::Tcp,
-        }
+        Self { request_timeout: Duration::from_secs(2), deadline: Duration::from_secs(15), net: Net::Tcp }
     }
 }
 
@@ -80,10 +74,7 @@ pub struct LedgerClient {
 impl LedgerClient {
     /// Connects to a cluster through any of `nodes` (`host:port`), learning its shard count.
     pub async fn connect(nodes: Vec<String>, options: ClientOptions) -> Result<Self, ClientError> {
-        assert!(
-            !nodes.is_empty(),
-            "a client needs at least one node address"
-        );
+        assert!(!nodes.is_empty(), "a client needs at least one node address");
         let mut client = Self {
             nodes,
             options,
@@ -125,10 +116,7 @@ impl LedgerClient {
             .options
             .net
             .channel(addr)
-            .map_err(|e| ClientError::Node {
-                addr: addr.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::Node { addr: addr.to_string(), message: e.to_string() })?;
         let client = LedgerNodeClient::new(channel).max_decoding_message_size(64 << 20);
         conns.insert(addr.to_string(), client.clone());
         Ok(client)
@@ -153,28 +141,17 @@ impl LedgerClient {
         let mut last;
         loop {
             let addr = self.pick(shard);
-            let attempt =
-                tokio::time::timeout(self.options.request_timeout, call(self.conn(&addr)?)).await;
+            let attempt = tokio::time::timeout(self.options.request_timeout, call(self.conn(&addr)?)).await;
             let retry_after = match attempt {
                 Ok(Ok(reply)) => match reply.into_inner() {
                     Ok(v) => return Ok(v),
                     Err(LedgerError::Invalid(r)) => return Err(ClientError::Invalid(r)),
-                    Err(LedgerError::NotLeader {
-                        leader_addr: Some(leader),
-                        ..
-                    }) if leader != addr => {
+                    Err(LedgerError::NotLeader { leader_addr: Some(leader), .. }) if leader != addr => {
                         last = format!("{addr}: not the leader; following hint to {leader}");
-                        self.leaders
-                            .lock()
-                            .expect("leaders lock")
-                            .insert(shard, leader);
+                        self.leaders.lock().expect("leaders lock").insert(shard, leader);
                         None
                     }
-                    Err(
-                        e @ (LedgerError::NotLeader { .. }
-                        | LedgerError::Unavailable(_)
-                        | LedgerError::Timeout),
-                    ) => {
+                    Err(e @ (LedgerError::NotLeader { .. } | LedgerError::Unavailable(_) | LedgerError::Timeout)) => {
                         last = format!("{addr}: {e}");
                         Some(backoff)
                     }
@@ -216,22 +193,14 @@ impl LedgerClient {
     pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, ClientError> {
         let timeout_ms = self.options.request_timeout.as_millis() as u64;
         self.on_leader(shard, |mut c| {
-            let req = SubmitRequest {
-                shard: Some(shard),
-                command: command.clone(),
-                timeout_ms,
-            };
+            let req = SubmitRequest { shard: Some(shard), command: command.clone(), timeout_ms };
             async move { c.submit(req).await }
         })
         .await
     }
 
     /// Reads a balance from the shard leader, linearizably.
-    pub async fn balance(
-        &self,
-        account: &AccountRef,
-        shard: Option<u32>,
-    ) -> Result<BalanceView, ClientError> {
+    pub async fn balance(&self, account: &AccountRef, shard: Option<u32>) -> Result<BalanceView, ClientError> {
         let shard = match (shard, account.player_id()) {
             (Some(s), _) => s,
             (None, Some(p)) => shard_for_player(p, self.shard_count).0,
@@ -256,10 +225,7 @@ impl LedgerClient {
     where
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let node = |message: String| ClientError::Node {
-            addr: addr.to_string(),
-            message,
-        };
+        let node = |message: String| ClientError::Node { addr: addr.to_string(), message };
         match tokio::time::timeout(self.options.request_timeout, call(self.conn(addr)?)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(node(status.message().to_string())),
@@ -269,36 +235,20 @@ impl LedgerClient {
 
     /// A node's status.
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
-        self.once(addr, |mut c| async move { c.status(StatusRequest).await })
-            .await
+        self.once(addr, |mut c| async move { c.status(StatusRequest).await }).await
     }
 
     /// Journal entries of a shard as one node has them.
-    pub async fn entries(
-        &self,
-        addr: &str,
-        shard: u32,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<Entry>, ClientError> {
-        self.once(addr, |mut c| async move {
-            c.entries(EntriesRequest {
-                shard,
-                from_seq,
-                limit,
-            })
-            .await
-        })
-        .await?
-        .map_err(ClientError::Ledger)
+    pub async fn entries(&self, addr: &str, shard: u32, from_seq: u64, limit: u32) -> Result<Vec<Entry>, ClientError> {
+        self.once(addr, |mut c| async move { c.entries(EntriesRequest { shard, from_seq, limit }).await })
+            .await?
+            .map_err(ClientError::Ledger)
     }
 
     /// Verifies a shard's journal on one node.
     pub async fn verify(&self, addr: &str, shard: u32) -> Result<VerifyReport, ClientError> {
-        self.once(addr, |mut c| async move {
-            c.verify(VerifyRequest { shard }).await
-        })
-        .await?
-        .map_err(ClientError::Ledger)
+        self.once(addr, |mut c| async move { c.verify(VerifyRequest { shard }).await })
+            .await?
+            .map_err(ClientError::Ledger)
     }
 }

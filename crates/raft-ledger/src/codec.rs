@@ -43,11 +43,7 @@ pub(crate) struct HashSink {
 
 impl HashSink {
     pub(crate) fn new() -> Self {
-        Self {
-            hasher: sha2::Digest::new(),
-            buf: [0; 256],
-            len: 0,
-        }
+        Self { hasher: sha2::Digest::new(), buf: [0; 256], len: 0 }
     }
 
     pub(crate) fn finish(mut self) -> [u8; 32] {
@@ -80,9 +76,7 @@ pub(crate) struct Writer<S: Sink = Vec<u8>> {
 
 impl Writer<Vec<u8>> {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Self {
-            out: Vec::with_capacity(capacity),
-        }
+        Self { out: Vec::with_capacity(capacity) }
     }
 }
 
@@ -119,8 +113,7 @@ impl<S: Sink> Writer<S> {
     /// A byte string of at most 255 bytes, prefixed by its length as one byte.
     #[inline]
     pub(crate) fn str8(&mut self, s: &str) {
-        let len =
-            u8::try_from(s.len()).expect("str8 field longer than 255 bytes: validation missed it");
+        let len = u8::try_from(s.len()).expect("str8 field longer than 255 bytes: validation missed it");
         self.out.put(&[len]);
         self.out.put(s.as_bytes());
     }
@@ -128,8 +121,7 @@ impl<S: Sink> Writer<S> {
     /// A byte string of at most 65535 bytes, prefixed by its length as two bytes.
     #[inline]
     pub(crate) fn str16(&mut self, s: &str) {
-        let len = u16::try_from(s.len())
-            .expect("str16 field longer than 65535 bytes: validation missed it");
+        let len = u16::try_from(s.len()).expect("str16 field longer than 65535 bytes: validation missed it");
         self.out.put(&len.to_be_bytes());
         self.out.put(s.as_bytes());
     }
@@ -178,10 +170,7 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(b.try_into().expect("took 8 bytes")))
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         let b = self.take(N, what)?;
         Ok(b.try_into().expect("took N bytes"))
     }
@@ -201,11 +190,7 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte has been consumed: a canonical value has no tail.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::Trailing(self.bytes.len()))
-        }
+        if self.bytes.is_empty() { Ok(()) } else { Err(DecodeError::Trailing(self.bytes.len())) }
     }
 }
 

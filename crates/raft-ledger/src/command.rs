@@ -238,85 +238,43 @@ impl Command {
         w.u8(self.kind() as u8);
         w.str8(self.tx().as_str());
         match self {
-            Self::OpenAccount {
-                player, currency, ..
-            } => {
+            Self::OpenAccount { player, currency, .. } => {
                 w.str8(player.as_str());
                 w.raw(&currency.code_bytes());
             }
-            Self::Deposit {
-                player,
-                currency,
-                amount,
-                ..
-            } => {
+            Self::Deposit { player, currency, amount, .. } => {
                 w.str8(player.as_str());
                 w.raw(&currency.code_bytes());
                 w.u64(amount.minor());
             }
-            Self::ReserveWithdrawal {
-                player,
-                currency,
-                amount,
-                timeout_ms,
-                ..
-            } => {
+            Self::ReserveWithdrawal { player, currency, amount, timeout_ms, .. } => {
                 w.str8(player.as_str());
                 w.raw(&currency.code_bytes());
                 w.u64(amount.minor());
                 w.u64(*timeout_ms);
             }
-            Self::CommitWithdrawal { player, hold, .. }
-            | Self::CancelWithdrawal { player, hold, .. } => {
+            Self::CommitWithdrawal { player, hold, .. } | Self::CancelWithdrawal { player, hold, .. } => {
                 w.str8(player.as_str());
                 w.str8(hold.as_str());
             }
-            Self::Bet {
-                player,
-                round,
-                currency,
-                amount,
-                ..
-            }
-            | Self::Win {
-                player,
-                round,
-                currency,
-                amount,
-                ..
-            } => {
+            Self::Bet { player, round, currency, amount, .. } | Self::Win { player, round, currency, amount, .. } => {
                 w.str8(player.as_str());
                 w.str8(round.as_str());
                 w.raw(&currency.code_bytes());
                 w.u64(amount.minor());
             }
-            Self::Rollback {
-                player, round, bet, ..
-            } => {
+            Self::Rollback { player, round, bet, .. } => {
                 w.str8(player.as_str());
                 w.str8(round.as_str());
                 w.str8(bet.as_str());
             }
-            Self::Transfer {
-                from,
-                to,
-                currency,
-                amount,
-                ..
-            } => {
+            Self::Transfer { from, to, currency, amount, .. } => {
                 w.str8(from.as_str());
                 w.str8(to.as_str());
                 w.raw(&currency.code_bytes());
                 w.u64(amount.minor());
             }
-            Self::Adjust {
-                debit,
-                credit,
-                currency,
-                amount,
-                reason,
-                ..
-            } => {
+            Self::Adjust { debit, credit, currency, amount, reason, .. } => {
                 debit.encode(&mut w);
                 credit.encode(&mut w);
                 w.raw(&currency.code_bytes());
@@ -406,12 +364,7 @@ mod tests {
             amount: Amount::new(1).unwrap(),
         };
         assert_eq!(transfer.validate(), Err(Rejection::SameAccount));
-        for (timeout_ms, ok) in [
-            (0, false),
-            (999, false),
-            (1_000, true),
-            (HOLD_TIMEOUT_MAX_MS + 1, false),
-        ] {
+        for (timeout_ms, ok) in [(0, false), (999, false), (1_000, true), (HOLD_TIMEOUT_MAX_MS + 1, false)] {
             let reserve = Command::ReserveWithdrawal {
                 tx: TxId::new("t").unwrap(),
                 player: alice.clone(),

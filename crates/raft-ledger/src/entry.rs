@@ -84,12 +84,7 @@ impl EntryKind {
             Self::WithdrawalReserve => (0, 0, 1),
             Self::WithdrawalCancel | Self::WithdrawalExpire => (0, 0, -1),
             Self::WithdrawalCommit => (-1, 1, -1),
-            Self::Deposit
-            | Self::Bet
-            | Self::Win
-            | Self::Rollback
-            | Self::Transfer
-            | Self::Adjustment => (-1, 1, 0),
+            Self::Deposit | Self::Bet | Self::Win | Self::Rollback | Self::Transfer | Self::Adjustment => (-1, 1, 0),
         }
     }
 }
@@ -225,13 +220,7 @@ fn optional<T, E>(
     parse: impl Fn(String) -> Result<T, E>,
     what: &'static str,
 ) -> Result<Option<T>, DecodeError> {
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        parse(s.to_string())
-            .map(Some)
-            .map_err(|_| DecodeError::Invalid(what))
-    }
+    if s.is_empty() { Ok(None) } else { parse(s.to_string()).map(Some).map_err(|_| DecodeError::Invalid(what)) }
 }
 
 #[cfg(test)]
@@ -242,8 +231,7 @@ pub(crate) mod tests {
     use crate::ids::PlayerId;
 
     pub(crate) fn arb_currency() -> impl Strategy<Value = Currency> {
-        prop::sample::select(vec!["EUR", "USD", "JPY", "BHD", "GBP"])
-            .prop_map(|c| Currency::new(c).unwrap())
+        prop::sample::select(vec!["EUR", "USD", "JPY", "BHD", "GBP"]).prop_map(|c| Currency::new(c).unwrap())
     }
 
     fn arb_id() -> impl Strategy<Value = String> {
@@ -252,8 +240,7 @@ pub(crate) mod tests {
 
     fn arb_account() -> impl Strategy<Value = AccountRef> {
         prop_oneof![
-            (arb_id(), arb_currency())
-                .prop_map(|(p, c)| AccountRef::player(PlayerId::new(p).unwrap(), c)),
+            (arb_id(), arb_currency()).prop_map(|(p, c)| AccountRef::player(PlayerId::new(p).unwrap(), c)),
             arb_currency().prop_map(AccountRef::House),
             arb_currency().prop_map(AccountRef::External),
         ]
@@ -317,10 +304,7 @@ pub(crate) mod tests {
             debit: AccountRef::House(Currency::new("EUR").unwrap()),
             credit: AccountRef::House(Currency::new("EUR").unwrap()),
             amount: 0,
-            balances: vec![(
-                AccountRef::House(Currency::new("EUR").unwrap()),
-                Balance::default(),
-            )],
+            balances: vec![(AccountRef::House(Currency::new("EUR").unwrap()), Balance::default())],
             round: None,
             reference: None,
             reason: None,
@@ -332,9 +316,6 @@ pub(crate) mod tests {
         assert_eq!(Entry::decode(&bytes), Err(DecodeError::Trailing(1)));
         let mut bytes = e.encode();
         bytes[0] = 2;
-        assert_eq!(
-            Entry::decode(&bytes),
-            Err(DecodeError::Invalid("format version"))
-        );
+        assert_eq!(Entry::decode(&bytes), Err(DecodeError::Invalid("format version")));
     }
 }

@@ -19,13 +19,8 @@ pub const REASON_LEN_MAX: usize = 256;
 fn check_id(s: &str, field: IdField) -> Result<(), Rejection> {
     // Printable ASCII without spaces: ids end up in logs, URLs and audit exports, where
     // whitespace, control characters and look-alike Unicode cause real incidents.
-    let ok =
-        !s.is_empty() && s.len() <= ID_LEN_MAX && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::InvalidId(field))
-    }
+    let ok = !s.is_empty() && s.len() <= ID_LEN_MAX && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if ok { Ok(()) } else { Err(Rejection::InvalidId(field)) }
 }
 
 macro_rules! id_type {
@@ -104,11 +99,7 @@ impl Reason {
     pub fn new(s: impl Into<String>) -> Result<Self, Rejection> {
         let s = s.into();
         let ok = !s.is_empty() && s.len() <= REASON_LEN_MAX && !s.chars().any(char::is_control);
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(Rejection::InvalidReason)
-        }
+        if ok { Ok(Self(s)) } else { Err(Rejection::InvalidReason) }
     }
 
     /// The reason as text.
@@ -151,16 +142,9 @@ mod tests {
         assert!(TxId::new("bet-42:round/7").is_ok());
         assert!(TxId::new("x".repeat(ID_LEN_MAX)).is_ok());
         for bad in ["", "has space", "tab\t", "caf\u{e9}"] {
-            assert_eq!(
-                TxId::new(bad),
-                Err(Rejection::InvalidId(IdField::Tx)),
-                "{bad:?}"
-            );
+            assert_eq!(TxId::new(bad), Err(Rejection::InvalidId(IdField::Tx)), "{bad:?}");
         }
-        assert_eq!(
-            PlayerId::new("p".repeat(ID_LEN_MAX + 1)),
-            Err(Rejection::InvalidId(IdField::Player))
-        );
+        assert_eq!(PlayerId::new("p".repeat(ID_LEN_MAX + 1)), Err(Rejection::InvalidId(IdField::Player)));
     }
 
     #[test]
@@ -168,10 +152,7 @@ mod tests {
         let bytes = postcard::to_allocvec(&"has space".to_string()).unwrap();
         assert!(postcard::from_bytes::<RoundId>(&bytes).is_err());
         let bytes = postcard::to_allocvec(&"r-1".to_string()).unwrap();
-        assert_eq!(
-            postcard::from_bytes::<RoundId>(&bytes).unwrap().as_str(),
-            "r-1"
-        );
+        assert_eq!(postcard::from_bytes::<RoundId>(&bytes).unwrap().as_str(), "r-1");
     }
 
     #[test]
@@ -179,9 +160,6 @@ mod tests {
         assert!(Reason::new("chargeback ticket #812").is_ok());
         assert_eq!(Reason::new(""), Err(Rejection::InvalidReason));
         assert_eq!(Reason::new("a\nb"), Err(Rejection::InvalidReason));
-        assert_eq!(
-            Reason::new("r".repeat(REASON_LEN_MAX + 1)),
-            Err(Rejection::InvalidReason)
-        );
+        assert_eq!(Reason::new("r".repeat(REASON_LEN_MAX + 1)), Err(Rejection::InvalidReason));
     }
 }

@@ -37,9 +37,7 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self {
-            id_retention_ms: ID_RETENTION_DEFAULT_MS,
-        }
+        Self { id_retention_ms: ID_RETENTION_DEFAULT_MS }
     }
 }
 
@@ -66,11 +64,7 @@ fn id_key(tx: &TxId) -> Key {
 }
 
 fn round_key(player: &PlayerId, round: &RoundId) -> Key {
-    digest16(&[
-        b"round",
-        player.as_str().as_bytes(),
-        round.as_str().as_bytes(),
-    ])
+    digest16(&[b"round", player.as_str().as_bytes(), round.as_str().as_bytes()])
 }
 
 /// What an applied command produced, compactly: the accounts can be rebuilt from the command
@@ -93,20 +87,12 @@ struct IdRecord {
 
 impl AppliedRecord {
     fn from_receipt(r: &Receipt) -> Self {
-        assert!(
-            r.balances.len() <= 2,
-            "a command touches at most two accounts"
-        );
+        assert!(r.balances.len() <= 2, "a command touches at most two accounts");
         let mut balances = [Balance::default(); 2];
         for (slot, (_, b)) in balances.iter_mut().zip(&r.balances) {
             *slot = *b;
         }
-        Self {
-            seq: r.seq,
-            at: r.at,
-            currency: r.balances.first().map(|(a, _)| a.currency()),
-            balances,
-        }
+        Self { seq: r.seq, at: r.at, currency: r.balances.first().map(|(a, _)| a.currency()), balances }
     }
 
     /// Rebuilds the original receipt. Accounts are listed debit first, as `post` lists them.
@@ -131,11 +117,7 @@ impl AppliedRecord {
             };
             balances.extend(accounts.into_iter().zip(self.balances));
         }
-        Receipt {
-            seq: self.seq,
-            at: self.at,
-            balances,
-        }
+        Receipt { seq: self.seq, at: self.at, balances }
     }
 }
 
@@ -280,9 +262,7 @@ impl Ledger {
     /// that expired first) to `sink`. Never fails: business results are in the [`Outcome`].
     pub fn apply(&mut self, cmd: &Command, at: ClusterTime, sink: &mut Vec<Entry>) -> Outcome {
         let at = self.advance(at, sink);
-        let fingerprint: Key = cmd.fingerprint()[..16]
-            .try_into()
-            .expect("sha256 is 32 bytes");
+        let fingerprint: Key = cmd.fingerprint()[..16].try_into().expect("sha256 is 32 bytes");
         let key = id_key(cmd.tx());
         if let Some(record) = self.ids.get(&key) {
             return match (&record.result, record.fingerprint == fingerprint) {
@@ -291,28 +271,12 @@ impl Ledger {
                 (Err(rejection), true) => Outcome::AlreadyFailed(*rejection),
             };
         }
-        let result = cmd
-            .validate()
-            .and_then(|()| self.execute(cmd, &key, at, sink));
-        let stored = result
-            .as_ref()
-            .map(AppliedRecord::from_receipt)
-            .map_err(|r| *r);
+        let result = cmd.validate().and_then(|()| self.execute(cmd, &key, at, sink));
+        let stored = result.as_ref().map(AppliedRecord::from_receipt).map_err(|r| *r);
         if let (Ok(receipt), Ok(applied)) = (&result, &stored) {
-            debug_assert_eq!(
-                &applied.receipt(cmd),
-                receipt,
-                "a duplicate must get the original receipt"
-            );
+            debug_assert_eq!(&applied.receipt(cmd), receipt, "a duplicate must get the original receipt");
         }
-        self.ids.insert(
-            key,
-            IdRecord {
-                fingerprint,
-                kind: cmd.kind(),
-                result: stored,
-            },
-        );
+        self.ids.insert(key, IdRecord { fingerprint, kind: cmd.kind(), result: stored });
         self.retention.push_back((at, Retained::Id(key)));
         match result {
             Ok(receipt) => Outcome::Applied(receipt),
@@ -334,14 +298,7 @@ impl Ledger {
             if expires_at > at {
                 break;
             }
-            self.release_hold(
-                &hold_id,
-                EntryKind::WithdrawalExpire,
-                &hold_id,
-                None,
-                at,
-                sink,
-            );
+            self.release_hold(&hold_id, EntryKind::WithdrawalExpire, &hold_id, None, at, sink);
         }
         let horizon = at.minus_millis(self.config.id_retention_ms);
         while let Some((when, _)) = self.retention.front() {
@@ -389,11 +346,7 @@ impl Ledger {
         sink: &mut Vec<Entry>,
     ) -> Result<Receipt, Rejection> {
         match cmd {
-            Command::OpenAccount {
-                tx,
-                player,
-                currency,
-            } => {
+            Command::OpenAccount { tx, player, currency } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
                 if self.accounts.contains_key(&wallet) {
                     return Err(Rejection::AccountExists);
@@ -415,43 +368,18 @@ impl Ledger {
                     sink,
                 ))
             }
-            Command::Deposit {
-                tx,
-                player,
-                currency,
-                amount,
-            } => {
+            Command::Deposit { tx, player, currency, amount } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
                 let external = AccountRef::External(*currency);
-                self.transfer(
-                    EntryKind::Deposit,
-                    tx,
-                    &external,
-                    &wallet,
-                    *amount,
-                    None,
-                    None,
-                    None,
-                    at,
-                    sink,
-                )
+                self.transfer(EntryKind::Deposit, tx, &external, &wallet, *amount, None, None, None, at, sink)
             }
-            Command::ReserveWithdrawal {
-                tx,
-                player,
-                currency,
-                amount,
-                timeout_ms,
-            } => {
+            Command::ReserveWithdrawal { tx, player, currency, amount, timeout_ms } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
                 let balance = self.existing(&wallet)?;
                 if balance.available() < amount.signed() {
                     return Err(Rejection::InsufficientFunds);
                 }
-                let held = balance
-                    .held
-                    .checked_add(amount.signed())
-                    .ok_or(Rejection::BalanceOverflow)?;
+                let held = balance.held.checked_add(amount.signed()).ok_or(Rejection::BalanceOverflow)?;
                 let after = Balance { held, ..balance };
                 let external = AccountRef::External(*currency);
                 let receipt = self.post(
@@ -472,12 +400,7 @@ impl Ledger {
                 let expires_at = at.plus_millis(*timeout_ms);
                 self.holds.insert(
                     tx.clone(),
-                    Hold {
-                        player: player.clone(),
-                        currency: *currency,
-                        amount: *amount,
-                        expires_at,
-                    },
+                    Hold { player: player.clone(), currency: *currency, amount: *amount, expires_at },
                 );
                 self.hold_expiry.insert((expires_at, tx.clone()));
                 Ok(receipt)
@@ -490,17 +413,8 @@ impl Ledger {
                 let e = self.existing(&external)?;
                 let amt = h.amount.signed();
                 // held <= posted for players, so both subtractions stay >= 0.
-                let w_after = Balance {
-                    posted: w.posted - amt,
-                    held: w.held - amt,
-                };
-                let e_after = Balance {
-                    posted: e
-                        .posted
-                        .checked_add(amt)
-                        .ok_or(Rejection::BalanceOverflow)?,
-                    ..e
-                };
+                let w_after = Balance { posted: w.posted - amt, held: w.held - amt };
+                let e_after = Balance { posted: e.posted.checked_add(amt).ok_or(Rejection::BalanceOverflow)?, ..e };
                 let receipt = self.post(
                     Posting {
                         kind: EntryKind::WithdrawalCommit,
@@ -524,13 +438,7 @@ impl Ledger {
                 self.pending_hold(player, hold)?;
                 Ok(self.release_hold(hold, EntryKind::WithdrawalCancel, tx, Some(hold), at, sink))
             }
-            Command::Bet {
-                tx,
-                player,
-                round,
-                currency,
-                amount,
-            } => {
+            Command::Bet { tx, player, round, currency, amount } => {
                 if self.tombstones.contains_key(key) {
                     return Err(Rejection::BetRolledBack);
                 }
@@ -542,53 +450,22 @@ impl Ledger {
                 }
                 let wallet = AccountRef::player(player.clone(), *currency);
                 let house = AccountRef::House(*currency);
-                let receipt = self.transfer(
-                    EntryKind::Bet,
-                    tx,
-                    &wallet,
-                    &house,
-                    *amount,
-                    Some(round),
-                    None,
-                    None,
-                    at,
-                    sink,
-                )?;
-                self.bets.insert(
-                    *key,
-                    Bet {
-                        round: rkey,
-                        currency: *currency,
-                        amount: *amount,
-                        rolled_back: false,
-                    },
-                );
+                let receipt =
+                    self.transfer(EntryKind::Bet, tx, &wallet, &house, *amount, Some(round), None, None, at, sink)?;
+                self.bets.insert(*key, Bet { round: rkey, currency: *currency, amount: *amount, rolled_back: false });
                 match self.rounds.get_mut(&rkey) {
                     Some(r) => {
                         r.live_bets += 1;
                         r.last_at = at;
                     }
                     None => {
-                        self.rounds.insert(
-                            rkey,
-                            Round {
-                                currency: *currency,
-                                live_bets: 1,
-                                last_at: at,
-                            },
-                        );
+                        self.rounds.insert(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
                         self.retention.push_back((at, Retained::Round(rkey)));
                     }
                 }
                 Ok(receipt)
             }
-            Command::Win {
-                tx,
-                player,
-                round,
-                currency,
-                amount,
-            } => {
+            Command::Win { tx, player, round, currency, amount } => {
                 let rkey = round_key(player, round);
                 let r = self.rounds.get(&rkey).ok_or(Rejection::UnknownRound)?;
                 if r.currency != *currency {
@@ -599,72 +476,22 @@ impl Ledger {
                 }
                 let wallet = AccountRef::player(player.clone(), *currency);
                 let house = AccountRef::House(*currency);
-                let receipt = self.transfer(
-                    EntryKind::Win,
-                    tx,
-                    &house,
-                    &wallet,
-                    *amount,
-                    Some(round),
-                    None,
-                    None,
-                    at,
-                    sink,
-                )?;
+                let receipt =
+                    self.transfer(EntryKind::Win, tx, &house, &wallet, *amount, Some(round), None, None, at, sink)?;
                 self.rounds.get_mut(&rkey).expect("checked above").last_at = at;
                 Ok(receipt)
             }
-            Command::Rollback {
-                tx,
-                player,
-                round,
-                bet,
-            } => self.rollback(tx, player, round, bet, at, sink),
-            Command::Transfer {
-                tx,
-                from,
-                to,
-                currency,
-                amount,
-            } => {
+            Command::Rollback { tx, player, round, bet } => self.rollback(tx, player, round, bet, at, sink),
+            Command::Transfer { tx, from, to, currency, amount } => {
                 let from = AccountRef::player(from.clone(), *currency);
                 let to = AccountRef::player(to.clone(), *currency);
-                self.transfer(
-                    EntryKind::Transfer,
-                    tx,
-                    &from,
-                    &to,
-                    *amount,
-                    None,
-                    None,
-                    None,
-                    at,
-                    sink,
-                )
+                self.transfer(EntryKind::Transfer, tx, &from, &to, *amount, None, None, None, at, sink)
             }
-            Command::Adjust {
-                tx,
-                debit,
-                credit,
-                currency,
-                amount,
-                reason,
-            } => {
+            Command::Adjust { tx, debit, credit, currency, amount, reason } => {
                 if debit.currency() != *currency || credit.currency() != *currency {
                     return Err(Rejection::CurrencyMismatch);
                 }
-                self.transfer(
-                    EntryKind::Adjustment,
-                    tx,
-                    debit,
-                    credit,
-                    *amount,
-                    None,
-                    None,
-                    Some(reason),
-                    at,
-                    sink,
-                )
+                self.transfer(EntryKind::Adjustment, tx, debit, credit, *amount, None, None, Some(reason), at, sink)
             }
         }
     }
@@ -678,11 +505,7 @@ impl Ledger {
         at: ClusterTime,
         sink: &mut Vec<Entry>,
     ) -> Result<Receipt, Rejection> {
-        let no_entry = Receipt {
-            seq: None,
-            at,
-            balances: Vec::new(),
-        };
+        let no_entry = Receipt { seq: None, at, balances: Vec::new() };
         let bet_key = id_key(bet_id);
         let Some(bet) = self.bets.get(&bet_key) else {
             return match self.ids.get(&bet_key) {
@@ -707,27 +530,11 @@ impl Ledger {
         let (currency, amount) = (bet.currency, bet.amount);
         let wallet = AccountRef::player(player.clone(), currency);
         let house = AccountRef::House(currency);
-        let receipt = self.transfer(
-            EntryKind::Rollback,
-            tx,
-            &house,
-            &wallet,
-            amount,
-            Some(round),
-            Some(bet_id),
-            None,
-            at,
-            sink,
-        )?;
-        self.bets
-            .get_mut(&bet_key)
-            .expect("checked above")
-            .rolled_back = true;
+        let receipt =
+            self.transfer(EntryKind::Rollback, tx, &house, &wallet, amount, Some(round), Some(bet_id), None, at, sink)?;
+        self.bets.get_mut(&bet_key).expect("checked above").rolled_back = true;
         if let Some(r) = self.rounds.get_mut(&rkey) {
-            r.live_bets = r
-                .live_bets
-                .checked_sub(1)
-                .expect("a live bet was counted in its round");
+            r.live_bets = r.live_bets.checked_sub(1).expect("a live bet was counted in its round");
             r.last_at = at;
         }
         Ok(receipt)
@@ -744,9 +551,7 @@ impl Ledger {
             // Another player's hold is reported as unknown, not as someone else's.
             Some(_) => Err(Rejection::UnknownHold),
             None => match self.ids.get(&id_key(hold)) {
-                Some(r) if r.kind == CommandKind::ReserveWithdrawal && r.result.is_ok() => {
-                    Err(Rejection::HoldSettled)
-                }
+                Some(r) if r.kind == CommandKind::ReserveWithdrawal && r.result.is_ok() => Err(Rejection::HoldSettled),
                 _ => Err(Rejection::UnknownHold),
             },
         }
@@ -762,24 +567,11 @@ impl Ledger {
         at: ClusterTime,
         sink: &mut Vec<Entry>,
     ) -> Receipt {
-        let h = self
-            .holds
-            .remove(hold_id)
-            .expect("caller checked the hold is pending");
-        assert!(
-            self.hold_expiry.remove(&(h.expires_at, hold_id.clone())),
-            "every hold has an expiry"
-        );
+        let h = self.holds.remove(hold_id).expect("caller checked the hold is pending");
+        assert!(self.hold_expiry.remove(&(h.expires_at, hold_id.clone())), "every hold has an expiry");
         let wallet = AccountRef::player(h.player.clone(), h.currency);
-        let w = self
-            .accounts
-            .get(&wallet)
-            .copied()
-            .expect("a hold's wallet exists");
-        let after = Balance {
-            held: w.held - h.amount.signed(),
-            ..w
-        };
+        let w = self.accounts.get(&wallet).copied().expect("a hold's wallet exists");
+        let after = Balance { held: w.held - h.amount.signed(), ..w };
         let external = AccountRef::External(h.currency);
         self.post(
             Posting {
@@ -814,31 +606,15 @@ impl Ledger {
         at: ClusterTime,
         sink: &mut Vec<Entry>,
     ) -> Result<Receipt, Rejection> {
-        assert_eq!(
-            debit.currency(),
-            credit.currency(),
-            "postings never cross currencies"
-        );
+        assert_eq!(debit.currency(), credit.currency(), "postings never cross currencies");
         let d = self.existing(debit)?;
         let c = self.existing(credit)?;
         let amt = amount.signed();
         if debit.player_id().is_some() && d.available() < amt {
             return Err(Rejection::InsufficientFunds);
         }
-        let d_after = Balance {
-            posted: d
-                .posted
-                .checked_sub(amt)
-                .ok_or(Rejection::BalanceOverflow)?,
-            ..d
-        };
-        let c_after = Balance {
-            posted: c
-                .posted
-                .checked_add(amt)
-                .ok_or(Rejection::BalanceOverflow)?,
-            ..c
-        };
+        let d_after = Balance { posted: d.posted.checked_sub(amt).ok_or(Rejection::BalanceOverflow)?, ..d };
+        let c_after = Balance { posted: c.posted.checked_add(amt).ok_or(Rejection::BalanceOverflow)?, ..c };
         Ok(self.post(
             Posting {
                 kind,
@@ -861,11 +637,7 @@ impl Ledger {
         let currency = p.debit.currency();
         let mut delta: i128 = 0;
         for (account, after) in &p.balances {
-            assert_eq!(
-                account.currency(),
-                currency,
-                "an entry touches one currency"
-            );
+            assert_eq!(account.currency(), currency, "an entry touches one currency");
             let before = match self.accounts.get_mut(account) {
                 Some(slot) => std::mem::replace(slot, *after),
                 None => {
@@ -885,11 +657,7 @@ impl Ledger {
         }
         // Each entry conserves money, so the per-currency sum over all accounts stays zero;
         // check_invariants re-adds the whole sum.
-        assert_eq!(
-            delta, 0,
-            "money not conserved in {currency}: {:?} moved {delta}",
-            p.kind
-        );
+        assert_eq!(delta, 0, "money not conserved in {currency}: {:?} moved {delta}", p.kind);
         assert!(at >= self.last_at, "cluster time went backwards");
 
         let mut entry = Entry {
@@ -912,11 +680,7 @@ impl Ledger {
         assert_eq!(entry.prev_hash, self.head_hash, "hash chain must link");
         self.head_seq = entry.seq;
         self.head_hash = entry.hash;
-        let receipt = Receipt {
-            seq: Some(entry.seq),
-            at,
-            balances: entry.balances.clone(),
-        };
+        let receipt = Receipt { seq: Some(entry.seq), at, balances: entry.balances.clone() };
         sink.push(entry);
         receipt
     }
@@ -929,10 +693,7 @@ impl Ledger {
         for (account, balance) in &self.accounts {
             *sums.entry(account.currency()).or_insert(0) += i128::from(balance.posted);
             if account.player_id().is_some() {
-                assert!(
-                    balance.held >= 0 && balance.held <= balance.posted,
-                    "{account}: {balance:?}"
-                );
+                assert!(balance.held >= 0 && balance.held <= balance.posted, "{account}: {balance:?}");
             } else {
                 assert_eq!(balance.held, 0, "{account} holds money");
             }
@@ -941,24 +702,14 @@ impl Ledger {
             assert_eq!(*sum, 0, "money not conserved in {currency}");
         }
         for (id, hold) in &self.holds {
-            assert!(
-                self.hold_expiry.contains(&(hold.expires_at, id.clone())),
-                "hold {id} has no expiry"
-            );
+            assert!(self.hold_expiry.contains(&(hold.expires_at, id.clone())), "hold {id} has no expiry");
             let wallet = AccountRef::player(hold.player.clone(), hold.currency);
             *held_by_player.entry(wallet).or_insert(0) += hold.amount.signed();
         }
-        assert_eq!(
-            self.hold_expiry.len(),
-            self.holds.len(),
-            "expiry index out of step with holds"
-        );
+        assert_eq!(self.hold_expiry.len(), self.holds.len(), "expiry index out of step with holds");
         for (account, balance) in &self.accounts {
             let held = held_by_player.get(account).copied().unwrap_or(0);
-            assert_eq!(
-                balance.held, held,
-                "{account}: held differs from its pending holds"
-            );
+            assert_eq!(balance.held, held, "{account}: held differs from its pending holds");
         }
         let mut last = ClusterTime::default();
         for (when, _) in &self.retention {
@@ -970,11 +721,11 @@ impl Ledger {
     /// The state as a plain value with every collection in a canonical order, for snapshots.
     pub fn to_image(&self) -> LedgerImage {
         let mut ids: Vec<_> = self.ids.iter().map(|(k, v)| (*k, v.clone())).collect();
-        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        ids.sort_by_key(|a| a.0);
         let mut bets: Vec<_> = self.bets.iter().map(|(k, v)| (*k, v.clone())).collect();
-        bets.sort_by(|a, b| a.0.cmp(&b.0));
+        bets.sort_by_key(|a| a.0);
         let mut rounds: Vec<_> = self.rounds.iter().map(|(k, v)| (*k, v.clone())).collect();
-        rounds.sort_by(|a, b| a.0.cmp(&b.0));
+        rounds.sort_by_key(|a| a.0);
         let mut tombstones: Vec<_> = self.tombstones.iter().map(|(k, v)| (*k, *v)).collect();
         tombstones.sort();
         LedgerImage {
@@ -985,11 +736,7 @@ impl Ledger {
             bets,
             rounds,
             tombstones,
-            holds: self
-                .holds
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             retention: self.retention.iter().cloned().collect(),
             head_seq: self.head_seq,
             head_hash: self.head_hash,
@@ -1005,11 +752,7 @@ impl Ledger {
         ledger.bets = image.bets.into_iter().collect();
         ledger.rounds = image.rounds.into_iter().collect();
         ledger.tombstones = image.tombstones.into_iter().collect();
-        ledger.hold_expiry = image
-            .holds
-            .iter()
-            .map(|(id, h)| (h.expires_at, id.clone()))
-            .collect();
+        ledger.hold_expiry = image.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect();
         ledger.holds = image.holds.into_iter().collect();
         ledger.retention = image.retention.into_iter().collect();
         ledger.head_seq = image.head_seq;

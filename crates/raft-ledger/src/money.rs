@@ -27,10 +27,7 @@ impl Currency {
         let iso = iso_currency::Currency::from_code(code).ok_or(Rejection::UnknownCurrency)?;
         let exponent = iso.exponent().ok_or(Rejection::UnknownCurrency)?;
         let exponent = u8::try_from(exponent).map_err(|_| Rejection::UnknownCurrency)?;
-        let code: [u8; 3] = code
-            .as_bytes()
-            .try_into()
-            .map_err(|_| Rejection::UnknownCurrency)?;
+        let code: [u8; 3] = code.as_bytes().try_into().map_err(|_| Rejection::UnknownCurrency)?;
         Ok(Self { code, exponent })
     }
 
@@ -57,13 +54,7 @@ impl Currency {
             return format!("{sign}{abs} {}", self.code());
         }
         let scale = 10u64.pow(u32::from(self.exponent));
-        format!(
-            "{sign}{}.{:0width$} {}",
-            abs / scale,
-            abs % scale,
-            self.code(),
-            width = usize::from(self.exponent)
-        )
+        format!("{sign}{}.{:0width$} {}", abs / scale, abs % scale, self.code(), width = usize::from(self.exponent))
     }
 }
 
@@ -186,11 +177,7 @@ mod tests {
         assert_eq!(Currency::new("JPY").unwrap().exponent(), 0);
         assert_eq!(Currency::new("BHD").unwrap().exponent(), 3);
         for bad in ["eur", "XYZ", "XAU", "EURO", ""] {
-            assert_eq!(
-                Currency::new(bad),
-                Err(Rejection::UnknownCurrency),
-                "{bad:?}"
-            );
+            assert_eq!(Currency::new(bad), Err(Rejection::UnknownCurrency), "{bad:?}");
         }
     }
 
@@ -200,10 +187,7 @@ mod tests {
         assert_eq!(Amount::new(-1), Err(Rejection::AmountNotPositive));
         assert_eq!(Amount::new(i64::MIN), Err(Rejection::AmountNotPositive));
         assert_eq!(Amount::new(i64::MAX).unwrap().minor(), AMOUNT_MAX);
-        assert_eq!(
-            Amount::from_u64(AMOUNT_MAX + 1),
-            Err(Rejection::AmountTooLarge)
-        );
+        assert_eq!(Amount::from_u64(AMOUNT_MAX + 1), Err(Rejection::AmountTooLarge));
         assert_eq!(Amount::from_u64(0), Err(Rejection::AmountNotPositive));
         let bytes = postcard::to_allocvec(&0u64).unwrap();
         assert!(postcard::from_bytes::<Amount>(&bytes).is_err());

@@ -94,12 +94,7 @@ pub struct NodeEnv {
 impl NodeEnv {
     /// The real disk, TCP, the wall clock, and a writer thread.
     pub fn production() -> Self {
-        Self {
-            vfs: Arc::new(StdFs),
-            net: Net::Tcp,
-            clock: Arc::new(WallClock),
-            io: IoMode::Thread,
-        }
+        Self { vfs: Arc::new(StdFs), net: Net::Tcp, clock: Arc::new(WallClock), io: IoMode::Thread }
     }
 }
 
@@ -171,9 +166,7 @@ pub enum LedgerError {
     #[error("invalid command: {0}")]
     Invalid(Rejection),
     /// The deadline passed. The command may still apply; retry with the same id.
-    #[error(
-        "deadline exceeded; the command may still apply, so retry with the same transaction id"
-    )]
+    #[error("deadline exceeded; the command may still apply, so retry with the same transaction id")]
     Timeout,
     /// The shard cannot serve right now (no quorum, shutting down, storage failure).
     #[error("unavailable: {0}")]
@@ -291,11 +284,7 @@ pub(crate) struct NodeInner {
 
 impl NodeInner {
     pub(crate) fn shard(&self, shard: u32) -> Option<Arc<Shard>> {
-        self.shards
-            .read()
-            .expect("shards lock")
-            .get(&shard)
-            .cloned()
+        self.shards.read().expect("shards lock").get(&shard).cloned()
     }
 }
 
@@ -329,12 +318,8 @@ impl LedgerNode {
         );
         let wal = Arc::new(wal);
         let router = PeerRouter::new(config.node_id, env.net);
-        let raft_config = raft_config(
-            &config.cluster_name,
-            config.rtt_ms,
-            config.snapshot_every,
-            config.logs_kept_after_snapshot,
-        );
+        let raft_config =
+            raft_config(&config.cluster_name, config.rtt_ms, config.snapshot_every, config.logs_kept_after_snapshot);
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         for s in 0..config.shards {
@@ -348,22 +333,10 @@ impl LedgerNode {
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             shards.insert(
                 s,
-                Arc::new(Shard {
-                    id: ShardId(s),
-                    raft,
-                    cell,
-                    dir,
-                    snapshot_lock: tokio::sync::Mutex::new(()),
-                }),
+                Arc::new(Shard { id: ShardId(s), raft, cell, dir, snapshot_lock: tokio::sync::Mutex::new(()) }),
             );
         }
-        let inner = Arc::new(NodeInner {
-            config,
-            env,
-            wal,
-            shards: RwLock::new(shards),
-            stop,
-        });
+        let inner = Arc::new(NodeInner { config, env, wal, shards: RwLock::new(shards), stop });
         let node = Self { inner };
         for shard in node.inner.shards.read().expect("shards lock").values() {
             tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
@@ -385,12 +358,7 @@ impl LedgerNode {
     /// first membership. Safe to call on every node with the same members, and on restarts.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, NodeInfo>) -> Result<(), NodeError> {
         for shard in self.shards() {
-            if shard
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-            {
+            if shard.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
                 continue;
             }
             if let Err(e) = shard.raft.initialize(members.clone()).await {
@@ -402,13 +370,7 @@ impl LedgerNode {
     }
 
     fn shards(&self) -> Vec<Arc<Shard>> {
-        self.inner
-            .shards
-            .read()
-            .expect("shards lock")
-            .values()
-            .cloned()
-            .collect()
+        self.inner.shards.read().expect("shards lock").values().cloned().collect()
     }
 
     /// The Raft handle of a shard replica, for operators and tests.
@@ -444,41 +406,26 @@ impl LedgerNode {
     /// The shard a command must run in: the requested one, checked against the command's
     /// player, or the player's shard.
     pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
-        let home = cmd
-            .player()
-            .map(|p| shard_for_player(p, self.inner.config.shards).0);
+        let home = cmd.player().map(|p| shard_for_player(p, self.inner.config.shards).0);
         match (shard, home) {
-            (Some(s), Some(h)) if s != h => Err(LedgerError::WrongShard {
-                expected: h,
-                requested: s,
-            }),
+            (Some(s), Some(h)) if s != h => Err(LedgerError::WrongShard { expected: h, requested: s }),
             (Some(s), _) | (None, Some(s)) => Ok(s),
             (None, None) => Err(LedgerError::NoShard),
         }
     }
 
     fn shard_or_err(&self, shard: u32) -> Result<Arc<Shard>, LedgerError> {
-        self.inner
-            .shard(shard)
-            .ok_or(LedgerError::UnknownShard(shard))
+        self.inner.shard(shard).ok_or(LedgerError::UnknownShard(shard))
     }
 
     /// Runs a command on its shard's leader, which must be this node.
     ///
     /// Bad input is refused before anything is proposed. The leader stamps the cluster time.
-    pub async fn submit(
-        &self,
-        shard: Option<u32>,
-        cmd: Command,
-        timeout: Duration,
-    ) -> Result<Outcome, LedgerError> {
+    pub async fn submit(&self, shard: Option<u32>, cmd: Command, timeout: Duration) -> Result<Outcome, LedgerError> {
         cmd.validate().map_err(LedgerError::Invalid)?;
         let shard_id = self.route(shard, &cmd)?;
         let shard = self.shard_or_err(shard_id)?;
-        let proposal = Proposal {
-            at: self.inner.env.clock.now(),
-            request: Request::Command(cmd),
-        };
+        let proposal = Proposal { at: self.inner.env.clock.now(), request: Request::Command(cmd) };
         match tokio::time::timeout(timeout, shard.raft.client_write(proposal)).await {
             Err(_) => Err(LedgerError::Timeout),
             Ok(Ok(resp)) => match resp.data {
@@ -533,12 +480,7 @@ impl LedgerNode {
     }
 
     /// Up to `limit` journal entries of a shard from `from_seq` on, as this replica has them.
-    pub fn entries(
-        &self,
-        shard: u32,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<Entry>, LedgerError> {
+    pub fn entries(&self, shard: u32, from_seq: u64, limit: u32) -> Result<Vec<Entry>, LedgerError> {
         let shard = self.shard_or_err(shard)?;
         let st = shard.cell.read();
         let mut out = Vec::new();
@@ -548,9 +490,7 @@ impl LedgerNode {
                 Ok(Some(e)) => out.push(e),
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(LedgerError::Unavailable(format!(
-                        "journal read failed: {e}"
-                    )));
+                    return Err(LedgerError::Unavailable(format!("journal read failed: {e}")));
                 }
             }
         }
@@ -559,12 +499,7 @@ impl LedgerNode {
 
     /// Waits until the shard's journal has more than `seen` entries, or `timeout` passes.
     /// Returns the journal length.
-    pub async fn wait_for_entries(
-        &self,
-        shard: u32,
-        seen: u64,
-        timeout: Duration,
-    ) -> Result<u64, LedgerError> {
+    pub async fn wait_for_entries(&self, shard: u32, seen: u64, timeout: Duration) -> Result<u64, LedgerError> {
         let shard = self.shard_or_err(shard)?;
         let mut rx = shard.cell.journal_len.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|len| *len > seen)).await;
@@ -592,8 +527,7 @@ impl LedgerNode {
         }
         let summary = v.finish();
         let live: BTreeMap<AccountRef, Balance> = st.ledger.accounts().into_iter().collect();
-        let balances_match =
-            error.is_none() && summary.balances == live && summary.head_hash == st.ledger.head().1;
+        let balances_match = error.is_none() && summary.balances == live && summary.head_hash == st.ledger.head().1;
         Ok(VerifyReport {
             shard: shard.id.0,
             entries: summary.entries,
@@ -643,9 +577,7 @@ impl LedgerNode {
 
     /// Every balance of a shard on this replica, sorted by account.
     pub fn balances(&self, shard: u32) -> Option<Vec<(AccountRef, Balance)>> {
-        self.inner
-            .shard(shard)
-            .map(|s| s.cell.read().ledger.accounts())
+        self.inner.shard(shard).map(|s| s.cell.read().ledger.accounts())
     }
 }
 
@@ -661,16 +593,11 @@ fn server_state(s: ServerState) -> &'static str {
 
 fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
     let path = config.data_dir.join("node.json");
-    let me = Identity {
-        node_id: config.node_id,
-        cluster_name: config.cluster_name.clone(),
-        shards: config.shards,
-    };
+    let me = Identity { node_id: config.node_id, cluster_name: config.cluster_name.clone(), shards: config.shards };
     match vfs.read(&path) {
         Ok(bytes) => {
-            let found: Identity = serde_json::from_slice(&bytes).map_err(|e| {
-                NodeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })?;
+            let found: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| NodeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
             if found != me {
                 return Err(NodeError::WrongIdentity {
                     dir: config.data_dir.display().to_string(),
@@ -704,17 +631,9 @@ async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
             continue;
         }
         let now = node.env.clock.now();
-        let due = shard
-            .cell
-            .read()
-            .ledger
-            .next_hold_expiry()
-            .is_some_and(|t| t <= now);
+        let due = shard.cell.read().ledger.next_hold_expiry().is_some_and(|t| t <= now);
         if due {
-            let proposal = Proposal {
-                at: now,
-                request: Request::Tick,
-            };
+            let proposal = Proposal { at: now, request: Request::Tick };
             if let Err(e) = shard.raft.client_write(proposal).await {
                 tracing::debug!(shard = %shard.id, "tick not applied: {e}");
             }

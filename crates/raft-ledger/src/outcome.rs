@@ -160,10 +160,7 @@ pub struct Receipt {
 impl Receipt {
     /// The resulting balance of `account`, if the command touched it.
     pub fn balance_of(&self, account: &AccountRef) -> Option<Balance> {
-        self.balances
-            .iter()
-            .find(|(a, _)| a == account)
-            .map(|(_, b)| *b)
+        self.balances.iter().find(|(a, _)| a == account).map(|(_, b)| *b)
     }
 }
 

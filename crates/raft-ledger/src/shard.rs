@@ -32,9 +32,7 @@ pub fn shard_for_player(player: &PlayerId, shard_count: u32) -> ShardId {
     assert!(shard_count > 0, "a cluster has at least one shard");
     let digest = Sha256::digest(player.as_str().as_bytes());
     let head = u64::from_be_bytes(digest[..8].try_into().expect("digest has 32 bytes"));
-    ShardId(
-        u32::try_from(head % u64::from(shard_count)).expect("remainder is below a u32 shard count"),
-    )
+    ShardId(u32::try_from(head % u64::from(shard_count)).expect("remainder is below a u32 shard count"))
 }
 
 #[cfg(test)]
@@ -44,22 +42,13 @@ mod tests {
     #[test]
     fn mapping_is_stable_and_spreads_players() {
         // Pinned values: changing the mapping would strand every existing wallet.
-        assert_eq!(
-            shard_for_player(&PlayerId::new("alice").unwrap(), 8),
-            ShardId(7)
-        );
-        assert_eq!(
-            shard_for_player(&PlayerId::new("bob").unwrap(), 8),
-            ShardId(2)
-        );
+        assert_eq!(shard_for_player(&PlayerId::new("alice").unwrap(), 8), ShardId(7));
+        assert_eq!(shard_for_player(&PlayerId::new("bob").unwrap(), 8), ShardId(2));
         let mut counts = [0u32; 4];
         for i in 0..4000 {
             let shard = shard_for_player(&PlayerId::new(format!("p{i}")).unwrap(), 4);
             counts[shard.0 as usize] += 1;
         }
-        assert!(
-            counts.iter().all(|&c| (800..1200).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
     }
 }

@@ -61,10 +61,7 @@ impl Clock for WallClock {
     fn now(&self) -> ClusterTime {
         // This is the one place a wall clock is read. A clock before 1970 is a broken host; the
         // ledger still stays monotonic because apply never lets time go backwards.
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis();
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis();
         ClusterTime(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 }
@@ -81,10 +78,7 @@ pub struct RuntimeClock {
 impl RuntimeClock {
     /// A clock that reads `epoch` now and advances with the runtime's clock.
     pub fn starting_at(epoch: ClusterTime) -> Self {
-        Self {
-            epoch,
-            start: tokio::time::Instant::now(),
-        }
+        Self { epoch, start: tokio::time::Instant::now() }
     }
 }
 

@@ -28,9 +28,7 @@ pub enum VerifyError {
         source: DecodeError,
     },
     /// The stored hash is not the SHA-256 of the entry's bytes: the entry was altered.
-    #[error(
-        "entry #{position} (seq {seq}): stored hash does not match the entry's bytes (tampered or corrupt)"
-    )]
+    #[error("entry #{position} (seq {seq}): stored hash does not match the entry's bytes (tampered or corrupt)")]
     HashMismatch {
         /// 1-based position in the journal; trust this over `seq`, which may be the altered byte.
         position: u64,
@@ -139,13 +137,9 @@ impl Verifier {
     /// Verifies the next entry given as its stored bytes and stored hash.
     pub fn push_raw(&mut self, bytes: &[u8], stored_hash: &Hash) -> Result<(), VerifyError> {
         let position = self.position + 1;
-        let entry =
-            Entry::decode(bytes).map_err(|source| VerifyError::Decode { position, source })?;
+        let entry = Entry::decode(bytes).map_err(|source| VerifyError::Decode { position, source })?;
         if &entry.hash != stored_hash {
-            return Err(VerifyError::HashMismatch {
-                position,
-                seq: entry.seq,
-            });
+            return Err(VerifyError::HashMismatch { position, seq: entry.seq });
         }
         self.push(&entry)
     }
@@ -158,18 +152,10 @@ impl Verifier {
             return Err(VerifyError::HashMismatch { position, seq });
         }
         if e.seq != position {
-            return Err(VerifyError::SequenceGap {
-                position,
-                expected: position,
-                found: e.seq,
-            });
+            return Err(VerifyError::SequenceGap { position, expected: position, found: e.seq });
         }
         if e.shard != self.shard {
-            return Err(VerifyError::WrongShard {
-                seq,
-                expected: self.shard,
-                found: e.shard,
-            });
+            return Err(VerifyError::WrongShard { seq, expected: self.shard, found: e.shard });
         }
         if e.prev_hash != self.head_hash {
             return Err(VerifyError::BrokenLink { seq });
@@ -188,9 +174,7 @@ impl Verifier {
         let seq = e.seq;
         let malformed = |what| VerifyError::Malformed { seq, what };
         let currency = e.debit.currency();
-        if e.credit.currency() != currency
-            || e.balances.iter().any(|(a, _)| a.currency() != currency)
-        {
+        if e.credit.currency() != currency || e.balances.iter().any(|(a, _)| a.currency() != currency) {
             return Err(malformed("accounts of different currencies"));
         }
         check_shape(e).map_err(malformed)?;
@@ -213,17 +197,12 @@ impl Verifier {
             }
             let amount = i128::from(e.amount);
             let (debit_posted, credit_posted, debit_held) = e.kind.effect();
-            let d = self
-                .current(&e.debit)
-                .ok_or(malformed("debit wallet was never opened"))?;
-            let c = self
-                .current(&e.credit)
-                .ok_or(malformed("credit wallet was never opened"))?;
+            let d = self.current(&e.debit).ok_or(malformed("debit wallet was never opened"))?;
+            let c = self.current(&e.credit).ok_or(malformed("credit wallet was never opened"))?;
             let d_after = Balance {
                 posted: to_i64(i128::from(d.posted) + i128::from(debit_posted) * amount)
                     .ok_or(malformed("overflow"))?,
-                held: to_i64(i128::from(d.held) + i128::from(debit_held) * amount)
-                    .ok_or(malformed("overflow"))?,
+                held: to_i64(i128::from(d.held) + i128::from(debit_held) * amount).ok_or(malformed("overflow"))?,
             };
             changed.push((e.debit.clone(), d_after));
             if credit_posted != 0 {
@@ -234,8 +213,7 @@ impl Verifier {
                 };
                 changed.push((e.credit.clone(), c_after));
             }
-            *self.sums.entry(currency).or_insert(0) +=
-                i128::from(debit_posted + credit_posted) * amount;
+            *self.sums.entry(currency).or_insert(0) += i128::from(debit_posted + credit_posted) * amount;
         }
 
         if e.balances.len() != changed.len() {
@@ -255,11 +233,7 @@ impl Verifier {
             }
             let is_player = account.kind() == AccountKind::Player;
             if is_player && (replayed.held < 0 || replayed.held > replayed.posted) {
-                return Err(VerifyError::NegativePlayer {
-                    seq,
-                    account: account.clone(),
-                    balance: *replayed,
-                });
+                return Err(VerifyError::NegativePlayer { seq, account: account.clone(), balance: *replayed });
             }
             if !is_player && replayed.held != 0 {
                 return Err(malformed("system account holds money"));
@@ -284,11 +258,7 @@ impl Verifier {
 
     /// Ends verification and reports what was established.
     pub fn finish(self) -> VerifySummary {
-        VerifySummary {
-            entries: self.position,
-            head_hash: self.head_hash,
-            balances: self.balances,
-        }
+        VerifySummary { entries: self.position, head_hash: self.head_hash, balances: self.balances }
     }
 }
 
@@ -315,14 +285,9 @@ fn check_shape(e: &Entry) -> Result<(), &'static str> {
     if !ok {
         return Err("accounts do not fit the entry kind");
     }
-    let needs_round = matches!(
-        e.kind,
-        EntryKind::Bet | EntryKind::Win | EntryKind::Rollback
-    );
-    let needs_reference = matches!(
-        e.kind,
-        EntryKind::Rollback | EntryKind::WithdrawalCommit | EntryKind::WithdrawalCancel
-    );
+    let needs_round = matches!(e.kind, EntryKind::Bet | EntryKind::Win | EntryKind::Rollback);
+    let needs_reference =
+        matches!(e.kind, EntryKind::Rollback | EntryKind::WithdrawalCommit | EntryKind::WithdrawalCancel);
     let needs_reason = e.kind == EntryKind::Adjustment;
     if e.round.is_some() != needs_round
         || e.reference.is_some() != needs_reference

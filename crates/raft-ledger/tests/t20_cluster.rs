@@ -19,58 +19,28 @@ async fn t20_leader_failover_keeps_every_acknowledged_write() {
     let mut cluster = Cluster::start(3, 2).await;
     let client = cluster.client().await;
     for (i, p) in ["alice", "bob"].iter().enumerate() {
-        assert!(applied(
-            &client.submit(open(&format!("open-{p}"), p)).await.unwrap()
-        ));
-        assert!(applied(
-            &client
-                .submit(deposit(&format!("dep-{i}"), p, 1_000))
-                .await
-                .unwrap()
-        ));
+        assert!(applied(&client.submit(open(&format!("open-{p}"), p)).await.unwrap()));
+        assert!(applied(&client.submit(deposit(&format!("dep-{i}"), p, 1_000)).await.unwrap()));
     }
     let shard = shard_for_player(&player("alice"), 2).0;
     let old_leader = cluster.wait_leader(shard).await;
 
     // A follower refuses writes and says who leads.
-    let follower = cluster
-        .members
-        .keys()
-        .copied()
-        .find(|id| *id != old_leader)
-        .unwrap();
-    let err = cluster
-        .node(follower)
-        .submit(None, bet("x", "alice", "r0", 1), Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, LedgerError::NotLeader { leader: Some(l), .. } if l == old_leader),
-        "{err:?}"
-    );
+    let follower = cluster.members.keys().copied().find(|id| *id != old_leader).unwrap();
+    let err =
+        cluster.node(follower).submit(None, bet("x", "alice", "r0", 1), Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotLeader { leader: Some(l), .. } if l == old_leader), "{err:?}");
 
     cluster.stop(old_leader).await;
     // The client finds the new leader by itself; every bet it gets an answer for is applied.
     for i in 0..20 {
-        let o = client
-            .submit(bet(&format!("bet-{i}"), "alice", &format!("r{i}"), 10))
-            .await
-            .unwrap();
+        let o = client.submit(bet(&format!("bet-{i}"), "alice", &format!("r{i}"), 10)).await.unwrap();
         assert!(applied(&o), "{o:?}");
     }
     let new_leader = cluster.wait_leader(shard).await;
     assert_ne!(new_leader, old_leader);
-    let view = client
-        .balance(&AccountRef::player(player("alice"), eur()), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        view.balance,
-        Some(Balance {
-            posted: 800,
-            held: 0
-        })
-    );
+    let view = client.balance(&AccountRef::player(player("alice"), eur()), None).await.unwrap();
+    assert_eq!(view.balance, Some(Balance { posted: 800, held: 0 }));
     assert_eq!(view.consistency, ReadConsistency::Linearizable);
 
     cluster.restart(old_leader).await;
@@ -90,22 +60,14 @@ async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balance
     let players = ["p1", "p2", "p3", "p4", "p5", "p6"];
     for p in players {
         client.submit(open(&format!("o-{p}"), p)).await.unwrap();
-        client
-            .submit(deposit(&format!("d-{p}"), p, 500))
-            .await
-            .unwrap();
-        client
-            .submit(bet(&format!("b-{p}"), p, "round-1", 120))
-            .await
-            .unwrap();
+        client.submit(deposit(&format!("d-{p}"), p, 500)).await.unwrap();
+        client.submit(bet(&format!("b-{p}"), p, "round-1", 120)).await.unwrap();
     }
     let before: Vec<_> = (0..2).map(|s| cluster.node(1).head(s).unwrap()).collect();
     for s in 0..2 {
         assert_eq!(cluster.wait_converged(s).await, before[s as usize]);
     }
-    let balances_before: Vec<_> = (0..2)
-        .map(|s| cluster.node(2).balances(s).unwrap())
-        .collect();
+    let balances_before: Vec<_> = (0..2).map(|s| cluster.node(2).balances(s).unwrap()).collect();
     drop(client);
 
     for id in [1, 2, 3] {
@@ -116,18 +78,9 @@ async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balance
     }
     for s in 0..2 {
         cluster.wait_leader(s).await;
-        assert_eq!(
-            cluster.wait_converged(s).await,
-            before[s as usize],
-            "shard {s} head changed across restart"
-        );
+        assert_eq!(cluster.wait_converged(s).await, before[s as usize], "shard {s} head changed across restart");
         for node in cluster.running() {
-            assert_eq!(
-                node.balances(s).unwrap(),
-                balances_before[s as usize],
-                "node {} shard {s}",
-                node.id()
-            );
+            assert_eq!(node.balances(s).unwrap(), balances_before[s as usize], "node {} shard {s}", node.id());
             assert!(node.verify(s).unwrap().ok());
         }
     }
@@ -135,9 +88,7 @@ async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balance
     let client = cluster.client().await;
     let again = client.submit(deposit("d-p1", "p1", 500)).await.unwrap();
     assert!(matches!(again, Outcome::Duplicate(_)), "{again:?}");
-    assert!(applied(
-        &client.submit(deposit("d2-p1", "p1", 1)).await.unwrap()
-    ));
+    assert!(applied(&client.submit(deposit("d2-p1", "p1", 1)).await.unwrap()));
     cluster.shutdown().await;
 }
 
@@ -152,10 +103,7 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
     let client = cluster.client().await;
     client.submit(open("o", "alice")).await.unwrap();
     for i in 0..60 {
-        client
-            .submit(deposit(&format!("d{i}"), "alice", 5))
-            .await
-            .unwrap();
+        client.submit(deposit(&format!("d{i}"), "alice", 5)).await.unwrap();
     }
     let leader = cluster.wait_leader(0).await;
     wait_for(Duration::from_secs(10), || {
@@ -166,24 +114,12 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
     .expect("the leader snapshots and purges its log");
 
     // Node 3 loses its disk. It may only come back under a new id.
-    let wiped = cluster
-        .members
-        .keys()
-        .copied()
-        .find(|id| *id != leader)
-        .unwrap();
+    let wiped = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
     cluster.stop(wiped).await;
     std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
     let raft = cluster.node(leader).raft(0).unwrap();
-    let survivors: BTreeSet<u64> = cluster
-        .members
-        .keys()
-        .copied()
-        .filter(|id| *id != wiped)
-        .collect();
-    raft.change_membership(survivors.clone(), false)
-        .await
-        .unwrap();
+    let survivors: BTreeSet<u64> = cluster.members.keys().copied().filter(|id| *id != wiped).collect();
+    raft.change_membership(survivors.clone(), false).await.unwrap();
 
     let info = cluster.add_member(4).await.info.clone();
     // Blocks until the learner has caught up; the log it would need is purged, so this is a
@@ -195,21 +131,14 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
 
     client.submit(deposit("after", "alice", 1)).await.ok();
     let client = cluster.client().await;
-    assert!(applied(
-        &client.submit(deposit("after-2", "alice", 1)).await.unwrap()
-    ));
+    assert!(applied(&client.submit(deposit("after-2", "alice", 1)).await.unwrap()));
     let head = cluster.node(leader).head(0).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        (cluster.node(4).head(0) == cluster.node(leader).head(0)).then_some(())
-    })
-    .await
-    .expect("the new replica converges");
+    wait_for(Duration::from_secs(20), || (cluster.node(4).head(0) == cluster.node(leader).head(0)).then_some(()))
+        .await
+        .expect("the new replica converges");
     assert!(cluster.node(4).head(0).unwrap().0 >= head.0);
     let status = cluster.node(4).status();
-    assert!(
-        status.shards[0].snapshot.is_some(),
-        "node 4 installed a snapshot: {status:?}"
-    );
+    assert!(status.shards[0].snapshot.is_some(), "node 4 installed a snapshot: {status:?}");
     let report = cluster.node(4).verify(0).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(
@@ -235,27 +164,10 @@ async fn t23_a_withdrawal_hold_expires_in_cluster_time_without_further_commands(
     };
     client.submit(reserve).await.unwrap();
     let wallet = AccountRef::player(player("alice"), eur());
-    assert_eq!(
-        client
-            .balance(&wallet, None)
-            .await
-            .unwrap()
-            .balance
-            .unwrap()
-            .held,
-        70
-    );
+    assert_eq!(client.balance(&wallet, None).await.unwrap().balance.unwrap().held, 70);
     let mut released = false;
     for _ in 0..100 {
-        if client
-            .balance(&wallet, None)
-            .await
-            .unwrap()
-            .balance
-            .unwrap()
-            .held
-            == 0
-        {
+        if client.balance(&wallet, None).await.unwrap().balance.unwrap().held == 0 {
             released = true;
             break;
         }
@@ -263,9 +175,52 @@ async fn t23_a_withdrawal_hold_expires_in_cluster_time_without_further_commands(
     }
     assert!(released, "the hold was not released by a leader tick");
     let entries = cluster.node(1).entries(0, 1, 10).unwrap();
-    assert_eq!(
-        entries.last().unwrap().kind,
-        raft_ledger::EntryKind::WithdrawalExpire
-    );
+    assert_eq!(entries.last().unwrap().kind, raft_ledger::EntryKind::WithdrawalExpire);
+    cluster.shutdown().await;
+}
+
+fn newest_wal_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_damaged_files_at_restart_are_refused_clearly_or_their_torn_tail_is_cut() {
+    let mut cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    for i in 0..20 {
+        client.submit(deposit(&format!("d{i}"), "alice", 3)).await.unwrap();
+    }
+    let leader = cluster.wait_leader(0).await;
+    let victim = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
+    let head = cluster.wait_converged(0).await;
+    cluster.stop(victim).await;
+    let dir = cluster.members[&victim].dir.clone();
+    let segment = newest_wal_segment(&dir);
+    let original = std::fs::read(&segment).unwrap();
+
+    // Damage in the middle, with acknowledged records after it: refuse to start, say why.
+    let mut damaged = original.clone();
+    damaged[original.len() / 3] ^= 0x5a;
+    std::fs::write(&segment, &damaged).unwrap();
+    let err = cluster.try_restart(victim).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("corrupt") && message.contains("refuses to start"), "{message}");
+
+    // A torn tail (a crash mid-write) is cut, and the node rejoins as if nothing happened.
+    let mut torn = original.clone();
+    torn.extend_from_slice(&original[..original.len().min(40)]);
+    torn.truncate(torn.len() - 7);
+    std::fs::write(&segment, &torn).unwrap();
+    // A journal cut mid-entry past the last snapshot is simply re-applied from the log.
+    let journal = dir.join("shards/0/journal.log");
+    let jlen = std::fs::metadata(&journal).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(jlen - 50).unwrap();
+    cluster.restart(victim).await;
+    assert_eq!(cluster.wait_converged(0).await, head);
+    assert_eq!(std::fs::read(&segment).unwrap()[..original.len()], original[..], "only the torn tail was cut");
+    assert!(cluster.node(victim).verify(0).unwrap().ok());
     cluster.shutdown().await;
 }

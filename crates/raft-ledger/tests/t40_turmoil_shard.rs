@@ -92,7 +92,8 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
     let ctl = control.clone();
     sim.client("client", async move {
         let addrs: Vec<String> = members().values().map(|m| m.addr.clone()).collect();
-        let options = ClientOptions { net: Net::Turmoil, deadline: Duration::from_secs(60), ..ClientOptions::default() };
+        let options =
+            ClientOptions { net: Net::Turmoil, deadline: Duration::from_secs(60), ..ClientOptions::default() };
         let client = LedgerClient::connect(addrs.clone(), options).await?;
         let eur = Currency::new("EUR").unwrap();
         let alice = PlayerId::new("alice").unwrap();

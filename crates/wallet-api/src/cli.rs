@@ -311,7 +311,9 @@ pub fn render_outcome(o: &Outcome) -> (String, i32) {
         Outcome::Duplicate(r) => (format!("duplicate (already applied; original result): {}", format_receipt(r)), 0),
         Outcome::Rejected(x) => (format!("rejected: {} ({})", x, x.code()), 2),
         Outcome::AlreadyFailed(x) => (format!("rejected earlier and remembered: {} ({})", x, x.code()), 2),
-        Outcome::Conflict => ("conflict: this transaction id was used with a different payload; nothing changed".into(), 2),
+        Outcome::Conflict => {
+            ("conflict: this transaction id was used with a different payload; nothing changed".into(), 2)
+        }
     }
 }
 

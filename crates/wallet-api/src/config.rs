@@ -81,8 +81,8 @@ pub struct StartConfig {
 impl FileConfig {
     /// Reads a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
         toml::from_str(&text).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))
     }
 

@@ -108,19 +108,29 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     };
 
     step("wallets and a game round (amounts in cents; every command carries its idempotency key)");
-    show("open alice EUR", &run(Command::OpenAccount { tx: t("open-alice"), player: alice.clone(), currency: eur }).await?);
+    show(
+        "open alice EUR",
+        &run(Command::OpenAccount { tx: t("open-alice"), player: alice.clone(), currency: eur }).await?,
+    );
     show("open bob EUR", &run(Command::OpenAccount { tx: t("open-bob"), player: bob.clone(), currency: eur }).await?);
     show(
         "deposit 100.00 to alice",
         &run(Command::Deposit { tx: t("dep-1"), player: alice.clone(), currency: eur, amount: amount(10_000) }).await?,
     );
     let r1 = id("round-1", |s| RoundId::new(s));
-    let bet = Command::Bet { tx: t("bet-1"), player: alice.clone(), round: r1.clone(), currency: eur, amount: amount(2_500) };
+    let bet =
+        Command::Bet { tx: t("bet-1"), player: alice.clone(), round: r1.clone(), currency: eur, amount: amount(2_500) };
     show("bet 25.00 on round-1", &run(bet.clone()).await?);
     show(
         "win 40.00 on round-1",
-        &run(Command::Win { tx: t("win-1"), player: alice.clone(), round: r1.clone(), currency: eur, amount: amount(4_000) })
-            .await?,
+        &run(Command::Win {
+            tx: t("win-1"),
+            player: alice.clone(),
+            round: r1.clone(),
+            currency: eur,
+            amount: amount(4_000),
+        })
+        .await?,
     );
 
     step("idempotency: retries return the original result; reused ids with new payloads are refused");
@@ -139,7 +149,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     };
     show("bet 10000.00 (too much)", &run(big.clone()).await?);
     show("retry it after a deposit", &{
-        run(Command::Deposit { tx: t("dep-2"), player: alice.clone(), currency: eur, amount: amount(2_000_000) }).await?;
+        run(Command::Deposit { tx: t("dep-2"), player: alice.clone(), currency: eur, amount: amount(2_000_000) })
+            .await?;
         run(big).await?
     });
 
@@ -167,7 +178,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         })
         .await?,
     );
-    show("commit it", &run(Command::CommitWithdrawal { tx: t("wd-1-commit"), player: alice.clone(), hold: t("wd-1") }).await?);
+    show(
+        "commit it",
+        &run(Command::CommitWithdrawal { tx: t("wd-1-commit"), player: alice.clone(), hold: t("wd-1") }).await?,
+    );
 
     step("losing a leader loses no acknowledged money");
     let shard = shard_for_player(&alice, args.shards).0;
@@ -211,7 +225,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         for s in 0..args.shards {
             let report = node.verify(s).map_err(|e| e.to_string())?;
             let status = if report.ok() { "OK" } else { "FAILED" };
-            println!("  node {} shard {s}: {status:<6} {:>3} entries  head {}", n.id, report.entries, &report.head_hash[..16]);
+            println!(
+                "  node {} shard {s}: {status:<6} {:>3} entries  head {}",
+                n.id,
+                report.entries,
+                &report.head_hash[..16]
+            );
         }
     }
 

@@ -7,9 +7,8 @@ use crate::config::StartConfig;
 
 /// Starts a node, serves it, bootstraps the cluster if asked, and shuts down cleanly on a signal.
 pub async fn run(config: StartConfig) -> Result<(), String> {
-    let listener = Listener::bind_tcp(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        Listener::bind_tcp(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let node_id = config.node.node_id;
     let advertised = config.node.info.addr.clone();
     let node = LedgerNode::start(config.node, NodeEnv::production()).await.map_err(|e| e.to_string())?;

@@ -60,11 +60,7 @@ fn parse(words: &[&str]) -> Result<Command, Rejection> {
     let amount = |s: &str| Amount::new(s.parse::<i64>().unwrap());
     let tx = TxId::new(words[1])?;
     Ok(match words[0] {
-        "open" => Command::OpenAccount {
-            tx,
-            player: PlayerId::new(words[2])?,
-            currency: Currency::new(words[3])?,
-        },
+        "open" => Command::OpenAccount { tx, player: PlayerId::new(words[2])?, currency: Currency::new(words[3])? },
         "deposit" => Command::Deposit {
             tx,
             player: PlayerId::new(words[2])?,
@@ -78,35 +74,15 @@ fn parse(words: &[&str]) -> Result<Command, Rejection> {
             amount: amount(words[4])?,
             timeout_ms: words[5].parse().unwrap(),
         },
-        "commit" => Command::CommitWithdrawal {
-            tx,
-            player: PlayerId::new(words[2])?,
-            hold: TxId::new(words[3])?,
-        },
-        "cancel" => Command::CancelWithdrawal {
-            tx,
-            player: PlayerId::new(words[2])?,
-            hold: TxId::new(words[3])?,
-        },
+        "commit" => Command::CommitWithdrawal { tx, player: PlayerId::new(words[2])?, hold: TxId::new(words[3])? },
+        "cancel" => Command::CancelWithdrawal { tx, player: PlayerId::new(words[2])?, hold: TxId::new(words[3])? },
         "bet" | "win" => {
             let (player, round) = (PlayerId::new(words[2])?, RoundId::new(words[3])?);
             let (currency, amount) = (Currency::new(words[4])?, amount(words[5])?);
             if words[0] == "bet" {
-                Command::Bet {
-                    tx,
-                    player,
-                    round,
-                    currency,
-                    amount,
-                }
+                Command::Bet { tx, player, round, currency, amount }
             } else {
-                Command::Win {
-                    tx,
-                    player,
-                    round,
-                    currency,
-                    amount,
-                }
+                Command::Win { tx, player, round, currency, amount }
             }
         }
         "rollback" => Command::Rollback {
@@ -142,15 +118,8 @@ fn check(script: &str) {
     let mut ledger = Ledger::new(ShardId(7), LedgerConfig::default());
     let mut chain: Vec<Entry> = Vec::new();
     let mut now = 1_700_000_000_000u64;
-    for (n, line) in script
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        let (input, expected) = line
-            .split_once("=>")
-            .map_or((line, ""), |(i, e)| (i.trim(), e.trim()));
+    for (n, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        let (input, expected) = line.split_once("=>").map_or((line, ""), |(i, e)| (i.trim(), e.trim()));
         let words: Vec<&str> = input.split_whitespace().collect();
         let before = ledger.to_image();
         let mut sink = Vec::new();
@@ -165,11 +134,7 @@ fn check(script: &str) {
             _ => match parse(&words) {
                 Ok(cmd) => render(&ledger.apply(&cmd, ClusterTime::from_millis(now), &mut sink)),
                 Err(rejection) => {
-                    assert_eq!(
-                        ledger.to_image(),
-                        before,
-                        "line {n}: input error changed state"
-                    );
+                    assert_eq!(ledger.to_image(), before, "line {n}: input error changed state");
                     format!("invalid {}", rejection.code())
                 }
             },
@@ -183,20 +148,14 @@ fn check(script: &str) {
         assert_eq!(got, expected, "line {}: `{input}`", n + 1);
         if got.starts_with("rejected") || got.starts_with("already-failed") || got == "conflict" {
             // Rejections change no balance and append no entry (expiries aside).
-            assert!(
-                sink.iter().all(|e| e.kind == EntryKind::WithdrawalExpire),
-                "line {n}"
-            );
+            assert!(sink.iter().all(|e| e.kind == EntryKind::WithdrawalExpire), "line {n}");
         }
         chain.extend(sink);
         ledger.check_invariants();
         let summary = crate::verify::verify_entries(ShardId(7), &chain).unwrap();
         assert_eq!(summary.head_hash, ledger.head().1);
         let ledger_balances: BTreeMap<_, _> = ledger.accounts().into_iter().collect();
-        assert_eq!(
-            summary.balances, ledger_balances,
-            "line {n}: replay disagrees with the ledger"
-        );
+        assert_eq!(summary.balances, ledger_balances, "line {n}: replay disagrees with the ledger");
         let rebuilt = Ledger::from_image(ledger.to_image());
         assert_eq!(rebuilt.to_image(), ledger.to_image());
     }
@@ -375,9 +334,7 @@ fn cluster_time_never_goes_backwards() {
 
 #[test]
 fn ids_are_forgotten_after_the_retention_window() {
-    let config = LedgerConfig {
-        id_retention_ms: HOLD_TIMEOUT_MAX_MS,
-    };
+    let config = LedgerConfig { id_retention_ms: HOLD_TIMEOUT_MAX_MS };
     let mut ledger = Ledger::new(ShardId(1), config);
     let mut sink = Vec::new();
     let t0 = 1_000_000u64;
@@ -386,19 +343,13 @@ fn ids_are_forgotten_after_the_retention_window() {
     ledger.apply(&open, ClusterTime::from_millis(t0), &mut sink);
     ledger.apply(&deposit, ClusterTime::from_millis(t0), &mut sink);
     let just_inside = ClusterTime::from_millis(t0 + config.id_retention_ms - 1);
-    assert!(matches!(
-        ledger.apply(&deposit, just_inside, &mut sink),
-        Outcome::Duplicate(_)
-    ));
+    assert!(matches!(ledger.apply(&deposit, just_inside, &mut sink), Outcome::Duplicate(_)));
     assert_eq!(ledger.remembered_ids(), 2);
     // One window later the id is gone: the same request is new again (documented behaviour).
     let after = ClusterTime::from_millis(t0 + config.id_retention_ms);
     ledger.tick(after, &mut sink);
     assert_eq!(ledger.remembered_ids(), 0);
-    assert!(matches!(
-        ledger.apply(&deposit, after, &mut sink),
-        Outcome::Applied(_)
-    ));
+    assert!(matches!(ledger.apply(&deposit, after, &mut sink), Outcome::Applied(_)));
 }
 
 #[test]
@@ -417,111 +368,41 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let currency = prop::sample::select(CURRENCIES.to_vec()).prop_map(cur);
     let round = (0u8..4).prop_map(|i| RoundId::new(format!("r{i}")).unwrap());
     let amount = prop_oneof![1i64..500, Just(i64::MAX)].prop_map(|a| Amount::new(a).unwrap());
-    let system = currency
-        .clone()
-        .prop_flat_map(|c| prop_oneof![Just(AccountRef::House(c)), Just(AccountRef::External(c))]);
-    let any_account = prop_oneof![
-        (player.clone(), currency.clone()).prop_map(|(p, c)| AccountRef::player(p, c)),
-        system,
-    ];
+    let system =
+        currency.clone().prop_flat_map(|c| prop_oneof![Just(AccountRef::House(c)), Just(AccountRef::External(c))]);
+    let any_account =
+        prop_oneof![(player.clone(), currency.clone()).prop_map(|(p, c)| AccountRef::player(p, c)), system,];
     prop_oneof![
-        (tx.clone(), player.clone(), currency.clone()).prop_map(|(tx, player, currency)| {
-            Command::OpenAccount {
-                tx,
-                player,
-                currency,
+        (tx.clone(), player.clone(), currency.clone())
+            .prop_map(|(tx, player, currency)| { Command::OpenAccount { tx, player, currency } }),
+        (tx.clone(), player.clone(), currency.clone(), amount.clone())
+            .prop_map(|(tx, player, currency, amount)| Command::Deposit { tx, player, currency, amount }),
+        (tx.clone(), player.clone(), currency.clone(), amount.clone(), 1_000u64..20_000).prop_map(
+            |(tx, player, currency, amount, timeout_ms)| {
+                Command::ReserveWithdrawal { tx, player, currency, amount, timeout_ms }
             }
+        ),
+        (tx.clone(), player.clone(), tx.clone()).prop_map(|(tx, player, hold)| Command::CommitWithdrawal {
+            tx,
+            player,
+            hold
         }),
-        (tx.clone(), player.clone(), currency.clone(), amount.clone()).prop_map(
-            |(tx, player, currency, amount)| Command::Deposit {
-                tx,
-                player,
-                currency,
-                amount
-            }
-        ),
-        (
-            tx.clone(),
-            player.clone(),
-            currency.clone(),
-            amount.clone(),
-            1_000u64..20_000
-        )
-            .prop_map(|(tx, player, currency, amount, timeout_ms)| {
-                Command::ReserveWithdrawal {
-                    tx,
-                    player,
-                    currency,
-                    amount,
-                    timeout_ms,
-                }
-            }),
-        (tx.clone(), player.clone(), tx.clone())
-            .prop_map(|(tx, player, hold)| Command::CommitWithdrawal { tx, player, hold }),
-        (tx.clone(), player.clone(), tx.clone())
-            .prop_map(|(tx, player, hold)| Command::CancelWithdrawal { tx, player, hold }),
-        (
-            tx.clone(),
-            player.clone(),
-            round.clone(),
-            currency.clone(),
-            amount.clone()
-        )
-            .prop_map(|(tx, player, round, currency, amount)| Command::Bet {
-                tx,
-                player,
-                round,
-                currency,
-                amount
-            }),
-        (
-            tx.clone(),
-            player.clone(),
-            round.clone(),
-            currency.clone(),
-            amount.clone()
-        )
-            .prop_map(|(tx, player, round, currency, amount)| Command::Win {
-                tx,
-                player,
-                round,
-                currency,
-                amount
-            }),
-        (tx.clone(), player.clone(), round.clone(), tx.clone()).prop_map(
-            |(tx, player, round, bet)| Command::Rollback {
-                tx,
-                player,
-                round,
-                bet
-            }
-        ),
-        (
-            tx.clone(),
-            player.clone(),
-            player.clone(),
-            currency.clone(),
-            amount.clone()
-        )
-            .prop_map(|(tx, from, to, currency, amount)| Command::Transfer {
-                tx,
-                from,
-                to,
-                currency,
-                amount
-            }),
-        (tx, any_account.clone(), any_account, currency, amount).prop_map(
-            |(tx, debit, credit, currency, amount)| {
-                Command::Adjust {
-                    tx,
-                    debit,
-                    credit,
-                    currency,
-                    amount,
-                    reason: Reason::new("prop").unwrap(),
-                }
-            }
-        ),
+        (tx.clone(), player.clone(), tx.clone()).prop_map(|(tx, player, hold)| Command::CancelWithdrawal {
+            tx,
+            player,
+            hold
+        }),
+        (tx.clone(), player.clone(), round.clone(), currency.clone(), amount.clone())
+            .prop_map(|(tx, player, round, currency, amount)| Command::Bet { tx, player, round, currency, amount }),
+        (tx.clone(), player.clone(), round.clone(), currency.clone(), amount.clone())
+            .prop_map(|(tx, player, round, currency, amount)| Command::Win { tx, player, round, currency, amount }),
+        (tx.clone(), player.clone(), round.clone(), tx.clone())
+            .prop_map(|(tx, player, round, bet)| Command::Rollback { tx, player, round, bet }),
+        (tx.clone(), player.clone(), player.clone(), currency.clone(), amount.clone())
+            .prop_map(|(tx, from, to, currency, amount)| Command::Transfer { tx, from, to, currency, amount }),
+        (tx, any_account.clone(), any_account, currency, amount).prop_map(|(tx, debit, credit, currency, amount)| {
+            Command::Adjust { tx, debit, credit, currency, amount, reason: Reason::new("prop").unwrap() }
+        }),
     ]
 }
 
@@ -543,94 +424,42 @@ impl Model {
     fn applied(&mut self, cmd: &Command, receipt: &Receipt) {
         let amt = |a: &Amount| i128::from(a.minor());
         match cmd {
-            Command::OpenAccount {
-                player, currency, ..
-            } => {
-                self.posted
-                    .insert(AccountRef::player(player.clone(), *currency), 0);
+            Command::OpenAccount { player, currency, .. } => {
+                self.posted.insert(AccountRef::player(player.clone(), *currency), 0);
             }
-            Command::Deposit {
-                player,
-                currency,
-                amount,
-                ..
-            } => self.mv(
-                &AccountRef::External(*currency),
-                &AccountRef::player(player.clone(), *currency),
-                amt(amount),
-            ),
-            Command::ReserveWithdrawal {
-                tx,
-                player,
-                currency,
-                amount,
-                ..
-            } => {
-                self.holds.insert(
-                    tx.clone(),
-                    (AccountRef::player(player.clone(), *currency), amt(amount)),
-                );
+            Command::Deposit { player, currency, amount, .. } => {
+                self.mv(&AccountRef::External(*currency), &AccountRef::player(player.clone(), *currency), amt(amount))
+            }
+            Command::ReserveWithdrawal { tx, player, currency, amount, .. } => {
+                self.holds.insert(tx.clone(), (AccountRef::player(player.clone(), *currency), amt(amount)));
             }
             Command::CommitWithdrawal { hold, .. } => {
-                let (wallet, a) = self
-                    .holds
-                    .remove(hold)
-                    .expect("committed hold was reserved");
+                let (wallet, a) = self.holds.remove(hold).expect("committed hold was reserved");
                 self.mv(&wallet, &AccountRef::External(wallet.currency()), a);
             }
             Command::CancelWithdrawal { hold, .. } => {
-                self.holds
-                    .remove(hold)
-                    .expect("cancelled hold was reserved");
+                self.holds.remove(hold).expect("cancelled hold was reserved");
             }
-            Command::Bet {
-                tx,
-                player,
-                currency,
-                amount,
-                ..
-            } => {
+            Command::Bet { tx, player, currency, amount, .. } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
                 self.mv(&wallet, &AccountRef::House(*currency), amt(amount));
                 self.bets.insert(tx.clone(), (wallet, amt(amount)));
             }
-            Command::Win {
-                player,
-                currency,
-                amount,
-                ..
-            } => self.mv(
-                &AccountRef::House(*currency),
-                &AccountRef::player(player.clone(), *currency),
-                amt(amount),
-            ),
+            Command::Win { player, currency, amount, .. } => {
+                self.mv(&AccountRef::House(*currency), &AccountRef::player(player.clone(), *currency), amt(amount))
+            }
             Command::Rollback { bet, .. } => {
                 if receipt.seq.is_some() {
-                    let (wallet, a) = self
-                        .bets
-                        .get(bet)
-                        .cloned()
-                        .expect("rolled back bet was placed");
+                    let (wallet, a) = self.bets.get(bet).cloned().expect("rolled back bet was placed");
                     self.mv(&AccountRef::House(wallet.currency()), &wallet, a);
                 }
             }
-            Command::Transfer {
-                from,
-                to,
-                currency,
-                amount,
-                ..
-            } => self.mv(
+            Command::Transfer { from, to, currency, amount, .. } => self.mv(
                 &AccountRef::player(from.clone(), *currency),
                 &AccountRef::player(to.clone(), *currency),
                 amt(amount),
             ),
-            Command::Adjust {
-                debit,
-                credit,
-                amount,
-                ..
-            } => self.mv(debit, credit, amt(amount)),
+            Command::Adjust { debit, credit, amount, .. } => self.mv(debit, credit, amt(amount)),
         }
     }
 }
@@ -730,11 +559,7 @@ fn verify_reports_a_flipped_byte_at_its_entry() {
     .iter()
     .enumerate()
     {
-        ledger.apply(
-            &parse(words).unwrap(),
-            ClusterTime::from_millis(i as u64),
-            &mut chain,
-        );
+        ledger.apply(&parse(words).unwrap(), ClusterTime::from_millis(i as u64), &mut chain);
     }
     let frames: Vec<(Vec<u8>, Hash)> = chain.iter().map(|e| (e.encode(), e.hash)).collect();
     for target in 0..frames.len() {

@@ -45,8 +45,7 @@ impl<T: Serialize> Encoder for PostcardEncoder<T> {
     type Error = Status;
 
     fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        postcard::to_io(&item, dst.writer())
-            .map_err(|e| Status::internal(format!("encode: {e}")))?;
+        postcard::to_io(&item, dst.writer()).map_err(|e| Status::internal(format!("encode: {e}")))?;
         Ok(())
     }
 }
@@ -60,8 +59,6 @@ impl<U: DeserializeOwned> Decoder for PostcardDecoder<U> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("decode: {e}")))
+        postcard::from_bytes(&bytes).map(Some).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
     }
 }

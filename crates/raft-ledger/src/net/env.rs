@@ -37,13 +37,11 @@ impl Net {
         match self {
             Net::Tcp => Ok(endpoint.connect_lazy()),
             #[cfg(feature = "turmoil")]
-            Net::Turmoil => Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
-                |uri: http::Uri| async move {
-                    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-                    let stream = turmoil::net::TcpStream::connect(authority).await?;
-                    Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
-                },
-            ))),
+            Net::Turmoil => Ok(endpoint.connect_with_connector_lazy(tower::service_fn(|uri: http::Uri| async move {
+                let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+                let stream = turmoil::net::TcpStream::connect(authority).await?;
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }))),
         }
     }
 }
@@ -102,11 +100,7 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(feature = "turmoil")]
@@ -116,11 +110,7 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(feature = "turmoil")]

@@ -6,13 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use openraft::errors::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use tonic::transport::Channel;
@@ -45,11 +43,7 @@ pub(crate) struct PeerRouter {
 
 impl PeerRouter {
     pub(crate) fn new(me: NodeId, net: Net) -> Self {
-        Self {
-            me,
-            net,
-            peers: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+        Self { me, net, peers: Arc::new(Mutex::new(BTreeMap::new())) }
     }
 
     /// Remembers (or updates) a peer's address; the channel is created on first use.
@@ -63,22 +57,13 @@ impl PeerRouter {
                 let client = RaftTransportClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-                peers.insert(
-                    id,
-                    Peer {
-                        addr: addr.to_string(),
-                        client,
-                    },
-                );
+                peers.insert(id, Peer { addr: addr.to_string(), client });
             }
             Err(e) => tracing::warn!(peer = id, addr, "invalid peer address: {e}"),
         }
     }
 
-    fn client(
-        &self,
-        target: NodeId,
-    ) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
+    fn client(&self, target: NodeId) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
         self.peers
             .lock()
             .expect("peers lock")
@@ -88,22 +73,11 @@ impl PeerRouter {
     }
 
     fn timeout(&self, action: RPCTypes, target: NodeId, timeout: Duration) -> Timeout<TypeConfig> {
-        Timeout {
-            action,
-            id: self.me,
-            target,
-            timeout,
-        }
+        Timeout { action, id: self.me, target, timeout }
     }
 
     /// Runs one unary call with the option's deadline and maps every failure to an RPC error.
-    async fn call<T, F, Fut>(
-        &self,
-        action: RPCTypes,
-        target: NodeId,
-        option: RPCOption,
-        f: F,
-    ) -> Rpc<T>
+    async fn call<T, F, Fut>(&self, action: RPCTypes, target: NodeId, option: RPCOption, f: F) -> Rpc<T>
     where
         F: FnOnce(RaftTransportClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Result<T, PeerError>>, tonic::Status>>,
@@ -120,9 +94,7 @@ impl PeerRouter {
 
 fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable => {
-            RPCError::Unreachable(Unreachable::from_string(status.to_string()))
-        }
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::from_string(status.to_string())),
         _ => RPCError::Network(NetworkError::from_string(status.to_string())),
     }
 }
@@ -167,10 +139,7 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         option: RPCOption,
     ) -> Rpc<VoteResponse<TypeConfig>> {
         let ttl = option.hard_ttl();
-        self.call(RPCTypes::Vote, target, option, |mut c| async move {
-            c.vote(request(shard, rpc, ttl)).await
-        })
-        .await
+        self.call(RPCTypes::Vote, target, option, |mut c| async move { c.vote(request(shard, rpc, ttl)).await }).await
     }
 
     async fn pre_vote(
@@ -181,10 +150,8 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         option: RPCOption,
     ) -> Rpc<VoteResponse<TypeConfig>> {
         let ttl = option.hard_ttl();
-        self.call(RPCTypes::Vote, target, option, |mut c| async move {
-            c.pre_vote(request(shard, rpc, ttl)).await
-        })
-        .await
+        self.call(RPCTypes::Vote, target, option, |mut c| async move { c.pre_vote(request(shard, rpc, ttl)).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -247,12 +214,9 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         option: RPCOption,
     ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
         let ttl = option.hard_ttl();
-        self.call(
-            RPCTypes::TransferLeader,
-            target,
-            option,
-            |mut c| async move { c.transfer_leader(request(shard, req, ttl)).await },
-        )
+        self.call(RPCTypes::TransferLeader, target, option, |mut c| async move {
+            c.transfer_leader(request(shard, req, ttl)).await
+        })
         .await
     }
 }

@@ -23,11 +23,9 @@ pub(crate) fn routes(node: Arc<NodeInner>) -> tonic::service::Routes {
     let transport = RaftTransportServer::new(Transport { node: node.clone() })
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    let api = LedgerNodeServer::new(Api {
-        node: LedgerNode { inner: node },
-    })
-    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let api = LedgerNodeServer::new(Api { node: LedgerNode { inner: node } })
+        .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     tonic::service::Routes::new(transport).add_service(api)
 }
 
@@ -40,22 +38,11 @@ impl Transport {
         self.node.shard(shard).ok_or(PeerError::UnknownShard(shard))
     }
 
-    async fn receive_snapshot(
-        &self,
-        mut stream: Streaming<SnapshotChunk>,
-    ) -> Result<SnapshotReply, Status> {
-        let Some(SnapshotChunk::Header {
-            shard,
-            vote,
-            meta,
-            state,
-            journal_entries,
-            journal_bytes,
-        }) = stream.message().await?
+    async fn receive_snapshot(&self, mut stream: Streaming<SnapshotChunk>) -> Result<SnapshotReply, Status> {
+        let Some(SnapshotChunk::Header { shard, vote, meta, state, journal_entries, journal_bytes }) =
+            stream.message().await?
         else {
-            return Ok(Err(PeerError::Snapshot(
-                "stream must start with a header".into(),
-            )));
+            return Ok(Err(PeerError::Snapshot("stream must start with a header".into())));
         };
         let s = match self.shard(shard) {
             Ok(s) => s,
@@ -63,45 +50,29 @@ impl Transport {
         };
         let _one_at_a_time = s.snapshot_lock.lock().await;
         let io = |e: std::io::Error| Status::internal(format!("storing snapshot: {e}"));
-        let mut receiver =
-            SnapshotReceiver::begin(self.node.env.vfs.as_ref(), &s.dir).map_err(io)?;
+        let mut receiver = SnapshotReceiver::begin(self.node.env.vfs.as_ref(), &s.dir).map_err(io)?;
         let mut written = 0u64;
         while let Some(chunk) = stream.message().await? {
             let SnapshotChunk::Journal(bytes) = chunk else {
-                return Ok(Err(PeerError::Snapshot(
-                    "a second header in one stream".into(),
-                )));
+                return Ok(Err(PeerError::Snapshot("a second header in one stream".into())));
             };
             written += bytes.len() as u64;
             if written > journal_bytes {
-                return Ok(Err(PeerError::Snapshot(
-                    "more journal than the header announced".into(),
-                )));
+                return Ok(Err(PeerError::Snapshot("more journal than the header announced".into())));
             }
             receiver.write(&bytes).map_err(io)?;
         }
         if written != journal_bytes {
-            return Ok(Err(PeerError::Snapshot(format!(
-                "journal ended at {written} of {journal_bytes} bytes"
-            ))));
+            return Ok(Err(PeerError::Snapshot(format!("journal ended at {written} of {journal_bytes} bytes"))));
         }
-        let snapshot = openraft::Snapshot {
-            meta,
-            snapshot: receiver.finish(state, journal_entries),
-        };
-        Ok(s.raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|f| PeerError::Raft(RaftError::Fatal(f))))
+        let snapshot = openraft::Snapshot { meta, snapshot: receiver.finish(state, journal_entries) };
+        Ok(s.raft.install_full_snapshot(vote, snapshot).await.map_err(|f| PeerError::Raft(RaftError::Fatal(f))))
     }
 }
 
 #[tonic::async_trait]
 impl RaftTransport for Transport {
-    async fn append(
-        &self,
-        request: Request<AppendRequest>,
-    ) -> Result<Response<AppendReply>, Status> {
+    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
         let ShardMsg { shard, msg } = request.into_inner();
         let reply = match self.shard(shard) {
             Ok(s) => s.raft.append_entries(msg).await.map_err(PeerError::Raft),
@@ -134,11 +105,7 @@ impl RaftTransport for Transport {
     ) -> Result<Response<TransferLeaderReply>, Status> {
         let ShardMsg { shard, msg } = request.into_inner();
         let reply = match self.shard(shard) {
-            Ok(s) => s
-                .raft
-                .handle_transfer_leader(msg)
-                .await
-                .map_err(|f| PeerError::Raft(RaftError::Fatal(f))),
+            Ok(s) => s.raft.handle_transfer_leader(msg).await.map_err(|f| PeerError::Raft(RaftError::Fatal(f))),
             Err(e) => Err(e),
         };
         Ok(Response::new(reply))
@@ -148,9 +115,7 @@ impl RaftTransport for Transport {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotReply>, Status> {
-        self.receive_snapshot(request.into_inner())
-            .await
-            .map(Response::new)
+        self.receive_snapshot(request.into_inner()).await.map(Response::new)
     }
 }
 
@@ -160,58 +125,27 @@ struct Api {
 
 #[tonic::async_trait]
 impl LedgerNodeApi for Api {
-    async fn submit(
-        &self,
-        request: Request<SubmitRequest>,
-    ) -> Result<Response<SubmitReply>, Status> {
-        let SubmitRequest {
-            shard,
-            command,
-            timeout_ms,
-        } = request.into_inner();
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        let SubmitRequest { shard, command, timeout_ms } = request.into_inner();
         let timeout = Duration::from_millis(timeout_ms.max(1)).min(SUBMIT_TIMEOUT_MAX);
-        Ok(Response::new(
-            self.node.submit(shard, command, timeout).await,
-        ))
+        Ok(Response::new(self.node.submit(shard, command, timeout).await))
     }
 
-    async fn balance(
-        &self,
-        request: Request<BalanceRequest>,
-    ) -> Result<Response<BalanceReply>, Status> {
-        let BalanceRequest {
-            shard,
-            account,
-            consistency,
-        } = request.into_inner();
-        Ok(Response::new(
-            self.node.balance(shard, &account, consistency).await,
-        ))
+    async fn balance(&self, request: Request<BalanceRequest>) -> Result<Response<BalanceReply>, Status> {
+        let BalanceRequest { shard, account, consistency } = request.into_inner();
+        Ok(Response::new(self.node.balance(shard, &account, consistency).await))
     }
 
-    async fn entries(
-        &self,
-        request: Request<EntriesRequest>,
-    ) -> Result<Response<EntriesReply>, Status> {
-        let EntriesRequest {
-            shard,
-            from_seq,
-            limit,
-        } = request.into_inner();
+    async fn entries(&self, request: Request<EntriesRequest>) -> Result<Response<EntriesReply>, Status> {
+        let EntriesRequest { shard, from_seq, limit } = request.into_inner();
         Ok(Response::new(self.node.entries(shard, from_seq, limit)))
     }
 
-    async fn status(
-        &self,
-        _request: Request<StatusRequest>,
-    ) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(self.node.status()))
     }
 
-    async fn verify(
-        &self,
-        request: Request<VerifyRequest>,
-    ) -> Result<Response<VerifyReply>, Status> {
+    async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         Ok(Response::new(self.node.verify(request.into_inner().shard)))
     }
 }

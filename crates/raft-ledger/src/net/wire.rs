@@ -2,9 +2,8 @@
 
 use openraft::errors::RaftError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse,
-    TransferLeaderRequest as RaftTransferLeader, TransferLeaderResponse, VoteRequest as RaftVote,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest as RaftTransferLeader,
+    TransferLeaderResponse, VoteRequest as RaftVote, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 

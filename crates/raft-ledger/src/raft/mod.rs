@@ -103,12 +103,7 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 /// elect constantly. Heartbeats go every max(50 ms, 2 RTT); an election starts after
 /// max(300 ms, 6 RTT) to 2x that of silence, so a single lost heartbeat never deposes a leader.
 /// A snapshot is taken every `snapshot_every` applied entries, keeping `logs_kept` entries.
-pub fn raft_config(
-    cluster_name: &str,
-    rtt_ms: u64,
-    snapshot_every: u64,
-    logs_kept: u64,
-) -> Arc<openraft::Config> {
+pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_kept: u64) -> Arc<openraft::Config> {
     let heartbeat_ms = (2 * rtt_ms).max(50);
     let election_min_ms = (6 * rtt_ms).max(300).max(3 * heartbeat_ms);
     let config = openraft::Config {

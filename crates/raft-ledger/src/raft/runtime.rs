@@ -61,8 +61,7 @@ impl AsyncRuntime for LedgerRuntime {
     type Sleep = <TokioRuntime as AsyncRuntime>::Sleep;
     type Instant = <TokioRuntime as AsyncRuntime>::Instant;
     type TimeoutError = <TokioRuntime as AsyncRuntime>::TimeoutError;
-    type Timeout<R, T: Future<Output = R> + OptionalSend> =
-        <TokioRuntime as AsyncRuntime>::Timeout<R, T>;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = <TokioRuntime as AsyncRuntime>::Timeout<R, T>;
     type ThreadLocalRng = SmallRng;
     type Mpsc = <TokioRuntime as AsyncRuntime>::Mpsc;
     type Watch = <TokioRuntime as AsyncRuntime>::Watch;
@@ -85,24 +84,15 @@ impl AsyncRuntime for LedgerRuntime {
         TokioRuntime::sleep_until(deadline)
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(
-        duration: Duration,
-        future: F,
-    ) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
         TokioRuntime::timeout(duration, future)
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
-        deadline: Self::Instant,
-        future: F,
-    ) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
         TokioRuntime::timeout_at(deadline, future)
     }
 
-    fn select2<A, B>(
-        a: A,
-        b: B,
-    ) -> impl Future<Output = Select2<A::Output, B::Output>> + OptionalSend
+    fn select2<A, B>(a: A, b: B) -> impl Future<Output = Select2<A::Output, B::Output>> + OptionalSend
     where
         A: Future + OptionalSend,
         B: Future + OptionalSend,
@@ -147,9 +137,7 @@ impl AsyncRuntime for LedgerRuntime {
     }
 
     fn new(threads: usize) -> Self {
-        Self {
-            inner: TokioRuntime::new(threads),
-        }
+        Self { inner: TokioRuntime::new(threads) }
     }
 
     fn block_on<F, T>(&mut self, future: F) -> T
@@ -178,10 +166,7 @@ mod tests {
     fn a_seeded_thread_draws_the_same_sequence() {
         let draw = || {
             let mut rng = LedgerRuntime::thread_rng();
-            (
-                rng.random::<u64>(),
-                LedgerRuntime::thread_rng().random::<u64>(),
-            )
+            (rng.random::<u64>(), LedgerRuntime::thread_rng().random::<u64>())
         };
         seed_thread_rng(42);
         let first = draw();

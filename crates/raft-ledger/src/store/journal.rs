@@ -46,9 +46,7 @@ pub enum JournalError {
         needed: u64,
     },
     /// A received journal does not end where its snapshot says.
-    #[error(
-        "received journal ends at entry {found_seq} but the snapshot expects {expected_seq} with another hash"
-    )]
+    #[error("received journal ends at entry {found_seq} but the snapshot expects {expected_seq} with another hash")]
     HeadMismatch {
         /// Entries received.
         found_seq: u64,
@@ -70,10 +68,7 @@ pub struct JournalPrefix {
 impl JournalPrefix {
     /// Reads `buf.len()` bytes of the prefix at `offset`.
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        assert!(
-            offset + buf.len() as u64 <= self.bytes,
-            "read past the snapshot's journal prefix"
-        );
+        assert!(offset + buf.len() as u64 <= self.bytes, "read past the snapshot's journal prefix");
         self.file.read_at(offset, buf)
     }
 }
@@ -98,10 +93,7 @@ fn scan(shard: ShardId, bytes: &[u8]) -> (Vec<u64>, u64, Hash, Option<VerifyErro
     let mut head = genesis_hash(shard);
     while at < bytes.len() {
         let position = offsets.len() as u64 + 1;
-        let truncated = |what| VerifyError::Decode {
-            position,
-            source: crate::codec::DecodeError::Truncated(what),
-        };
+        let truncated = |what| VerifyError::Decode { position, source: crate::codec::DecodeError::Truncated(what) };
         let Some(len) = bytes.get(at..at + 4) else {
             return (offsets, at as u64, head, Some(truncated("frame length")));
         };
@@ -133,12 +125,7 @@ fn frame(entry: &Entry, out: &mut Vec<u8>) {
 impl Journal {
     /// Opens the journal at `path`, verifies its first `keep` entries, and cuts everything after
     /// them (it will be re-applied from the Raft log).
-    pub(crate) fn open(
-        vfs: &dyn Vfs,
-        path: &Path,
-        shard: ShardId,
-        keep: u64,
-    ) -> Result<Self, JournalError> {
+    pub(crate) fn open(vfs: &dyn Vfs, path: &Path, shard: ShardId, keep: u64) -> Result<Self, JournalError> {
         let bytes = match vfs.read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -148,16 +135,8 @@ impl Journal {
         let display = path.display().to_string();
         if (offsets.len() as u64) < keep {
             return Err(match problem {
-                Some(source) => JournalError::Damaged {
-                    path: display,
-                    source,
-                    needed: keep,
-                },
-                None => JournalError::TooShort {
-                    path: display,
-                    found: offsets.len() as u64,
-                    needed: keep,
-                },
+                Some(source) => JournalError::Damaged { path: display, source, needed: keep },
+                None => JournalError::TooShort { path: display, found: offsets.len() as u64, needed: keep },
             });
         }
         let file = vfs.open(path)?;
@@ -169,12 +148,8 @@ impl Journal {
                 0 => genesis_hash(shard),
                 k => {
                     let start = offsets[k as usize - 1] as usize;
-                    let len =
-                        u32::from_be_bytes(bytes[start..start + 4].try_into().expect("4 bytes"))
-                            as usize;
-                    bytes[start + 4 + len..start + 4 + len + 32]
-                        .try_into()
-                        .expect("32 bytes")
+                    let len = u32::from_be_bytes(bytes[start..start + 4].try_into().expect("4 bytes")) as usize;
+                    bytes[start + 4 + len..start + 4 + len + 32].try_into().expect("32 bytes")
                 }
             };
             (cut, head)
@@ -183,14 +158,7 @@ impl Journal {
         if (bytes.len() as u64) != keep_end {
             file.truncate(keep_end)?;
         }
-        Ok(Self {
-            shard,
-            path: path.to_path_buf(),
-            file,
-            offsets,
-            end: keep_end,
-            head: keep_head,
-        })
+        Ok(Self { shard, path: path.to_path_buf(), file, offsets, end: keep_end, head: keep_head })
     }
 
     /// Number of entries.
@@ -213,11 +181,7 @@ impl Journal {
         let mut head = self.head;
         for e in entries {
             assert_eq!(e.shard, self.shard, "entry of another shard");
-            assert_eq!(
-                e.seq,
-                self.len() + offsets.len() as u64 + 1,
-                "journal sequence must be contiguous"
-            );
+            assert_eq!(e.seq, self.len() + offsets.len() as u64 + 1, "journal sequence must be contiguous");
             assert_eq!(e.prev_hash, head, "journal hash chain must link");
             offsets.push(self.end + buf.len() as u64);
             frame(e, &mut buf);
@@ -246,13 +210,9 @@ impl Journal {
         let mut buf = vec![0u8; (stop - start) as usize];
         self.file.read_at(start, &mut buf)?;
         let body = &buf[4..buf.len() - 32];
-        let entry =
-            Entry::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let entry = Entry::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if entry.hash[..] != buf[buf.len() - 32..] {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("journal entry {seq} fails its hash"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("journal entry {seq} fails its hash")));
         }
         Ok(Some(entry))
     }
@@ -260,16 +220,8 @@ impl Journal {
     /// The stable prefix holding entries `1..=entries`, for a snapshot.
     pub(crate) fn prefix(&self, entries: u64) -> JournalPrefix {
         assert!(entries <= self.len(), "prefix past the end of the journal");
-        let bytes = self
-            .offsets
-            .get(entries as usize)
-            .copied()
-            .unwrap_or(self.end);
-        JournalPrefix {
-            file: self.file.clone(),
-            entries,
-            bytes,
-        }
+        let bytes = self.offsets.get(entries as usize).copied().unwrap_or(self.end);
+        JournalPrefix { file: self.file.clone(), entries, bytes }
     }
 
     /// Replaces this journal with a verified copy received from a peer, atomically.
@@ -282,17 +234,10 @@ impl Journal {
         let bytes = vfs.read(received)?;
         let (offsets, end, head, problem) = scan(self.shard, &bytes);
         if let Some(source) = problem {
-            return Err(JournalError::Damaged {
-                path: received.display().to_string(),
-                source,
-                needed: expected.0,
-            });
+            return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
         }
         if (offsets.len() as u64, head) != expected {
-            return Err(JournalError::HeadMismatch {
-                found_seq: offsets.len() as u64,
-                expected_seq: expected.0,
-            });
+            return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
         }
         vfs.open(received)?.sync()?;
         vfs.rename(received, &self.path)?;
@@ -342,11 +287,7 @@ mod tests {
         assert_eq!(j.len(), 4, "the cut is durable");
         assert!(matches!(
             Journal::open(&StdFs, &path, ShardId(1), 5),
-            Err(JournalError::TooShort {
-                found: 4,
-                needed: 5,
-                ..
-            })
+            Err(JournalError::TooShort { found: 4, needed: 5, .. })
         ));
     }
 
@@ -363,20 +304,11 @@ mod tests {
         bytes[third + 20] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         match Journal::open(&StdFs, &path, ShardId(1), 5) {
-            Err(JournalError::Damaged {
-                source: VerifyError::HashMismatch { position: 3, .. },
-                ..
-            }) => {}
-            Err(JournalError::Damaged {
-                source: VerifyError::Decode { position: 3, .. },
-                ..
-            }) => {}
+            Err(JournalError::Damaged { source: VerifyError::HashMismatch { position: 3, .. }, .. }) => {}
+            Err(JournalError::Damaged { source: VerifyError::Decode { position: 3, .. }, .. }) => {}
             other => panic!("expected damage at entry 3, got {:?}", other.err()),
         }
         // Damage past what the snapshot needs is simply cut off.
-        assert_eq!(
-            Journal::open(&StdFs, &path, ShardId(1), 2).unwrap().len(),
-            2
-        );
+        assert_eq!(Journal::open(&StdFs, &path, ShardId(1), 2).unwrap().len(), 2);
     }
 }

@@ -21,11 +21,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(wal: Arc<Wal>, shard: u32) -> Self {
-        Self {
-            shard,
-            log: wal.shard(shard),
-            wal,
-        }
+        Self { shard, log: wal.shard(shard), wal }
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, ShardLog> {
@@ -42,7 +38,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.log().meta.vote.clone())
+        Ok(self.log().meta.vote)
     }
 }
 
@@ -51,10 +47,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let log = self.log();
-        Ok(LogState {
-            last_purged_log_id: log.meta.purged.clone(),
-            last_log_id: log.last_log_id(),
-        })
+        Ok(LogState { last_purged_log_id: log.meta.purged, last_log_id: log.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -70,23 +63,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.log().meta.committed.clone())
+        Ok(self.log().meta.committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.wal.append(
-            self.shard,
-            entries.into_iter().collect(),
-            Done::Flushed(callback),
-        )
+        self.wal.append(self.shard, entries.into_iter().collect(), Done::Flushed(callback))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

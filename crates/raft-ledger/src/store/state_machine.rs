@@ -96,15 +96,11 @@ pub(crate) struct ShardCell {
 
 impl ShardCell {
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, ShardState> {
-        self.state
-            .read()
-            .expect("shard state lock poisoned: a state machine assertion failed")
+        self.state.read().expect("shard state lock poisoned: a state machine assertion failed")
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, ShardState> {
-        self.state
-            .write()
-            .expect("shard state lock poisoned: a state machine assertion failed")
+        self.state.write().expect("shard state lock poisoned: a state machine assertion failed")
     }
 }
 
@@ -140,10 +136,7 @@ fn encode_snapshot_file(state: &[u8]) -> Vec<u8> {
 }
 
 fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, SnapshotState), StoreError> {
-    let bad = |what: &str| StoreError::BadSnapshot {
-        path: path.display().to_string(),
-        what: what.to_string(),
-    };
+    let bad = |what: &str| StoreError::BadSnapshot { path: path.display().to_string(), what: what.to_string() };
     if bytes.len() < 37 || &bytes[..4] != SNAPSHOT_MAGIC {
         return Err(bad("not a snapshot file"));
     }
@@ -199,23 +192,10 @@ impl LedgerStateMachine {
                 journal,
             },
         };
-        assert_eq!(
-            state.ledger.head(),
-            (state.journal.len(), state.journal.head()),
-            "ledger and journal disagree"
-        );
+        assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
-        let cell = Arc::new(ShardCell {
-            state: RwLock::new(state),
-            journal_len,
-        });
-        let sm = Self {
-            shard,
-            vfs,
-            dir: dir.to_path_buf(),
-            cell: cell.clone(),
-            sink: Vec::new(),
-        };
+        let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
+        let sm = Self { shard, vfs, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new() };
         Ok((sm, cell))
     }
 
@@ -223,10 +203,7 @@ impl LedgerStateMachine {
         let st = self.cell.read();
         // Full invariant check before anything is persisted.
         st.ledger.check_invariants();
-        let meta = SnapshotMeta {
-            last_log_id: st.last_applied.clone(),
-            last_membership: st.membership.clone(),
-        };
+        let meta = SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() };
         let state = SnapshotState {
             meta: meta.clone(),
             image: st.ledger.to_image(),
@@ -258,21 +235,15 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
 
     async fn build_snapshot(
         &mut self,
-    ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>, io::Error>
-    {
+    ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>, io::Error> {
         // The journal prefix must be durable before a snapshot that relies on it, because logs
         // up to the snapshot are purged once it exists.
         self.journal.file.sync()?;
-        self.vfs
-            .write_atomic(&self.path, &encode_snapshot_file(&self.state))?;
+        self.vfs.write_atomic(&self.path, &encode_snapshot_file(&self.state))?;
         tracing::debug!(last_log_id = ?self.meta.last_log_id, journal_entries = self.journal.entries, "snapshot written");
         Ok(openraft::Snapshot {
             meta: self.meta.clone(),
-            snapshot: LedgerSnapshot {
-                state: self.state.clone(),
-                journal: self.journal.clone(),
-                received_at: None,
-            },
+            snapshot: LedgerSnapshot { state: self.state.clone(), journal: self.journal.clone(), received_at: None },
         })
     }
 }
@@ -283,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let st = self.cell.read();
-        Ok((st.last_applied.clone(), st.membership.clone()))
+        Ok((st.last_applied, st.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
@@ -300,24 +271,19 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             for (entry, responder) in batch {
                 let log_id = openraft::entry::RaftEntry::log_id(&entry);
                 if let Some(prev) = &st.last_applied {
-                    assert!(
-                        log_id.index > prev.index,
-                        "applied index must only grow: {log_id} after {prev}"
-                    );
+                    assert!(log_id.index > prev.index, "applied index must only grow: {log_id} after {prev}");
                 }
                 let reply = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(proposal) => Some(match &proposal.request {
-                        Request::Command(cmd) => {
-                            Reply::Outcome(st.ledger.apply(cmd, proposal.at, &mut self.sink))
-                        }
+                        Request::Command(cmd) => Reply::Outcome(st.ledger.apply(cmd, proposal.at, &mut self.sink)),
                         Request::Tick => {
                             st.ledger.tick(proposal.at, &mut self.sink);
                             Reply::Ticked
                         }
                     }),
                     EntryPayload::Membership(m) => {
-                        st.membership = StoredMembership::new(Some(log_id.clone()), m);
+                        st.membership = StoredMembership::new(Some(log_id), m);
                         None
                     }
                 };
@@ -340,11 +306,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         self.builder()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: LedgerSnapshot,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
         let state = snapshot.decode_state()?;
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         if state.image.shard() != self.shard {
@@ -359,31 +321,20 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let mut st = self.cell.write();
             let expected = (state.journal_entries, state.journal_head);
             match &snapshot.received_at {
-                Some(path) => st
-                    .journal
-                    .replace(self.vfs.as_ref(), path, expected)
-                    .map_err(io::Error::other)?,
+                Some(path) => st.journal.replace(self.vfs.as_ref(), path, expected).map_err(io::Error::other)?,
                 None => {
                     // Our own snapshot (restart): keep the journal up to it and cut the rest.
-                    let journal = Journal::open(
-                        self.vfs.as_ref(),
-                        &journal_path(&self.dir),
-                        self.shard,
-                        expected.0,
-                    )
-                    .map_err(io::Error::other)?;
+                    let journal = Journal::open(self.vfs.as_ref(), &journal_path(&self.dir), self.shard, expected.0)
+                        .map_err(io::Error::other)?;
                     if journal.head() != expected.1 {
                         return Err(invalid("local journal differs from the snapshot"));
                     }
                     st.journal = journal;
                 }
             }
-            self.vfs.write_atomic(
-                &snapshot_path(&self.dir),
-                &encode_snapshot_file(&snapshot.state),
-            )?;
+            self.vfs.write_atomic(&snapshot_path(&self.dir), &encode_snapshot_file(&snapshot.state))?;
             st.ledger = Ledger::from_image(state.image);
-            st.last_applied = meta.last_log_id.clone();
+            st.last_applied = meta.last_log_id;
             st.membership = meta.last_membership.clone();
             st.journal.len()
         };
@@ -394,10 +345,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<
-        Option<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>>,
-        io::Error,
-    > {
+    ) -> Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>>, io::Error> {
         let path = snapshot_path(&self.dir);
         let bytes = match self.vfs.read(&path) {
             Ok(b) => b,
@@ -407,9 +355,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let (body, state) = decode_snapshot_file(&path, &bytes).map_err(io::Error::other)?;
         let st = self.cell.read();
         if st.journal.len() < state.journal_entries {
-            return Err(io::Error::other(
-                "journal is shorter than the current snapshot",
-            ));
+            return Err(io::Error::other("journal is shorter than the current snapshot"));
         }
         Ok(Some(openraft::Snapshot {
             meta: state.meta,
@@ -436,11 +382,7 @@ impl SnapshotReceiver {
         let path = received_journal_path(shard_dir);
         vfs.remove(&path)?;
         let file = vfs.open(&path)?;
-        Ok(Self {
-            path,
-            file,
-            written: 0,
-        })
+        Ok(Self { path, file, written: 0 })
     }
 
     /// Appends a chunk of the journal.
@@ -454,11 +396,7 @@ impl SnapshotReceiver {
     pub(crate) fn finish(self, state: Vec<u8>, journal_entries: u64) -> LedgerSnapshot {
         LedgerSnapshot {
             state: Arc::new(state),
-            journal: JournalPrefix {
-                file: self.file,
-                entries: journal_entries,
-                bytes: self.written,
-            },
+            journal: JournalPrefix { file: self.file, entries: journal_entries, bytes: self.written },
             received_at: Some(self.path),
         }
     }

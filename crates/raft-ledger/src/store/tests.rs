@@ -17,20 +17,13 @@ use crate::shard::ShardId;
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> for Builder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, LedgerStateMachine), StorageError<TypeConfig>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, LedgerStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (wal, _) =
-            Wal::open(Arc::new(StdFs), &dir.path().join("wal"), IoMode::Thread).expect("open wal");
+        let (wal, _) = Wal::open(Arc::new(StdFs), &dir.path().join("wal"), IoMode::Thread).expect("open wal");
         let log = LogStore::new(Arc::new(wal), 0);
-        let (sm, _) = LedgerStateMachine::open(
-            Arc::new(StdFs),
-            &dir.path().join("shard-0"),
-            ShardId(0),
-            LedgerConfig::default(),
-        )
-        .expect("open state machine");
+        let (sm, _) =
+            LedgerStateMachine::open(Arc::new(StdFs), &dir.path().join("shard-0"), ShardId(0), LedgerConfig::default())
+                .expect("open state machine");
         Ok((dir, log, sm))
     }
 }
@@ -55,9 +48,7 @@ mod wal {
     }
 
     fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<RaftEntry> {
-        range
-            .map(|i| RaftEntry::new_blank(log_id(term, i)))
-            .collect()
+        range.map(|i| RaftEntry::new_blank(log_id(term, i))).collect()
     }
 
     async fn append(wal: &Wal, shard: u32, e: Vec<RaftEntry>) {
@@ -71,13 +62,7 @@ mod wal {
     }
 
     fn indexes(wal: &Wal, shard: u32) -> Vec<u64> {
-        wal.shard(shard)
-            .lock()
-            .unwrap()
-            .range(..)
-            .iter()
-            .map(|e| e.index())
-            .collect()
+        wal.shard(shard).lock().unwrap().range(..).iter().map(|e| e.index()).collect()
     }
 
     #[tokio::test]
@@ -87,9 +72,7 @@ mod wal {
             let (wal, _) = open(dir.path(), 1 << 20).unwrap();
             append(&wal, 1, entries(1, 1..=5)).await;
             append(&wal, 2, entries(1, 1..=3)).await;
-            wal.save_vote(1, &openraft::Vote::new_committed(1, 7).into())
-                .await
-                .unwrap();
+            wal.save_vote(1, &openraft::Vote::new_committed(1, 7)).await.unwrap();
             wal.truncate_after(1, Some(log_id(1, 3))).await.unwrap();
             append(&wal, 1, entries(2, 4..=6)).await;
             wal.save_committed(1, Some(log_id(2, 5))).unwrap();
@@ -101,11 +84,7 @@ mod wal {
         assert_eq!(indexes(&wal, 1), vec![1, 2, 3, 4, 5, 6]);
         let s1 = wal.shard(1);
         let s1 = s1.lock().unwrap();
-        assert_eq!(
-            s1.range(4..=4)[0].log_id(),
-            log_id(2, 4),
-            "the truncated term-1 tail stays replaced"
-        );
+        assert_eq!(s1.range(4..=4)[0].log_id(), log_id(2, 4), "the truncated term-1 tail stays replaced");
         assert_eq!(s1.meta.committed, Some(log_id(2, 5)));
         assert!(s1.meta.vote.is_some());
         assert_eq!(indexes(&wal, 2), vec![3]);
@@ -113,10 +92,7 @@ mod wal {
     }
 
     fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         v.sort();
         v
     }
@@ -138,11 +114,7 @@ mod wal {
         let (wal, report) = open(dir.path(), 1 << 20).unwrap();
         assert_eq!(report.truncated_bytes, bytes.len() as u64 - good_len);
         assert_eq!(indexes(&wal, 1), (1..=10).collect::<Vec<_>>());
-        assert_eq!(
-            std::fs::metadata(&seg).unwrap().len(),
-            good_len,
-            "the cut is on disk"
-        );
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len, "the cut is on disk");
         append(&wal, 1, entries(1, 11..=11)).await;
         wal.close().await;
         let (wal, _) = open(dir.path(), 1 << 20).unwrap();
@@ -164,17 +136,11 @@ mod wal {
         bytes[14] ^= 0xff; // inside the first record's payload
         std::fs::write(&seg, &bytes).unwrap();
         match open(dir.path(), 1 << 20) {
-            Err(WalError::Corrupt {
-                offset: 0, what, ..
-            }) => assert!(what.contains("checksum"), "{what}"),
+            Err(WalError::Corrupt { offset: 0, what, .. }) => assert!(what.contains("checksum"), "{what}"),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a damaged log with acknowledged records after it must not open"),
         }
-        assert_eq!(
-            std::fs::read(&seg).unwrap(),
-            bytes,
-            "a refused log is left untouched for inspection"
-        );
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "a refused log is left untouched for inspection");
     }
 
     #[tokio::test]
@@ -191,17 +157,11 @@ mod wal {
         wal.purge(2, log_id(1, 59)).unwrap();
         append(&wal, 1, entries(1, 601..=601)).await; // rides the same group commit; runs GC after
         let after = segments(dir.path()).len();
-        assert!(
-            after < before,
-            "purged segments were not deleted: {before} -> {after}"
-        );
+        assert!(after < before, "purged segments were not deleted: {before} -> {after}");
         wal.close().await;
         let (wal, _) = open(dir.path(), 512).unwrap();
         assert_eq!(indexes(&wal, 1), (591..=601).collect::<Vec<_>>());
         assert_eq!(indexes(&wal, 2), vec![60]);
-        assert_eq!(
-            wal.shard(1).lock().unwrap().meta.purged,
-            Some(log_id(1, 590))
-        );
+        assert_eq!(wal.shard(1).lock().unwrap().meta.purged, Some(log_id(1, 590)));
     }
 }

@@ -15,8 +15,6 @@ pub trait VFile: Send + Sync {
     fn append(&self, bytes: &[u8]) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// The file's length.
-    fn len(&self) -> io::Result<u64>;
     /// Makes every write so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
     /// Shortens the file to `len` bytes.
@@ -62,10 +60,6 @@ impl VFile for StdFile {
         self.0.read_exact_at(buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
-    }
-
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
@@ -77,18 +71,13 @@ impl VFile for StdFile {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
 
 fn parent(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 impl Vfs for StdFs {
@@ -97,11 +86,7 @@ impl Vfs for StdFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VFile>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
+        let file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
 
@@ -182,10 +167,6 @@ pub mod sim {
             f.read_exact(buf)
         }
 
-        fn len(&self) -> std::io::Result<u64> {
-            Ok(self.0.lock().expect("file lock").metadata()?.len())
-        }
-
         fn sync(&self) -> std::io::Result<()> {
             self.0.lock().expect("file lock").sync_data()
         }
@@ -203,11 +184,7 @@ pub mod sim {
         }
 
         fn open(&self, path: &Path) -> std::io::Result<Arc<dyn VFile>> {
-            let f = tfs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .open(path)?;
+            let f = tfs::OpenOptions::new().read(true).write(true).create(true).open(path)?;
             Ok(Arc::new(TurmoilFile(Mutex::new(f))))
         }
 

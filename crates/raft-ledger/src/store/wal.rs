@@ -59,29 +59,12 @@ pub(crate) struct ShardMeta {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
-    Entries {
-        shard: u32,
-        entries: Vec<Entry>,
-    },
-    Vote {
-        shard: u32,
-        vote: Vote,
-    },
-    Committed {
-        shard: u32,
-        committed: Option<LogId>,
-    },
-    TruncateAfter {
-        shard: u32,
-        after: Option<LogId>,
-    },
-    Purge {
-        shard: u32,
-        upto: LogId,
-    },
-    Checkpoint {
-        shards: Vec<(u32, ShardMeta)>,
-    },
+    Entries { shard: u32, entries: Vec<Entry> },
+    Vote { shard: u32, vote: Vote },
+    Committed { shard: u32, committed: Option<LogId> },
+    TruncateAfter { shard: u32, after: Option<LogId> },
+    Purge { shard: u32, upto: LogId },
+    Checkpoint { shards: Vec<(u32, ShardMeta)> },
 }
 
 /// Why the log could not be opened.
@@ -123,10 +106,7 @@ impl ShardLog {
 
     /// The last log id present, or the purge point when no entry is left.
     pub(crate) fn last_log_id(&self) -> Option<LogId> {
-        self.entries
-            .back()
-            .map(|e| e.log_id())
-            .or_else(|| self.meta.purged.clone())
+        self.entries.back().map(|e| e.log_id()).or(self.meta.purged)
     }
 
     /// Appends entries; an entry at an index already present replaces it and everything after.
@@ -141,10 +121,7 @@ impl ShardLog {
             // An empty log without a purge point may start anywhere; otherwise no holes.
             let fresh = self.entries.is_empty() && self.meta.purged.is_none();
             if index > self.next_index() && !fresh {
-                return Err(format!(
-                    "log hole: entry {index} after {}",
-                    self.next_index()
-                ));
+                return Err(format!("log hole: entry {index} after {}", self.next_index()));
             }
             self.truncate_from(index);
             self.entries.push_back(e);
@@ -163,20 +140,11 @@ impl ShardLog {
     }
 
     fn purge(&mut self, upto: &LogId) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| e.index() <= upto.index)
-        {
+        while self.entries.front().is_some_and(|e| e.index() <= upto.index) {
             self.entries.pop_front();
         }
-        if self
-            .meta
-            .purged
-            .as_ref()
-            .is_none_or(|p| p.index < upto.index)
-        {
-            self.meta.purged = Some(upto.clone());
+        if self.meta.purged.as_ref().is_none_or(|p| p.index < upto.index) {
+            self.meta.purged = Some(*upto);
         }
     }
 
@@ -192,12 +160,7 @@ impl ShardLog {
             std::ops::Bound::Unbounded => first,
         };
         let skip = usize::try_from(start.saturating_sub(first)).unwrap_or(usize::MAX);
-        self.entries
-            .iter()
-            .skip(skip)
-            .take_while(|e| range.contains(&e.index()))
-            .cloned()
-            .collect()
+        self.entries.iter().skip(skip).take_while(|e| range.contains(&e.index())).cloned().collect()
     }
 
     fn apply(&mut self, record: Record) -> Result<(), String> {
@@ -280,11 +243,7 @@ pub(crate) struct Wal {
 
 fn encode_frame(record: &Record) -> Vec<u8> {
     let payload = postcard::to_allocvec(record).expect("records always serialise");
-    assert!(
-        payload.len() <= FRAME_PAYLOAD_MAX,
-        "record of {} bytes exceeds the frame limit",
-        payload.len()
-    );
+    assert!(payload.len() <= FRAME_PAYLOAD_MAX, "record of {} bytes exceeds the frame limit", payload.len());
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&FRAME_MAGIC);
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -295,9 +254,7 @@ fn encode_frame(record: &Record) -> Vec<u8> {
 
 /// Decodes the frame at `at`, or says why there is none.
 fn decode_frame(bytes: &[u8], at: usize) -> Result<(Record, usize), String> {
-    let header = bytes
-        .get(at..at + FRAME_HEADER_BYTES)
-        .ok_or("truncated frame header")?;
+    let header = bytes.get(at..at + FRAME_HEADER_BYTES).ok_or("truncated frame header")?;
     if header[..2] != FRAME_MAGIC {
         return Err("bad frame magic".into());
     }
@@ -306,9 +263,7 @@ fn decode_frame(bytes: &[u8], at: usize) -> Result<(Record, usize), String> {
         return Err(format!("frame length {len} too large"));
     }
     let crc = u32::from_be_bytes(header[6..10].try_into().expect("4 bytes"));
-    let payload = bytes
-        .get(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len)
-        .ok_or("truncated frame payload")?;
+    let payload = bytes.get(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len).ok_or("truncated frame payload")?;
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".into());
     }
@@ -357,19 +312,14 @@ impl Writer {
 
     fn write_frames(&mut self, batch: &[WriteOp]) -> io::Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(io::Error::other(
-                "write-ahead log failed earlier; refusing further writes",
-            ));
+            return Err(io::Error::other("write-ahead log failed earlier; refusing further writes"));
         }
         let bytes: usize = batch.iter().map(|op| op.frame.len()).sum();
         if self.active_len > 0 && self.active_len + bytes as u64 > self.segment_bytes_max {
             self.rotate()?;
         }
         let mut buf = Vec::with_capacity(bytes);
-        let active = self
-            .segments
-            .back_mut()
-            .expect("there is always an active segment");
+        let active = self.segments.back_mut().expect("there is always an active segment");
         for op in batch {
             buf.extend_from_slice(&op.frame);
             let meta = self.durable.entry(op.shard).or_default();
@@ -378,12 +328,12 @@ impl Writer {
                     let m = active.max_index.entry(op.shard).or_insert(0);
                     *m = (*m).max(*last_index);
                 }
-                Change::Vote(v) => meta.vote = Some(v.clone()),
-                Change::Committed(c) => meta.committed = c.clone(),
+                Change::Vote(v) => meta.vote = Some(*v),
+                Change::Committed(c) => meta.committed = *c,
                 Change::TruncateAfter => {}
                 Change::Purge(p) => {
                     if meta.purged.as_ref().is_none_or(|old| old.index < p.index) {
-                        meta.purged = Some(p.clone());
+                        meta.purged = Some(*p);
                     }
                 }
             }
@@ -398,18 +348,14 @@ impl Writer {
         let no = self.segments.back().map_or(0, |s| s.no + 1);
         let path = self.dir.join(segment_name(no));
         let file = self.vfs.open(&path)?;
-        let checkpoint = encode_frame(&Record::Checkpoint {
-            shards: self.durable.iter().map(|(s, m)| (*s, m.clone())).collect(),
-        });
+        let checkpoint =
+            encode_frame(&Record::Checkpoint { shards: self.durable.iter().map(|(s, m)| (*s, m.clone())).collect() });
         file.append(&checkpoint)?;
         file.sync()?;
         self.vfs.sync_dir(&self.dir)?;
         self.active = file;
         self.active_len = checkpoint.len() as u64;
-        self.segments.push_back(Segment {
-            no,
-            max_index: BTreeMap::new(),
-        });
+        self.segments.push_back(Segment { no, max_index: BTreeMap::new() });
         Ok(())
     }
 
@@ -417,17 +363,8 @@ impl Writer {
     fn collect_garbage(&mut self) -> io::Result<()> {
         while self.segments.len() > 1 {
             let oldest = self.segments.front().expect("len > 1");
-            let purged = |shard: &u32| {
-                self.durable
-                    .get(shard)
-                    .and_then(|m| m.purged.as_ref())
-                    .map_or(0, |p| p.index)
-            };
-            if !oldest
-                .max_index
-                .iter()
-                .all(|(shard, max)| *max <= purged(shard))
-            {
+            let purged = |shard: &u32| self.durable.get(shard).and_then(|m| m.purged.as_ref()).map_or(0, |p| p.index);
+            if !oldest.max_index.iter().all(|(shard, max)| *max <= purged(shard)) {
                 break;
             }
             self.vfs.remove(&self.dir.join(segment_name(oldest.no)))?;
@@ -443,11 +380,7 @@ impl Writer {
         }
     }
 
-    async fn run_task(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<WriteOp>,
-        _done: oneshot::Sender<()>,
-    ) {
+    async fn run_task(mut self, mut rx: mpsc::UnboundedReceiver<WriteOp>, _done: oneshot::Sender<()>) {
         while let Some(first) = rx.recv().await {
             let batch = Self::fill(first, &mut rx);
             self.write_batch(batch);
@@ -484,11 +417,7 @@ pub struct RecoveryReport {
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, replays it, and starts the writer.
-    pub(crate) fn open(
-        vfs: Arc<dyn Vfs>,
-        dir: &Path,
-        mode: IoMode,
-    ) -> Result<(Self, RecoveryReport), WalError> {
+    pub(crate) fn open(vfs: Arc<dyn Vfs>, dir: &Path, mode: IoMode) -> Result<(Self, RecoveryReport), WalError> {
         Self::open_with(vfs, dir, mode, SEGMENT_BYTES_MAX)
     }
 
@@ -500,54 +429,38 @@ impl Wal {
         segment_bytes_max: u64,
     ) -> Result<(Self, RecoveryReport), WalError> {
         vfs.create_dir_all(dir)?;
-        let mut names: Vec<String> = vfs
-            .list(dir)?
-            .into_iter()
-            .filter(|n| n.ends_with(".wal"))
-            .collect();
+        let mut names: Vec<String> = vfs.list(dir)?.into_iter().filter(|n| n.ends_with(".wal")).collect();
         names.sort();
         let mut shards: BTreeMap<u32, ShardLog> = BTreeMap::new();
         let mut segments = VecDeque::new();
         let mut report = RecoveryReport::default();
         let mut active: Option<(Arc<dyn VFile>, u64)> = None;
         for (i, name) in names.iter().enumerate() {
-            let no = u64::from_str_radix(name.trim_end_matches(".wal"), 16).map_err(|_| {
-                WalError::Corrupt {
-                    segment: name.clone(),
-                    offset: 0,
-                    what: "unexpected file name".into(),
-                }
+            let no = u64::from_str_radix(name.trim_end_matches(".wal"), 16).map_err(|_| WalError::Corrupt {
+                segment: name.clone(),
+                offset: 0,
+                what: "unexpected file name".into(),
             })?;
             let path = dir.join(name);
             let bytes = vfs.read(&path)?;
             let newest = i + 1 == names.len();
-            let mut segment = Segment {
-                no,
-                max_index: BTreeMap::new(),
-            };
+            let mut segment = Segment { no, max_index: BTreeMap::new() };
             let mut at = 0usize;
             while at < bytes.len() {
                 match decode_frame(&bytes, at) {
                     Ok((record, len)) => {
-                        replay(&mut shards, &mut segment, record).map_err(|what| {
-                            WalError::Corrupt {
-                                segment: name.clone(),
-                                offset: at as u64,
-                                what,
-                            }
+                        replay(&mut shards, &mut segment, record).map_err(|what| WalError::Corrupt {
+                            segment: name.clone(),
+                            offset: at as u64,
+                            what,
                         })?;
                         report.records += 1;
                         at += len;
                     }
                     Err(what) => {
-                        let valid_after =
-                            (at + 1..bytes.len()).any(|p| decode_frame(&bytes, p).is_ok());
+                        let valid_after = (at + 1..bytes.len()).any(|p| decode_frame(&bytes, p).is_ok());
                         if !newest || valid_after {
-                            return Err(WalError::Corrupt {
-                                segment: name.clone(),
-                                offset: at as u64,
-                                what,
-                            });
+                            return Err(WalError::Corrupt { segment: name.clone(), offset: at as u64, what });
                         }
                         // A torn write from a crash mid-batch: never acknowledged, safe to cut.
                         let file = vfs.open(&path)?;
@@ -569,10 +482,7 @@ impl Wal {
             None => {
                 let file = vfs.open(&dir.join(segment_name(0)))?;
                 vfs.sync_dir(dir)?;
-                segments.push_back(Segment {
-                    no: 0,
-                    max_index: BTreeMap::new(),
-                });
+                segments.push_back(Segment { no: 0, max_index: BTreeMap::new() });
                 (file, 0)
             }
         };
@@ -600,10 +510,7 @@ impl Wal {
                 tokio::spawn(writer.run_task(rx, done_tx));
             }
         }
-        let shards = shards
-            .into_iter()
-            .map(|(s, l)| (s, Arc::new(Mutex::new(l))))
-            .collect();
+        let shards = shards.into_iter().map(|(s, l)| (s, Arc::new(Mutex::new(l)))).collect();
         let wal = Self {
             shards: Mutex::new(shards),
             queue: Mutex::new(Some(queue)),
@@ -625,29 +532,18 @@ impl Wal {
 
     fn send(&self, op: WriteOp) -> io::Result<()> {
         let queue = self.queue.lock().expect("wal lock");
-        let queue = queue
-            .as_ref()
-            .ok_or_else(|| io::Error::other("write-ahead log is closed"))?;
-        queue
-            .send(op)
-            .map_err(|_| io::Error::other("write-ahead log writer stopped"))
+        let queue = queue.as_ref().ok_or_else(|| io::Error::other("write-ahead log is closed"))?;
+        queue.send(op).map_err(|_| io::Error::other("write-ahead log writer stopped"))
     }
 
     /// The in-memory log of `shard`, created empty if the shard is new.
     pub(crate) fn shard(&self, shard: u32) -> Arc<Mutex<ShardLog>> {
-        self.shards
-            .lock()
-            .expect("wal lock")
-            .entry(shard)
-            .or_default()
-            .clone()
+        self.shards.lock().expect("wal lock").entry(shard).or_default().clone()
     }
 
     fn check(&self) -> io::Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            Err(io::Error::other(
-                "write-ahead log failed earlier; this node must restart",
-            ))
+            Err(io::Error::other("write-ahead log failed earlier; this node must restart"))
         } else {
             Ok(())
         }
@@ -655,12 +551,7 @@ impl Wal {
 
     fn submit(&self, shard: u32, change: Change, record: &Record, done: Done) -> io::Result<()> {
         self.check()?;
-        self.send(WriteOp {
-            shard,
-            change,
-            frame: encode_frame(record),
-            done,
-        })
+        self.send(WriteOp { shard, change, frame: encode_frame(record), done })
     }
 
     /// Appends entries in memory now; `done` fires once they are durable.
@@ -676,16 +567,9 @@ impl Wal {
         // holding the shard lock so this shard's records reach the writer in memory order.
         let record = Record::Entries { shard, entries };
         let frame = encode_frame(&record);
-        let Record::Entries { entries, .. } = record else {
-            unreachable!()
-        };
+        let Record::Entries { entries, .. } = record else { unreachable!() };
         log.append(entries).map_err(io::Error::other)?;
-        self.send(WriteOp {
-            shard,
-            change: Change::Entries { last_index },
-            frame,
-            done,
-        })
+        self.send(WriteOp { shard, change: Change::Entries { last_index }, frame, done })
     }
 
     /// Saves the vote and waits until it is durable: a vote must never be forgotten.
@@ -693,31 +577,21 @@ impl Wal {
         let durable = {
             let log = self.shard(shard);
             let mut log = log.lock().expect("shard log lock");
-            log.meta.vote = Some(vote.clone());
+            log.meta.vote = Some(*vote);
             let (tx, rx) = oneshot::channel();
-            let record = Record::Vote {
-                shard,
-                vote: vote.clone(),
-            };
-            self.submit(shard, Change::Vote(vote.clone()), &record, Done::Notify(tx))?;
+            let record = Record::Vote { shard, vote: *vote };
+            self.submit(shard, Change::Vote(*vote), &record, Done::Notify(tx))?;
             rx
         };
-        durable
-            .await
-            .map_err(|_| io::Error::other("write-ahead log writer stopped"))?
+        durable.await.map_err(|_| io::Error::other("write-ahead log writer stopped"))?
     }
 
     /// Records the commit index; durable with the next group commit.
     pub(crate) fn save_committed(&self, shard: u32, committed: Option<LogId>) -> io::Result<()> {
         let log = self.shard(shard);
         let mut log = log.lock().expect("shard log lock");
-        log.meta.committed = committed.clone();
-        self.submit(
-            shard,
-            Change::Committed(committed.clone()),
-            &Record::Committed { shard, committed },
-            Done::Nothing,
-        )
+        log.meta.committed = committed;
+        self.submit(shard, Change::Committed(committed), &Record::Committed { shard, committed }, Done::Nothing)
     }
 
     /// Removes entries after `after`, and waits until that is durable.
@@ -727,16 +601,11 @@ impl Wal {
             let mut log = log.lock().expect("shard log lock");
             log.truncate_after(after.as_ref());
             let (tx, rx) = oneshot::channel();
-            let record = Record::TruncateAfter {
-                shard,
-                after: after.clone(),
-            };
+            let record = Record::TruncateAfter { shard, after };
             self.submit(shard, Change::TruncateAfter, &record, Done::Notify(tx))?;
             rx
         };
-        durable
-            .await
-            .map_err(|_| io::Error::other("write-ahead log writer stopped"))?
+        durable.await.map_err(|_| io::Error::other("write-ahead log writer stopped"))?
     }
 
     /// Drops entries up to `upto`, which a durable snapshot now covers.
@@ -744,20 +613,11 @@ impl Wal {
         let log = self.shard(shard);
         let mut log = log.lock().expect("shard log lock");
         log.purge(&upto);
-        self.submit(
-            shard,
-            Change::Purge(upto.clone()),
-            &Record::Purge { shard, upto },
-            Done::Nothing,
-        )
+        self.submit(shard, Change::Purge(upto), &Record::Purge { shard, upto }, Done::Nothing)
     }
 }
 
-fn replay(
-    shards: &mut BTreeMap<u32, ShardLog>,
-    segment: &mut Segment,
-    record: Record,
-) -> Result<(), String> {
+fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: Record) -> Result<(), String> {
     match record {
         Record::Checkpoint { shards: metas } => {
             for (shard, meta) in metas {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
-use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
+use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use raft_ledger::{Amount, Command, Currency, PlayerId, RoundId, TxId};
 
@@ -39,25 +39,12 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n) hosting `shards` shards and waits for every shard to elect.
     pub async fn start_with(n: u64, shards: u32, tune: fn(&mut NodeConfig)) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut cluster = Cluster {
-            members: BTreeMap::new(),
-            shards,
-            tune,
-            _tmp: tmp,
-        };
+        let mut cluster = Cluster { members: BTreeMap::new(), shards, tune, _tmp: tmp };
         for id in 1..=n {
             cluster.add_member(id).await;
         }
-        let members: BTreeMap<NodeId, NodeInfo> = cluster
-            .members
-            .values()
-            .map(|m| (m.id, m.info.clone()))
-            .collect();
-        cluster
-            .node(1)
-            .bootstrap(&members)
-            .await
-            .expect("bootstrap");
+        let members: BTreeMap<NodeId, NodeInfo> = cluster.members.values().map(|m| (m.id, m.info.clone())).collect();
+        cluster.node(1).bootstrap(&members).await.expect("bootstrap");
         for s in 0..shards {
             cluster.wait_leader(s).await;
         }
@@ -68,41 +55,34 @@ impl Cluster {
     pub async fn add_member(&mut self, id: NodeId) -> &Member {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let info = NodeInfo {
-            addr,
-            region: format!("region-{}", id % 3),
-            zone: format!("zone-{id}"),
-        };
+        let info = NodeInfo { addr, region: format!("region-{}", id % 3), zone: format!("zone-{id}") };
         let dir = self._tmp.path().join(format!("node-{id}"));
-        let mut member = Member {
-            id,
-            info,
-            dir,
-            node: None,
-            server: None,
-        };
+        let mut member = Member { id, info, dir, node: None, server: None };
         Self::launch(&mut member, self.shards, self.tune, listener).await;
         self.members.insert(id, member);
         &self.members[&id]
     }
 
-    async fn launch(
+    async fn launch(member: &mut Member, shards: u32, tune: fn(&mut NodeConfig), listener: Listener) {
+        Self::try_launch(member, shards, tune, listener).await.expect("node starts");
+    }
+
+    async fn try_launch(
         member: &mut Member,
         shards: u32,
         tune: fn(&mut NodeConfig),
         listener: Listener,
-    ) {
+    ) -> Result<(), NodeError> {
         let mut config = NodeConfig::new(member.id, member.info.clone(), &member.dir, shards);
         config.tick_interval = Duration::from_millis(100);
         tune(&mut config);
-        let node = LedgerNode::start(config, NodeEnv::production())
-            .await
-            .expect("node starts");
+        let node = LedgerNode::start(config, NodeEnv::production()).await?;
         let serving = node.clone();
         member.server = Some(tokio::spawn(async move {
             serving.serve(listener).await.expect("serve");
         }));
         member.node = Some(node);
+        Ok(())
     }
 
     pub fn node(&self, id: NodeId) -> &LedgerNode {
@@ -130,21 +110,24 @@ impl Cluster {
 
     /// Restarts a stopped node on its old address and data directory.
     pub async fn restart(&mut self, id: NodeId) {
+        self.try_restart(id).await.expect("node restarts");
+    }
+
+    /// Restarts a stopped node, returning why it refused to start.
+    pub async fn try_restart(&mut self, id: NodeId) -> Result<(), NodeError> {
         let shards = self.shards;
         let tune = self.tune;
         let member = self.members.get_mut(&id).expect("member");
         assert!(member.node.is_none(), "node {id} is running");
         let listener = bind_retrying(&member.info.addr).await;
-        Self::launch(member, shards, tune, listener).await;
+        Self::try_launch(member, shards, tune, listener).await
     }
 
     /// The current leader of a shard, once every running node agrees on it.
     pub async fn wait_leader(&self, shard: u32) -> NodeId {
         wait_for(Duration::from_secs(20), || {
-            let leaders: Vec<Option<NodeId>> = self
-                .running()
-                .map(|n| n.status().shards[shard as usize].leader)
-                .collect();
+            let leaders: Vec<Option<NodeId>> =
+                self.running().map(|n| n.status().shards[shard as usize].leader).collect();
             let first = leaders.first().copied().flatten()?;
             let leader_runs = self.running().any(|n| n.id() == first);
             (leader_runs && leaders.iter().all(|l| *l == Some(first))).then_some(first)
@@ -156,25 +139,16 @@ impl Cluster {
     /// Waits until every running replica of `shard` has the same chain head and applied index.
     pub async fn wait_converged(&self, shard: u32) -> (u64, [u8; 32]) {
         wait_for(Duration::from_secs(20), || {
-            let heads: Vec<_> = self
-                .running()
-                .map(|n| n.head(shard).expect("shard"))
-                .collect();
-            let applied: Vec<_> = self
-                .running()
-                .map(|n| n.status().shards[shard as usize].applied)
-                .collect();
-            (heads.windows(2).all(|w| w[0] == w[1]) && applied.windows(2).all(|w| w[0] == w[1]))
-                .then(|| heads[0])
+            let heads: Vec<_> = self.running().map(|n| n.head(shard).expect("shard")).collect();
+            let applied: Vec<_> = self.running().map(|n| n.status().shards[shard as usize].applied).collect();
+            (heads.windows(2).all(|w| w[0] == w[1]) && applied.windows(2).all(|w| w[0] == w[1])).then(|| heads[0])
         })
         .await
         .unwrap_or_else(|| panic!("replicas of shard {shard} did not converge"))
     }
 
     pub async fn client(&self) -> LedgerClient {
-        LedgerClient::connect(self.addrs(), ClientOptions::default())
-            .await
-            .expect("client connects")
+        LedgerClient::connect(self.addrs(), ClientOptions::default()).await.expect("client connects")
     }
 
     pub async fn shutdown(mut self) {
@@ -222,20 +196,11 @@ pub fn tx(id: impl AsRef<str>) -> TxId {
 }
 
 pub fn open(t: &str, p: &str) -> Command {
-    Command::OpenAccount {
-        tx: tx(t),
-        player: player(p),
-        currency: eur(),
-    }
+    Command::OpenAccount { tx: tx(t), player: player(p), currency: eur() }
 }
 
 pub fn deposit(t: &str, p: &str, amount: i64) -> Command {
-    Command::Deposit {
-        tx: tx(t),
-        player: player(p),
-        currency: eur(),
-        amount: Amount::new(amount).unwrap(),
-    }
+    Command::Deposit { tx: tx(t), player: player(p), currency: eur(), amount: Amount::new(amount).unwrap() }
 }
 
 pub fn bet(t: &str, p: &str, round: &str, amount: i64) -> Command {
