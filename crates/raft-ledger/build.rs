@@ -39,6 +39,7 @@ fn main() {
         .name("LedgerNode")
         .package("raftledger.v1")
         .method(unary("submit", "Submit", "SubmitRequest", "SubmitReply"))
+        .method(unary("submit_batch", "SubmitBatch", "SubmitBatchRequest", "SubmitBatchReply"))
         .method(unary("balance", "Balance", "BalanceRequest", "BalanceReply"))
         .method(unary("entries", "Entries", "EntriesRequest", "EntriesReply"))
         .method(unary("status", "Status", "StatusRequest", "StatusReply"))

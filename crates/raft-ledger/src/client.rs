@@ -1,14 +1,19 @@
 //! A client of the node API: it finds each shard's leader, follows `NotLeader` hints, and
 //! retries across failures. Retrying is safe because every command carries its idempotency key:
 //! a retry of an applied command returns the original receipt, never a second application.
+//!
+//! Concurrent submits to one shard are coalesced: while a few batches are in flight, new
+//! commands queue and leave together in the next `SubmitBatch` call. One caller alone still
+//! gets a batch of one, sent at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::account::AccountRef;
@@ -16,13 +21,13 @@ use crate::command::Command;
 use crate::entry::Entry;
 use crate::net::env::Net;
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
-use crate::net::wire::{BalanceRequest, EntriesRequest, StatusRequest, SubmitRequest, VerifyRequest};
-use crate::node::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
+use crate::net::wire::{BalanceRequest, EntriesRequest, StatusRequest, SubmitBatchRequest, VerifyRequest};
+use crate::node::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::outcome::{Outcome, Rejection};
 use crate::shard::shard_for_player;
 
 /// Why a client call failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ClientError {
     /// The command is invalid on its own; nothing was proposed. Retrying cannot help.
     #[error("invalid command: {0}")]
@@ -61,8 +66,18 @@ impl Default for ClientOptions {
     }
 }
 
+/// Batches one client keeps in flight per shard; more commands wait and join the next batch.
+const CLIENT_BATCHES_IN_FLIGHT: usize = 8;
+
+type Waiter = oneshot::Sender<Result<Outcome, ClientError>>;
+
 /// A client of a ledger cluster.
 pub struct LedgerClient {
+    inner: Arc<Inner>,
+    batchers: Mutex<BTreeMap<u32, mpsc::UnboundedSender<(Command, Waiter)>>>,
+}
+
+struct Inner {
     nodes: Vec<String>,
     options: ClientOptions,
     shard_count: u32,
@@ -75,7 +90,7 @@ impl LedgerClient {
     /// Connects to a cluster through any of `nodes` (`host:port`), learning its shard count.
     pub async fn connect(nodes: Vec<String>, options: ClientOptions) -> Result<Self, ClientError> {
         assert!(!nodes.is_empty(), "a client needs at least one node address");
-        let mut client = Self {
+        let mut inner = Inner {
             nodes,
             options,
             shard_count: 0,
@@ -83,20 +98,20 @@ impl LedgerClient {
             leaders: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
         };
-        let deadline = tokio::time::Instant::now() + client.options.deadline;
+        let deadline = tokio::time::Instant::now() + inner.options.deadline;
         let mut last = String::new();
         loop {
-            for addr in client.nodes.clone() {
-                match client.status(&addr).await {
+            for addr in inner.nodes.clone() {
+                match inner.once(&addr, |mut c| async move { c.status(StatusRequest).await }).await {
                     Ok(status) => {
-                        client.shard_count = status.shard_count;
-                        return Ok(client);
+                        inner.shard_count = status.shard_count;
+                        return Ok(Self { inner: Arc::new(inner), batchers: Mutex::new(BTreeMap::new()) });
                     }
                     Err(e) => last = e.to_string(),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Indeterminate(client.options.deadline, last));
+                return Err(ClientError::Indeterminate(inner.options.deadline, last));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -104,9 +119,63 @@ impl LedgerClient {
 
     /// Shards in the cluster.
     pub fn shard_count(&self) -> u32 {
-        self.shard_count
+        self.inner.shard_count
     }
 
+    fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<(Command, Waiter)> {
+        let mut batchers = self.batchers.lock().expect("batchers lock");
+        batchers
+            .entry(shard)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(batch_loop(self.inner.clone(), shard, rx));
+                tx
+            })
+            .clone()
+    }
+}
+
+/// Sends one shard's queued commands as batches, a bounded number at a time.
+async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiver<(Command, Waiter)>) {
+    let in_flight = Arc::new(Semaphore::new(CLIENT_BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // Everything that queued while we waited for a free slot leaves together.
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
+            let timeout_ms = inner.options.request_timeout.as_millis() as u64;
+            let result = inner
+                .on_leader(shard, |mut c| {
+                    let req = SubmitBatchRequest { shard, commands: commands.clone(), timeout_ms };
+                    async move { c.submit_batch(req).await }
+                })
+                .await;
+            match result {
+                Ok(outcomes) => {
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
     fn conn(&self, addr: &str) -> Result<LedgerNodeClient<Channel>, ClientError> {
         let mut conns = self.conns.lock().expect("conns lock");
         if let Some(c) = conns.get(addr) {
@@ -167,6 +236,7 @@ impl LedgerClient {
                 }
             };
             if let Some(wait) = retry_after {
+                tracing::debug!(shard, "retrying: {last}");
                 // Forget the leader we tried and move on to another node.
                 self.leaders.lock().expect("leaders lock").remove(&shard);
                 self.next.fetch_add(1, Ordering::Relaxed);
@@ -177,44 +247,6 @@ impl LedgerClient {
                 return Err(ClientError::Indeterminate(self.options.deadline, last));
             }
         }
-    }
-
-    /// Runs a command on its player's shard, retrying until it has a definite outcome.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, ClientError> {
-        command.validate().map_err(ClientError::Invalid)?;
-        let shard = match command.player() {
-            Some(p) => shard_for_player(p, self.shard_count).0,
-            None => return Err(ClientError::Ledger(LedgerError::NoShard)),
-        };
-        self.submit_to(shard, command).await
-    }
-
-    /// Runs a command on a given shard (needed for adjustments between system accounts).
-    pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, ClientError> {
-        let timeout_ms = self.options.request_timeout.as_millis() as u64;
-        self.on_leader(shard, |mut c| {
-            let req = SubmitRequest { shard: Some(shard), command: command.clone(), timeout_ms };
-            async move { c.submit(req).await }
-        })
-        .await
-    }
-
-    /// Reads a balance from the shard leader, linearizably.
-    pub async fn balance(&self, account: &AccountRef, shard: Option<u32>) -> Result<BalanceView, ClientError> {
-        let shard = match (shard, account.player_id()) {
-            (Some(s), _) => s,
-            (None, Some(p)) => shard_for_player(p, self.shard_count).0,
-            (None, None) => return Err(ClientError::Ledger(LedgerError::NoShard)),
-        };
-        self.on_leader(shard, |mut c| {
-            let req = BalanceRequest {
-                shard: Some(shard),
-                account: account.clone(),
-                consistency: ReadConsistency::Linearizable,
-            };
-            async move { c.balance(req).await }
-        })
-        .await
     }
 
     async fn once<T, Fut>(
@@ -232,22 +264,64 @@ impl LedgerClient {
             Err(_) => Err(node("timed out".into())),
         }
     }
+}
+
+impl LedgerClient {
+    /// Runs a command on its player's shard, retrying until it has a definite outcome.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, ClientError> {
+        command.validate().map_err(ClientError::Invalid)?;
+        let shard = match command.player() {
+            Some(p) => shard_for_player(p, self.inner.shard_count).0,
+            None => return Err(ClientError::Ledger(LedgerError::NoShard)),
+        };
+        self.submit_to(shard, command).await
+    }
+
+    /// Runs a command on a given shard (needed for adjustments between system accounts).
+    pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, ClientError> {
+        command.validate().map_err(ClientError::Invalid)?;
+        let (tx, rx) = oneshot::channel();
+        let lost = || ClientError::Indeterminate(self.inner.options.deadline, "client is shutting down".into());
+        self.batcher(shard).send((command, tx)).map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())?
+    }
+
+    /// Reads a balance from the shard leader, linearizably.
+    pub async fn balance(&self, account: &AccountRef, shard: Option<u32>) -> Result<BalanceView, ClientError> {
+        let shard = match (shard, account.player_id()) {
+            (Some(s), _) => s,
+            (None, Some(p)) => shard_for_player(p, self.inner.shard_count).0,
+            (None, None) => return Err(ClientError::Ledger(LedgerError::NoShard)),
+        };
+        self.inner
+            .on_leader(shard, |mut c| {
+                let req = BalanceRequest {
+                    shard: Some(shard),
+                    account: account.clone(),
+                    consistency: ReadConsistency::Linearizable,
+                };
+                async move { c.balance(req).await }
+            })
+            .await
+    }
 
     /// A node's status.
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, ClientError> {
-        self.once(addr, |mut c| async move { c.status(StatusRequest).await }).await
+        self.inner.once(addr, |mut c| async move { c.status(StatusRequest).await }).await
     }
 
     /// Journal entries of a shard as one node has them.
     pub async fn entries(&self, addr: &str, shard: u32, from_seq: u64, limit: u32) -> Result<Vec<Entry>, ClientError> {
-        self.once(addr, |mut c| async move { c.entries(EntriesRequest { shard, from_seq, limit }).await })
+        self.inner
+            .once(addr, |mut c| async move { c.entries(EntriesRequest { shard, from_seq, limit }).await })
             .await?
             .map_err(ClientError::Ledger)
     }
 
     /// Verifies a shard's journal on one node.
     pub async fn verify(&self, addr: &str, shard: u32) -> Result<VerifyReport, ClientError> {
-        self.once(addr, |mut c| async move { c.verify(VerifyRequest { shard }).await })
+        self.inner
+            .once(addr, |mut c| async move { c.verify(VerifyRequest { shard }).await })
             .await?
             .map_err(ClientError::Ledger)
     }

@@ -13,7 +13,7 @@ use openraft::rt::WatchReceiver;
 use openraft::{RaftMetrics, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::account::AccountRef;
 use crate::command::Command;
@@ -265,6 +265,15 @@ impl VerifyReport {
     }
 }
 
+/// Most commands one Raft entry carries.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Commands waiting to be proposed per shard before submits are refused as overload.
+const QUEUE_COMMANDS_MAX: usize = 65_536;
+/// Batches proposed but not yet applied, per shard. Bounds memory and keeps latency in check.
+const BATCHES_IN_FLIGHT_MAX: usize = 64;
+
+type Waiter = oneshot::Sender<Result<Outcome, LedgerError>>;
+
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) raft: LedgerRaft,
@@ -272,6 +281,8 @@ pub(crate) struct Shard {
     pub(crate) dir: PathBuf,
     /// One snapshot received at a time per shard: they share a receive file.
     pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
+    /// Commands waiting for the proposer, which batches them into log entries.
+    queue: mpsc::Sender<(Command, Waiter)>,
 }
 
 pub(crate) struct NodeInner {
@@ -322,6 +333,7 @@ impl LedgerNode {
             raft_config(&config.cluster_name, config.rtt_ms, config.snapshot_every, config.logs_kept_after_snapshot);
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
+        let mut queues = Vec::new();
         for s in 0..config.shards {
             let dir = config.data_dir.join("shards").join(s.to_string());
             let (sm, cell) = LedgerStateMachine::open(vfs.clone(), &dir, ShardId(s), config.ledger)
@@ -331,15 +343,17 @@ impl LedgerNode {
             let raft = LedgerRaft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
-            shards.insert(
-                s,
-                Arc::new(Shard { id: ShardId(s), raft, cell, dir, snapshot_lock: tokio::sync::Mutex::new(()) }),
-            );
+            let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
+            let shard =
+                Arc::new(Shard { id: ShardId(s), raft, cell, dir, snapshot_lock: tokio::sync::Mutex::new(()), queue });
+            queues.push((shard.clone(), rx));
+            shards.insert(s, shard);
         }
         let inner = Arc::new(NodeInner { config, env, wal, shards: RwLock::new(shards), stop });
         let node = Self { inner };
-        for shard in node.inner.shards.read().expect("shards lock").values() {
+        for (shard, rx) in queues {
             tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
+            tokio::spawn(propose_loop(node.inner.clone(), shard, rx));
         }
         Ok(node)
     }
@@ -420,27 +434,49 @@ impl LedgerNode {
 
     /// Runs a command on its shard's leader, which must be this node.
     ///
-    /// Bad input is refused before anything is proposed. The leader stamps the cluster time.
+    /// Bad input is refused before anything is proposed. Commands submitted concurrently are
+    /// batched into shared log entries; the leader stamps each batch with the cluster time.
     pub async fn submit(&self, shard: Option<u32>, cmd: Command, timeout: Duration) -> Result<Outcome, LedgerError> {
         cmd.validate().map_err(LedgerError::Invalid)?;
         let shard_id = self.route(shard, &cmd)?;
         let shard = self.shard_or_err(shard_id)?;
-        let proposal = Proposal { at: self.inner.env.clock.now(), request: Request::Command(cmd) };
-        match tokio::time::timeout(timeout, shard.raft.client_write(proposal)).await {
+        let waiting = enqueue(&shard, cmd)?;
+        match tokio::time::timeout(timeout, waiting).await {
             Err(_) => Err(LedgerError::Timeout),
-            Ok(Ok(resp)) => match resp.data {
-                Reply::Outcome(outcome) => Ok(outcome),
-                Reply::Ticked => unreachable!("a command proposal applies as a command"),
-            },
-            Ok(Err(e)) => match e.forward_to_leader() {
-                Some(f) => Err(LedgerError::NotLeader {
-                    shard: shard_id,
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                }),
-                None => Err(LedgerError::Unavailable(e.to_string())),
-            },
+            Ok(Err(_)) => Err(LedgerError::Unavailable("the shard stopped".into())),
+            Ok(Ok(result)) => result,
         }
+    }
+
+    /// Runs several commands of one shard; outcomes come back in order. The call fails as a
+    /// whole if any command could not be decided (not the leader, deadline, no quorum); retrying
+    /// the whole batch is safe, since commands that did apply answer as duplicates.
+    pub async fn submit_batch(
+        &self,
+        shard: u32,
+        cmds: Vec<Command>,
+        timeout: Duration,
+    ) -> Result<Vec<Outcome>, LedgerError> {
+        if cmds.len() > BATCH_COMMANDS_MAX {
+            return Err(LedgerError::Unavailable(format!("a batch holds at most {BATCH_COMMANDS_MAX} commands")));
+        }
+        for cmd in &cmds {
+            cmd.validate().map_err(LedgerError::Invalid)?;
+            self.route(Some(shard), cmd)?;
+        }
+        let shard = self.shard_or_err(shard)?;
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            waiting.push(enqueue(&shard, cmd)?);
+        }
+        let all = async {
+            let mut outcomes = Vec::with_capacity(waiting.len());
+            for w in waiting {
+                outcomes.push(w.await.map_err(|_| LedgerError::Unavailable("the shard stopped".into()))??);
+            }
+            Ok(outcomes)
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(Err(LedgerError::Timeout))
     }
 
     /// Reads a balance. A linearizable read must be served by the leader.
@@ -613,6 +649,81 @@ fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn enqueue(shard: &Shard, cmd: Command) -> Result<oneshot::Receiver<Result<Outcome, LedgerError>>, LedgerError> {
+    let (tx, rx) = oneshot::channel();
+    shard.queue.try_send((cmd, tx)).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => LedgerError::Unavailable("shard is overloaded; retry later".into()),
+        mpsc::error::TrySendError::Closed(_) => LedgerError::Unavailable("the shard stopped".into()),
+    })?;
+    Ok(rx)
+}
+
+fn write_error(
+    shard: u32,
+    e: &openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
+) -> LedgerError {
+    match e.forward_to_leader() {
+        Some(f) => LedgerError::NotLeader {
+            shard,
+            leader: f.leader_id,
+            leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        None => LedgerError::Unavailable(e.to_string()),
+    }
+}
+
+/// Turns queued commands into log entries: whatever queued while earlier batches were in
+/// flight rides the next entry. Batching here is what lets one fsync and one replication round
+/// serve many clients.
+async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Receiver<(Command, Waiter)>) {
+    let mut stop = node.stop.subscribe();
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item { Some(i) => i, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (deadline) already got an answer; proposing its command now
+        // would only make that answer's "may still apply" come true later.
+        batch.retain(|(_, waiter)| !waiter.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (cmds, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
+        let proposal = Proposal { at: node.env.clock.now(), request: Request::Commands(cmds) };
+        let raft = shard.raft.clone();
+        let shard_id = shard.id.0;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match raft.client_write(proposal).await {
+                Ok(resp) => {
+                    let Reply::Outcomes(outcomes) = resp.data else {
+                        unreachable!("a command batch applies as commands")
+                    };
+                    assert_eq!(outcomes.len(), waiters.len(), "one outcome per command");
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let error = write_error(shard_id, &e);
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

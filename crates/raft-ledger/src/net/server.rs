@@ -13,9 +13,9 @@ use super::wire::*;
 use crate::node::{LedgerNode, NodeInner, Shard};
 use crate::store::state_machine::SnapshotReceiver;
 
-/// Largest request the node API accepts. Commands are small; anything bigger is refused
-/// before it is decoded.
-pub(crate) const API_MESSAGE_BYTES_MAX: usize = 64 << 10;
+/// Largest request the node API accepts: room for a full batch of commands. Anything bigger is
+/// refused before it is decoded.
+pub(crate) const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Longest deadline a client may ask for.
 const SUBMIT_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
@@ -129,6 +129,12 @@ impl LedgerNodeApi for Api {
         let SubmitRequest { shard, command, timeout_ms } = request.into_inner();
         let timeout = Duration::from_millis(timeout_ms.max(1)).min(SUBMIT_TIMEOUT_MAX);
         Ok(Response::new(self.node.submit(shard, command, timeout).await))
+    }
+
+    async fn submit_batch(&self, request: Request<SubmitBatchRequest>) -> Result<Response<SubmitBatchReply>, Status> {
+        let SubmitBatchRequest { shard, commands, timeout_ms } = request.into_inner();
+        let timeout = Duration::from_millis(timeout_ms.max(1)).min(SUBMIT_TIMEOUT_MAX);
+        Ok(Response::new(self.node.submit_batch(shard, commands, timeout).await))
     }
 
     async fn balance(&self, request: Request<BalanceRequest>) -> Result<Response<BalanceReply>, Status> {

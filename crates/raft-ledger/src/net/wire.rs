@@ -80,6 +80,18 @@ pub struct SubmitRequest {
 }
 pub type SubmitReply = Result<Outcome, LedgerError>;
 
+/// Asks a node to run several commands of one shard, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubmitBatchRequest {
+    /// The shard every command belongs to.
+    pub shard: u32,
+    /// The commands; at most [`crate::node::BATCH_COMMANDS_MAX`].
+    pub commands: Vec<Command>,
+    /// How long the caller will wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+pub type SubmitBatchReply = Result<Vec<Outcome>, LedgerError>;
+
 /// Asks for an account's balance.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BalanceRequest {

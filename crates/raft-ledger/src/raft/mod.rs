@@ -37,8 +37,10 @@ impl fmt::Display for NodeInfo {
 /// What one Raft log entry asks the state machine to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Apply a client command.
-    Command(Command),
+    /// Apply client commands, in order. Commands that arrive together ride one log entry: one
+    /// replication round, one log append and one fsync per batch instead of per command. Each
+    /// command still gets its own outcome and its own ledger entry.
+    Commands(Vec<Command>),
     /// Let cluster time pass: expire holds and forget old ids. The leader proposes one when a
     /// hold is due, so holds expire even when no command arrives.
     Tick,
@@ -59,7 +61,7 @@ pub struct Proposal {
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.request {
-            Request::Command(c) => write!(f, "{:?} {} at {}", c.kind(), c.tx(), self.at),
+            Request::Commands(c) => write!(f, "{} commands at {}", c.len(), self.at),
             Request::Tick => write!(f, "tick at {}", self.at),
         }
     }
@@ -68,8 +70,8 @@ impl fmt::Display for Proposal {
 /// What applying a proposal produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// The command's outcome.
-    Outcome(Outcome),
+    /// The commands' outcomes, in the order of the request.
+    Outcomes(Vec<Outcome>),
     /// A tick was applied.
     Ticked,
 }

@@ -7,10 +7,36 @@ pub(crate) mod state_machine;
 pub mod vfs;
 pub(crate) mod wal;
 
+use std::path::Path;
+use std::sync::Arc;
+
 pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
 pub use state_machine::{LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};
 pub use wal::{IoMode, RecoveryReport, WalError};
+
+/// A node's Raft log storage: one write-ahead log shared by all its shards.
+pub struct NodeLog {
+    wal: Arc<wal::Wal>,
+}
+
+impl NodeLog {
+    /// Opens (or creates) the log in `dir` and recovers it.
+    pub fn open(vfs: Arc<dyn vfs::Vfs>, dir: &Path, io: IoMode) -> Result<(Self, RecoveryReport), WalError> {
+        let (wal, report) = wal::Wal::open(vfs, dir, io)?;
+        Ok((Self { wal: Arc::new(wal) }, report))
+    }
+
+    /// The Raft log storage of one shard.
+    pub fn shard(&self, shard: u32) -> LogStore {
+        LogStore::new(self.wal.clone(), shard)
+    }
+
+    /// Makes everything queued durable and stops the writer.
+    pub async fn close(&self) {
+        self.wal.close().await;
+    }
+}
 
 #[cfg(test)]
 mod tests;

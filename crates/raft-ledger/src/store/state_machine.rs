@@ -276,7 +276,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 let reply = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(proposal) => Some(match &proposal.request {
-                        Request::Command(cmd) => Reply::Outcome(st.ledger.apply(cmd, proposal.at, &mut self.sink)),
+                        Request::Commands(cmds) => Reply::Outcomes(
+                            cmds.iter().map(|cmd| st.ledger.apply(cmd, proposal.at, &mut self.sink)).collect(),
+                        ),
                         Request::Tick => {
                             st.ledger.tick(proposal.at, &mut self.sink);
                             Reply::Ticked

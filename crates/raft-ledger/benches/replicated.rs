@@ -1,0 +1,260 @@
+//! Replicated commit throughput and latency on a 3-node loopback cluster with fsync on.
+//!
+//! `cargo bench -p raft-ledger --bench replicated -- [--clients 1,64,1024] [--secs 10] [--shards 4]`
+//!
+//! Three real nodes run in this process, each with its own data directory, write-ahead log and
+//! fsync, talking gRPC over loopback. Clients are tasks that send bets through the node API (the
+//! same path `walletd client` uses). Two kinds of run:
+//!
+//! - **closed loop**, per client count: each client sends its next bet as soon as the previous
+//!   is acknowledged. Reports the achieved rate and the latency of every acknowledged write.
+//! - **open loop** at half of the best closed-loop rate: bets are sent on a fixed schedule
+//!   whatever happens, and latency is measured from the scheduled send time, so a stall shows
+//!   up as latency instead of silently lowering the offered load (no coordinated omission).
+
+// Floats here are rates and durations for the report, never money.
+#![allow(clippy::float_arithmetic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use raft_ledger::client::{ClientOptions, LedgerClient};
+use raft_ledger::net::env::Listener;
+use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
+use raft_ledger::raft::{NodeId, NodeInfo};
+use raft_ledger::{Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    /// Closed-loop client counts to run.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    clients: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Shards (each node hosts a replica of every shard).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Skip the open-loop run.
+    #[arg(long)]
+    no_open_loop: bool,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Report {
+    name: String,
+    offered: Option<f64>,
+    achieved: f64,
+    errors: u64,
+    hist: Histogram<u64>,
+}
+
+impl Report {
+    fn print_with_elections(&self, before: &[u64], after: &[u64]) {
+        self.print();
+        let elections: u64 = before.iter().zip(after).map(|(b, a)| a - b).sum();
+        if elections > 0 {
+            println!("{:<24} {elections} leader election(s) during the run", "");
+        }
+    }
+
+    fn print(&self) {
+        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<24} {:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+            self.name,
+            self.offered.map_or("-".to_string(), |o| format!("{o:.0}")),
+            self.achieved,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            self.hist.max() as f64 / 1000.0,
+            self.errors
+        );
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+fn bet(player: &PlayerId, n: u64) -> Command {
+    Command::Bet {
+        tx: TxId::new(format!("{player}-{n}")).expect("tx id"),
+        player: player.clone(),
+        round: RoundId::new(format!("r{n}")).expect("round id"),
+        currency: Currency::new("EUR").expect("EUR"),
+        amount: Amount::new(1).expect("amount"),
+    }
+}
+
+async fn setup_players(client: Arc<LedgerClient>, n: usize) -> Vec<PlayerId> {
+    let eur = Currency::new("EUR").expect("EUR");
+    let players: Vec<PlayerId> = (0..n).map(|i| PlayerId::new(format!("bench-{i}")).expect("player")).collect();
+    let tasks = players.chunks(64).map(|chunk| {
+        let (client, chunk) = (client.clone(), chunk.to_vec());
+        tokio::spawn(async move {
+            for p in chunk {
+                let open = Command::OpenAccount {
+                    tx: TxId::new(format!("open-{p}")).unwrap(),
+                    player: p.clone(),
+                    currency: eur,
+                };
+                client.submit(open).await.expect("open");
+                let dep = Command::Deposit {
+                    tx: TxId::new(format!("dep-{p}")).unwrap(),
+                    player: p.clone(),
+                    currency: eur,
+                    amount: Amount::new(1_000_000_000).unwrap(),
+                };
+                client.submit(dep).await.expect("deposit");
+            }
+        })
+    });
+    for t in tasks.collect::<Vec<_>>() {
+        t.await.expect("setup task");
+    }
+    players
+}
+
+async fn closed_loop(client: Arc<LedgerClient>, players: &[PlayerId], clients: usize, secs: u64) -> Report {
+    let seq = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let total = Arc::new(Mutex::new(histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, seq, total, errors) = (client.clone(), seq.clone(), total.clone(), errors.clone());
+        let player = players[c % players.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            while Instant::now() < deadline {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let t0 = Instant::now();
+                match client.submit(bet(&player, n)).await {
+                    // A duplicate is the original receipt of a retried batch that had applied.
+                    Ok(Outcome::Applied(_) | Outcome::Duplicate(_)) => {
+                        hist.record(t0.elapsed().as_micros().max(1) as u64).expect("record")
+                    }
+                    other => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("error: {other:?}");
+                        }
+                    }
+                }
+            }
+            total.lock().await.add(&hist).expect("merge");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let hist = Arc::try_unwrap(total).ok().expect("sole owner").into_inner();
+    Report {
+        name: format!("closed loop, {clients} clients"),
+        offered: None,
+        achieved: hist.len() as f64 / elapsed,
+        errors: errors.load(Ordering::Relaxed),
+        hist,
+    }
+}
+
+async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, secs: u64) -> Report {
+    let hist = Arc::new(Mutex::new(histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let count = (rate * secs as f64) as u64;
+    let mut tasks = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        let scheduled = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (client, hist, errors) = (client.clone(), hist.clone(), errors.clone());
+        let player = players[(n as usize) % players.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            match client.submit(bet(&player, 1_000_000_000 + n)).await {
+                Ok(Outcome::Applied(_) | Outcome::Duplicate(_)) => {
+                    let us = scheduled.elapsed().as_micros().max(1) as u64;
+                    hist.lock().await.record(us).expect("record");
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("request task");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let hist = Arc::try_unwrap(hist).ok().expect("sole owner").into_inner();
+    Report {
+        name: "open loop, fixed rate".to_string(),
+        offered: Some(rate),
+        achieved: hist.len() as f64 / elapsed,
+        errors: errors.load(Ordering::Relaxed),
+        hist,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    let mut listeners = Vec::new();
+    for id in 1..=3u64 {
+        let listener = Listener::bind_tcp("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        members.insert(id as NodeId, NodeInfo { addr, region: format!("r{id}"), zone: format!("z{id}") });
+        listeners.push(listener);
+    }
+    for (listener, (id, info)) in listeners.into_iter().zip(members.clone()) {
+        let config = NodeConfig::new(id, info, tmp.path().join(format!("node-{id}")), args.shards);
+        let node = LedgerNode::start(config, NodeEnv::production()).await.expect("node");
+        let serving = node.clone();
+        tokio::spawn(async move { serving.serve(listener).await });
+        nodes.push(node);
+    }
+    nodes[0].bootstrap(&members).await.expect("bootstrap");
+    let addrs: Vec<String> = members.values().map(|m| m.addr.clone()).collect();
+    let client = Arc::new(LedgerClient::connect(addrs, ClientOptions::default()).await.expect("client"));
+    let max_clients = args.clients.iter().copied().max().unwrap_or(1);
+    let players = setup_players(client.clone(), max_clients.max(64)).await;
+
+    println!(
+        "replicated commit: 3 nodes on loopback, fsync on, {} shards, {} cores, {} s per run",
+        args.shards,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.secs
+    );
+    println!(
+        "{:<24} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "run", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors"
+    );
+    let terms = |nodes: &[LedgerNode]| -> Vec<u64> { nodes[0].status().shards.iter().map(|s| s.term).collect() };
+    let mut best: f64 = 0.0;
+    for clients in &args.clients {
+        let before = terms(&nodes);
+        let r = closed_loop(client.clone(), &players, *clients, args.secs).await;
+        best = best.max(r.achieved);
+        r.print_with_elections(&before, &terms(&nodes));
+    }
+    if !args.no_open_loop && best > 0.0 {
+        let before = terms(&nodes);
+        let r = open_loop(client.clone(), &players, (best / 2.0).floor().max(1.0), args.secs).await;
+        r.print_with_elections(&before, &terms(&nodes));
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
