@@ -43,6 +43,9 @@ struct Args {
     /// Skip the open-loop run.
     #[arg(long)]
     no_open_loop: bool,
+    /// Open-loop rates to run (ops/s); default: half of the best closed-loop rate.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -184,6 +187,9 @@ async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, s
                 Ok(Outcome::Applied(_) | Outcome::Duplicate(_)) => {
                     let us = scheduled.elapsed().as_micros().max(1) as u64;
                     hist.lock().await.record(us).expect("record");
+                    if std::env::var_os("BENCH_TIMELINE").is_some() && us > 100_000 {
+                        eprintln!("slow: sent at {:?} took {} ms", scheduled - start, us / 1000);
+                    }
                 }
                 _ => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -208,6 +214,13 @@ async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, s
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
@@ -249,10 +262,13 @@ async fn main() {
         best = best.max(r.achieved);
         r.print_with_elections(&before, &terms(&nodes));
     }
+    let rates = if args.rates.is_empty() { vec![(best / 2.0).floor().max(1.0)] } else { args.rates.clone() };
     if !args.no_open_loop && best > 0.0 {
-        let before = terms(&nodes);
-        let r = open_loop(client.clone(), &players, (best / 2.0).floor().max(1.0), args.secs).await;
-        r.print_with_elections(&before, &terms(&nodes));
+        for rate in rates {
+            let before = terms(&nodes);
+            let r = open_loop(client.clone(), &players, rate, args.secs).await;
+            r.print_with_elections(&before, &terms(&nodes));
+        }
     }
     for node in &nodes {
         node.shutdown().await;

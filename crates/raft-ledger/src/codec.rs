@@ -33,39 +33,27 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// SHA-256 over canonical bytes, buffered on the stack: feeding the hasher one small field at a
-/// time costs more than the allocation this avoids, so fields are copied into a block first.
-pub(crate) struct HashSink {
-    hasher: sha2::Sha256,
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl HashSink {
-    pub(crate) fn new() -> Self {
-        Self { hasher: sha2::Digest::new(), buf: [0; 256], len: 0 }
-    }
-
-    pub(crate) fn finish(mut self) -> [u8; 32] {
-        sha2::Digest::update(&mut self.hasher, &self.buf[..self.len]);
-        sha2::Digest::finalize(self.hasher).into()
-    }
-}
-
-impl Sink for HashSink {
+impl<T: Sink + ?Sized> Sink for &mut T {
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        if self.len + bytes.len() > self.buf.len() {
-            sha2::Digest::update(&mut self.hasher, &self.buf[..self.len]);
-            self.len = 0;
-            if bytes.len() > self.buf.len() {
-                sha2::Digest::update(&mut self.hasher, bytes);
-                return;
-            }
-        }
-        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+        (**self).put(bytes);
     }
+}
+
+/// SHA-256 of the canonical bytes `write` produces.
+///
+/// The bytes go to a reusable per-thread buffer and are hashed in one call: feeding the hasher
+/// field by field, or moving a buffered hasher around, costs more than the hash itself.
+pub(crate) fn sha256(write: impl FnOnce(&mut Writer<&mut Vec<u8>>)) -> [u8; 32] {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        write(&mut Writer::new(&mut *buf));
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(buf.as_slice())).into()
+    })
 }
 
 /// Appends canonical fields to a [`Sink`].

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::account::AccountRef;
-use crate::codec::{HashSink, Writer};
+use crate::codec::sha256;
 use crate::ids::{PlayerId, Reason, RoundId, TxId};
 use crate::money::{Amount, Currency};
 use crate::outcome::Rejection;
@@ -233,7 +233,10 @@ impl Command {
     /// SHA-256 of the canonical encoding of every field. Two commands with the same id are the
     /// same request exactly when their fingerprints are equal.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let mut w = Writer::new(HashSink::new());
+        sha256(|w| self.write_fingerprint(w))
+    }
+
+    fn write_fingerprint(&self, w: &mut crate::codec::Writer<&mut Vec<u8>>) {
         w.u8(1); // fingerprint encoding version
         w.u8(self.kind() as u8);
         w.str8(self.tx().as_str());
@@ -275,14 +278,13 @@ impl Command {
                 w.u64(amount.minor());
             }
             Self::Adjust { debit, credit, currency, amount, reason, .. } => {
-                debit.encode(&mut w);
-                credit.encode(&mut w);
+                debit.encode(w);
+                credit.encode(w);
                 w.raw(&currency.code_bytes());
                 w.u64(amount.minor());
                 w.str16(reason.as_str());
             }
         }
-        w.into_inner().finish()
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::account::AccountRef;
-use crate::codec::{DecodeError, HashSink, Reader, Sink, Writer};
+use crate::codec::{DecodeError, Reader, Sink, Writer, sha256};
 use crate::ids::{Reason, RoundId, TxId};
 use crate::money::{Balance, Currency};
 use crate::shard::ShardId;
@@ -160,9 +160,7 @@ impl Entry {
 
     /// Computes the hash of this entry's encoding, streaming it into SHA-256.
     pub fn compute_hash(&self) -> Hash {
-        let mut w = Writer::new(HashSink::new());
-        self.write(&mut w);
-        w.into_inner().finish()
+        sha256(|w| self.write(w))
     }
 
     /// Decodes a canonical encoding and sets `hash` to the SHA-256 of `bytes`. Rejects anything

@@ -336,7 +336,7 @@ impl LedgerNode {
         let mut queues = Vec::new();
         for s in 0..config.shards {
             let dir = config.data_dir.join("shards").join(s.to_string());
-            let (sm, cell) = LedgerStateMachine::open(vfs.clone(), &dir, ShardId(s), config.ledger)
+            let (sm, cell) = LedgerStateMachine::open(vfs.clone(), env.io, &dir, ShardId(s), config.ledger)
                 .map_err(|source| NodeError::Shard { shard: s, source })?;
             let log = LogStore::new(wal.clone(), s);
             let network = ShardNetworkFactory::new(router.clone(), s);
@@ -706,7 +706,11 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
         let shard_id = shard.id.0;
         tokio::spawn(async move {
             let _permit = permit;
-            match raft.client_write(proposal).await {
+            let started = tokio::time::Instant::now();
+            let written = raft.client_write(proposal).await;
+            let us = started.elapsed().as_micros() as u64;
+            tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
+            match written {
                 Ok(resp) => {
                     let Reply::Outcomes(outcomes) = resp.data else {
                         unreachable!("a command batch applies as commands")

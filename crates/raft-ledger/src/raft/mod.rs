@@ -102,11 +102,14 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 /// Raft settings for a cluster whose slowest quorum link has the given round-trip time.
 ///
 /// LAN defaults (150–300 ms elections, 50 ms heartbeats) would make cross-region clusters
-/// elect constantly. Heartbeats go every max(50 ms, 2 RTT); an election starts after
-/// max(300 ms, 6 RTT) to 2x that of silence, so a single lost heartbeat never deposes a leader.
+/// elect constantly. Heartbeats go every max(100 ms, 2 RTT); an election starts after
+/// max(300 ms, 6 RTT, 3 heartbeats) to 2x that of silence, so a single lost heartbeat never
+/// deposes a leader. openraft also gives each replication RPC one heartbeat interval to answer,
+/// which is why the heartbeat floor is 100 ms rather than 50: a follower busy applying a large
+/// batch must not be declared failed.
 /// A snapshot is taken every `snapshot_every` applied entries, keeping `logs_kept` entries.
 pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_kept: u64) -> Arc<openraft::Config> {
-    let heartbeat_ms = (2 * rtt_ms).max(50);
+    let heartbeat_ms = (2 * rtt_ms).max(100);
     let election_min_ms = (6 * rtt_ms).max(300).max(3 * heartbeat_ms);
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
@@ -120,7 +123,13 @@ pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_ke
         max_in_snapshot_log_to_keep: logs_kept,
         // openraft purges only once this many entries can go; never wait longer than one snapshot.
         purge_batch_size: snapshot_every.clamp(1, 512),
-        max_payload_entries: 1_024,
+        // An entry is a batch of up to 1024 commands, so a few hundred entries already make a
+        // large message; a bounded payload keeps a loaded follower inside the RPC deadline.
+        max_payload_entries: 256,
+        // After a failed replication RPC openraft backs off before retrying. Its default starts at
+        // 200 ms, which turns one slow reply into a visible stall; start small instead, and still
+        // cap the retry rate for a peer that is really down.
+        backoff: "10ms 20ms ..500ms".to_string(),
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),
         // A restarted leader must win an election again. A leader may count an entry committed

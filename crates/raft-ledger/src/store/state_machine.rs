@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::journal::{Journal, JournalError, JournalPrefix};
 use super::vfs::{VFile, Vfs};
+use super::wal::IoMode;
 use crate::entry::{Entry, Hash};
 use crate::ledger::{Ledger, LedgerConfig, LedgerImage};
 use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
@@ -108,6 +109,7 @@ impl ShardCell {
 pub struct LedgerStateMachine {
     shard: ShardId,
     vfs: Arc<dyn Vfs>,
+    io: IoMode,
     dir: PathBuf,
     cell: Arc<ShardCell>,
     sink: Vec<Entry>,
@@ -155,6 +157,7 @@ impl LedgerStateMachine {
     /// Loads a shard from `dir`: its snapshot if any, and its journal up to that snapshot.
     pub(crate) fn open(
         vfs: Arc<dyn Vfs>,
+        io: IoMode,
         dir: &Path,
         shard: ShardId,
         config: LedgerConfig,
@@ -195,39 +198,35 @@ impl LedgerStateMachine {
         assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
         let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
-        let sm = Self { shard, vfs, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new() };
+        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new() };
         Ok((sm, cell))
     }
 
+    /// Captures the state between two apply batches. This runs on the apply path, so it only
+    /// copies; the expensive work happens in [`LedgerSnapshotBuilder::build_snapshot`].
     fn builder(&self) -> LedgerSnapshotBuilder {
         let st = self.cell.read();
-        // Full invariant check before anything is persisted.
-        st.ledger.check_invariants();
-        let meta = SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() };
-        let state = SnapshotState {
-            meta: meta.clone(),
-            image: st.ledger.to_image(),
-            journal_entries: st.journal.len(),
-            journal_head: st.journal.head(),
-        };
-        let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
         LedgerSnapshotBuilder {
             vfs: self.vfs.clone(),
+            io: self.io,
             path: snapshot_path(&self.dir),
-            meta,
-            state: Arc::new(bytes),
+            meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
+            ledger: Some(st.ledger.clone()),
             journal: st.journal.prefix(st.journal.len()),
+            journal_head: st.journal.head(),
         }
     }
 }
 
-/// Writes a snapshot that was captured between two apply batches.
+/// Builds a snapshot from a copy of the state taken between two apply batches.
 pub struct LedgerSnapshotBuilder {
     vfs: Arc<dyn Vfs>,
+    io: IoMode,
     path: PathBuf,
     meta: SnapshotMeta,
-    state: Arc<Vec<u8>>,
+    ledger: Option<Ledger>,
     journal: JournalPrefix,
+    journal_head: Hash,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
@@ -236,14 +235,38 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>, io::Error> {
-        // The journal prefix must be durable before a snapshot that relies on it, because logs
-        // up to the snapshot are purged once it exists.
-        self.journal.file.sync()?;
-        self.vfs.write_atomic(&self.path, &encode_snapshot_file(&self.state))?;
-        tracing::debug!(last_log_id = ?self.meta.last_log_id, journal_entries = self.journal.entries, "snapshot written");
+        let ledger = self.ledger.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let (vfs, path, meta, journal, journal_head) =
+            (self.vfs.clone(), self.path.clone(), self.meta.clone(), self.journal.clone(), self.journal_head);
+        let started = std::time::Instant::now();
+        let work = move || -> io::Result<Vec<u8>> {
+            // Full invariant check before anything is persisted.
+            ledger.check_invariants();
+            let state =
+                SnapshotState { meta, image: ledger.to_image(), journal_entries: journal.entries, journal_head };
+            let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
+            // The journal prefix must be durable before a snapshot that relies on it, because logs
+            // up to the snapshot are purged once it exists.
+            journal.file.sync()?;
+            vfs.write_atomic(&path, &encode_snapshot_file(&bytes))?;
+            Ok(bytes)
+        };
+        // Sorting, encoding and fsyncing a large state takes a while; keep it off the runtime's
+        // worker threads in production. The simulator's disk must be used from its own tasks.
+        let bytes = match self.io {
+            IoMode::Thread => tokio::task::spawn_blocking(work).await.map_err(io::Error::other)??,
+            IoMode::Task => work()?,
+        };
+        tracing::debug!(
+            last_log_id = ?self.meta.last_log_id,
+            journal_entries = self.journal.entries,
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
         Ok(openraft::Snapshot {
             meta: self.meta.clone(),
-            snapshot: LedgerSnapshot { state: self.state.clone(), journal: self.journal.clone(), received_at: None },
+            snapshot: LedgerSnapshot { state: Arc::new(bytes), journal: self.journal.clone(), received_at: None },
         })
     }
 }

@@ -21,9 +21,14 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
         let dir = tempfile::tempdir().expect("tempdir");
         let (wal, _) = Wal::open(Arc::new(StdFs), &dir.path().join("wal"), IoMode::Thread).expect("open wal");
         let log = LogStore::new(Arc::new(wal), 0);
-        let (sm, _) =
-            LedgerStateMachine::open(Arc::new(StdFs), &dir.path().join("shard-0"), ShardId(0), LedgerConfig::default())
-                .expect("open state machine");
+        let (sm, _) = LedgerStateMachine::open(
+            Arc::new(StdFs),
+            IoMode::Thread,
+            &dir.path().join("shard-0"),
+            ShardId(0),
+            LedgerConfig::default(),
+        )
+        .expect("open state machine");
         Ok((dir, log, sm))
     }
 }

@@ -295,7 +295,9 @@ struct Writer {
 
 impl Writer {
     fn write_batch(&mut self, batch: Vec<WriteOp>) {
+        let started = std::time::Instant::now();
         let result = self.write_frames(&batch);
+        tracing::trace!(ops = batch.len(), us = started.elapsed().as_micros() as u64, "wal group commit");
         if result.is_err() {
             // A failed fsync leaves the file's durable state unknown; never write again.
             self.failed.store(true, Ordering::SeqCst);
