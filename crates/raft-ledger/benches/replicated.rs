@@ -160,7 +160,7 @@ async fn closed_loop(client: Arc<LedgerClient>, players: &[PlayerId], clients: u
         t.await.expect("client task");
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let hist = Arc::try_unwrap(total).ok().expect("sole owner").into_inner();
+    let hist = Arc::try_unwrap(total).expect("sole owner").into_inner();
     Report {
         name: format!("closed loop, {clients} clients"),
         offered: None,
@@ -201,7 +201,7 @@ async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, s
         t.await.expect("request task");
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let hist = Arc::try_unwrap(hist).ok().expect("sole owner").into_inner();
+    let hist = Arc::try_unwrap(hist).expect("sole owner").into_inner();
     Report {
         name: "open loop, fixed rate".to_string(),
         offered: Some(rate),

@@ -522,7 +522,7 @@ impl Ledger {
         let no_entry = Receipt { seq: None, at, balances: Vec::new() };
         let bet_key = id_key(bet_id);
         let bet = match self.ids.get(&bet_key).map(|r| &r.state) {
-            Some(IdState::Ran { bet: Some(bet), .. }) => bet.clone(),
+            Some(IdState::Ran { bet: Some(bet), .. }) => *bet,
             // The bet failed, so there is nothing to reverse.
             Some(IdState::Ran { kind: CommandKind::Bet, .. }) => return Ok(no_entry),
             Some(IdState::Ran { .. }) => return Err(Rejection::NotABet),
@@ -740,9 +740,9 @@ impl Ledger {
 
     /// The state as a plain value with every collection in a canonical order, for snapshots.
     pub fn to_image(&self) -> LedgerImage {
-        let mut ids: Vec<_> = self.ids.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut ids: Vec<_> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
         ids.sort_by_key(|a| a.0);
-        let mut rounds: Vec<_> = self.rounds.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut rounds: Vec<_> = self.rounds.iter().map(|(k, v)| (*k, *v)).collect();
         rounds.sort_by_key(|a| a.0);
         LedgerImage {
             shard: self.shard,
