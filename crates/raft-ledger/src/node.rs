@@ -421,6 +421,13 @@ impl LedgerNode {
     /// player, or the player's shard.
     pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
         let home = cmd.player().map(|p| shard_for_player(p, self.inner.config.shards).0);
+        // A transfer moves money inside one shard's ledger: both players must live there.
+        if let (Command::Transfer { to, .. }, Some(h)) = (cmd, home) {
+            let payee = shard_for_player(to, self.inner.config.shards).0;
+            if payee != h {
+                return Err(LedgerError::WrongShard { expected: payee, requested: h });
+            }
+        }
         match (shard, home) {
             (Some(s), Some(h)) if s != h => Err(LedgerError::WrongShard { expected: h, requested: s }),
             (Some(s), _) | (None, Some(s)) => Ok(s),

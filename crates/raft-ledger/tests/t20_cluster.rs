@@ -224,3 +224,144 @@ async fn t24_damaged_files_at_restart_are_refused_clearly_or_their_torn_tail_is_
     assert!(cluster.node(victim).verify(0).unwrap().ok());
     cluster.shutdown().await;
 }
+
+/// Raw gRPC access to the node API, so the test can send what no typed client can build.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    pub(crate) struct Bytes;
+    pub(crate) struct Enc;
+    pub(crate) struct Dec;
+
+    impl Codec for Bytes {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Enc;
+        type Decoder = Dec;
+        fn encoder(&mut self) -> Enc {
+            Enc
+        }
+        fn decoder(&mut self) -> Dec {
+            Dec
+        }
+    }
+
+    impl Encoder for Enc {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Dec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+
+    pub(crate) async fn call(addr: &str, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_maybe_shared(format!("/raftledger.v1.LedgerNode/{method}")).unwrap();
+        grpc.unary(tonic::Request::new(body), path, Bytes).await.map(|r| r.into_inner())
+    }
+
+    /// The wire shape of a submit request, with plain fields where the real types validate.
+    #[derive(serde::Serialize)]
+    pub(crate) struct Submit {
+        pub(crate) shard: Option<u32>,
+        pub(crate) command: Command,
+        pub(crate) timeout_ms: u64,
+    }
+
+    #[derive(serde::Serialize)]
+    pub(crate) enum Command {
+        OpenAccount { tx: String, player: String, currency: String },
+        Deposit { tx: String, player: String, currency: String, amount: u64 },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_bad_input_over_the_wire_is_refused_and_changes_nothing() {
+    let cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    client.submit(deposit("d", "alice", 100)).await.unwrap();
+    let leader = cluster.wait_leader(0).await;
+    let addr = cluster.members[&leader].info.addr.clone();
+    let head = cluster.wait_converged(0).await;
+
+    let deposit = |tx: &str, player: &str, currency: &str, amount: u64| {
+        let cmd = raw::Command::Deposit { tx: tx.into(), player: player.into(), currency: currency.into(), amount };
+        postcard::to_allocvec(&raw::Submit { shard: Some(0), command: cmd, timeout_ms: 1000 }).unwrap()
+    };
+    // The well-formed request goes through, so the refusals below are about their content.
+    raw::call(&addr, "Submit", deposit("ok-1", "alice", "EUR", 1)).await.expect("a valid request is accepted");
+    let head = cluster.wait_converged(0).await.0.max(head.0);
+
+    let bad = [
+        ("zero amount", deposit("bad-1", "alice", "EUR", 0)),
+        ("amount beyond any balance", deposit("bad-2", "alice", "EUR", u64::MAX)),
+        ("tx id of 65 bytes", deposit(&"t".repeat(65), "alice", "EUR", 5)),
+        ("empty tx id", deposit("", "alice", "EUR", 5)),
+        ("player id with a space", deposit("bad-3", "al ice", "EUR", 5)),
+        ("unknown currency", deposit("bad-4", "alice", "XYZ", 5)),
+        ("lower-case currency", deposit("bad-5", "alice", "eur", 5)),
+    ];
+    for (what, body) in bad {
+        let status = raw::call(&addr, "Submit", body).await.expect_err(what);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status}");
+    }
+    let oversized = postcard::to_allocvec(&raw::Submit {
+        shard: Some(0),
+        command: raw::Command::OpenAccount { tx: "x".repeat(2 << 20), player: "p".into(), currency: "EUR".into() },
+        timeout_ms: 1000,
+    })
+    .unwrap();
+    let status = raw::call(&addr, "Submit", oversized).await.expect_err("oversized");
+    assert!(matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{status}");
+
+    // Refused by validation before proposing: a transfer to oneself, and to another shard.
+    let same = raft_ledger::Command::Transfer {
+        tx: tx("self"),
+        from: player("alice"),
+        to: player("alice"),
+        currency: eur(),
+        amount: raft_ledger::Amount::new(1).unwrap(),
+    };
+    let err = cluster.node(leader).submit(None, same, Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(err, LedgerError::Invalid(raft_ledger::Rejection::SameAccount));
+    // Only one shard here, so use a three-shard routing question directly.
+    let cross = Cluster::start(3, 3).await;
+    let (a, b) = (
+        player("p0"),
+        (1..100)
+            .map(|i| player(&format!("p{i}")))
+            .find(|p| shard_for_player(p, 3) != shard_for_player(&player("p0"), 3))
+            .unwrap(),
+    );
+    let xfer = raft_ledger::Command::Transfer {
+        tx: tx("x"),
+        from: a,
+        to: b,
+        currency: eur(),
+        amount: raft_ledger::Amount::new(1).unwrap(),
+    };
+    assert!(matches!(cross.node(1).route(None, &xfer), Err(LedgerError::WrongShard { .. })));
+    cross.shutdown().await;
+
+    assert_eq!(cluster.node(leader).head(0).unwrap().0, head, "bad input appended nothing");
+    for node in cluster.running() {
+        assert!(node.verify(0).unwrap().ok());
+    }
+    cluster.shutdown().await;
+}
