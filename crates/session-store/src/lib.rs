@@ -1,4 +1,20 @@
-//! Session store: access and refresh tokens, step-up authentication and revocation.
+//! Session store: short-lived access tokens, rotating refresh tokens, device binding, step-up
+//! authentication and revocation, on an in-memory or a Redis backend.
 //!
-//! Not built yet. Its work is tracked in issue 5; until that lands this crate deliberately
-//! exports nothing, so nothing can depend on behaviour that does not exist.
+//! - [`token`] (pure): the signed access-token format and the rotating keyring.
+//! - [`model`]: records, configuration, errors, security events, the clock.
+//! - [`backend`]: the storage trait and the in-memory backend.
+//! - [`redis_backend`]: the Redis backend, with pub/sub revocation.
+//! - [`store`]: the session logic on top of any backend.
+
+pub mod backend;
+pub mod model;
+pub mod redis_backend;
+pub mod store;
+pub mod token;
+
+pub use backend::{Backend, MemoryBackend};
+pub use model::{Action, AuthError, Clock, ManualClock, SecurityEvent, SessionConfig, SystemClock};
+pub use redis_backend::RedisBackend;
+pub use store::{Principal, SessionInfo, SessionStore, Tokens};
+pub use token::Keyring;
