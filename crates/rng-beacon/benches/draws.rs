@@ -88,11 +88,7 @@ async fn bench_grpc(clients: usize, seconds: f64) {
     let service = BeaconService::start(BeaconConfig::new(dir.path().join("audit.log"))).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(service.serve(listener, std::future::pending()));
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);

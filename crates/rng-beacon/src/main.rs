@@ -152,9 +152,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 println!("rng-beacon serving casino.rng.v1.Beacon on {}", listener.local_addr()?);
-                tonic::transport::Server::builder()
-                    .add_service(service.into_server())
-                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                service
+                    .serve(listener, async {
                         let _ = tokio::signal::ctrl_c().await;
                     })
                     .await?;

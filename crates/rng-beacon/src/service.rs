@@ -184,6 +184,18 @@ impl BeaconService {
     pub fn into_server(self) -> pb::beacon_server::BeaconServer<Self> {
         pb::beacon_server::BeaconServer::new(self).max_decoding_message_size(64 * 1024)
     }
+
+    /// Serves the beacon on `listener` until `shutdown` resolves; requests in flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_server())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+    }
 }
 
 type RoundStream = Pin<Box<dyn Stream<Item = Result<pb::Round, Status>> + Send>>;

@@ -26,11 +26,7 @@ async fn start() -> Running {
     let service = BeaconService::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(service.serve(listener, std::future::pending()));
     let client = BeaconClient::connect(format!("http://{addr}")).await.unwrap();
     Running { client, log, _dir: dir }
 }
