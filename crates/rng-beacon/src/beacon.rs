@@ -346,6 +346,32 @@ impl<E: Entropy> Beacon<E> {
         Ok((round, events))
     }
 
+    /// Reveals every active server seed and the current epoch key, for a clean shutdown: after
+    /// it, every outcome and round in the log can be re-derived. The beacon must not be used
+    /// afterwards (its pairs are gone).
+    pub fn retire_all(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (pair_id, p) in std::mem::take(&mut self.pairs) {
+            let nonces_used = p.used();
+            events.push(Event::Reveal {
+                pair: pair_id.clone(),
+                commitment: hex::encode(p.commitment),
+                server_seed: p.server_seed.clone(),
+                nonces_used,
+            });
+            self.retired.insert(p.commitment, Retired { pair_id, server_seed: p.server_seed, nonces_used });
+        }
+        if self.next_round > self.epoch.first_round {
+            events.push(Event::EpochReveal {
+                epoch: self.epoch.number,
+                key: hex::encode(self.epoch.key),
+                last_round: self.next_round - 1,
+                last_signature: hex::encode(self.previous_signature),
+            });
+        }
+        events
+    }
+
     /// Reseeds the CSPRNG now.
     pub fn reseed(&mut self, now: Duration) -> Result<Event, BeaconError> {
         Ok(reseed_event(self.csprng.reseed(ReseedReason::Demand, now)?))

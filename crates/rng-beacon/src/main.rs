@@ -153,10 +153,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 println!("rng-beacon serving casino.rng.v1.Beacon on {}", listener.local_addr()?);
                 service
+                    .clone()
                     .serve(listener, async {
                         let _ = tokio::signal::ctrl_c().await;
                     })
                     .await?;
+                // Reveal what is still secret so that every outcome in the log can be verified.
+                service
+                    .shutdown()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("revealing seeds at shutdown: {}", e.message()))?;
+                tracing::info!("active seeds and the epoch key revealed in the audit log; stopped");
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

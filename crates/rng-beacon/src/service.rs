@@ -147,7 +147,7 @@ impl BeaconService {
         f: impl FnOnce(&mut Beacon<OsEntropy>, Duration) -> Result<(T, Vec<Event>), BeaconError>,
     ) -> Result<T, Status> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(Status::unavailable("the audit log failed earlier; the beacon has stopped serving"));
+            return Err(Status::unavailable("the beacon has stopped serving (shut down, or its audit log failed)"));
         }
         let (value, ack) = {
             let mut beacon = self.shared.beacon.lock().expect("beacon lock");
@@ -174,6 +174,14 @@ impl BeaconService {
         // the same lock sees every round exactly once.
         let _ = self.shared.live.send(msg);
         Ok(())
+    }
+
+    /// Stops serving and reveals every active seed and the current epoch key in the log, so that
+    /// everything drawn so far can be verified. Calls after this are refused.
+    pub async fn shutdown(&self) -> Result<(), Status> {
+        let result = self.logged(|b, _| Ok(((), b.retire_all()))).await;
+        self.shared.failed.store(true, Ordering::Release);
+        result
     }
 
     /// Reseeds the CSPRNG now and logs the commitment.

@@ -71,6 +71,25 @@ fn a_session_verifies_and_rederives_every_revealed_outcome_and_round() {
 }
 
 #[test]
+fn a_clean_shutdown_reveals_everything_still_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (w, _) = LogWriter::open(&path, 0).unwrap();
+    let (mut b, ev) = Beacon::new(Counter(0), ReseedPolicy::default(), 100, Duration::ZERO).unwrap();
+    log_all(&w, ev);
+    log_all(&w, b.commitment("p", Duration::ZERO).unwrap().1);
+    for n in 0..3 {
+        log_all(&w, b.draw("p", Game::Keno, Mode::Unbiased, "c", n).unwrap().1);
+        log_all(&w, b.next_round(n, Duration::ZERO).unwrap().1);
+    }
+    log_all(&w, b.retire_all());
+    drop(w);
+    let report = log::verify(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!((report.draws, report.draws_rederived, report.draws_unrevealed), (3, 3, 0));
+    assert_eq!((report.epochs_revealed, report.rounds_rederived), (1, 3));
+}
+
+#[test]
 fn seeds_never_appear_in_the_log_before_their_reveal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");

@@ -12,6 +12,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 struct Running {
+    service: BeaconService,
     client: BeaconClient<Channel>,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -26,9 +27,9 @@ async fn start() -> Running {
     let service = BeaconService::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(service.serve(listener, std::future::pending()));
+    tokio::spawn(service.clone().serve(listener, std::future::pending()));
     let client = BeaconClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { client, log, _dir: dir }
+    Running { service, client, log, _dir: dir }
 }
 
 fn draw(pair: &str, game: &str, mode: &str, client_seed: &str, nonce: u64) -> DrawOutcomeRequest {
@@ -43,7 +44,7 @@ fn draw(pair: &str, game: &str, mode: &str, client_seed: &str, nonce: u64) -> Dr
 
 #[tokio::test]
 async fn commit_draw_rotate_reveal_and_rederive() {
-    let Running { mut client, log, _dir } = start().await;
+    let Running { mut client, log, _dir, .. } = start().await;
     let c = client.get_commitment(GetCommitmentRequest { pair_id: "player-1".into() }).await.unwrap().into_inner();
     assert_eq!((c.next_nonce, c.client_seed.as_str()), (0, ""));
     let again = client.get_commitment(GetCommitmentRequest { pair_id: "player-1".into() }).await.unwrap().into_inner();
@@ -108,7 +109,7 @@ async fn commit_draw_rotate_reveal_and_rederive() {
 
 #[tokio::test]
 async fn concurrent_game_nodes_get_distinct_nonces_and_a_complete_log() {
-    let Running { client, log, _dir } = start().await;
+    let Running { client, log, _dir, service } = start().await;
     let mut tasks = Vec::new();
     for node in 0..8 {
         let mut client = client.clone();
@@ -126,11 +127,21 @@ async fn concurrent_game_nodes_get_distinct_nonces_and_a_complete_log() {
     }
     let report = rng_beacon::log::verify(&std::fs::read(&log).unwrap()).unwrap();
     assert_eq!((report.draws, report.draws_rederived, report.reveals), (320, 320, 8));
+
+    // One more pair left active, then a clean shutdown: its seed is revealed too.
+    let mut c = client.clone();
+    c.get_commitment(GetCommitmentRequest { pair_id: "late".into() }).await.unwrap();
+    c.draw_outcome(draw("late", "dice", "", "seed", 0)).await.unwrap();
+    service.shutdown().await.unwrap();
+    let e = c.draw_outcome(draw("late", "dice", "", "seed", 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "nothing is served after shutdown");
+    let report = rng_beacon::log::verify(&std::fs::read(&log).unwrap()).unwrap();
+    assert_eq!((report.draws, report.draws_rederived, report.draws_unrevealed), (321, 321, 0));
 }
 
 #[tokio::test]
 async fn rounds_are_chained_resumable_and_checkable_after_the_epoch_reveal() {
-    let Running { mut client, log, _dir } = start().await;
+    let Running { mut client, log, _dir, .. } = start().await;
     let mut stream = client.watch_rounds(WatchRoundsRequest { from_round: 0 }).await.unwrap().into_inner();
     let mut got = Vec::new();
     while got.len() < 25 {
