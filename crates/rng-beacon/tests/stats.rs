@@ -187,3 +187,41 @@ fn the_test_detects_the_stake_mapping_bias_only_at_scale() {
     let big = z > 5.0;
     assert!(big, "a biased roulette must fail: z = {z:.2}");
 }
+
+#[test]
+#[allow(clippy::float_arithmetic)]
+fn float_passes_kolmogorov_smirnov() {
+    let mut xs = Vec::with_capacity(N as usize);
+    draws(Game::Float, |o| {
+        let Outcome::Float(w) = o else { unreachable!() };
+        xs.push(w);
+    });
+    xs.sort_unstable();
+    let n = xs.len() as f64;
+    let d = xs
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let x = fair::word_to_float(w);
+            (x - i as f64 / n).abs().max(((i + 1) as f64 / n - x).abs())
+        })
+        .fold(0f64, f64::max);
+    // Critical value at alpha = 1e-6: sqrt(ln(2 / alpha) / 2) / sqrt(n).
+    let critical = ((2.0f64 / 1e-6).ln() / 2.0).sqrt() / n.sqrt();
+    assert!(d < critical, "KS D = {d:.6}, critical {critical:.6}");
+}
+
+#[test]
+fn consecutive_roulette_outcomes_are_independent() {
+    // Serial test: pairs (outcome of nonce k, outcome of nonce k+1) over 37 x 37 cells.
+    let mut cells = vec![0u64; 37 * 37];
+    let mut prev: Option<u32> = None;
+    draws(Game::Roulette, |o| {
+        let Outcome::Roulette(p) = o else { unreachable!() };
+        if let Some(q) = prev {
+            cells[(q * 37 + p) as usize] += 1;
+        }
+        prev = Some(p);
+    });
+    assert_uniform("roulette serial pairs", &cells);
+}
