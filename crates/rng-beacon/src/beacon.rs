@@ -313,6 +313,10 @@ impl<E: Entropy> Beacon<E> {
     /// committed first; those events come back for the log.
     pub fn next_round(&mut self, timestamp_ms: u64, now: Duration) -> Result<(Round, Vec<Event>), BeaconError> {
         let mut events = Vec::new();
+        // The ticker runs even when nobody draws, so the reseed schedule holds for an idle beacon.
+        if let Some(r) = self.csprng.reseed_if_due(now)? {
+            events.push(reseed_event(r));
+        }
         if self.next_round >= self.epoch.first_round + self.rounds_per_epoch {
             events.push(Event::EpochReveal {
                 epoch: self.epoch.number,

@@ -113,6 +113,15 @@ impl<E: Entropy> Csprng<E> {
     /// Fills `out`, reseeding first if the policy says so; the reseed, if any, is returned so the
     /// caller can log it before using the output.
     pub fn fill(&mut self, now: Duration, out: &mut [u8]) -> Result<Option<Reseed>, EntropyError> {
+        let event = self.reseed_if_due(now)?;
+        self.rng.fill_bytes(out);
+        self.outputs += 1;
+        Ok(event)
+    }
+
+    /// Reseeds if the output count or the seed's age says so. Called on every output, and by
+    /// the beacon's round ticker so that an idle beacon still reseeds on schedule.
+    pub fn reseed_if_due(&mut self, now: Duration) -> Result<Option<Reseed>, EntropyError> {
         let due = if self.outputs >= self.policy.max_outputs {
             Some(ReseedReason::Outputs)
         } else if now.saturating_sub(self.seeded_at) >= self.policy.max_age {
@@ -120,13 +129,10 @@ impl<E: Entropy> Csprng<E> {
         } else {
             None
         };
-        let event = match due {
-            Some(reason) => Some(self.reseed(reason, now)?),
-            None => None,
-        };
-        self.rng.fill_bytes(out);
-        self.outputs += 1;
-        Ok(event)
+        match due {
+            Some(reason) => self.reseed(reason, now).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Reseeds now.

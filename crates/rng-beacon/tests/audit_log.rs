@@ -90,6 +90,16 @@ fn a_clean_shutdown_reveals_everything_still_secret() {
 }
 
 #[test]
+fn an_idle_beacon_still_reseeds_on_schedule() {
+    let policy = ReseedPolicy { max_outputs: 1000, max_age: Duration::from_secs(60) };
+    let (mut b, _) = Beacon::new(Counter(0), policy, 1000, Duration::ZERO).unwrap();
+    let (_, ev) = b.next_round(0, Duration::from_secs(59)).unwrap();
+    assert!(ev.is_empty());
+    let (_, ev) = b.next_round(0, Duration::from_secs(60)).unwrap();
+    assert!(matches!(&ev[..], [Event::Reseed { reason, generation: 1, .. }] if reason == "schedule"), "{ev:?}");
+}
+
+#[test]
 fn seeds_never_appear_in_the_log_before_their_reveal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
