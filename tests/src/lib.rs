@@ -26,6 +26,23 @@ pub fn walletd_bin() -> PathBuf {
     .clone()
 }
 
+/// The `walletctl` binary, built once per test run.
+pub fn walletctl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "wallet-api", "--bin", "walletctl"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building walletctl failed");
+        let bin = walletd_bin().with_file_name("walletctl");
+        assert!(bin.exists(), "walletctl not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
 /// A free loopback port (bound and released; good enough for tests on one machine).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
@@ -43,6 +60,19 @@ pub struct Walletd {
 impl Walletd {
     /// Starts node `id` of a cluster whose members are `peers` (id, addr) and waits until ready.
     pub fn start(id: u64, addr: &str, dir: &Path, shards: u32, peers: &[(u64, String)], bootstrap: bool) -> Self {
+        Self::start_with(id, addr, dir, shards, peers, bootstrap, &[])
+    }
+
+    /// Like [`Walletd::start`], with more `walletd start` flags (the wallet API's, for example).
+    pub fn start_with(
+        id: u64,
+        addr: &str,
+        dir: &Path,
+        shards: u32,
+        peers: &[(u64, String)],
+        bootstrap: bool,
+        extra: &[String],
+    ) -> Self {
         let mut args = vec![
             "start".to_string(),
             "--node-id".into(),
@@ -65,6 +95,7 @@ impl Walletd {
         if bootstrap {
             args.push("--bootstrap".into());
         }
+        args.extend(extra.iter().cloned());
         let mut w = Walletd { id, addr: addr.to_string(), dir: dir.to_path_buf(), child: None, args };
         w.spawn();
         w

@@ -70,11 +70,13 @@ impl Default for ClientOptions {
 const CLIENT_BATCHES_IN_FLIGHT: usize = 8;
 
 type Waiter = oneshot::Sender<Result<Outcome, ClientError>>;
+/// A queued command, who waits for it, and until when.
+type Queued = (Command, Waiter, tokio::time::Instant);
 
 /// A client of a ledger cluster.
 pub struct LedgerClient {
     inner: Arc<Inner>,
-    batchers: Mutex<BTreeMap<u32, mpsc::UnboundedSender<(Command, Waiter)>>>,
+    batchers: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Queued>>>,
 }
 
 struct Inner {
@@ -122,7 +124,7 @@ impl LedgerClient {
         self.inner.shard_count
     }
 
-    fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<(Command, Waiter)> {
+    fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<Queued> {
         let mut batchers = self.batchers.lock().expect("batchers lock");
         batchers
             .entry(shard)
@@ -136,7 +138,7 @@ impl LedgerClient {
 }
 
 /// Sends one shard's queued commands as batches, a bounded number at a time.
-async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiver<(Command, Waiter)>) {
+async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let in_flight = Arc::new(Semaphore::new(CLIENT_BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -151,10 +153,14 @@ async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiv
         let inner = inner.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
-            let timeout_ms = inner.options.request_timeout.as_millis() as u64;
+            // The batch lives as long as its most patient caller; each caller stops waiting at
+            // its own deadline.
+            let until = batch.iter().map(|(_, _, d)| *d).max().expect("a batch is never empty");
+            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().map(|(c, w, _)| (c, w)).unzip();
             let result = inner
-                .on_leader(shard, |mut c| {
+                .on_leader_until(shard, until, |mut c| {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    let timeout_ms = left.min(inner.options.request_timeout).as_millis() as u64;
                     let req = SubmitBatchRequest { shard, commands: commands.clone(), timeout_ms };
                     async move { c.submit_batch(req).await }
                 })
@@ -199,18 +205,34 @@ impl Inner {
         self.nodes[i % self.nodes.len()].clone()
     }
 
-    /// Calls the leader of `shard`, following hints and retrying until the deadline.
-    async fn on_leader<T, F, Fut>(&self, shard: u32, mut call: F) -> Result<T, ClientError>
+    /// Calls the leader of `shard`, following hints and retrying until the client's deadline.
+    async fn on_leader<T, F, Fut>(&self, shard: u32, call: F) -> Result<T, ClientError>
     where
         F: FnMut(LedgerNodeClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Result<T, LedgerError>>, tonic::Status>>,
     {
-        let deadline = tokio::time::Instant::now() + self.options.deadline;
+        self.on_leader_until(shard, tokio::time::Instant::now() + self.options.deadline, call).await
+    }
+
+    /// Calls the leader of `shard`, following hints and retrying until `deadline`.
+    async fn on_leader_until<T, F, Fut>(
+        &self,
+        shard: u32,
+        deadline: tokio::time::Instant,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(LedgerNodeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Result<T, LedgerError>>, tonic::Status>>,
+    {
+        let total = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut backoff = Duration::from_millis(10);
         let mut last;
         loop {
             let addr = self.pick(shard);
-            let attempt = tokio::time::timeout(self.options.request_timeout, call(self.conn(&addr)?)).await;
+            let per_call =
+                self.options.request_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let attempt = tokio::time::timeout(per_call, call(self.conn(&addr)?)).await;
             let retry_after = match attempt {
                 Ok(Ok(reply)) => match reply.into_inner() {
                     Ok(v) => return Ok(v),
@@ -244,7 +266,7 @@ impl Inner {
                 backoff = (backoff * 2).min(Duration::from_millis(400));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Indeterminate(self.options.deadline, last));
+                return Err(ClientError::Indeterminate(total, last));
             }
         }
     }
@@ -279,11 +301,45 @@ impl LedgerClient {
 
     /// Runs a command on a given shard (needed for adjustments between system accounts).
     pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, ClientError> {
+        self.submit_by(shard, command, tokio::time::Instant::now() + self.inner.options.deadline).await
+    }
+
+    /// Runs a command on `shard`, batched with concurrent submits, giving up at `deadline`. The
+    /// leader's proposal timeout is bounded by the time its batch has left.
+    pub async fn submit_by(
+        &self,
+        shard: u32,
+        command: Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, ClientError> {
         command.validate().map_err(ClientError::Invalid)?;
         let (tx, rx) = oneshot::channel();
-        let lost = || ClientError::Indeterminate(self.inner.options.deadline, "client is shutting down".into());
-        self.batcher(shard).send((command, tx)).map_err(|_| lost())?;
-        rx.await.map_err(|_| lost())?
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let lost = || ClientError::Indeterminate(wait, "client is shutting down".into());
+        self.batcher(shard).send((command, tx, deadline)).map_err(|_| lost())?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(r) => r.map_err(|_| lost())?,
+            Err(_) => Err(ClientError::Indeterminate(wait, "deadline reached".into())),
+        }
+    }
+
+    /// Reads a balance from the shard leader, linearizably, giving up at `deadline`.
+    pub async fn balance_until(
+        &self,
+        account: &AccountRef,
+        shard: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<BalanceView, ClientError> {
+        self.inner
+            .on_leader_until(shard, deadline, |mut c| {
+                let req = BalanceRequest {
+                    shard: Some(shard),
+                    account: account.clone(),
+                    consistency: ReadConsistency::Linearizable,
+                };
+                async move { c.balance(req).await }
+            })
+            .await
     }
 
     /// Reads a balance from the shard leader, linearizably.

@@ -613,6 +613,17 @@ impl LedgerNode {
         }
     }
 
+    /// Raft log entries this replica knows to be committed but has not applied yet: how stale
+    /// a local read of the shard may be.
+    pub fn apply_lag(&self, shard: u32) -> Option<u64> {
+        self.inner.shard(shard).map(|s| {
+            let m = s.raft.metrics().borrow_watched().clone();
+            let committed = m.local_committed.map_or(0, |l| l.index);
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            committed.saturating_sub(applied)
+        })
+    }
+
     /// The head (sequence, hash) of a shard's chain on this replica.
     pub fn head(&self, shard: u32) -> Option<(u64, Hash)> {
         self.inner.shard(shard).map(|s| s.cell.read().ledger.head())

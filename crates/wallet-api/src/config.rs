@@ -51,6 +51,15 @@ pub struct FileConfig {
     /// The cluster's members, this node included, for bootstrap.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Address the public wallet API listens on, for example `0.0.0.0:8001`. Without it the
+    /// node serves only the internal node API.
+    pub api_listen: Option<String>,
+    /// TOML file of operator API keys (`[[operator]]` with `id`, `secret`, `roles`).
+    pub operator_keys: Option<PathBuf>,
+    /// Redis URL of the session store, for player tokens.
+    pub redis_url: Option<String>,
+    /// File holding the session token signing key: `kid = "..."` and `key = "<64 hex>"`.
+    pub session_key: Option<PathBuf>,
 }
 
 /// A configuration problem, reported before anything starts.
@@ -76,6 +85,21 @@ pub struct StartConfig {
     pub listen: String,
     /// Members to bootstrap with, if bootstrapping.
     pub bootstrap: Option<BTreeMap<NodeId, NodeInfo>>,
+    /// The public wallet API, if served.
+    pub api: Option<ApiConfig>,
+}
+
+/// Settings of the public wallet API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Where to listen.
+    pub listen: String,
+    /// Operator key file.
+    pub operator_keys: Option<PathBuf>,
+    /// Session store in Redis.
+    pub redis_url: Option<String>,
+    /// Session signing key file.
+    pub session_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -91,7 +115,22 @@ impl FileConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(node_id, listen, advertise, region, zone, data_dir, shards, cluster_name, rtt_ms, bootstrap);
+        take!(
+            node_id,
+            listen,
+            advertise,
+            region,
+            zone,
+            data_dir,
+            shards,
+            cluster_name,
+            rtt_ms,
+            bootstrap,
+            api_listen,
+            operator_keys,
+            redis_url,
+            session_key
+        );
         if !other.peers.is_empty() {
             self.peers = other.peers;
         }
@@ -139,7 +178,19 @@ impl FileConfig {
         } else {
             None
         };
-        Ok(StartConfig { node, listen, bootstrap })
+        if self.redis_url.is_some() != self.session_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "session_key",
+                "player tokens need both `redis_url` and `session_key`".into(),
+            ));
+        }
+        let api = self.api_listen.map(|listen| ApiConfig {
+            listen,
+            operator_keys: self.operator_keys,
+            redis_url: self.redis_url,
+            session_key: self.session_key,
+        });
+        Ok(StartConfig { node, listen, bootstrap, api })
     }
 }
 

@@ -12,6 +12,13 @@ use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId, shard_for_player};
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::api::auth::{Authenticator, OperatorKey, Role, Sessions};
+use crate::api::client::Credentials;
+use crate::api::service::{WalletService, serve};
 use crate::cli::render_outcome;
 
 /// Options of `walletd demo`.
@@ -26,6 +33,16 @@ pub struct DemoArgs {
     /// Exit after the walkthrough instead of serving until Ctrl-C.
     #[arg(long)]
     pub no_wait: bool,
+    /// After the walkthrough, drive a bet/win/rollback workload through the wallet API and show
+    /// ops/s, p99 latency and errors live, until Ctrl-C (or --load-secs).
+    #[arg(long)]
+    pub load: bool,
+    /// Concurrent clients of the load.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Stop the load after this many seconds instead of at Ctrl-C.
+    #[arg(long)]
+    pub load_secs: Option<u64>,
 }
 
 const REGIONS: [(&str, &str); 3] = [("eu-west", "eu-west-1a"), ("us-east", "us-east-1b"), ("ap-south", "ap-south-1a")];
@@ -34,11 +51,52 @@ struct DemoNode {
     id: NodeId,
     info: NodeInfo,
     dir: PathBuf,
+    api_addr: String,
     node: Option<LedgerNode>,
     server: Option<tokio::task::JoinHandle<()>>,
+    api: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
-async fn launch(n: &mut DemoNode, shards: u32, listener: Listener) -> Result<(), String> {
+/// What every demo node's wallet API trusts: one operator key with every role, and an
+/// in-process session store for player tokens.
+#[derive(Clone)]
+struct DemoAuth {
+    key_id: String,
+    secret: Vec<u8>,
+    sessions: Sessions,
+}
+
+impl DemoAuth {
+    fn new() -> Result<Self, String> {
+        let mut secret = vec![0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let mut session_key = [0u8; 32];
+        getrandom::fill(&mut session_key).map_err(|e| e.to_string())?;
+        let keys = session_store::Keyring::new("demo", session_key).map_err(|_| "session key id".to_string())?;
+        let store = session_store::SessionStore::new(
+            session_store::MemoryBackend::new(),
+            keys,
+            session_store::SessionConfig::default(),
+            Arc::new(session_store::SystemClock),
+        );
+        Ok(Self { key_id: "demo-operator".into(), secret, sessions: Sessions::Memory(store) })
+    }
+
+    fn authenticator(&self) -> Authenticator {
+        let key = OperatorKey {
+            id: self.key_id.clone(),
+            secret: hex::encode(&self.secret),
+            roles: [Role::Game, Role::Cashier, Role::Audit].into_iter().collect(),
+        };
+        Authenticator::new(vec![key], Some(self.sessions.clone()))
+    }
+
+    fn credentials(&self) -> Credentials {
+        Credentials::Operator { key_id: self.key_id.clone(), secret: self.secret.clone() }
+    }
+}
+
+async fn launch(n: &mut DemoNode, shards: u32, listener: Listener, auth: &DemoAuth) -> Result<(), String> {
     let mut config = NodeConfig::new(n.id, n.info.clone(), &n.dir, shards);
     config.cluster_name = "walletd-demo".into();
     let node = LedgerNode::start(config, NodeEnv::production()).await.map_err(|e| e.to_string())?;
@@ -48,8 +106,42 @@ async fn launch(n: &mut DemoNode, shards: u32, listener: Listener) -> Result<(),
             eprintln!("node server stopped: {e}");
         }
     }));
+    let api_listener = rebind_api(&n.api_addr).await?;
+    n.api_addr = api_listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    let (draining_tx, draining) = watch::channel(false);
+    let service = WalletService::new(node.clone(), vec![n.info.addr.clone()], auth.authenticator(), draining.clone());
+    let api = tokio::spawn(async move {
+        if let Err(e) = serve(service, api_listener, draining).await {
+            eprintln!("wallet API stopped: {e}");
+        }
+    });
+    n.api = Some((draining_tx, api));
     n.node = Some(node);
     Ok(())
+}
+
+/// Drains the node's wallet API, then stops the node.
+async fn stop(n: &mut DemoNode) {
+    if let Some((draining, api)) = n.api.take() {
+        draining.send_replace(true);
+        let _ = api.await;
+    }
+    if let Some(node) = n.node.take() {
+        node.shutdown().await;
+    }
+    if let Some(server) = n.server.take() {
+        let _ = server.await;
+    }
+}
+
+async fn rebind_api(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    for _ in 0..50 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("could not listen on {addr}"))
 }
 
 fn step(title: &str) {
@@ -76,6 +168,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         }
     };
     println!("walletd demo: 3 regions, 1 node each, {} shards, data in {}", args.shards, root.display());
+    let auth = DemoAuth::new()?;
     let mut nodes = Vec::new();
     for (i, (region, zone)) in REGIONS.iter().enumerate() {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -85,11 +178,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             id,
             info: NodeInfo { addr, region: region.to_string(), zone: zone.to_string() },
             dir: root.join(format!("node-{id}")),
+            api_addr: "127.0.0.1:0".into(),
             node: None,
             server: None,
+            api: None,
         };
-        launch(&mut n, args.shards, listener).await?;
-        println!("  node {id}  {:<9} {:<12} listening on {}", region, zone, n.info.addr);
+        launch(&mut n, args.shards, listener, &auth).await?;
+        println!("  node {id}  {:<9} {:<12} raft {}  wallet API {}", region, zone, n.info.addr, n.api_addr);
         nodes.push(n);
     }
     let members: BTreeMap<NodeId, NodeInfo> = nodes.iter().map(|n| (n.id, n.info.clone())).collect();
@@ -189,12 +284,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let leader = leader.ok_or("no leader known for alice's shard")?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
     println!("  alice lives in shard {shard}; its leader is node {leader} ({}); stopping it", victim.info.region);
-    if let Some(node) = victim.node.take() {
-        node.shutdown().await;
-    }
-    if let Some(server) = victim.server.take() {
-        let _ = server.await;
-    }
+    stop(victim).await;
     let started = Instant::now();
     let after = run(Command::Bet {
         tx: t("bet-after-failover"),
@@ -215,7 +305,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     step("the stopped node restarts from its disk and catches up");
     let listener = rebind(&victim_addr(&nodes, leader)).await?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
-    launch(victim, args.shards, listener).await?;
+    launch(victim, args.shards, listener, &auth).await?;
     wait_converged(&nodes, shard).await?;
     println!("  node {leader} is back and holds the same chain as the others");
 
@@ -234,26 +324,51 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         }
     }
 
-    if args.no_wait {
+    step("the wallet API (gRPC, casino.wallet.v1) is served by every node");
+    let api_addr = nodes[0].api_addr.clone();
+    let tokens = match &auth.sessions {
+        Sessions::Memory(store) => {
+            store.login("alice", "demo-device", "127.0.0.1", 2).await.map_err(|e| e.to_string())?
+        }
+        Sessions::Redis(_) => unreachable!("the demo keeps sessions in memory"),
+    };
+    println!(
+        "  operator key {} (roles game, cashier, audit); a player token for alice on device demo-device",
+        auth.key_id
+    );
+    println!(
+        "  export WALLET_ADDR={api_addr} WALLET_KEY_ID={} WALLET_KEY_SECRET={}",
+        auth.key_id,
+        hex::encode(&auth.secret)
+    );
+    println!("  walletctl balance alice EUR");
+    println!("  walletctl history alice");
+    println!("  walletctl bet alice round-9 EUR 2.50");
+    println!("  walletctl watch alice          # follows new entries; Ctrl-C to stop");
+    println!("  walletctl proof {shard} 1");
+    println!("  WALLET_TOKEN={} WALLET_DEVICE=demo-device walletctl balance alice EUR", tokens.access_token);
+    println!("  grpcurl -plaintext {api_addr} list");
+
+    if args.load {
+        crate::load::demo(&api_addr_list(&nodes), auth.credentials(), args.clients, args.load_secs).await?;
+    } else if args.no_wait {
         println!("\ndemo finished; shutting down");
     } else {
-        println!("\nthe cluster keeps running. Try, in another terminal:");
-        println!("  walletd client --nodes {} balance --player alice --currency EUR", addrs.join(","));
-        println!("  walletd client --nodes {} status", addrs[0]);
-        println!("  walletd client --nodes {} entries --shard {shard}", addrs[0]);
-        println!("press Ctrl-C to stop");
+        println!(
+            "\nthe cluster keeps running (node API for `walletd client`: {}). Press Ctrl-C to stop",
+            addrs.join(",")
+        );
         tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
         println!("\nstopping");
     }
     for n in &mut nodes {
-        if let Some(node) = n.node.take() {
-            node.shutdown().await;
-        }
-        if let Some(server) = n.server.take() {
-            let _ = server.await;
-        }
+        stop(n).await;
     }
     Ok(())
+}
+
+fn api_addr_list(nodes: &[DemoNode]) -> Vec<String> {
+    nodes.iter().map(|n| n.api_addr.clone()).collect()
 }
 
 fn victim_addr(nodes: &[DemoNode], id: NodeId) -> String {

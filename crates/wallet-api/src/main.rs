@@ -55,6 +55,18 @@ struct StartArgs {
     /// A member for bootstrap: ID=HOST:PORT (repeat for each member).
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<PeerConfig>,
+    /// Serve the public wallet API here.
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// Operator API keys (TOML; see README).
+    #[arg(long)]
+    operator_keys: Option<PathBuf>,
+    /// Redis URL of the session store, for player tokens.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Session token signing key file (TOML with `kid` and `key`).
+    #[arg(long)]
+    session_key: Option<PathBuf>,
 }
 
 fn parse_peer(s: &str) -> Result<PeerConfig, String> {
@@ -69,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     // openraft reports every unreachable peer as a warning, which buries everything else.
     let default_filter = match cli.command {
         Cmd::Start(_) => "warn,openraft=error,raft_ledger=info,wallet_api=info",
-        Cmd::Client(_) | Cmd::Demo(_) => "error",
+        Cmd::Client(_) | Cmd::Demo(_) => "error,openraft=off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -98,6 +110,10 @@ fn main() -> anyhow::Result<()> {
                     rtt_ms: args.rtt_ms,
                     bootstrap: args.bootstrap.then_some(true),
                     peers: args.peers,
+                    api_listen: args.api_listen,
+                    operator_keys: args.operator_keys,
+                    redis_url: args.redis_url,
+                    session_key: args.session_key,
                 };
                 let config = file.overlay(flags).resolve()?;
                 wallet_api::start::run(config).await.map_err(anyhow::Error::msg)?;

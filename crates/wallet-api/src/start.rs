@@ -1,26 +1,84 @@
 //! `walletd start`: run one node until SIGINT or SIGTERM.
+//!
+//! Shutdown drains: the wallet API stops taking calls and finishes those in flight (their Raft
+//! proposals included) before the node's Raft groups stop.
+
+use std::time::Duration;
 
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeEnv};
+use tokio::sync::watch;
 
-use crate::config::StartConfig;
+use crate::api::auth::{Authenticator, load_keys, redis_sessions};
+use crate::api::service::{WalletService, serve};
+use crate::config::{ApiConfig, StartConfig};
+
+/// How long in-flight wallet calls may take to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn authenticator(api: &ApiConfig) -> Result<Authenticator, String> {
+    let keys = match &api.operator_keys {
+        Some(path) => load_keys(path)?,
+        None => Vec::new(),
+    };
+    let sessions = match (&api.redis_url, &api.session_key) {
+        (Some(url), Some(key)) => Some(redis_sessions(url, key).await?),
+        _ => None,
+    };
+    if keys.is_empty() && sessions.is_none() {
+        tracing::warn!("wallet API has no operator keys and no session store: every call will be refused");
+    }
+    Ok(Authenticator::new(keys, sessions))
+}
 
 /// Starts a node, serves it, bootstraps the cluster if asked, and shuts down cleanly on a signal.
 pub async fn run(config: StartConfig) -> Result<(), String> {
     let listener =
         Listener::bind_tcp(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let api_listener = match &config.api {
+        Some(api) => Some(
+            tokio::net::TcpListener::bind(&api.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {} for the wallet API: {e}", api.listen))?,
+        ),
+        None => None,
+    };
+    let auth = match &config.api {
+        Some(api) => Some(authenticator(api).await?),
+        None => None,
+    };
     let node_id = config.node.node_id;
     let advertised = config.node.info.addr.clone();
     let node = LedgerNode::start(config.node, NodeEnv::production()).await.map_err(|e| e.to_string())?;
     let serving = node.clone();
     let server = tokio::spawn(async move { serving.serve(listener).await });
+    let (draining_tx, draining) = watch::channel(false);
+    let api_server = match (api_listener, auth) {
+        (Some(l), Some(auth)) => {
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            let service = WalletService::new(node.clone(), vec![advertised.clone()], auth, draining.clone());
+            println!("walletd node {node_id} wallet API on {addr}");
+            Some(tokio::spawn(serve(service, l, draining.clone())))
+        }
+        _ => None,
+    };
     if let Some(members) = &config.bootstrap {
         node.bootstrap(members).await.map_err(|e| e.to_string())?;
     }
     // Scripts and tests wait for this line.
     println!("walletd node {node_id} ready on {advertised}");
     wait_for_signal().await;
-    tracing::info!("signal received; shutting down");
+    tracing::info!("signal received; draining the wallet API");
+    draining_tx.send_replace(true);
+    if let Some(api) = api_server {
+        match tokio::time::timeout(DRAIN_TIMEOUT, api).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("wallet API server: {e}"),
+            Ok(Err(e)) => tracing::warn!("wallet API task: {e}"),
+            Err(_) => tracing::warn!("calls still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
+        }
+    }
+    tracing::info!("shutting down the node");
     node.shutdown().await;
     match server.await {
         Ok(Ok(())) => Ok(()),

@@ -1,0 +1,17 @@
+//! Compiles `proto/casino/wallet/v1/wallet.proto` into the wallet's tonic client and server, and
+//! writes its encoded descriptor set, which server reflection serves to `grpcurl`.
+//!
+//! protox parses the file in pure Rust, so building needs no `protoc` on the machine.
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let file = root.join("casino/wallet/v1/wallet.proto");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let fds = protox::compile([&file], [&root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("wallet_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

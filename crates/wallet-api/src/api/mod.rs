@@ -1,0 +1,26 @@
+//! The public gRPC wallet API (`casino.wallet.v1.Wallet`): generated code, the pure mapping
+//! between protobuf messages and ledger commands, caller authentication, and the service.
+//!
+//! Layering: [`convert`] and [`errors`] are pure (no IO), [`auth`] reads only the operator key
+//! file and the session store, and [`service`] is the only part that talks to the ledger node.
+
+pub mod auth;
+pub mod client;
+pub mod convert;
+pub mod errors;
+pub mod service;
+
+/// Code generated from `proto/casino/wallet/v1/wallet.proto`.
+#[allow(unreachable_pub, missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("casino.wallet.v1");
+
+    /// The encoded descriptor set of `wallet.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wallet_descriptor.bin"));
+}
+
+/// The fully qualified service name, as health checks and reflection know it.
+pub const SERVICE_NAME: &str = "casino.wallet.v1.Wallet";
+/// Largest request the API decodes. Wallet calls are a few hundred bytes; anything near this is
+/// a mistake or an attack.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

@@ -1,0 +1,486 @@
+//! The `casino.wallet.v1.Wallet` service on a ledger node, with gRPC health and reflection.
+//!
+//! Each call is authenticated, validated at the edge, then run on the local replica when it
+//! leads the shard, or forwarded once to the leader otherwise (one hop: the leader runs it, it
+//! never forwards again), within the caller's gRPC deadline.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use prost::Message;
+use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
+use raft_ledger::node::{LedgerError, LedgerNode, ReadConsistency};
+use raft_ledger::{AccountRef, Command, Outcome, shard_for_player};
+use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use super::auth::{Authenticator, Caller, Rpc};
+use super::convert::{self, PROOF_LINKS_MAX, SCAN_MAX};
+use super::errors::{self, status};
+use super::pb;
+use super::pb::wallet_server::{Wallet, WalletServer};
+
+/// Metadata a client sets to get `NOT_LEADER` with the leader's address instead of forwarding.
+pub const NO_FORWARD_HEADER: &str = "x-wallet-no-forward";
+/// Response metadata on a retried call whose original response is being returned.
+pub const REPLAYED_HEADER: &str = "x-wallet-replayed";
+/// Deadline of a call that sets none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest deadline honoured; a longer one is cut to this.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Inner {
+    node: LedgerNode,
+    /// Where forwarded calls go; created on first use, once the local node serves.
+    forward: OnceCell<LedgerClient>,
+    seeds: Vec<String>,
+    auth: Authenticator,
+    draining: watch::Receiver<bool>,
+}
+
+/// The wallet service. Cheap to clone.
+#[derive(Clone)]
+pub struct WalletService {
+    inner: Arc<Inner>,
+}
+
+/// Parses the `grpc-timeout` header (an integer and a unit: H, M, S, m, u, n).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (n, unit) = value.split_at(value.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn deadline_of<T>(req: &Request<T>) -> Instant {
+    let wanted = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .unwrap_or(DEFAULT_DEADLINE);
+    Instant::now() + wanted.min(MAX_DEADLINE)
+}
+
+fn client_status(e: ClientError) -> Status {
+    match e {
+        ClientError::Invalid(r) => errors::rejection(r, None),
+        ClientError::Ledger(e) => errors::ledger(e),
+        ClientError::Indeterminate(..) => errors::ledger(LedgerError::Timeout),
+        ClientError::Node { message, .. } => errors::ledger(LedgerError::Unavailable(message)),
+    }
+}
+
+fn respond(key: &str, shard: u32, outcome: Outcome) -> Result<Response<pb::TransactionResponse>, Status> {
+    match outcome {
+        Outcome::Applied(r) => Ok(Response::new(convert::transaction(key, shard, &r))),
+        Outcome::Duplicate(r) => {
+            let mut resp = Response::new(convert::transaction(key, shard, &r));
+            resp.metadata_mut().insert(REPLAYED_HEADER, "true".parse().expect("ascii"));
+            Ok(resp)
+        }
+        Outcome::Rejected(r) | Outcome::AlreadyFailed(r) => Err(errors::rejection(r, None)),
+        Outcome::Conflict => Err(errors::key_reused(key)),
+    }
+}
+
+impl WalletService {
+    /// A service on `node`. `seeds` are node addresses for forwarding (the local node's own
+    /// address suffices: leaders are found from its hints). `draining` turns true at shutdown.
+    pub fn new(node: LedgerNode, seeds: Vec<String>, auth: Authenticator, draining: watch::Receiver<bool>) -> Self {
+        Self { inner: Arc::new(Inner { node, forward: OnceCell::new(), seeds, auth, draining }) }
+    }
+
+    async fn forwarder(&self) -> Result<&LedgerClient, Status> {
+        self.inner
+            .forward
+            .get_or_try_init(|| async {
+                let options = ClientOptions { deadline: Duration::from_secs(5), ..ClientOptions::default() };
+                LedgerClient::connect(self.inner.seeds.clone(), options).await
+            })
+            .await
+            .map_err(client_status)
+    }
+
+    fn check_draining(&self) -> Result<(), Status> {
+        if *self.inner.draining.borrow() { Err(errors::shutting_down()) } else { Ok(()) }
+    }
+
+    async fn caller<M: Message>(&self, req: &Request<M>, rpc: Rpc) -> Result<Caller, Status> {
+        self.check_draining()?;
+        let body = req.get_ref().encode_to_vec();
+        self.inner.auth.check(req.metadata(), req.remote_addr(), rpc, &body).await
+    }
+
+    /// Runs a command on its shard's leader before `deadline`.
+    async fn run(&self, shard: u32, cmd: Command, deadline: Instant, forward: bool) -> Result<Outcome, Status> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.inner.node.submit(Some(shard), cmd.clone(), left).await {
+            Err(LedgerError::NotLeader { .. }) if forward => {
+                self.forwarder().await?.submit_by(shard, cmd, deadline).await.map_err(client_status)
+            }
+            other => other.map_err(errors::ledger),
+        }
+    }
+
+    async fn mutate<M: Message>(
+        &self,
+        req: Request<M>,
+        rpc: Rpc,
+        build: fn(&M) -> Result<Command, Status>,
+        owner: fn(&M) -> &str,
+        key: fn(&M) -> &str,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        let caller = self.caller(&req, rpc).await?;
+        let deadline = deadline_of(&req);
+        let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
+        let msg = req.into_inner();
+        caller.must_own(owner(&msg))?;
+        let cmd = build(&msg)?;
+        let shard = self.inner.node.route(None, &cmd).map_err(errors::ledger)?;
+        let outcome = self.run(shard, cmd, deadline, forward).await?;
+        respond(key(&msg), shard, outcome)
+    }
+
+    fn shard_count(&self) -> u32 {
+        self.inner.node.config().shards
+    }
+
+    /// The shard a list or watch reads, after checking the caller may read it.
+    fn entries_scope(
+        &self,
+        caller: &Caller,
+        player: &str,
+        shard: u32,
+    ) -> Result<(u32, Option<raft_ledger::PlayerId>), Status> {
+        if player.is_empty() {
+            if !caller.is_operator() {
+                return Err(status(Code::PermissionDenied, "NOT_YOUR_WALLET", "players must name themselves", &[]));
+            }
+            if shard >= self.shard_count() {
+                return Err(errors::invalid_field("shard", format!("shard must be below {}", self.shard_count())));
+            }
+            return Ok((shard, None));
+        }
+        caller.must_own(player)?;
+        let p = convert::player(player, "player_id")?;
+        Ok((shard_for_player(&p, self.shard_count()).0, Some(p)))
+    }
+
+    /// Builds the tonic service with the API's message size limit.
+    pub fn into_server(self) -> WalletServer<Self> {
+        WalletServer::new(self).max_decoding_message_size(super::MAX_MESSAGE_BYTES).max_encoding_message_size(16 << 20)
+    }
+}
+
+type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::LedgerEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Wallet for WalletService {
+    async fn open_wallet(
+        &self,
+        req: Request<pb::OpenWalletRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::OpenWallet, convert::open, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::Deposit, convert::deposit, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn reserve_withdrawal(
+        &self,
+        req: Request<pb::ReserveWithdrawalRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::ReserveWithdrawal, convert::reserve, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn commit_withdrawal(
+        &self,
+        req: Request<pb::CommitWithdrawalRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::CommitWithdrawal, convert::commit, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn cancel_withdrawal(
+        &self,
+        req: Request<pb::CancelWithdrawalRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::CancelWithdrawal, convert::cancel, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn place_bet(&self, req: Request<pb::PlaceBetRequest>) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::PlaceBet, convert::bet, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn settle_win(
+        &self,
+        req: Request<pb::SettleWinRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::SettleWin, convert::win, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn rollback_bet(
+        &self,
+        req: Request<pb::RollbackBetRequest>,
+    ) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::RollbackBet, convert::rollback, |m| &m.player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn transfer(&self, req: Request<pb::TransferRequest>) -> Result<Response<pb::TransactionResponse>, Status> {
+        self.mutate(req, Rpc::Transfer, convert::transfer, |m| &m.from_player_id, |m| &m.idempotency_key).await
+    }
+
+    async fn get_balance(
+        &self,
+        req: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let caller = self.caller(&req, Rpc::GetBalance).await?;
+        let deadline = deadline_of(&req);
+        let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
+        let msg = req.into_inner();
+        caller.must_own(&msg.player_id)?;
+        let player = convert::player(&msg.player_id, "player_id")?;
+        let currency = convert::currency(&msg.currency)?;
+        let account = AccountRef::player(player.clone(), currency);
+        let shard = shard_for_player(&player, self.shard_count()).0;
+        let stale = msg.consistency == pb::ReadConsistency::Stale as i32;
+        let node = &self.inner.node;
+        let (view, lag) = if stale {
+            let view = node.balance(Some(shard), &account, ReadConsistency::Local).await.map_err(errors::ledger)?;
+            let lag = node.apply_lag(shard).unwrap_or(0);
+            (view, lag)
+        } else {
+            let view = match node.balance(Some(shard), &account, ReadConsistency::Linearizable).await {
+                Err(LedgerError::NotLeader { .. }) if forward => {
+                    self.forwarder().await?.balance_until(&account, shard, deadline).await.map_err(client_status)?
+                }
+                other => other.map_err(errors::ledger)?,
+            };
+            (view, 0)
+        };
+        let Some(balance) = view.balance else {
+            return Err(errors::rejection(raft_ledger::Rejection::UnknownAccount, Some("player_id")));
+        };
+        Ok(Response::new(pb::GetBalanceResponse {
+            balance: Some(convert::balance(&account, balance)),
+            consistency: if stale { pb::ReadConsistency::Stale } else { pb::ReadConsistency::Linearizable } as i32,
+            shard,
+            as_of_seq: view.journal_len,
+            as_of_unix_ms: i64::try_from(view.last_at.as_millis()).unwrap_or(i64::MAX),
+            lag_entries: lag,
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let caller = self.caller(&req, Rpc::ListEntries).await?;
+        let msg = req.into_inner();
+        let (shard, player) = self.entries_scope(&caller, &msg.player_id, msg.shard)?;
+        let page = convert::page_size(msg.page_size)? as usize;
+        let node = &self.inner.node;
+        let head_seq = node.head(shard).map_or(0, |h| h.0);
+        let mut next = msg.from_seq.max(1);
+        let scan_end = next.saturating_add(SCAN_MAX);
+        let mut entries = Vec::new();
+        'scan: while entries.len() < page && next < scan_end {
+            let chunk = node.entries(shard, next, 1000).map_err(errors::ledger)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for e in &chunk {
+                if player.as_ref().is_none_or(|p| convert::touches(e, p)) {
+                    entries.push(convert::entry(e));
+                }
+                next = e.seq + 1;
+                if entries.len() == page || next >= scan_end {
+                    break 'scan;
+                }
+            }
+        }
+        Ok(Response::new(pb::ListEntriesResponse { entries, next_seq: next, head_seq }))
+    }
+
+    type WatchEntriesStream = EntryStream;
+
+    async fn watch_entries(
+        &self,
+        req: Request<pb::WatchEntriesRequest>,
+    ) -> Result<Response<Self::WatchEntriesStream>, Status> {
+        let caller = self.caller(&req, Rpc::WatchEntries).await?;
+        let msg = req.into_inner();
+        let (shard, player) = self.entries_scope(&caller, &msg.player_id, msg.shard)?;
+        let (tx, rx) = mpsc::channel(256);
+        let node = self.inner.node.clone();
+        let mut draining = self.inner.draining.clone();
+        let mut next = msg.from_seq.max(1);
+        tokio::spawn(async move {
+            loop {
+                let chunk = match node.entries(shard, next, 512) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(errors::ledger(e))).await;
+                        return;
+                    }
+                };
+                if chunk.is_empty() {
+                    tokio::select! {
+                        _ = node.wait_for_entries(shard, next - 1, Duration::from_secs(1)) => {}
+                        _ = tx.closed() => return,
+                        _ = wait_true(&mut draining) => {
+                            // Tell the client to resume elsewhere rather than end silently.
+                            let _ = tx.send(Err(errors::shutting_down())).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                for e in chunk {
+                    next = e.seq + 1;
+                    if player.as_ref().is_none_or(|p| convert::touches(&e, p))
+                        && tx.send(Ok(convert::entry(&e))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_entry_proof(
+        &self,
+        req: Request<pb::GetEntryProofRequest>,
+    ) -> Result<Response<pb::GetEntryProofResponse>, Status> {
+        self.caller(&req, Rpc::GetEntryProof).await?;
+        let msg = req.into_inner();
+        if msg.shard >= self.shard_count() {
+            return Err(errors::invalid_field("shard", format!("shard must be below {}", self.shard_count())));
+        }
+        if msg.seq == 0 {
+            return Err(errors::invalid_field("seq", "seq starts at 1"));
+        }
+        let head = self.inner.node.head(msg.shard).map_or(0, |h| h.0);
+        let not_found = |seq: u64| {
+            status(
+                Code::NotFound,
+                "ENTRY_NOT_FOUND",
+                format!("shard {} has no entry {seq} yet (head {head})", msg.shard),
+                &[],
+            )
+        };
+        if msg.seq > head {
+            return Err(not_found(msg.seq));
+        }
+        let anchor = if msg.anchor_seq == 0 { head.min(msg.seq + PROOF_LINKS_MAX - 1) } else { msg.anchor_seq };
+        if anchor < msg.seq {
+            return Err(errors::invalid_field("anchor_seq", "anchor_seq must not be below seq"));
+        }
+        if anchor > head {
+            return Err(not_found(anchor));
+        }
+        if anchor - msg.seq >= PROOF_LINKS_MAX {
+            return Err(status(
+                Code::OutOfRange,
+                "PROOF_TOO_LONG",
+                format!("a proof spans at most {PROOF_LINKS_MAX} entries; choose a nearer anchor"),
+                &[("field", "anchor_seq")],
+            ));
+        }
+        let count = (anchor - msg.seq + 1) as u32;
+        let chain = self.inner.node.entries(msg.shard, msg.seq, count).map_err(errors::ledger)?;
+        let (Some(first), Some(last)) = (chain.first(), chain.last()) else {
+            return Err(not_found(msg.seq));
+        };
+        Ok(Response::new(pb::GetEntryProofResponse {
+            entry: Some(convert::entry(first)),
+            anchor_seq: last.seq,
+            anchor_hash: last.compute_hash().to_vec(),
+            links: chain.iter().map(|e| pb::ChainLink { seq: e.seq, encoding: e.encode() }).collect(),
+        }))
+    }
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn wait_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|d| *d).await;
+}
+
+/// Keeps `grpc.health.v1` current: the service is SERVING while every shard has a leader, and
+/// each shard reports under `casino.wallet.v1.Wallet/shard/<n>`.
+pub async fn report_health(
+    node: LedgerNode,
+    reporter: tonic_health::server::HealthReporter,
+    mut draining: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let status = node.status();
+        let mut all = true;
+        for s in &status.shards {
+            let ok = s.leader.is_some() && s.state != "Shutdown";
+            all &= ok;
+            let st = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status(format!("{}/shard/{}", super::SERVICE_NAME, s.shard), st).await;
+        }
+        let overall = if all { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status(super::SERVICE_NAME, overall).await;
+        reporter.set_service_status("", overall).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = wait_true(&mut draining) => {
+                reporter.set_service_status(super::SERVICE_NAME, ServingStatus::NotServing).await;
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves the wallet API, health and reflection on `listener` until `draining` turns true,
+/// then stops accepting calls and waits for those in flight.
+pub async fn serve(
+    service: WalletService,
+    listener: tokio::net::TcpListener,
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(service.inner.node.clone(), reporter, draining.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| e.to_string())?;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service.into_server())
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = draining.wait_for(|d| *d).await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
