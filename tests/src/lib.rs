@@ -6,41 +6,32 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `walletd` binary, built once per test run so it is never stale.
-pub fn walletd_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "wallet-api", "--bin", "walletd"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building walletd failed");
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> -> target/<profile>/walletd
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
-        let bin = profile_dir.join("walletd");
-        assert!(bin.exists(), "walletd not found at {}", bin.display());
-        bin
-    })
-    .clone()
+/// A binary of the wallet-api package, built once per test run so it is never stale.
+fn wallet_api_bin(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "wallet-api", "--bin", name])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {name} failed");
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{name} not found at {}", bin.display());
+    bin
 }
 
-/// The `walletctl` binary, built once per test run.
+/// The `walletd` binary.
+pub fn walletd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| wallet_api_bin("walletd")).clone()
+}
+
+/// The `walletctl` binary.
 pub fn walletctl_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "wallet-api", "--bin", "walletctl"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building walletctl failed");
-        let bin = walletd_bin().with_file_name("walletctl");
-        assert!(bin.exists(), "walletctl not found at {}", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| wallet_api_bin("walletctl")).clone()
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).

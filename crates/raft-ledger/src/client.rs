@@ -205,15 +205,6 @@ impl Inner {
         self.nodes[i % self.nodes.len()].clone()
     }
 
-    /// Calls the leader of `shard`, following hints and retrying until the client's deadline.
-    async fn on_leader<T, F, Fut>(&self, shard: u32, call: F) -> Result<T, ClientError>
-    where
-        F: FnMut(LedgerNodeClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Result<T, LedgerError>>, tonic::Status>>,
-    {
-        self.on_leader_until(shard, tokio::time::Instant::now() + self.options.deadline, call).await
-    }
-
     /// Calls the leader of `shard`, following hints and retrying until `deadline`.
     async fn on_leader_until<T, F, Fut>(
         &self,
@@ -349,16 +340,7 @@ impl LedgerClient {
             (None, Some(p)) => shard_for_player(p, self.inner.shard_count).0,
             (None, None) => return Err(ClientError::Ledger(LedgerError::NoShard)),
         };
-        self.inner
-            .on_leader(shard, |mut c| {
-                let req = BalanceRequest {
-                    shard: Some(shard),
-                    account: account.clone(),
-                    consistency: ReadConsistency::Linearizable,
-                };
-                async move { c.balance(req).await }
-            })
-            .await
+        self.balance_until(account, shard, tokio::time::Instant::now() + self.inner.options.deadline).await
     }
 
     /// A node's status.

@@ -192,6 +192,12 @@ fn describe(s: &Status) -> String {
     format!("{:?} {}: {}", s.code(), reason, s.message())
 }
 
+/// Prints a refusal and returns the exit code for it.
+fn refused(s: &Status) -> i32 {
+    eprintln!("refused: {}", describe(s));
+    2
+}
+
 fn account_name(a: &Option<pb::Account>) -> String {
     match a {
         Some(a) if a.kind == pb::AccountKind::Player as i32 => format!("{}/{}", a.player_id, a.currency),
@@ -266,7 +272,7 @@ impl Ctl {
                 Ok(0)
             }
             Err(s) => {
-                eprintln!("refused: {}", describe(&s));
+                refused(&s);
                 if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable) {
                     eprintln!("the outcome is unknown: run the same command again with the same --key");
                 }
@@ -399,10 +405,7 @@ pub async fn run(cli: Cli) -> Result<i32, String> {
                     );
                     Ok(0)
                 }
-                Err(s) => {
-                    eprintln!("refused: {}", describe(&s));
-                    Ok(2)
-                }
+                Err(s) => Ok(refused(&s)),
             }
         }
         Cmd::History { player, from, limit } => {
@@ -417,10 +420,7 @@ pub async fn run(cli: Cli) -> Result<i32, String> {
                 };
                 let page = match c.client.list_entries(c.req(Rpc::ListEntries, m)).await {
                     Ok(p) => p.into_inner(),
-                    Err(s) => {
-                        eprintln!("refused: {}", describe(&s));
-                        return Ok(2);
-                    }
+                    Err(s) => return Ok(refused(&s)),
                 };
                 for e in &page.entries {
                     show_entry(e);
@@ -462,10 +462,7 @@ pub async fn run(cli: Cli) -> Result<i32, String> {
                         }
                     }
                 }
-                Err(s) => {
-                    eprintln!("refused: {}", describe(&s));
-                    Ok(2)
-                }
+                Err(s) => Ok(refused(&s)),
             }
         }
     }
@@ -498,10 +495,7 @@ async fn watch(c: &mut Ctl, player: String, shard: u32, from: u64) -> Result<i32
             Err(s) if matches!(s.code(), tonic::Code::Unavailable) => {
                 eprintln!("cannot watch now ({}); retrying", describe(&s));
             }
-            Err(s) => {
-                eprintln!("refused: {}", describe(&s));
-                return Ok(2);
-            }
+            Err(s) => return Ok(refused(&s)),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

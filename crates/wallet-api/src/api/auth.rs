@@ -267,17 +267,18 @@ impl Authenticator {
         Self { keys, sessions }
     }
 
-    /// Authenticates and authorizes one call. `body` is the request message's protobuf encoding;
-    /// `remote` the peer address, the player's IP unless a front-end relays it.
+    /// Authenticates and authorizes one call. `body` gives the request message's protobuf
+    /// encoding, which only operator signatures need; `remote` is the peer address, the
+    /// player's IP unless a front-end relays it.
     pub async fn check(
         &self,
         metadata: &MetadataMap,
         remote: Option<SocketAddr>,
         rpc: Rpc,
-        body: &[u8],
+        body: impl FnOnce() -> Vec<u8>,
     ) -> Result<Caller, Status> {
         if let Some(key_id) = meta(metadata, KEY_HEADER) {
-            return self.check_operator(metadata, key_id, rpc, body);
+            return self.check_operator(metadata, key_id, rpc, &body());
         }
         if let Some(auth) = meta(metadata, "authorization") {
             return self.check_player(metadata, remote, auth, rpc).await;
@@ -385,21 +386,24 @@ mod tests {
         let secret = [0x11u8; 32];
         let now = now_ms();
         let m = signed("game-1", Rpc::PlaceBet, b"body", now, &secret);
-        assert!(a.check(&m, None, Rpc::PlaceBet, b"body").await.is_ok());
+        assert!(a.check(&m, None, Rpc::PlaceBet, || b"body".to_vec()).await.is_ok());
         let reason = |r: Result<Caller, Status>| super::super::errors::reason_of(&r.unwrap_err()).unwrap();
         // Another body, another method, another key, a stale timestamp, a wrong secret.
-        assert_eq!(reason(a.check(&m, None, Rpc::PlaceBet, b"bodY").await), "SIGNATURE_INVALID");
-        assert_eq!(reason(a.check(&m, None, Rpc::SettleWin, b"body").await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&m, None, Rpc::PlaceBet, || b"bodY".to_vec()).await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&m, None, Rpc::SettleWin, || b"body".to_vec()).await), "SIGNATURE_INVALID");
         let stale = signed("game-1", Rpc::PlaceBet, b"body", now - 600_000, &secret);
-        assert_eq!(reason(a.check(&stale, None, Rpc::PlaceBet, b"body").await), "TIMESTAMP_SKEW");
+        assert_eq!(reason(a.check(&stale, None, Rpc::PlaceBet, || b"body".to_vec()).await), "TIMESTAMP_SKEW");
         let forged = signed("game-1", Rpc::PlaceBet, b"body", now, &[0x12; 32]);
-        assert_eq!(reason(a.check(&forged, None, Rpc::PlaceBet, b"body").await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&forged, None, Rpc::PlaceBet, || b"body".to_vec()).await), "SIGNATURE_INVALID");
         let unknown = signed("nobody", Rpc::PlaceBet, b"body", now, &secret);
-        assert_eq!(reason(a.check(&unknown, None, Rpc::PlaceBet, b"body").await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&unknown, None, Rpc::PlaceBet, || b"body".to_vec()).await), "SIGNATURE_INVALID");
         // A game key cannot deposit.
         let dep = signed("game-1", Rpc::Deposit, b"d", now, &secret);
-        assert_eq!(reason(a.check(&dep, None, Rpc::Deposit, b"d").await), "ROLE_FORBIDDEN");
-        assert_eq!(reason(a.check(&MetadataMap::new(), None, Rpc::Deposit, b"d").await), "CREDENTIALS_MISSING");
+        assert_eq!(reason(a.check(&dep, None, Rpc::Deposit, || b"d".to_vec()).await), "ROLE_FORBIDDEN");
+        assert_eq!(
+            reason(a.check(&MetadataMap::new(), None, Rpc::Deposit, || b"d".to_vec()).await),
+            "CREDENTIALS_MISSING"
+        );
     }
 
     #[test]

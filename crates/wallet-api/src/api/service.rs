@@ -122,8 +122,7 @@ impl WalletService {
 
     async fn caller<M: Message>(&self, req: &Request<M>, rpc: Rpc) -> Result<Caller, Status> {
         self.check_draining()?;
-        let body = req.get_ref().encode_to_vec();
-        self.inner.auth.check(req.metadata(), req.remote_addr(), rpc, &body).await
+        self.inner.auth.check(req.metadata(), req.remote_addr(), rpc, || req.get_ref().encode_to_vec()).await
     }
 
     /// Runs a command on its shard's leader before `deadline`.
@@ -145,8 +144,8 @@ impl WalletService {
         owner: fn(&M) -> &str,
         key: fn(&M) -> &str,
     ) -> Result<Response<pb::TransactionResponse>, Status> {
-        let caller = self.caller(&req, rpc).await?;
         let deadline = deadline_of(&req);
+        let caller = self.caller(&req, rpc).await?;
         let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
         let msg = req.into_inner();
         caller.must_own(owner(&msg))?;
@@ -249,8 +248,8 @@ impl Wallet for WalletService {
         &self,
         req: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
-        let caller = self.caller(&req, Rpc::GetBalance).await?;
         let deadline = deadline_of(&req);
+        let caller = self.caller(&req, Rpc::GetBalance).await?;
         let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
         let msg = req.into_inner();
         caller.must_own(&msg.player_id)?;
