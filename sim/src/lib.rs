@@ -1,5 +1,14 @@
 //! Deterministic simulation of the replicated ledger on turmoil.
 //!
-//! Not built yet: the seeded simulator, its scenarios and `sim run/sweep/repro/shrink` are issue 7.
-//! What exists today is the single turmoil test in `crates/raft-ledger/tests/`, which runs a real
-//! 3-node shard over turmoil's network and disk.
+//! A seed derives a whole run ([`config::SimConfig`]): three regions of nodes with per-link
+//! latencies, the shard count, Raft timing from the round-trip time, a workload of retrying
+//! clients that reuse ids on purpose, and a scenario's fault schedule. [`run::run`] executes it
+//! with the real `raft-ledger` nodes (the code `walletd` runs) on turmoil's simulated network and
+//! disk, checks the invariants after every step, and folds every event into a trace hash: the
+//! same seed gives the same hash.
+
+pub mod config;
+pub mod crash;
+pub mod rng;
+pub mod run;
+mod workload;

@@ -18,7 +18,9 @@ use wallet_api::api::pb::{self, wallet_client::WalletClient};
 
 const SHARDS: u32 = 2;
 const T: Duration = Duration::from_secs(10);
-const REDIS: &str = "redis://127.0.0.1:6379";
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
 
 struct Cluster {
     secrets: Vec<String>,
@@ -72,7 +74,7 @@ impl Cluster {
                 "--operator-keys".into(),
                 keys_path.display().to_string(),
                 "--redis-url".into(),
-                REDIS.into(),
+                redis_url(),
                 "--session-key".into(),
                 session_path.display().to_string(),
                 "--rtt-ms".into(),
@@ -89,7 +91,7 @@ impl Cluster {
                 &extra,
             ));
         }
-        let backend = RedisBackend::connect(REDIS, &prefix, Duration::from_secs(2)).await.expect("redis");
+        let backend = RedisBackend::connect(&redis_url(), &prefix, Duration::from_secs(2)).await.expect("redis");
         let key: [u8; 32] = hex::decode(&session_key).unwrap().try_into().unwrap();
         let sessions = SessionStore::new(
             backend,

@@ -341,7 +341,9 @@ impl Writer {
             }
         }
         self.active.append(&buf)?;
-        self.active.sync()?;
+        if !crate::planted::planted(crate::planted::Bug::AckBeforeFsync) {
+            self.active.sync()?;
+        }
         self.active_len += buf.len() as u64;
         Ok(())
     }

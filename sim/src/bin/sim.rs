@@ -1,0 +1,277 @@
+//! `sim`: run, sweep, reproduce and shrink deterministic simulations. See README, "Simulation".
+
+// Floats here are rates for the summary line, never money.
+#![allow(clippy::float_arithmetic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use sim::config::{SimConfig, bug};
+use sim::crash::{CrashFile, repro_command, shrink};
+use sim::run::{RunReport, run};
+
+#[derive(Parser)]
+#[command(name = "sim", about = "Deterministic simulation of the replicated ledger on turmoil")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one seed: print the derived configuration, check after every step, and end with the
+    /// trace hash.
+    Run {
+        /// The seed that derives the run.
+        #[arg(long, required_unless_present = "config")]
+        seed: Option<u64>,
+        /// Run a scenario file (a configuration as JSON, e.g. written by --write-config and
+        /// edited) instead of deriving one from a seed.
+        #[arg(long, conflicts_with = "seed")]
+        config: Option<PathBuf>,
+        /// Write the configuration this run uses as JSON, to edit into a scenario file.
+        #[arg(long)]
+        write_config: Option<PathBuf>,
+        /// A scenario name, `random` (a mix), or `all` (the seed picks one).
+        #[arg(long, default_value = "random")]
+        scenario: String,
+        /// Stop after this many simulation steps.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Plant a known bug (ack-before-fsync, skip-idempotency): the run should fail.
+        #[arg(long)]
+        plant: Option<String>,
+        /// Run twice and fail unless both trace hashes are equal.
+        #[arg(long)]
+        twice: bool,
+        /// Where to write a crash file on a violation.
+        #[arg(long, default_value = "sim-crashes")]
+        out: PathBuf,
+    },
+    /// Run a range of seeds in parallel with a progress bar.
+    Sweep {
+        /// Seeds `A..B` (B excluded).
+        #[arg(long)]
+        seeds: String,
+        #[arg(long, default_value = "all")]
+        scenario: String,
+        /// Parallel runs (default: CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long)]
+        plant: Option<String>,
+        #[arg(long, default_value = "sim-crashes")]
+        out: PathBuf,
+        /// Also run every seed a second time and fail on a different trace hash.
+        #[arg(long)]
+        twice: bool,
+    },
+    /// Replay a crash file.
+    Repro { file: PathBuf },
+    /// Minimise a crash file's faults and workload while the same check still fails.
+    Shrink { file: PathBuf },
+}
+
+fn summary(r: &RunReport) -> String {
+    format!(
+        "steps {} simulated {} ms events {} ops: {} applied, {} refused, {} indeterminate",
+        r.steps, r.sim_ms, r.events, r.acked, r.refused, r.indeterminate
+    )
+}
+
+fn report_violation(cfg: &SimConfig, steps: Option<u64>, r: &RunReport, out: &Path) -> Result<(), String> {
+    let v = r.violation.as_ref().expect("a violation");
+    println!("VIOLATION {} at step {} ({} ms of simulated time): {}", v.check, v.step, v.at_ms, v.detail);
+    println!("seed {} scenario {}", cfg.seed, cfg.scenario);
+    println!("reproduce: {}", repro_command(cfg, steps));
+    let crash = CrashFile { config: cfg.clone(), steps, violation: v.clone(), trace_hash: r.trace_hash.clone() };
+    let path = crash.write(out)?;
+    println!("crash file: {} (sim repro / sim shrink take it)", path.display());
+    Ok(())
+}
+
+fn configured(seed: u64, scenario: &str, plant: &Option<String>) -> Result<SimConfig, String> {
+    let mut cfg = SimConfig::derive(seed, scenario)?;
+    if let Some(p) = plant {
+        bug(p)?;
+        cfg.plant = Some(p.clone());
+    }
+    Ok(cfg)
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once("..").ok_or("expected A..B")?;
+    let a: u64 = a.parse().map_err(|_| format!("bad seed {a:?}"))?;
+    let b: u64 = b.parse().map_err(|_| format!("bad seed {b:?}"))?;
+    if b <= a {
+        return Err("the range is empty".into());
+    }
+    Ok((a, b))
+}
+
+fn main() {
+    let code = match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sim: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn real_main() -> Result<i32, String> {
+    match Cli::parse().cmd {
+        Cmd::Run { seed, config, write_config, scenario, steps, plant, twice, out } => {
+            let cfg = match (seed, config) {
+                (Some(seed), _) => configured(seed, &scenario, &plant)?,
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                (None, None) => return Err("give --seed or --config".into()),
+            };
+            if let Some(path) = write_config {
+                let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
+                std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+                println!("configuration written to {}", path.display());
+            }
+            for line in cfg.describe() {
+                println!("{line}");
+            }
+            let r = run(&cfg, steps);
+            println!("{}", summary(&r));
+            let mut code = 0;
+            if r.violation.is_some() {
+                report_violation(&cfg, steps, &r, &out)?;
+                code = 1;
+            } else {
+                println!("all checks passed");
+            }
+            if twice {
+                let again = run(&cfg, steps);
+                if again.trace_hash != r.trace_hash {
+                    println!("NONDETERMINISM: the second run's trace hash is {}", again.trace_hash);
+                    code = 1;
+                } else {
+                    println!("second run: identical trace");
+                }
+            }
+            println!("trace-hash: {}", r.trace_hash);
+            Ok(code)
+        }
+        Cmd::Sweep { seeds, scenario, jobs, plant, out, twice } => {
+            let (a, b) = parse_range(&seeds)?;
+            configured(a, &scenario, &plant)?;
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let bar = indicatif::ProgressBar::new(b - a);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} eta {eta} {msg}")
+                    .map_err(|e| e.to_string())?,
+            );
+            let next = AtomicU64::new(a);
+            let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..jobs {
+                    scope.spawn(|| {
+                        loop {
+                            let seed = next.fetch_add(1, Ordering::Relaxed);
+                            if seed >= b {
+                                return;
+                            }
+                            let cfg = configured(seed, &scenario, &plant).expect("checked above");
+                            let r = run(&cfg, None);
+                            let mut problem = None;
+                            if r.violation.is_some() {
+                                bar.suspend(|| {
+                                    let _ = report_violation(&cfg, None, &r, &out);
+                                });
+                                problem = r.violation.as_ref().map(|v| v.check.clone());
+                            } else if twice && run(&cfg, None).trace_hash != r.trace_hash {
+                                problem = Some("nondeterminism".into());
+                                bar.suspend(|| println!("NONDETERMINISM at seed {seed} ({})", cfg.scenario));
+                            }
+                            if let Some(p) = problem {
+                                let mut f = failures.lock().expect("failures lock");
+                                f.push((seed, p));
+                                bar.set_message(format!("{} failing", f.len()));
+                            }
+                            bar.inc(1);
+                        }
+                    });
+                }
+            });
+            bar.finish();
+            let secs = started.elapsed().as_secs_f64();
+            let f = failures.into_inner().expect("failures lock");
+            println!(
+                "swept {} seeds ({}) with {jobs} jobs in {secs:.1} s: {:.2} seeds/s, {} failing",
+                b - a,
+                scenario,
+                (b - a) as f64 / secs,
+                f.len()
+            );
+            for (seed, check) in &f {
+                println!("  seed {seed}: {check}");
+            }
+            Ok(if f.is_empty() { 0 } else { 1 })
+        }
+        Cmd::Repro { file } => {
+            let crash = CrashFile::read(&file)?;
+            for line in crash.config.describe() {
+                println!("{line}");
+            }
+            let r = run(&crash.config, crash.steps);
+            println!("{}", summary(&r));
+            println!("trace-hash: {}", r.trace_hash);
+            match &r.violation {
+                Some(v) if v == &crash.violation && r.trace_hash == crash.trace_hash => {
+                    println!("reproduced exactly: {} at step {}: {}", v.check, v.step, v.detail);
+                    Ok(1)
+                }
+                Some(v) => {
+                    println!("reproduced differently: {} at step {}: {}", v.check, v.step, v.detail);
+                    Ok(1)
+                }
+                None => {
+                    println!("did not reproduce: all checks passed");
+                    Ok(0)
+                }
+            }
+        }
+        Cmd::Shrink { file } => {
+            let crash = CrashFile::read(&file)?;
+            println!(
+                "shrinking {}: {} faults, {} clients x {} ops, {} shards; failing check {}",
+                file.display(),
+                crash.config.faults.len(),
+                crash.config.clients,
+                crash.config.ops_per_client,
+                crash.config.shards,
+                crash.violation.check
+            );
+            let small = shrink(&crash, |line| println!("  {line}"));
+            let path = file.with_extension("shrunk.json");
+            let text = serde_json::to_string_pretty(&small).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "shrunk to {} faults, {} clients x {} ops, {} shards; still {}: {}",
+                small.config.faults.len(),
+                small.config.clients,
+                small.config.ops_per_client,
+                small.config.shards,
+                small.violation.check,
+                small.violation.detail
+            );
+            for line in small.config.describe() {
+                println!("  {line}");
+            }
+            println!("written to {} (replay with sim repro)", path.display());
+            Ok(0)
+        }
+    }
+}
