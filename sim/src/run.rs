@@ -266,6 +266,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, shared: &SharedRef, f: &mu
 
 /// Per-step checks over every running replica's in-memory state.
 struct Checker {
+    /// History entries already checked against every replica.
+    acks_checked: usize,
     /// The hash each shard's chain has at each sequence, as first seen on any replica.
     canonical: BTreeMap<(u32, u64), [u8; 32]>,
     /// The leader seen for each (shard, term).
@@ -275,8 +277,37 @@ struct Checker {
 }
 
 impl Checker {
+    /// Every acknowledged command whose entry a replica's chain has reached must be remembered
+    /// there, applied at the acknowledged sequence: an acknowledged write is never lost, and a
+    /// second application would have moved its record.
+    fn check_acks(shared: &SharedRef, id: NodeId, node: &LedgerNode, ops: &[workload::Op]) {
+        for op in ops {
+            let workload::Known::Applied(Some(seq)) = op.known else { continue };
+            let Some((head, recalled)) = node.recall(op.shard, op.cmd.tx()) else { continue };
+            if head < seq || recalled == Some(raft_ledger::Recall::Applied(Some(seq))) {
+                continue;
+            }
+            let check = if recalled.is_none() { "lost-ack" } else { "double-apply" };
+            shared.borrow_mut().violate(
+                check,
+                format!(
+                    "n{id} shard {}: {} acknowledged at seq {seq}, replica (head {head}) has {recalled:?}",
+                    op.shard,
+                    op.cmd.tx()
+                ),
+            );
+            return;
+        }
+    }
+
     fn check(&mut self, cfg: &SimConfig, shared: &SharedRef) {
         let nodes: Vec<(NodeId, LedgerNode)> = shared.borrow().nodes.iter().map(|(i, n)| (*i, n.clone())).collect();
+        // Commands acknowledged since the last step, against every running replica.
+        let fresh: Vec<workload::Op> = shared.borrow().history.ops[self.acks_checked..].to_vec();
+        self.acks_checked += fresh.len();
+        for (id, node) in &nodes {
+            Self::check_acks(shared, *id, node, &fresh);
+        }
         for (id, node) in nodes {
             for st in node.status().shards {
                 if st.state == "Leader" {
@@ -295,6 +326,10 @@ impl Checker {
                     continue;
                 }
                 self.heads.insert((id, shard), head);
+                // The replica's chain moved (or restarted): every acknowledgement again.
+                let all: Vec<workload::Op> =
+                    shared.borrow().history.ops.iter().filter(|o| o.shard == shard).cloned().collect();
+                Self::check_acks(shared, id, &node, &all);
                 shared.borrow_mut().event(&format!("n{id} s{shard} head {} {}", head.0, hex::encode(&head.1[..6])));
                 if head.0 > 0 {
                     let seen = *self.canonical.entry((shard, head.0)).or_insert(head.1);
@@ -363,7 +398,8 @@ pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
     }
     set_latencies(&sim, &cfg);
     let mut faults = Faults { crashed: BTreeSet::new(), cut: BTreeSet::new(), slowed: false };
-    let mut checker = Checker { canonical: BTreeMap::new(), leaders: BTreeMap::new(), heads: BTreeMap::new() };
+    let mut checker =
+        Checker { acks_checked: 0, canonical: BTreeMap::new(), leaders: BTreeMap::new(), heads: BTreeMap::new() };
     let mut next_fault = 0;
     let mut steps = 0u64;
     let mut violation = None;

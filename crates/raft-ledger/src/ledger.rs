@@ -81,6 +81,15 @@ struct AppliedRecord {
     balances: [Balance; 2],
 }
 
+/// What a ledger remembers of a transaction id, for audits and the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recall {
+    /// A command applied under the id; its entry's sequence, if it made one.
+    Applied(Option<u64>),
+    /// A command under the id was refused.
+    Refused(Rejection),
+}
+
 /// What the ledger remembers under a transaction id, for the retention window.
 ///
 /// Bets and rollback tombstones live here too rather than in maps of their own: they are keyed
@@ -310,6 +319,16 @@ impl Ledger {
         match result {
             Ok(receipt) => Outcome::Applied(receipt),
             Err(rejection) => Outcome::Rejected(rejection),
+        }
+    }
+
+    /// What the ledger remembers of a transaction id; `None` when the id is unknown (or its
+    /// retention window has passed).
+    pub fn recall(&self, tx: &TxId) -> Option<Recall> {
+        match self.ids.get(&id_key(tx)).map(|r| &r.state) {
+            Some(IdState::Ran { result: Ok(a), .. }) => Some(Recall::Applied(a.seq)),
+            Some(IdState::Ran { result: Err(r), .. }) => Some(Recall::Refused(*r)),
+            _ => None,
         }
     }
 

@@ -36,7 +36,7 @@ pub use codec::DecodeError;
 pub use command::{Command, CommandKind, HOLD_TIMEOUT_DEFAULT_MS, HOLD_TIMEOUT_MAX_MS, HOLD_TIMEOUT_MIN_MS};
 pub use entry::{ENTRY_FORMAT_VERSION, Entry, EntryKind, Hash, genesis_hash};
 pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
-pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage};
+pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage, Recall};
 pub use money::{AMOUNT_MAX, Amount, Balance, Currency};
 pub use outcome::{IdField, Outcome, Receipt, Rejection};
 pub use shard::{ShardId, shard_for_player};

@@ -18,7 +18,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::account::AccountRef;
 use crate::command::Command;
 use crate::entry::{Entry, Hash};
+use crate::ids::TxId;
 use crate::ledger::LedgerConfig;
+use crate::ledger::Recall;
 use crate::money::Balance;
 use crate::net::env::{Listener, Net};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
@@ -621,6 +623,15 @@ impl LedgerNode {
             let committed = m.local_committed.map_or(0, |l| l.index);
             let applied = m.last_applied.map_or(0, |l| l.index);
             committed.saturating_sub(applied)
+        })
+    }
+
+    /// What this replica's ledger remembers of a transaction id (see [`crate::Ledger::recall`]), with
+    /// the chain length it reflects; `None` for a shard this node does not host.
+    pub fn recall(&self, shard: u32, tx: &TxId) -> Option<(u64, Option<Recall>)> {
+        self.inner.shard(shard).map(|s| {
+            let st = s.cell.read();
+            (st.ledger.head().0, st.ledger.recall(tx))
         })
     }
 

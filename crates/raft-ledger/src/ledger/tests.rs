@@ -581,3 +581,24 @@ fn verify_reports_a_flipped_byte_at_its_entry() {
         }
     }
 }
+
+#[test]
+fn recall_reports_what_an_id_did() {
+    let mut l = Ledger::new(ShardId(0), LedgerConfig::default());
+    let mut sink = Vec::new();
+    let at = ClusterTime::from_millis(1_000);
+    let alice = PlayerId::new("alice").unwrap();
+    let open = Command::OpenAccount { tx: TxId::new("o").unwrap(), player: alice.clone(), currency: cur("EUR") };
+    assert!(matches!(l.apply(&open, at, &mut sink), Outcome::Applied(_)));
+    let bet = Command::Bet {
+        tx: TxId::new("b").unwrap(),
+        player: alice,
+        round: RoundId::new("r").unwrap(),
+        currency: cur("EUR"),
+        amount: Amount::new(5).unwrap(),
+    };
+    assert!(matches!(l.apply(&bet, at, &mut sink), Outcome::Rejected(Rejection::InsufficientFunds)));
+    assert_eq!(l.recall(&TxId::new("o").unwrap()), Some(Recall::Applied(Some(1))));
+    assert_eq!(l.recall(&TxId::new("b").unwrap()), Some(Recall::Refused(Rejection::InsufficientFunds)));
+    assert_eq!(l.recall(&TxId::new("never").unwrap()), None);
+}
