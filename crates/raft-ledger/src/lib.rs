@@ -24,6 +24,7 @@ mod money;
 pub mod net;
 pub mod node;
 mod outcome;
+pub mod placement;
 pub mod planted;
 pub mod raft;
 mod shard;

@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
     pub logs_kept_after_snapshot: u64,
+    /// Each shard's home region (from the topology's placement). A leader outside its shard's
+    /// home hands leadership to a healthy, caught-up voter there. Empty: leaders stay put.
+    pub home_regions: BTreeMap<u32, String>,
 }
 
 impl NodeConfig {
@@ -76,6 +79,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(500),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
+            home_regions: BTreeMap::new(),
         }
     }
 }
@@ -355,6 +359,9 @@ impl LedgerNode {
         let node = Self { inner };
         for (shard, rx) in queues {
             tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
+            if let Some(home) = node.inner.config.home_regions.get(&shard.id.0) {
+                tokio::spawn(home_loop(node.inner.clone(), shard.clone(), home.clone()));
+            }
             tokio::spawn(propose_loop(node.inner.clone(), shard, rx));
         }
         Ok(node)
@@ -762,6 +769,60 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
 
 /// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
 /// in cluster time even when no command arrives.
+/// Checks that a home voter must pass in a row before leadership moves to it: hysteresis, so a
+/// region that flaps does not drag leadership back and forth.
+const HOME_HEALTHY_CHECKS: u32 = 3;
+/// A voter counts as caught up when it trails the leader's log by at most this many entries.
+const HOME_CAUGHT_UP_SLACK: u64 = 64;
+
+/// Leader placement: while this node leads `shard` from outside the shard's home region, hand
+/// leadership to a voter in the home region once that voter has been reachable and caught up
+/// for [`HOME_HEALTHY_CHECKS`] checks in a row, and at most once per cool-down. When the home
+/// region is down, nothing qualifies and leadership stays where the election put it.
+async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: String) {
+    let mut stop = node.stop.subscribe();
+    // Several heartbeats apart, so a check sees replication progress, not one RPC's luck.
+    let period = Duration::from_millis((node.config.rtt_ms * 10).clamp(300, 5_000));
+    let cooldown = period * 10;
+    let mut healthy_checks = 0u32;
+    let mut last_transfer: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m: RaftMetrics<TypeConfig> = shard.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader || node.config.info.region == home {
+            healthy_checks = 0;
+            continue;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let target =
+            membership.voter_ids().filter(|id| membership.get_node(id).is_some_and(|n| n.region == home)).find(|id| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index + HOME_CAUGHT_UP_SLACK >= last)
+            });
+        let Some(target) = target else {
+            healthy_checks = 0;
+            continue;
+        };
+        healthy_checks += 1;
+        if healthy_checks < HOME_HEALTHY_CHECKS || last_transfer.is_some_and(|t| t.elapsed() < cooldown) {
+            continue;
+        }
+        tracing::info!(shard = %shard.id, to = target, region = %home, "moving leadership home");
+        if let Err(e) = shard.raft.trigger().transfer_leader(target).await {
+            tracing::warn!(shard = %shard.id, "leader transfer failed: {e}");
+        }
+        last_transfer = Some(tokio::time::Instant::now());
+        healthy_checks = 0;
+    }
+}
+
 async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
     let mut stop = node.stop.subscribe();
     let mut interval = tokio::time::interval(node.config.tick_interval);

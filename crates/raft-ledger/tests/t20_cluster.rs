@@ -365,3 +365,48 @@ async fn t25_bad_input_over_the_wire_is_refused_and_changes_nothing() {
     }
     cluster.shutdown().await;
 }
+
+/// Homes dealt round-robin over the test regions: shard s lives in `region-{s % 3}`, where node
+/// `s % 3` (or node 3 for region-0) sits.
+fn homes(config: &mut raft_ledger::node::NodeConfig) {
+    config.home_regions = (0..config.shards).map(|s| (s, format!("region-{}", s % 3))).collect();
+}
+
+fn home_node(shard: u32) -> raft_ledger::raft::NodeId {
+    match shard % 3 {
+        0 => 3,
+        r => u64::from(r),
+    }
+}
+
+async fn all_led_from_home(cluster: &Cluster) -> bool {
+    common::wait_for(Duration::from_secs(30), || {
+        (0..cluster.shards)
+            .all(|s| cluster.running().all(|n| n.status().shards[s as usize].leader == Some(home_node(s))))
+            .then_some(())
+    })
+    .await
+    .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t26_leaders_go_home_survive_losing_it_and_return_when_it_is_back() {
+    let mut cluster = Cluster::start_with(3, 6, homes).await;
+    assert!(all_led_from_home(&cluster).await, "every region leads its own shards: active-active");
+
+    // Region 1 (node 1) is lost: its shards elect leaders in the surviving regions and keep
+    // taking writes.
+    cluster.stop(1).await;
+    let client = cluster.client().await;
+    let p = (0..).map(|i| format!("p{i}")).find(|p| shard_for_player(&player(p), 6).0 % 3 == 1).unwrap();
+    assert!(applied(&client.submit(open("open-p", &p)).await.unwrap()));
+    for s in [1, 4] {
+        let l = cluster.wait_leader(s).await;
+        assert_ne!(l, 1, "shard {s} leads from a surviving region");
+    }
+
+    // Region 1 returns: after the hysteresis, its shards go home again.
+    cluster.restart(1).await;
+    assert!(all_led_from_home(&cluster).await, "leaders returned home");
+    cluster.shutdown().await;
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use raft_ledger::node::NodeConfig;
+use raft_ledger::placement::Topology;
 use raft_ledger::raft::{NodeId, NodeInfo};
 use serde::Deserialize;
 use thiserror::Error;
@@ -60,6 +61,10 @@ pub struct FileConfig {
     pub redis_url: Option<String>,
     /// File holding the session token signing key: `kid = "..."` and `key = "<64 hex>"`.
     pub session_key: Option<PathBuf>,
+    /// The cluster's topology file (regions, nodes, zones, shards, replication, RTTs). With it,
+    /// shards get home regions that lead them, Raft timing derives from the RTTs, and
+    /// `--bootstrap` takes its members from the file.
+    pub topology: Option<PathBuf>,
 }
 
 /// A configuration problem, reported before anything starts.
@@ -74,6 +79,43 @@ pub enum ConfigError {
     /// The file could not be read or parsed.
     #[error("config file {0}: {1}")]
     File(String, String),
+}
+
+/// Reads and checks a topology file.
+pub fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
+    let file = |e: String| ConfigError::File(path.display().to_string(), e);
+    let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+    let t: Topology = toml::from_str(&text).map_err(|e| file(e.to_string()))?;
+    t.validate().map_err(|e| file(e.to_string()))?;
+    Ok(t)
+}
+
+/// The placement of a topology, as `walletd placement` prints it.
+pub fn describe_placement(t: &Topology) -> String {
+    use std::fmt::Write;
+    let rtt = t.quorum_rtt_ms();
+    let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} shards, replication {}, quorum RTT {rtt} ms: heartbeat {} ms, election timeout {}-{} ms",
+        t.shards, t.replication, timing.heartbeat_interval, timing.election_timeout_min, timing.election_timeout_max
+    );
+    let zone = |id| t.regions.iter().flat_map(|r| &r.nodes).find(|n| n.id == id).map_or("?", |n| n.zone.as_str());
+    let mut leads: BTreeMap<&str, u32> = BTreeMap::new();
+    let placement = t.place();
+    for p in &placement {
+        let voters: Vec<String> =
+            p.voters.iter().map(|v| format!("n{v}@{}/{}", t.region_of(*v).unwrap_or("?"), zone(*v))).collect();
+        let _ = writeln!(out, "shard {:>4}  home {:<12} voters {}", p.shard, p.home, voters.join(" "));
+    }
+    for r in &t.regions {
+        leads.insert(r.name.as_str(), placement.iter().filter(|p| p.home == r.name).count() as u32);
+    }
+    for (r, n) in leads {
+        let _ = writeln!(out, "region {r:<12} is home to {n} shards");
+    }
+    out
 }
 
 /// A fully resolved node setup.
@@ -129,7 +171,8 @@ impl FileConfig {
             api_listen,
             operator_keys,
             redis_url,
-            session_key
+            session_key,
+            topology
         );
         if !other.peers.is_empty() {
             self.peers = other.peers;
@@ -158,13 +201,45 @@ impl FileConfig {
             region: self.region.unwrap_or_else(|| "default".into()),
             zone: self.zone.unwrap_or_else(|| "default".into()),
         };
+        let topology = match &self.topology {
+            Some(path) => Some(load_topology(path)?),
+            None => None,
+        };
+        let mut info = info;
+        let shards = match &topology {
+            Some(t) => {
+                if self.shards.is_some_and(|s| s != t.shards) {
+                    return Err(ConfigError::Invalid("shards", format!("the topology says {} shards", t.shards)));
+                }
+                let region = t.region_of(node_id).ok_or_else(|| {
+                    ConfigError::Invalid("topology", format!("node {node_id} is not in the topology"))
+                })?;
+                info.region = region.to_string();
+                t.shards
+            }
+            None => shards,
+        };
         let mut node = NodeConfig::new(node_id, info.clone(), data_dir, shards);
         if let Some(name) = self.cluster_name {
             node.cluster_name = name;
         }
-        node.rtt_ms = self.rtt_ms.unwrap_or(1);
+        node.rtt_ms = self.rtt_ms.or(topology.as_ref().map(|t| t.quorum_rtt_ms())).unwrap_or(1);
+        if let Some(t) = &topology {
+            node.home_regions = t.homes();
+        }
         node.tick_interval = Duration::from_millis(500);
-        let bootstrap = if self.bootstrap.unwrap_or(false) {
+        let bootstrap = if let (true, Some(t)) = (self.bootstrap.unwrap_or(false), &topology) {
+            let members = t
+                .regions
+                .iter()
+                .flat_map(|r| {
+                    r.nodes.iter().map(|n| {
+                        (n.id, NodeInfo { addr: n.addr.clone(), region: r.name.clone(), zone: n.zone.clone() })
+                    })
+                })
+                .collect();
+            Some(members)
+        } else if self.bootstrap.unwrap_or(false) {
             let mut members = BTreeMap::new();
             for p in self.peers {
                 let region = if p.region.is_empty() { "default".into() } else { p.region };
@@ -222,6 +297,56 @@ mod tests {
         let members = c.bootstrap.unwrap();
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2], "the node adds itself");
         assert_eq!(members[&2].region, "us");
+    }
+
+    #[test]
+    fn a_topology_gives_home_regions_timing_region_and_bootstrap_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topology.toml");
+        std::fs::write(
+            &path,
+            r#"
+            shards = 6
+            replication = 3
+            [rtt_ms]
+            "eu/us" = 80
+            "eu/ap" = 150
+            "us/ap" = 120
+            [[regions]]
+            name = "eu"
+            nodes = [{ id = 1, addr = "10.0.0.1:7001", zone = "eu-1a" }]
+            [[regions]]
+            name = "us"
+            nodes = [{ id = 2, addr = "10.1.0.1:7001", zone = "us-1a" }]
+            [[regions]]
+            name = "ap"
+            nodes = [{ id = 3, addr = "10.2.0.1:7001", zone = "ap-1a" }]
+            "#,
+        )
+        .unwrap();
+        let c = FileConfig {
+            node_id: Some(2),
+            listen: Some("10.1.0.1:7001".into()),
+            data_dir: Some("d".into()),
+            topology: Some(path.clone()),
+            bootstrap: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.node.shards, 6);
+        assert_eq!(c.node.info.region, "us");
+        assert_eq!(c.node.rtt_ms, 120, "timing derives from the quorum RTT, not a LAN default");
+        assert_eq!(c.node.home_regions[&1], "us");
+        assert_eq!(c.bootstrap.unwrap().len(), 3);
+        let wrong = FileConfig {
+            node_id: Some(9),
+            listen: Some("h:1".into()),
+            data_dir: Some("d".into()),
+            topology: Some(path),
+            ..Default::default()
+        };
+        assert!(matches!(wrong.resolve(), Err(ConfigError::Invalid("topology", _))));
     }
 
     #[test]

@@ -99,6 +99,8 @@ impl DemoAuth {
 async fn launch(n: &mut DemoNode, shards: u32, listener: Listener, auth: &DemoAuth) -> Result<(), String> {
     let mut config = NodeConfig::new(n.id, n.info.clone(), &n.dir, shards);
     config.cluster_name = "walletd-demo".into();
+    // Home regions dealt round-robin, as a topology file would: every region leads some shards.
+    config.home_regions = (0..shards).map(|s| (s, REGIONS[s as usize % REGIONS.len()].0.to_string())).collect();
     let node = LedgerNode::start(config, NodeEnv::production()).await.map_err(|e| e.to_string())?;
     let serving = node.clone();
     n.server = Some(tokio::spawn(async move {
@@ -191,6 +193,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     nodes[0].node.as_ref().expect("running").bootstrap(&members).await.map_err(|e| e.to_string())?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.info.addr.clone()).collect();
     let client = LedgerClient::connect(addrs.clone(), ClientOptions::default()).await.map_err(|e| e.to_string())?;
+    show_leaders(&nodes, args.shards).await;
 
     let eur = Currency::new("EUR").expect("EUR");
     let alice = id("alice", |s| PlayerId::new(s));
@@ -369,6 +372,28 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 
 fn api_addr_list(nodes: &[DemoNode]) -> Vec<String> {
     nodes.iter().map(|n| n.api_addr.clone()).collect()
+}
+
+/// Waits briefly for leaders to settle in their home regions, then shows where each shard is led.
+async fn show_leaders(nodes: &[DemoNode], shards: u32) {
+    step("active-active: each shard is led from its home region");
+    let region_of = |id| nodes.iter().find(|n| n.id == id).map_or("?", |n| n.info.region.as_str());
+    let home = |s: u32| REGIONS[s as usize % REGIONS.len()].0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let leaders = loop {
+        let status = nodes.iter().find_map(|n| n.node.as_ref()).map(|n| n.status());
+        let leaders: Vec<Option<NodeId>> =
+            (0..shards).map(|s| status.as_ref().and_then(|st| st.shards[s as usize].leader)).collect();
+        let home_all = leaders.iter().enumerate().all(|(s, l)| l.is_some_and(|l| region_of(l) == home(s as u32)));
+        if home_all || Instant::now() > deadline {
+            break leaders;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (s, l) in leaders.iter().enumerate() {
+        let led = l.map_or("(electing)".to_string(), |l| format!("node {l} in {}", region_of(l)));
+        println!("  shard {s}: home {:<9} led by {led}", home(s as u32));
+    }
 }
 
 fn victim_addr(nodes: &[DemoNode], id: NodeId) -> String {

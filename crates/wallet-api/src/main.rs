@@ -20,6 +20,12 @@ enum Cmd {
     Client(wallet_api::cli::ClientArgs),
     /// Run a three-region cluster on this machine and walk through what it does.
     Demo(wallet_api::demo::DemoArgs),
+    /// Show where a topology places every shard: home region, voters, Raft timing.
+    Placement {
+        /// The topology file.
+        #[arg(long)]
+        topology: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -67,6 +73,9 @@ struct StartArgs {
     /// Session token signing key file (TOML with `kid` and `key`).
     #[arg(long)]
     session_key: Option<PathBuf>,
+    /// Topology file: home regions for shards, RTT-derived timing, bootstrap members.
+    #[arg(long)]
+    topology: Option<PathBuf>,
 }
 
 fn parse_peer(s: &str) -> Result<PeerConfig, String> {
@@ -81,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     // openraft reports every unreachable peer as a warning, which buries everything else.
     let default_filter = match cli.command {
         Cmd::Start(_) => "warn,openraft=error,raft_ledger=info,wallet_api=info",
-        Cmd::Client(_) | Cmd::Demo(_) => "error,openraft=off",
+        Cmd::Client(_) | Cmd::Demo(_) | Cmd::Placement { .. } => "error,openraft=off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -114,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                     operator_keys: args.operator_keys,
                     redis_url: args.redis_url,
                     session_key: args.session_key,
+                    topology: args.topology,
                 };
                 let config = file.overlay(flags).resolve()?;
                 wallet_api::start::run(config).await.map_err(anyhow::Error::msg)?;
@@ -122,6 +132,11 @@ fn main() -> anyhow::Result<()> {
             Cmd::Client(args) => wallet_api::cli::run(args).await.map_err(anyhow::Error::msg),
             Cmd::Demo(args) => {
                 wallet_api::demo::run(args).await.map_err(anyhow::Error::msg)?;
+                Ok(0)
+            }
+            Cmd::Placement { topology } => {
+                let t = wallet_api::config::load_topology(&topology)?;
+                print!("{}", wallet_api::config::describe_placement(&t));
                 Ok(0)
             }
         }
