@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{FaultKind, SimConfig, Target};
-use crate::run::{RunReport, Violation, run};
+use crate::run::{Violation, run};
 
 /// What a crash file holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,10 +54,6 @@ pub fn repro_command(cfg: &SimConfig, steps: Option<u64>) -> String {
     cmd
 }
 
-fn same_failure(r: &RunReport, check: &str) -> bool {
-    r.violation.as_ref().is_some_and(|v| v.check == check)
-}
-
 /// The final heal and restart every schedule ends with; shrinking keeps them.
 fn is_final(cfg: &SimConfig, i: usize) -> bool {
     i + 2 >= cfg.faults.len() && matches!(cfg.faults[i].kind, FaultKind::Heal | FaultKind::Restart(Target::All))
@@ -67,9 +63,11 @@ fn is_final(cfg: &SimConfig, i: usize) -> bool {
 pub fn shrink(crash: &CrashFile, mut progress: impl FnMut(&str)) -> CrashFile {
     let check = crash.violation.check.clone();
     let mut best = crash.clone();
-    let attempt = |cfg: &SimConfig| -> Option<RunReport> {
-        let r = run(cfg, crash.steps);
-        same_failure(&r, &check).then_some(r)
+    // A smaller configuration, as a crash file, if the same check still fails under it.
+    let attempt = |cfg: SimConfig| -> Option<CrashFile> {
+        let r = run(&cfg, crash.steps);
+        let violation = r.violation.filter(|v| v.check == check)?;
+        Some(CrashFile { config: cfg, steps: crash.steps, violation, trace_hash: r.trace_hash })
     };
     loop {
         let mut changed = false;
@@ -81,14 +79,9 @@ pub fn shrink(crash: &CrashFile, mut progress: impl FnMut(&str)) -> CrashFile {
             }
             let mut cfg = best.config.clone();
             let removed = cfg.faults.remove(i);
-            if let Some(r) = attempt(&cfg) {
+            if let Some(smaller) = attempt(cfg) {
                 progress(&format!("dropped fault {:?}: still fails", removed.kind));
-                best = CrashFile {
-                    config: cfg,
-                    steps: best.steps,
-                    violation: r.violation.clone().expect("failed"),
-                    trace_hash: r.trace_hash,
-                };
+                best = smaller;
                 changed = true;
             } else {
                 progress(&format!("kept fault {:?}: needed", removed.kind));
@@ -134,14 +127,9 @@ pub fn shrink(crash: &CrashFile, mut progress: impl FnMut(&str)) -> CrashFile {
             candidates.push(("no id reuse", c));
         }
         for (what, cfg) in candidates {
-            if let Some(r) = attempt(&cfg) {
+            if let Some(smaller) = attempt(cfg) {
                 progress(&format!("{what}: still fails"));
-                best = CrashFile {
-                    config: cfg,
-                    steps: best.steps,
-                    violation: r.violation.clone().expect("failed"),
-                    trace_hash: r.trace_hash,
-                };
+                best = smaller;
                 changed = true;
                 break;
             }

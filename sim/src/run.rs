@@ -13,9 +13,7 @@ use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo, seed_thread_rng};
-use raft_ledger::store::IoMode;
-use raft_ledger::store::vfs::sim::TurmoilFs;
-use raft_ledger::{AccountKind, ClusterTime, Command, Outcome, RuntimeClock};
+use raft_ledger::{AccountKind, ClusterTime, Command, Outcome};
 use sha2::{Digest, Sha256};
 
 use crate::config::{FaultKind, SimConfig, Target};
@@ -121,12 +119,7 @@ async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil
     config.tick_interval = Duration::from_millis(200);
     config.snapshot_every = 200;
     config.logs_kept_after_snapshot = 50;
-    let env = NodeEnv {
-        vfs: Arc::new(TurmoilFs),
-        net: Net::Turmoil,
-        clock: Arc::new(RuntimeClock::starting_at(ClusterTime::from_millis(EPOCH_MS))),
-        io: IoMode::Task,
-    };
+    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS));
     let node = LedgerNode::start(config, env).await?;
     // Every node bootstraps with the same members: only never-initialized shards take it.
     node.bootstrap(&m).await?;

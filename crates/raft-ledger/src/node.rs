@@ -102,6 +102,18 @@ impl NodeEnv {
     pub fn production() -> Self {
         Self { vfs: Arc::new(StdFs), net: Net::Tcp, clock: Arc::new(WallClock), io: IoMode::Thread }
     }
+
+    /// Inside a turmoil simulation: its disk and network, cluster time counted by the
+    /// simulation from `epoch`, and the log writer as a task on the host's runtime.
+    #[cfg(feature = "turmoil")]
+    pub fn turmoil(epoch: crate::time::ClusterTime) -> Self {
+        Self {
+            vfs: Arc::new(crate::store::vfs::sim::TurmoilFs),
+            net: Net::Turmoil,
+            clock: Arc::new(crate::time::RuntimeClock::starting_at(epoch)),
+            io: IoMode::Task,
+        }
+    }
 }
 
 /// Why a node could not start.

@@ -14,9 +14,7 @@ use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo, seed_thread_rng};
-use raft_ledger::store::IoMode;
-use raft_ledger::store::vfs::sim::TurmoilFs;
-use raft_ledger::{AccountRef, Amount, ClusterTime, Command, Currency, Outcome, PlayerId, RoundId, RuntimeClock, TxId};
+use raft_ledger::{AccountRef, Amount, ClusterTime, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 
 const PORT: u16 = 9000;
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -35,12 +33,7 @@ async fn run_node(id: NodeId) -> turmoil::Result {
     let mut config = NodeConfig::new(id, members()[&id].clone(), "/data", 1);
     config.rtt_ms = 20;
     config.tick_interval = Duration::from_millis(100);
-    let env = NodeEnv {
-        vfs: Arc::new(TurmoilFs),
-        net: Net::Turmoil,
-        clock: Arc::new(RuntimeClock::starting_at(ClusterTime::from_millis(EPOCH_MS))),
-        io: IoMode::Task,
-    };
+    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS));
     let node = LedgerNode::start(config, env).await?;
     // Safe on every node and every boot: only never-initialized shards are initialized.
     node.bootstrap(&members()).await?;
