@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use openraft::Instant as _;
 use openraft::rt::WatchReceiver;
 use openraft::{RaftMetrics, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,7 @@ use crate::account::AccountRef;
 use crate::command::Command;
 use crate::entry::{Entry, Hash};
 use crate::ids::TxId;
-use crate::ledger::LedgerConfig;
-use crate::ledger::Recall;
+use crate::ledger::{LedgerConfig, Recall};
 use crate::money::Balance;
 use crate::net::env::{Listener, Net};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
@@ -779,8 +779,6 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
     }
 }
 
-/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
-/// in cluster time even when no command arrives.
 /// Checks that a home voter must pass in a row before leadership moves to it: hysteresis, so a
 /// region that flaps does not drag leadership back and forth.
 const HOME_HEALTHY_CHECKS: u32 = 3;
@@ -810,14 +808,22 @@ async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: String) {
         }
         let last = m.last_log_index.unwrap_or(0);
         let membership = m.membership_config.membership();
-        let target =
-            membership.voter_ids().filter(|id| membership.get_node(id).is_some_and(|n| n.region == home)).find(|id| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .and_then(|l| l.as_ref())
-                    .is_some_and(|l| l.index + HOME_CAUGHT_UP_SLACK >= last)
-            });
+        // Healthy: acknowledged a heartbeat within the last check period (reachable now, not
+        // only at some point), and its log trails ours by at most the slack.
+        let reachable = |id: &NodeId| {
+            m.heartbeat.as_ref().and_then(|h| h.get(id)).and_then(|t| t.as_ref()).is_some_and(|t| t.elapsed() <= period)
+        };
+        let caught_up = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .and_then(|l| l.as_ref())
+                .is_some_and(|l| l.index + HOME_CAUGHT_UP_SLACK >= last)
+        };
+        let target = membership
+            .voter_ids()
+            .filter(|id| membership.get_node(id).is_some_and(|n| n.region == home))
+            .find(|id| reachable(id) && caught_up(id));
         let Some(target) = target else {
             healthy_checks = 0;
             continue;
@@ -835,6 +841,8 @@ async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: String) {
     }
 }
 
+/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
+/// in cluster time even when no command arrives.
 async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
     let mut stop = node.stop.subscribe();
     let mut interval = tokio::time::interval(node.config.tick_interval);
