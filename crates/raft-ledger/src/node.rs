@@ -246,6 +246,12 @@ pub struct ShardStatus {
     pub voters: Vec<NodeId>,
     /// Non-voting members.
     pub learners: Vec<NodeId>,
+    /// The region of the leader this replica knows of.
+    pub leader_region: Option<String>,
+    /// The shard's home region, if the topology gives one.
+    pub home_region: Option<String>,
+    /// Leader changes this replica has seen since it started.
+    pub leader_changes: u64,
 }
 
 /// A node's state, for operators.
@@ -301,6 +307,8 @@ pub(crate) struct Shard {
     pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
     /// Commands waiting for the proposer, which batches them into log entries.
     queue: mpsc::Sender<(Command, Waiter)>,
+    /// Times this replica has seen the shard's leader change since it started.
+    leader_changes: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct NodeInner {
@@ -362,8 +370,15 @@ impl LedgerNode {
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
-            let shard =
-                Arc::new(Shard { id: ShardId(s), raft, cell, dir, snapshot_lock: tokio::sync::Mutex::new(()), queue });
+            let shard = Arc::new(Shard {
+                id: ShardId(s),
+                raft,
+                cell,
+                dir,
+                snapshot_lock: tokio::sync::Mutex::new(()),
+                queue,
+                leader_changes: std::sync::atomic::AtomicU64::new(0),
+            });
             queues.push((shard.clone(), rx));
             shards.insert(s, shard);
         }
@@ -371,6 +386,7 @@ impl LedgerNode {
         let node = Self { inner };
         for (shard, rx) in queues {
             tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
+            tokio::spawn(count_leader_changes(shard.clone()));
             if let Some(home) = node.inner.config.home_regions.get(&shard.id.0) {
                 tokio::spawn(home_loop(node.inner.clone(), shard.clone(), home.clone()));
             }
@@ -623,6 +639,11 @@ impl LedgerNode {
                     head_hash: hex::encode(st.journal.head()),
                     voters: m.membership_config.voter_ids().collect(),
                     learners: m.membership_config.membership().learner_ids().collect(),
+                    leader_region: m
+                        .current_leader
+                        .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.region.clone())),
+                    home_region: self.inner.config.home_regions.get(&s.id.0).cloned(),
+                    leader_changes: s.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
             .collect();
@@ -776,6 +797,21 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
                 }
             }
         });
+    }
+}
+
+/// Counts changes of the shard's leader as this replica sees them, for operators.
+async fn count_leader_changes(shard: Arc<Shard>) {
+    let mut metrics = shard.raft.metrics();
+    let mut leader = metrics.borrow_watched().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_watched().current_leader;
+        if now != leader {
+            if now.is_some() {
+                shard.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            leader = now;
+        }
     }
 }
 

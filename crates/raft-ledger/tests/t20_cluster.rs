@@ -408,5 +408,11 @@ async fn t26_leaders_go_home_survive_losing_it_and_return_when_it_is_back() {
     // Region 1 returns: after the hysteresis, its shards go home again.
     cluster.restart(1).await;
     assert!(all_led_from_home(&cluster).await, "leaders returned home");
+    // What operators see: each shard led from its home region, and the moves counted.
+    let st = cluster.node(2).status();
+    for s in &st.shards {
+        assert!(s.home_region.is_some() && s.leader_region == s.home_region, "{s:?}");
+    }
+    assert!(st.shards[1].leader_changes >= 2, "away and back: {:?}", st.shards[1]);
     cluster.shutdown().await;
 }

@@ -172,7 +172,8 @@ pub enum ClientOp {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Show every shard replica of a node: role, term, indexes, chain head.
+    /// Show every shard replica of a node: role, term, leader and its region, home region,
+    /// leader changes, voters, commit and apply indexes, chain head.
     Status {
         #[arg(long)]
         node: Option<String>,
@@ -390,14 +391,21 @@ pub async fn run(args: ClientArgs) -> Result<i32, String> {
             let addr = node.clone().unwrap_or(first);
             let status = client.status(&addr).await.map_err(|e| e.to_string())?;
             let mut human = format!("node {} {} ({} shards)\n", status.node_id, status.info, status.shard_count);
-            human.push_str("shard  role       term  leader  last_log  committed  applied  snapshot  entries  head\n");
+            human.push_str(
+                "shard  role       term  leader  leader_region  home        changes  voters      last_log  committed  applied  snapshot  entries  head\n",
+            );
             for s in &status.shards {
+                let voters: Vec<String> = s.voters.iter().map(|v| v.to_string()).collect();
                 human.push_str(&format!(
-                    "{:<6} {:<10} {:<5} {:<7} {:<9} {:<10} {:<8} {:<9} {:<8} {}\n",
+                    "{:<6} {:<10} {:<5} {:<7} {:<14} {:<11} {:<8} {:<11} {:<9} {:<10} {:<8} {:<9} {:<8} {}\n",
                     s.shard,
                     s.state,
                     s.term,
                     opt(s.leader),
+                    s.leader_region.as_deref().unwrap_or("-"),
+                    s.home_region.as_deref().unwrap_or("-"),
+                    s.leader_changes,
+                    voters.join(","),
                     opt(s.last_log_index),
                     opt(s.committed),
                     opt(s.applied),
