@@ -217,11 +217,8 @@ async fn submit(shared: &SharedRef, client: &LedgerClient, c: u32, shards: u32, 
     let k = match resolve(client, &cmd, 3).await {
         Some(Ok(o)) => known(&o),
         Some(Err(ClientError::Indeterminate(..))) | None => Known::Indeterminate,
-        Some(Err(e)) => {
-            // Cross-shard transfers are refused before proposing; record them as refusals.
-            let _ = e;
-            Known::Refused("REFUSED_AT_EDGE")
-        }
+        // Cross-shard transfers are refused before proposing; record them as refusals.
+        Some(Err(_)) => Known::Refused("REFUSED_AT_EDGE"),
     };
     let mut s = shared.borrow_mut();
     s.event(&format!("c{c} {} {:?} -> {k:?}", cmd.tx(), cmd.kind()));

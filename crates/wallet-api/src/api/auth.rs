@@ -11,11 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use session_store::{Action, AuthError, MemoryBackend, Principal, RedisBackend, SessionStore};
+use session_store::{Action, AuthError, Clock, MemoryBackend, Principal, RedisBackend, SessionStore, SystemClock};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::Status;
@@ -206,7 +206,7 @@ pub async fn redis_sessions(url: &str, key_file: &Path) -> Result<Sessions, Stri
         backend,
         keys,
         session_store::SessionConfig::default(),
-        std::sync::Arc::new(session_store::SystemClock),
+        std::sync::Arc::new(SystemClock),
     )))
 }
 
@@ -254,7 +254,7 @@ fn meta<'a>(m: &'a MetadataMap, key: &str) -> Option<&'a str> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemClock.now_ms()
 }
 
 impl Authenticator {

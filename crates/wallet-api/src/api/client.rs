@@ -1,7 +1,9 @@
 //! Client-side helpers of the wallet API: credentials that sign or authorize each request.
 //! `walletctl`, the demo's load generator, the benchmark and the end-to-end tests use them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use session_store::{Clock, SystemClock};
 
 use prost::Message;
 use tonic::Request;
@@ -47,7 +49,7 @@ impl Credentials {
         let m = req.metadata_mut();
         match self {
             Credentials::Operator { key_id, secret } => {
-                let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let ts = SystemClock.now_ms();
                 let sig = sign(secret, &rpc.path(), ts, &body);
                 m.insert(KEY_HEADER, key_id.parse().expect("key ids are ASCII"));
                 m.insert(TS_HEADER, ts.to_string().parse().expect("digits"));
