@@ -44,6 +44,7 @@ fn main() {
         .method(unary("entries", "Entries", "EntriesRequest", "EntriesReply"))
         .method(unary("status", "Status", "StatusRequest", "StatusReply"))
         .method(unary("verify", "Verify", "VerifyRequest", "VerifyReply"))
+        .method(unary("change_membership", "ChangeMembership", "MembershipRequest", "MembershipReply"))
         .build();
     Builder::new().compile(&[transport, ledger]);
 }

@@ -19,9 +19,12 @@ use tonic::transport::Channel;
 use crate::account::AccountRef;
 use crate::command::Command;
 use crate::entry::Entry;
+use crate::membership::{MembershipChange, MembershipView};
 use crate::net::env::Net;
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
-use crate::net::wire::{BalanceRequest, EntriesRequest, StatusRequest, SubmitBatchRequest, VerifyRequest};
+use crate::net::wire::{
+    BalanceRequest, EntriesRequest, MembershipRequest, StatusRequest, SubmitBatchRequest, VerifyRequest,
+};
 use crate::node::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::outcome::{Outcome, Rejection};
 use crate::shard::shard_for_player;
@@ -158,7 +161,7 @@ async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiv
             let until = batch.iter().map(|(_, _, d)| *d).max().expect("a batch is never empty");
             let (commands, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().map(|(c, w, _)| (c, w)).unzip();
             let result = inner
-                .on_leader_until(shard, until, |mut c| {
+                .on_leader_until(shard, until, false, |mut c| {
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
                     let timeout_ms = left.min(inner.options.request_timeout).as_millis() as u64;
                     let req = SubmitBatchRequest { shard, commands: commands.clone(), timeout_ms };
@@ -210,6 +213,7 @@ impl Inner {
         &self,
         shard: u32,
         deadline: tokio::time::Instant,
+        patient: bool,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -221,8 +225,9 @@ impl Inner {
         let mut last;
         loop {
             let addr = self.pick(shard);
-            let per_call =
-                self.options.request_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A replica change may wait for a newcomer to catch up: one call may take it all.
+            let per_call = if patient { left } else { self.options.request_timeout.min(left) };
             let attempt = tokio::time::timeout(per_call, call(self.conn(&addr)?)).await;
             let retry_after = match attempt {
                 Ok(Ok(reply)) => match reply.into_inner() {
@@ -322,7 +327,7 @@ impl LedgerClient {
         deadline: tokio::time::Instant,
     ) -> Result<BalanceView, ClientError> {
         self.inner
-            .on_leader_until(shard, deadline, |mut c| {
+            .on_leader_until(shard, deadline, false, |mut c| {
                 let req = BalanceRequest {
                     shard: Some(shard),
                     account: account.clone(),
@@ -341,6 +346,24 @@ impl LedgerClient {
             (None, None) => return Err(ClientError::Ledger(LedgerError::NoShard)),
         };
         self.balance_until(account, shard, tokio::time::Instant::now() + self.inner.options.deadline).await
+    }
+
+    /// Changes a shard's replicas through its leader, retrying across leader changes until
+    /// `timeout`. Safe to retry: a change already made answers with the current replicas.
+    pub async fn change_membership(
+        &self,
+        shard: u32,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<MembershipView, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.inner
+            .on_leader_until(shard, deadline, true, |mut c| {
+                let timeout_ms = deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64;
+                let req = MembershipRequest { shard, change: change.clone(), timeout_ms };
+                async move { c.change_membership(req).await }
+            })
+            .await
     }
 
     /// A node's status.

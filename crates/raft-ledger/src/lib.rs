@@ -20,6 +20,7 @@ mod command;
 mod entry;
 mod ids;
 mod ledger;
+pub mod membership;
 mod money;
 pub mod net;
 pub mod node;

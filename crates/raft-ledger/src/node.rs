@@ -46,7 +46,8 @@ pub struct NodeConfig {
     pub info: NodeInfo,
     /// Where the node keeps its log, journals and snapshots.
     pub data_dir: PathBuf,
-    /// Shards in the cluster; this node hosts a replica of each.
+    /// Shards in the cluster. The node runs a Raft group for each, but holds data only for
+    /// those whose membership includes it.
     pub shards: u32,
     /// A name shared by the cluster's nodes; a node refuses a data directory of another cluster.
     pub cluster_name: String,
@@ -189,6 +190,9 @@ pub enum LedgerError {
     /// The shard cannot serve right now (no quorum, shutting down, storage failure).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A replica change was refused as unsafe or contradictory. Nothing changed.
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }
 
 /// How fresh a balance read must be.
@@ -408,7 +412,19 @@ impl LedgerNode {
     /// Forms a new cluster: every shard that has never been initialized gets `members` as its
     /// first membership. Safe to call on every node with the same members, and on restarts.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, NodeInfo>) -> Result<(), NodeError> {
+        let plan = (0..self.inner.config.shards).map(|s| (s, members.clone())).collect();
+        self.bootstrap_placed(&plan).await
+    }
+
+    /// Forms a new cluster with each shard's own first voters (see
+    /// [`crate::placement::Topology::bootstrap_plan`]). Only shards this node is a first voter
+    /// of are initialized here; the others stay empty until a membership change adds this node.
+    /// Safe to call on every node with the same plan, and on restarts.
+    pub async fn bootstrap_placed(&self, plan: &BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>) -> Result<(), NodeError> {
         for shard in self.shards() {
+            let Some(members) = plan.get(&shard.id.0).filter(|m| m.contains_key(&self.inner.config.node_id)) else {
+                continue;
+            };
             if shard.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
                 continue;
             }
@@ -617,15 +633,18 @@ impl LedgerNode {
         })
     }
 
-    /// The node's view of every shard it hosts.
+    /// The node's view of every shard it hosts: those whose membership names this node as a
+    /// voter or a learner.
     pub fn status(&self) -> NodeStatus {
+        let me = self.inner.config.node_id;
         let shards = self
             .shards()
             .iter()
-            .map(|s| {
+            .filter_map(|s| {
                 let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
+                m.membership_config.membership().get_node(&me)?;
                 let st = s.cell.read();
-                ShardStatus {
+                Some(ShardStatus {
                     shard: s.id.0,
                     state: server_state(m.state).to_string(),
                     term: m.current_term,
@@ -644,7 +663,7 @@ impl LedgerNode {
                         .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.region.clone())),
                     home_region: self.inner.config.home_regions.get(&s.id.0).cloned(),
                     leader_changes: s.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
-                }
+                })
             })
             .collect();
         NodeStatus {
@@ -730,7 +749,7 @@ fn enqueue(shard: &Shard, cmd: Command) -> Result<oneshot::Receiver<Result<Outco
     Ok(rx)
 }
 
-fn write_error(
+pub(crate) fn write_error(
     shard: u32,
     e: &openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
 ) -> LedgerError {

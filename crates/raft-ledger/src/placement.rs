@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::raft::NodeId;
+use crate::raft::{NodeId, NodeInfo};
 
 /// A node as the topology file lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +211,30 @@ impl Topology {
     /// The home region of every shard.
     pub fn homes(&self) -> BTreeMap<u32, String> {
         (0..self.shards).map(|s| (s, self.regions[s as usize % self.regions.len()].name.clone())).collect()
+    }
+
+    /// Address, region and zone of a node, as peers see them.
+    pub fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        self.regions.iter().find_map(|r| {
+            r.nodes.iter().find(|n| n.id == id).map(|n| NodeInfo {
+                addr: n.addr.clone(),
+                region: r.name.clone(),
+                zone: n.zone.clone(),
+            })
+        })
+    }
+
+    /// Each shard's first voters, from [`Topology::place`]: what a new cluster is bootstrapped
+    /// with. A node outside a shard's list hosts no replica of it until a membership change
+    /// adds one.
+    pub fn bootstrap_plan(&self) -> BTreeMap<u32, BTreeMap<NodeId, NodeInfo>> {
+        self.place()
+            .into_iter()
+            .map(|p| {
+                let members = p.voters.iter().filter_map(|id| self.node_info(*id).map(|info| (*id, info))).collect();
+                (p.shard, members)
+            })
+            .collect()
     }
 }
 

@@ -125,8 +125,12 @@ pub struct StartConfig {
     pub node: NodeConfig,
     /// Where to listen.
     pub listen: String,
-    /// Members to bootstrap with, if bootstrapping.
-    pub bootstrap: Option<BTreeMap<NodeId, NodeInfo>>,
+    /// Each shard's first voters, if bootstrapping: from the topology's placement, or every
+    /// listed peer for every shard without one.
+    pub bootstrap: Option<BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>>,
+    /// Every node address known from the topology or the peers, this node's first: where the
+    /// wallet API forwards a shard's commands when this node does not hold a replica of it.
+    pub seeds: Vec<String>,
     /// The public wallet API, if served.
     pub api: Option<ApiConfig>,
 }
@@ -228,30 +232,29 @@ impl FileConfig {
             node.home_regions = t.homes();
         }
         node.tick_interval = Duration::from_millis(500);
-        let bootstrap = if let (true, Some(t)) = (self.bootstrap.unwrap_or(false), &topology) {
-            let members = t
-                .regions
-                .iter()
-                .flat_map(|r| {
-                    r.nodes.iter().map(|n| {
-                        (n.id, NodeInfo { addr: n.addr.clone(), region: r.name.clone(), zone: n.zone.clone() })
-                    })
-                })
-                .collect();
-            Some(members)
-        } else if self.bootstrap.unwrap_or(false) {
-            let mut members = BTreeMap::new();
-            for p in self.peers {
-                let region = if p.region.is_empty() { "default".into() } else { p.region };
-                let zone = if p.zone.is_empty() { "default".into() } else { p.zone };
-                if members.insert(p.id, NodeInfo { addr: p.addr, region, zone }).is_some() {
-                    return Err(ConfigError::Invalid("peers", format!("node id {} listed twice", p.id)));
-                }
+        let mut seeds = vec![info.addr.clone()];
+        let mut peers = BTreeMap::new();
+        for p in self.peers {
+            let region = if p.region.is_empty() { "default".into() } else { p.region };
+            let zone = if p.zone.is_empty() { "default".into() } else { p.zone };
+            if peers.insert(p.id, NodeInfo { addr: p.addr, region, zone }).is_some() {
+                return Err(ConfigError::Invalid("peers", format!("node id {} listed twice", p.id)));
             }
-            members.entry(node_id).or_insert(info);
-            Some(members)
-        } else {
-            None
+        }
+        peers.entry(node_id).or_insert(info);
+        let known: Vec<String> = match &topology {
+            Some(t) => t.regions.iter().flat_map(|r| r.nodes.iter().map(|n| n.addr.clone())).collect(),
+            None => peers.values().map(|p| p.addr.clone()).collect(),
+        };
+        for addr in known {
+            if !seeds.contains(&addr) {
+                seeds.push(addr);
+            }
+        }
+        let bootstrap = match (self.bootstrap.unwrap_or(false), &topology) {
+            (true, Some(t)) => Some(t.bootstrap_plan()),
+            (true, None) => Some((0..shards).map(|s| (s, peers.clone())).collect()),
+            (false, _) => None,
         };
         if self.redis_url.is_some() != self.session_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -265,7 +268,7 @@ impl FileConfig {
             redis_url: self.redis_url,
             session_key: self.session_key,
         });
-        Ok(StartConfig { node, listen, bootstrap, api })
+        Ok(StartConfig { node, listen, bootstrap, seeds, api })
     }
 }
 
@@ -294,9 +297,12 @@ mod tests {
         let c = file.overlay(flags).resolve().unwrap();
         assert_eq!(c.node.shards, 16);
         assert_eq!(c.node.info.addr, "10.0.0.1:7001");
-        let members = c.bootstrap.unwrap();
+        let plan = c.bootstrap.unwrap();
+        assert_eq!(plan.len(), 16, "every shard gets the peers without a topology");
+        let members = &plan[&0];
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2], "the node adds itself");
         assert_eq!(members[&2].region, "us");
+        assert_eq!(c.seeds, vec!["10.0.0.1:7001".to_string(), "10.0.0.2:7001".to_string()]);
     }
 
     #[test]
@@ -338,7 +344,11 @@ mod tests {
         assert_eq!(c.node.info.region, "us");
         assert_eq!(c.node.rtt_ms, 120, "timing derives from the quorum RTT, not a LAN default");
         assert_eq!(c.node.home_regions[&1], "us");
-        assert_eq!(c.bootstrap.unwrap().len(), 3);
+        let plan = c.bootstrap.unwrap();
+        assert_eq!(plan.len(), 6);
+        assert!(plan.values().all(|m| m.len() == 3), "three voters per shard");
+        assert_eq!(c.seeds[0], "10.1.0.1:7001", "this node first");
+        assert_eq!(c.seeds.len(), 3);
         let wrong = FileConfig {
             node_id: Some(9),
             listen: Some("h:1".into()),

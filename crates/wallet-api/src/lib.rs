@@ -4,6 +4,7 @@
 //! The public gRPC wallet API for casino front-ends ([`api`]) is served by every node next to
 //! the internal node API of `raft-ledger`; `walletctl` is its command-line client.
 
+pub mod admin;
 pub mod amount;
 pub mod api;
 pub mod cli;

@@ -18,6 +18,8 @@ enum Cmd {
     Start(StartArgs),
     /// Send a command or query to a cluster.
     Client(wallet_api::cli::ClientArgs),
+    /// Change which nodes replicate each shard (add, remove, replace, move), or show them.
+    Admin(wallet_api::admin::AdminArgs),
     /// Run a three-region cluster on this machine and walk through what it does.
     Demo(wallet_api::demo::DemoArgs),
     /// Show where a topology places every shard: home region, voters, Raft timing.
@@ -90,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     // openraft reports every unreachable peer as a warning, which buries everything else.
     let default_filter = match cli.command {
         Cmd::Start(_) => "warn,openraft=error,raft_ledger=info,wallet_api=info",
-        Cmd::Client(_) | Cmd::Demo(_) | Cmd::Placement { .. } => "error,openraft=off",
+        Cmd::Client(_) | Cmd::Admin(_) | Cmd::Demo(_) | Cmd::Placement { .. } => "error,openraft=off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -130,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 Ok::<i32, anyhow::Error>(0)
             }
             Cmd::Client(args) => wallet_api::cli::run(args).await.map_err(anyhow::Error::msg),
+            Cmd::Admin(args) => wallet_api::admin::run(args).await.map_err(anyhow::Error::msg),
             Cmd::Demo(args) => {
                 wallet_api::demo::run(args).await.map_err(anyhow::Error::msg)?;
                 Ok(0)

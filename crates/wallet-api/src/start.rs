@@ -56,14 +56,14 @@ pub async fn run(config: StartConfig) -> Result<(), String> {
     let api_server = match (api_listener, auth) {
         (Some(l), Some(auth)) => {
             let addr = l.local_addr().map_err(|e| e.to_string())?;
-            let service = WalletService::new(node.clone(), vec![advertised.clone()], auth, draining.clone());
+            let service = WalletService::new(node.clone(), config.seeds.clone(), auth, draining.clone());
             println!("walletd node {node_id} wallet API on {addr}");
             Some(tokio::spawn(serve(service, l, draining.clone())))
         }
         _ => None,
     };
     if let Some(members) = &config.bootstrap {
-        node.bootstrap(members).await.map_err(|e| e.to_string())?;
+        node.bootstrap_placed(members).await.map_err(|e| e.to_string())?;
     }
     // Scripts and tests wait for this line.
     println!("walletd node {node_id} ready on {advertised}");

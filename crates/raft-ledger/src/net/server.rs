@@ -18,6 +18,8 @@ use crate::store::state_machine::SnapshotReceiver;
 pub(crate) const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Longest deadline a client may ask for.
 const SUBMIT_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Longest a replica change may wait for a newcomer to catch up.
+const MEMBERSHIP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 pub(crate) fn routes(node: Arc<NodeInner>) -> tonic::service::Routes {
     let transport = RaftTransportServer::new(Transport { node: node.clone() })
@@ -153,5 +155,14 @@ impl LedgerNodeApi for Api {
 
     async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         Ok(Response::new(self.node.verify(request.into_inner().shard)))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let MembershipRequest { shard, change, timeout_ms } = request.into_inner();
+        let timeout = Duration::from_millis(timeout_ms.max(1)).min(MEMBERSHIP_TIMEOUT_MAX);
+        Ok(Response::new(self.node.change_membership(shard, change, timeout).await))
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountRef;
 use crate::command::Command;
 use crate::entry::Entry;
+use crate::membership::{MembershipChange, MembershipView};
 use crate::node::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::outcome::Outcome;
 use crate::raft::{SnapshotMeta, TypeConfig, Vote};
@@ -128,3 +129,15 @@ pub struct VerifyRequest {
     pub shard: u32,
 }
 pub type VerifyReply = Result<VerifyReport, LedgerError>;
+
+/// Asks a shard's leader to change the shard's replicas.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembershipRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The change.
+    pub change: MembershipChange,
+    /// How long the caller will wait, in milliseconds (a newcomer may need time to catch up).
+    pub timeout_ms: u64,
+}
+pub type MembershipReply = Result<MembershipView, LedgerError>;

@@ -106,6 +106,8 @@ pub fn ledger(e: LedgerError) -> Status {
             ),
             &[],
         ),
+        // Wallet calls never change replicas; a node API error reached here only by mistake.
+        LedgerError::Membership(why) => status(Code::FailedPrecondition, "MEMBERSHIP_REFUSED", why, &[]),
     }
 }
 
