@@ -239,7 +239,7 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
                 let mut leader = None;
                 for addr in &addrs {
                     if let Ok(status) = client.status(addr).await
-                        && let Some(l) = status.shards[shard as usize].leader
+                        && let Some(l) = status.shard(shard).and_then(|s| s.leader)
                     {
                         leader = Some(l);
                         break;
@@ -247,8 +247,9 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
                 }
                 let mut views = Vec::new();
                 for addr in &addrs {
-                    if let Ok(status) = client.status(addr).await {
-                        let st = &status.shards[shard as usize];
+                    if let Ok(status) = client.status(addr).await
+                        && let Some(st) = status.shard(shard)
+                    {
                         views.push((status.node_id, st.state.clone(), st.term, st.leader));
                     }
                 }

@@ -267,8 +267,16 @@ pub struct NodeStatus {
     pub info: NodeInfo,
     /// Shards in the cluster.
     pub shard_count: u32,
-    /// Each hosted replica.
+    /// Each hosted replica, by shard id. A shard whose membership does not name this node is
+    /// absent: with voter subsets a node hosts only some shards.
     pub shards: Vec<ShardStatus>,
+}
+
+impl NodeStatus {
+    /// This node's replica of `shard`, if it hosts one.
+    pub fn shard(&self, shard: u32) -> Option<&ShardStatus> {
+        self.shards.iter().find(|s| s.shard == shard)
+    }
 }
 
 /// The result of verifying one shard's journal on a node.

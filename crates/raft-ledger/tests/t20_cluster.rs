@@ -107,7 +107,7 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
     }
     let leader = cluster.wait_leader(0).await;
     wait_for(Duration::from_secs(10), || {
-        let s = &cluster.node(leader).status().shards[0];
+        let s = cluster.replica(leader, 0);
         s.purged.filter(|i| *i >= 40).map(|_| ())
     })
     .await
@@ -137,8 +137,8 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
         .await
         .expect("the new replica converges");
     assert!(cluster.node(4).head(0).unwrap().0 >= head.0);
-    let status = cluster.node(4).status();
-    assert!(status.shards[0].snapshot.is_some(), "node 4 installed a snapshot: {status:?}");
+    let status = cluster.replica(4, 0);
+    assert!(status.snapshot.is_some(), "node 4 installed a snapshot: {status:?}");
     let report = cluster.node(4).verify(0).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(
@@ -382,7 +382,7 @@ fn home_node(shard: u32) -> raft_ledger::raft::NodeId {
 async fn all_led_from_home(cluster: &Cluster) -> bool {
     common::wait_for(Duration::from_secs(30), || {
         (0..cluster.shards)
-            .all(|s| cluster.running().all(|n| n.status().shards[s as usize].leader == Some(home_node(s))))
+            .all(|s| cluster.running().all(|n| n.status().shard(s).is_some_and(|r| r.leader == Some(home_node(s)))))
             .then_some(())
     })
     .await
@@ -413,6 +413,7 @@ async fn t26_leaders_go_home_survive_losing_it_and_return_when_it_is_back() {
     for s in &st.shards {
         assert!(s.home_region.is_some() && s.leader_region == s.home_region, "{s:?}");
     }
-    assert!(st.shards[1].leader_changes >= 2, "away and back: {:?}", st.shards[1]);
+    let shard_1 = st.shard(1).expect("node 2 hosts shard 1");
+    assert!(shard_1.leader_changes >= 2, "away and back: {shard_1:?}");
     cluster.shutdown().await;
 }

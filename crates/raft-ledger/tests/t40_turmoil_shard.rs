@@ -103,7 +103,7 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
             assert!(matches!(client.submit(cmd_bet(i)).await?, Outcome::Applied(_)));
         }
 
-        let leader = client.status(&addrs[0]).await?.shards[0].leader.expect("a leader was elected");
+        let leader = client.status(&addrs[0]).await?.shard(0).and_then(|s| s.leader).expect("a leader was elected");
         ctl.lock().unwrap().crash = Some(leader);
         wait(|| {
             let ctl = ctl.clone();
@@ -117,7 +117,7 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
             assert!(matches!(o, Outcome::Applied(_) | Outcome::Duplicate(_)), "{o:?}");
         }
         let survivor = addrs.iter().find(|a| !a.starts_with(&format!("node{leader}"))).unwrap();
-        let new_leader = client.status(survivor).await?.shards[0].leader;
+        let new_leader = client.status(survivor).await?.shard(0).and_then(|s| s.leader);
         assert!(new_leader.is_some_and(|l| l != leader), "leadership moved off the crashed node: {new_leader:?}");
         eprintln!("leader node{leader} crashed; node{} leads now", new_leader.unwrap());
         let wallet = AccountRef::player(alice.clone(), eur);
@@ -137,7 +137,10 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
                 let mut heads = Vec::new();
                 for a in addrs {
                     match client.status(a).await {
-                        Ok(s) => heads.push((s.shards[0].head_hash.clone(), s.shards[0].journal_len)),
+                        Ok(s) => match s.shard(0) {
+                            Some(r) => heads.push((r.head_hash.clone(), r.journal_len)),
+                            None => return false,
+                        },
                         Err(_) => return false,
                     }
                 }

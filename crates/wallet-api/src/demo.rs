@@ -283,7 +283,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 
     step("losing a leader loses no acknowledged money");
     let shard = shard_for_player(&alice, args.shards).0;
-    let leader = nodes[0].node.as_ref().expect("running").status().shards[shard as usize].leader;
+    let leader = nodes[0].node.as_ref().expect("running").status().shard(shard).and_then(|s| s.leader);
     let leader = leader.ok_or("no leader known for alice's shard")?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
     println!("  alice lives in shard {shard}; its leader is node {leader} ({}); stopping it", victim.info.region);
@@ -383,7 +383,7 @@ async fn show_leaders(nodes: &[DemoNode], shards: u32) {
     let leaders = loop {
         let status = nodes.iter().find_map(|n| n.node.as_ref()).map(|n| n.status());
         let leaders: Vec<Option<NodeId>> =
-            (0..shards).map(|s| status.as_ref().and_then(|st| st.shards[s as usize].leader)).collect();
+            (0..shards).map(|s| status.as_ref().and_then(|st| st.shard(s)?.leader)).collect();
         let home_all = leaders.iter().enumerate().all(|(s, l)| l.is_some_and(|l| region_of(l) == home(s as u32)));
         if home_all || Instant::now() > deadline {
             break leaders;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
-use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError};
+use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError, ShardStatus};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use raft_ledger::{Amount, Command, Currency, PlayerId, RoundId, TxId};
 
@@ -123,25 +123,39 @@ impl Cluster {
         Self::try_launch(member, shards, tune, listener).await
     }
 
-    /// The current leader of a shard, once every running node agrees on it.
+    /// The current leader of a shard, once every running replica of it agrees on it: every
+    /// running node that hosts the shard, and every running voter the leader lists.
     pub async fn wait_leader(&self, shard: u32) -> NodeId {
         wait_for(Duration::from_secs(20), || {
-            let leaders: Vec<Option<NodeId>> =
-                self.running().map(|n| n.status().shards[shard as usize].leader).collect();
-            let first = leaders.first().copied().flatten()?;
-            let leader_runs = self.running().any(|n| n.id() == first);
-            (leader_runs && leaders.iter().all(|l| *l == Some(first))).then_some(first)
+            let replicas: Vec<(NodeId, ShardStatus)> =
+                self.running().filter_map(|n| n.status().shard(shard).cloned().map(|s| (n.id(), s))).collect();
+            let first = replicas.first()?.1.leader?;
+            let (_, at_leader) = replicas.iter().find(|(id, _)| *id == first)?;
+            let agreed = replicas.iter().all(|(_, s)| s.leader == Some(first));
+            let voters_host = at_leader
+                .voters
+                .iter()
+                .filter(|v| self.members.get(v).is_some_and(|m| m.node.is_some()))
+                .all(|v| replicas.iter().any(|(id, _)| id == v));
+            (agreed && voters_host).then_some(first)
         })
         .await
         .unwrap_or_else(|| panic!("shard {shard} elected no leader"))
     }
 
+    /// The status of `node`'s replica of `shard`; panics if it hosts none.
+    pub fn replica(&self, node: NodeId, shard: u32) -> ShardStatus {
+        self.node(node).status().shard(shard).cloned().unwrap_or_else(|| panic!("node {node} hosts shard {shard}"))
+    }
+
     /// Waits until every running replica of `shard` has the same chain head and applied index.
     pub async fn wait_converged(&self, shard: u32) -> (u64, [u8; 32]) {
         wait_for(Duration::from_secs(20), || {
-            let heads: Vec<_> = self.running().map(|n| n.head(shard).expect("shard")).collect();
-            let applied: Vec<_> = self.running().map(|n| n.status().shards[shard as usize].applied).collect();
-            (heads.windows(2).all(|w| w[0] == w[1]) && applied.windows(2).all(|w| w[0] == w[1])).then(|| heads[0])
+            let hosting: Vec<&LedgerNode> = self.running().filter(|n| n.status().shard(shard).is_some()).collect();
+            let heads: Vec<_> = hosting.iter().map(|n| n.head(shard).expect("shard")).collect();
+            let applied: Vec<_> = hosting.iter().map(|n| n.status().shard(shard).map(|s| s.applied)).collect();
+            (!heads.is_empty() && heads.windows(2).all(|w| w[0] == w[1]) && applied.windows(2).all(|w| w[0] == w[1]))
+                .then(|| heads[0])
         })
         .await
         .unwrap_or_else(|| panic!("replicas of shard {shard} did not converge"))
