@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod crash;
+pub mod geo;
 pub mod rng;
 pub mod run;
 mod workload;

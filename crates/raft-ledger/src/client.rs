@@ -69,6 +69,16 @@ impl Default for ClientOptions {
     }
 }
 
+/// Longest pause between retries. During an election every node answers "no leader" at once,
+/// so the pause, not the election, would decide how soon a client sees the new leader; a
+/// short cap keeps that small while still bounding the retry rate per client and shard.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// How long a node that timed out or refused the connection is passed over. A dead leader
+/// stays the leader its followers name until they elect another; without this, every hint
+/// would send the client back to it for another full call timeout.
+const SUSPECT_FOR: Duration = Duration::from_secs(1);
+
 /// Batches one client keeps in flight per shard; more commands wait and join the next batch.
 const CLIENT_BATCHES_IN_FLIGHT: usize = 8;
 
@@ -88,6 +98,8 @@ struct Inner {
     shard_count: u32,
     conns: Mutex<BTreeMap<String, LedgerNodeClient<Channel>>>,
     leaders: Mutex<BTreeMap<u32, String>>,
+    /// Nodes that timed out or could not be reached, and until when they are passed over.
+    suspects: Mutex<BTreeMap<String, tokio::time::Instant>>,
     next: AtomicUsize,
 }
 
@@ -101,6 +113,7 @@ impl LedgerClient {
             shard_count: 0,
             conns: Mutex::new(BTreeMap::new()),
             leaders: Mutex::new(BTreeMap::new()),
+            suspects: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
         };
         let deadline = tokio::time::Instant::now() + inner.options.deadline;
@@ -200,12 +213,35 @@ impl Inner {
         Ok(client)
     }
 
+    fn suspected(&self, addr: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        self.suspects.lock().expect("suspects lock").get(addr).is_some_and(|until| *until > now)
+    }
+
+    fn suspect(&self, addr: &str) {
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .insert(addr.to_string(), tokio::time::Instant::now() + SUSPECT_FOR);
+    }
+
+    /// The shard's known leader, else the next node in turn that is not under suspicion (or
+    /// simply the next one, if all are).
     fn pick(&self, shard: u32) -> String {
-        if let Some(leader) = self.leaders.lock().expect("leaders lock").get(&shard) {
+        if let Some(leader) = self.leaders.lock().expect("leaders lock").get(&shard)
+            && !self.suspected(leader)
+        {
             return leader.clone();
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.nodes[i % self.nodes.len()].clone()
+        let mut addr = String::new();
+        for _ in 0..self.nodes.len() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            addr = self.nodes[i % self.nodes.len()].clone();
+            if !self.suspected(&addr) {
+                break;
+            }
+        }
+        addr
     }
 
     /// Calls the leader of `shard`, following hints and retrying until `deadline`.
@@ -223,6 +259,10 @@ impl Inner {
         let total = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut backoff = Duration::from_millis(10);
         let mut last;
+        // Nodes asked since the last pause: a node without an answer sends the client straight
+        // on to the next one, and only a whole round without one pauses, so a client finds a
+        // new leader as soon as any node knows it, without hammering a cluster that has none.
+        let mut asked = 0usize;
         loop {
             let addr = self.pick(shard);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -231,9 +271,19 @@ impl Inner {
             let attempt = tokio::time::timeout(per_call, call(self.conn(&addr)?)).await;
             let retry_after = match attempt {
                 Ok(Ok(reply)) => match reply.into_inner() {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => {
+                        // Whoever answered leads the shard (only leaders serve these calls):
+                        // remember it, so the next call goes straight there.
+                        self.suspects.lock().expect("suspects lock").remove(&addr);
+                        self.leaders.lock().expect("leaders lock").insert(shard, addr);
+                        return Ok(v);
+                    }
                     Err(LedgerError::Invalid(r)) => return Err(ClientError::Invalid(r)),
-                    Err(LedgerError::NotLeader { leader_addr: Some(leader), .. }) if leader != addr => {
+                    // A hint to a node that just failed us is most likely a dead leader its
+                    // followers have not replaced yet: ask elsewhere instead.
+                    Err(LedgerError::NotLeader { leader_addr: Some(leader), .. })
+                        if leader != addr && !self.suspected(&leader) =>
+                    {
                         last = format!("{addr}: not the leader; following hint to {leader}");
                         self.leaders.lock().expect("leaders lock").insert(shard, leader);
                         None
@@ -246,20 +296,33 @@ impl Inner {
                 },
                 Ok(Err(status)) => {
                     last = format!("{addr}: {}", status.message());
+                    if status.code() == tonic::Code::Unavailable {
+                        self.suspect(&addr);
+                    }
                     Some(backoff)
                 }
                 Err(_) => {
-                    last = format!("{addr}: no reply within {:?}", self.options.request_timeout);
+                    last = format!("{addr}: no reply within {per_call:?}");
+                    self.suspect(&addr);
                     Some(Duration::ZERO)
                 }
             };
-            if let Some(wait) = retry_after {
+            if let Some(mut wait) = retry_after {
                 tracing::debug!(shard, "retrying: {last}");
-                // Forget the leader we tried and move on to another node.
+                asked += 1;
+                if asked < self.nodes.len() {
+                    wait = Duration::ZERO;
+                } else {
+                    asked = 0;
+                }
+                // Forget the leader we tried; the next pick moves on to the next node. (Advancing
+                // here too would step by two and, with an even node count, never try half the
+                // nodes: with voter subsets, possibly every replica of the shard.)
                 self.leaders.lock().expect("leaders lock").remove(&shard);
-                self.next.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(Duration::from_millis(400));
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::Indeterminate(total, last));

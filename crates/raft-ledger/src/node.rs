@@ -64,6 +64,9 @@ pub struct NodeConfig {
     /// Each shard's home region (from the topology's placement). A leader outside its shard's
     /// home hands leadership to a healthy, caught-up voter there. Empty: leaders stay put.
     pub home_regions: BTreeMap<u32, String>,
+    /// This node's place in each shard's succession (from the topology): slot 0 campaigns
+    /// first when the leader is lost. A shard without a slot leaves the order to chance.
+    pub election_slots: BTreeMap<u32, u32>,
 }
 
 impl NodeConfig {
@@ -81,6 +84,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
             home_regions: BTreeMap::new(),
+            election_slots: BTreeMap::new(),
         }
     }
 }
@@ -367,8 +371,6 @@ impl LedgerNode {
         );
         let wal = Arc::new(wal);
         let router = PeerRouter::new(config.node_id, env.net);
-        let raft_config =
-            raft_config(&config.cluster_name, config.rtt_ms, config.snapshot_every, config.logs_kept_after_snapshot);
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         let mut queues = Vec::new();
@@ -378,7 +380,14 @@ impl LedgerNode {
                 .map_err(|source| NodeError::Shard { shard: s, source })?;
             let log = LogStore::new(wal.clone(), s);
             let network = ShardNetworkFactory::new(router.clone(), s);
-            let raft = LedgerRaft::new(config.node_id, raft_config.clone(), network, log, sm)
+            let raft_config = raft_config(
+                &config.cluster_name,
+                config.rtt_ms,
+                config.snapshot_every,
+                config.logs_kept_after_snapshot,
+                config.election_slots.get(&s).copied(),
+            );
+            let raft = LedgerRaft::new(config.node_id, raft_config, network, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
@@ -806,6 +815,9 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
             let written = raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
+            if std::env::var("DBG_BATCH").is_ok() {
+                eprintln!("DBG batch shard {shard_id} {us} us");
+            }
             match written {
                 Ok(resp) => {
                     let Reply::Outcomes(outcomes) = resp.data else {

@@ -94,7 +94,7 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
 pub fn describe_placement(t: &Topology) -> String {
     use std::fmt::Write;
     let rtt = t.quorum_rtt_ms();
-    let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000);
+    let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000, None);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -230,6 +230,7 @@ impl FileConfig {
         node.rtt_ms = self.rtt_ms.or(topology.as_ref().map(|t| t.quorum_rtt_ms())).unwrap_or(1);
         if let Some(t) = &topology {
             node.home_regions = t.homes();
+            node.election_slots = t.election_slots(node_id);
         }
         node.tick_interval = Duration::from_millis(500);
         let mut seeds = vec![info.addr.clone()];

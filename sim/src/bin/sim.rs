@@ -11,6 +11,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use sim::config::{SimConfig, bug};
 use sim::crash::{CrashFile, repro_command, shrink};
+use sim::geo::{GeoConfig, GeoFault, quantile, run_geo};
 use sim::run::{RunReport, run};
 
 #[derive(Parser)]
@@ -73,6 +74,29 @@ enum Cmd {
     Repro { file: PathBuf },
     /// Minimise a crash file's faults and workload while the same check still fails.
     Shrink { file: PathBuf },
+    /// Multi-region experiment under emulated latency: commit latency per shard, then RTO after
+    /// a leader crash or a region loss over many trials (one seed each), leaders' return home,
+    /// and a check that no acknowledged write was lost.
+    Geo {
+        /// Round-trip times a-b,a-c,b-c in ms.
+        #[arg(long, value_delimiter = ',', default_value = "50,50,50")]
+        rtt: Vec<u64>,
+        /// `leader` (crash shard 0's home leader) or `region` (lose region a).
+        #[arg(long, default_value = "leader")]
+        fault: String,
+        /// Trials; trial i runs seed `seed + i`.
+        #[arg(long, default_value_t = 20)]
+        trials: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Shards.
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Sequential writes per shard for the latency figures.
+        #[arg(long, default_value_t = 30)]
+        writes: u32,
+    },
 }
 
 fn summary(r: &RunReport) -> String {
@@ -123,8 +147,82 @@ fn main() {
     std::process::exit(code);
 }
 
+fn geo(rtt: &[u64], fault: &str, trials: u64, seed: u64, shards: u32, writes: u32) -> Result<i32, String> {
+    let rtt_ms: [u64; 3] = rtt.try_into().map_err(|_| "--rtt takes three values: a-b,a-c,b-c")?;
+    let fault = match fault {
+        "leader" => GeoFault::LeaderCrash,
+        "region" => GeoFault::RegionLoss,
+        other => return Err(format!("unknown fault {other:?}: leader or region")),
+    };
+    if trials == 0 || shards == 0 || writes == 0 {
+        return Err("--trials, --shards and --writes must be at least 1".into());
+    }
+    let (mut rto, mut home, mut lost, mut acked, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize, 0u32);
+    for i in 0..trials {
+        let cfg = GeoConfig { seed: seed + i, rtt_ms, shards, writes, fault };
+        let r = run_geo(&cfg);
+        if i == 0 {
+            println!("commit latency (seed {}), writes to the home leader from 1 ms away:", cfg.seed);
+            println!("shard  home  nearest-quorum-rtt  p50    max");
+            for l in &r.latency {
+                let (rtt, p50, max) =
+                    (format!("{} ms", l.nearest_quorum_rtt_ms), format!("{} ms", l.p50_ms), format!("{} ms", l.max_ms));
+                println!("{:<6} {:<5} {rtt:<19} {p50:<6} {max}", l.shard, l.home);
+            }
+        }
+        if let Some(e) = &r.error {
+            println!("trial {i} (seed {}): FAILED: {e}", cfg.seed);
+            failed += 1;
+            continue;
+        }
+        let shards_rto: Vec<String> = r
+            .rto_ms
+            .iter()
+            .map(|(s, ms)| match r.elected_ms.get(s) {
+                Some(e) => format!("shard {s} {ms} ms (leader elected at {e} ms)"),
+                None => format!("shard {s} {ms} ms"),
+            })
+            .collect();
+        println!(
+            "trial {i} (seed {}): RTO {}; re-elected elsewhere {:?}; home again {}; acked {}, lost {}",
+            cfg.seed,
+            shards_rto.join(", "),
+            r.reelected_elsewhere,
+            r.home_again_ms.map_or("never".into(), |ms| format!("after {ms} ms")),
+            r.acked,
+            r.lost.len()
+        );
+        for l in &r.lost {
+            println!("  LOST: {l}");
+        }
+        rto.extend(r.rto_ms.values().copied());
+        home.extend(r.home_again_ms);
+        lost += r.lost.len();
+        acked += r.acked;
+        if r.home_again_ms.is_none() {
+            failed += 1;
+        }
+    }
+    println!(
+        "RTO over {} shard recoveries in {trials} trials: p50 {} ms, p99 {} ms, max {} ms",
+        rto.len(),
+        quantile(&rto, 500),
+        quantile(&rto, 990),
+        quantile(&rto, 1000)
+    );
+    println!(
+        "leaders home again after restart: p50 {} ms, p99 {} ms ({} of {trials} trials)",
+        quantile(&home, 500),
+        quantile(&home, 990),
+        home.len()
+    );
+    println!("acknowledged writes: {acked}, lost: {lost}, failed trials: {failed}");
+    Ok(if lost == 0 && failed == 0 { 0 } else { 1 })
+}
+
 fn real_main() -> Result<i32, String> {
     match Cli::parse().cmd {
+        Cmd::Geo { rtt, fault, trials, seed, shards, writes } => geo(&rtt, &fault, trials, seed, shards, writes),
         Cmd::Run { seed, config, write_config, scenario, steps, plant, twice, out } => {
             let cfg = match (seed, config) {
                 (Some(seed), _) => configured(seed, &scenario, &plant)?,

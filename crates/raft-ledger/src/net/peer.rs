@@ -1,18 +1,27 @@
 //! Sending Raft messages to peers: one gRPC channel per peer node, shared by every shard.
+//!
+//! Replication to one follower is a stream of AppendEntries calls. openraft's default sends
+//! them strictly one at a time, and after every commit it sends an entry-less call just to
+//! carry the new commit index; a write arriving meanwhile waited for that call's round trip, so
+//! each commit cost two round trips to the nearest quorum region instead of one. [`ShardPeer`]
+//! lets a call overtake entry-less calls still in flight (see [`ShardPeer::stream_append`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft_multi::{GroupNetworkAdapter, GroupRouter};
+use openraft_multi::GroupRouter;
 use tonic::transport::Channel;
 
 use super::env::Net;
@@ -234,10 +243,169 @@ impl ShardNetworkFactory {
 }
 
 impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
-    type Network = GroupNetworkAdapter<TypeConfig, u32, PeerRouter>;
+    type Network = ShardPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         self.router.learn(target, &node.addr);
-        GroupNetworkAdapter::new(self.router.clone(), target, self.shard)
+        ShardPeer { router: self.router.clone(), target, shard: self.shard }
+    }
+}
+
+/// Most AppendEntries calls in flight to one follower for one shard: at most one carrying
+/// entries, the rest entry-less (commit or heartbeat carriers).
+const APPENDS_IN_FLIGHT_MAX: usize = 4;
+
+/// One shard's Raft messages to one peer.
+pub(crate) struct ShardPeer {
+    router: PeerRouter,
+    target: NodeId,
+    shard: u32,
+}
+
+type AppendCall = BoxFuture<
+    'static,
+    (bool, Option<crate::raft::LogId>, Option<crate::raft::LogId>, Rpc<AppendEntriesResponse<TypeConfig>>),
+>;
+
+/// The state of one replication stream: requests still to come, and calls in flight, whose
+/// results are reported in the order the calls were made.
+struct Pipeline<S> {
+    input: Option<S>,
+    in_flight: FuturesOrdered<AppendCall>,
+    /// In-flight calls that carry entries (0 or 1).
+    with_entries: usize,
+    stopped: bool,
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardPeer {
+    type SnapshotData = LedgerSnapshot;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
+        self.router.append_entries(self.target, self.shard, rpc, option).await
+    }
+
+    /// Sends the stream's requests, letting a request go out while only entry-less ones are in
+    /// flight, and reports results in request order (what openraft requires).
+    ///
+    /// Why overtaking an entry-less call is safe: it carries no entries, so it cannot truncate
+    /// or add anything; its `prev_log_id` is the last id already sent, which the follower holds
+    /// whether the later call arrives first or not; and the follower only ever moves its commit
+    /// and accepted positions forward, so the older commit index it carries is ignored if it
+    /// lands second. A call carrying entries is never overtaken: a later call's `prev_log_id`
+    /// would name entries the follower may not have yet, and it would refuse it as a conflict.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let (router, target, shard) = (self.router.clone(), self.target, self.shard);
+        let start = Pipeline { input: Some(input), in_flight: FuturesOrdered::new(), with_entries: 0, stopped: false };
+        let results = futures_util::stream::unfold(start, move |mut p| {
+            let (router, option) = (router.clone(), option.clone());
+            async move {
+                loop {
+                    if p.stopped {
+                        return None;
+                    }
+                    let may_send =
+                        p.input.is_some() && p.with_entries == 0 && p.in_flight.len() < APPENDS_IN_FLIGHT_MAX;
+                    if !may_send && p.in_flight.is_empty() {
+                        return None;
+                    }
+                    let has_in_flight = !p.in_flight.is_empty();
+                    let (input, in_flight) = (&mut p.input, &mut p.in_flight);
+                    // Evaluated even when its branch is disabled, so it must not assume input.
+                    let next_request = async move {
+                        match input {
+                            Some(input) => input.next().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        // Results first: they free the slot a request may be waiting for.
+                        biased;
+                        Some((entries, prev, last, result)) = in_flight.next(), if has_in_flight => {
+                            if entries {
+                                p.with_entries -= 1;
+                            }
+                            let item = match result {
+                                Ok(resp) => {
+                                    // A partial success or a refusal ends the stream, as in
+                                    // openraft's sequential sender: what follows was built on it.
+                                    let complete = match &resp {
+                                        AppendEntriesResponse::PartialSuccess(partial) => *partial == last,
+                                        _ => true,
+                                    };
+                                    let r = resp.into_stream_result(prev, last);
+                                    p.stopped = r.is_err() || !complete;
+                                    Ok(r)
+                                }
+                                Err(e) => {
+                                    p.stopped = true;
+                                    Err(e)
+                                }
+                            };
+                            return Some((item, p));
+                        }
+                        // `next()` on the request stream is cancel-safe: the stream keeps its own
+                        // pending state when this branch loses the race.
+                        req = next_request, if may_send => {
+                            let Some(req) = req else {
+                                p.input = None;
+                                continue;
+                            };
+                            let prev = req.prev_log_id;
+                            let last = req.entries.last().map(|e| e.log_id).or(prev);
+                            let entries = !req.entries.is_empty();
+                            if entries {
+                                p.with_entries += 1;
+                            }
+                            let (router, option) = (router.clone(), option.clone());
+                            p.in_flight.push_back(Box::pin(async move {
+                                let result = router.append_entries(target, shard, req, option).await;
+                                (entries, prev, last, result)
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        Box::pin(async move { Ok(Box::pin(results) as BoxStream<'s, _>) })
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.router.vote(self.target, self.shard, rpc, option).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.router.pre_vote(self.target, self.shard, rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        self.router.full_snapshot(self.target, self.shard, vote, snapshot, cancel, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
+        self.router.transfer_leader(self.target, self.shard, req, option).await
     }
 }

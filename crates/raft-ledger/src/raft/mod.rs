@@ -102,20 +102,47 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 /// Raft settings for a cluster whose slowest quorum link has the given round-trip time.
 ///
 /// LAN defaults (150–300 ms elections, 50 ms heartbeats) would make cross-region clusters
-/// elect constantly. Heartbeats go every max(100 ms, 2 RTT); an election starts after
-/// max(300 ms, 6 RTT, 3 heartbeats) to 2x that of silence, so a single lost heartbeat never
-/// deposes a leader. openraft also gives each replication RPC one heartbeat interval to answer,
-/// which is why the heartbeat floor is 100 ms rather than 50: a follower busy applying a large
-/// batch must not be declared failed.
+/// elect constantly. Heartbeats go every max(100 ms, 2 RTT). openraft gives each replication
+/// RPC one heartbeat interval to answer, which is why the floor is 100 ms rather than 50: a
+/// follower busy applying a large batch must not be declared failed.
+///
+/// How long a dead leader goes unnoticed: a follower keeps the leader's lease for
+/// `election_timeout_max` after the last heartbeat, and only then starts its election timer,
+/// a draw from `[min, max]`; so it campaigns `min + max` to `2 max` after the leader died, and
+/// the election takes two more round trips (pre-vote, vote). `base = max(2 heartbeats + 1 RTT,
+/// 250 ms)`, so at least three heartbeats in a row must be lost before anyone campaigns.
+///
+/// Survivors that campaign within a round trip of each other split the vote and both wait
+/// another timeout, which is what made failover slow and erratic. So a replica with an
+/// `election_slot` (its place in the shard's succession, from
+/// [`crate::placement::Topology::election_slots`]) gets `min = base + slot heartbeats` and a
+/// small jitter: the first survivor campaigns alone and the next one only if it has not
+/// heard from a new leader by then. At 50 ms RTT the first successor campaigns 520–540 ms
+/// after the last heartbeat. Without a slot: `[base, base + 1 heartbeat]`, left to chance.
+/// Pre-vote keeps one stalled follower from deposing a leader the others still hear.
 /// A snapshot is taken every `snapshot_every` applied entries, keeping `logs_kept` entries.
-pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_kept: u64) -> Arc<openraft::Config> {
+pub fn raft_config(
+    cluster_name: &str,
+    rtt_ms: u64,
+    snapshot_every: u64,
+    logs_kept: u64,
+    election_slot: Option<u32>,
+) -> Arc<openraft::Config> {
+    const SLOT_JITTER_MS: u64 = 20;
     let heartbeat_ms = (2 * rtt_ms).max(100);
-    let election_min_ms = (6 * rtt_ms).max(300).max(3 * heartbeat_ms);
+    let base_ms = (2 * heartbeat_ms + rtt_ms).max(250);
+    let (election_min_ms, election_max_ms) = match election_slot {
+        Some(slot) => {
+            let min = base_ms + u64::from(slot) * heartbeat_ms;
+            (min, min + SLOT_JITTER_MS)
+        }
+        None => (base_ms, base_ms + heartbeat_ms),
+    };
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: heartbeat_ms,
         election_timeout_min: election_min_ms,
-        election_timeout_max: 2 * election_min_ms,
+        election_timeout_max: election_max_ms,
         // Followers that fall this far behind get a snapshot instead of a log replay.
         replication_lag_threshold: 2 * snapshot_every,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),

@@ -1,0 +1,62 @@
+//! Multi-region behaviour under emulated inter-region latency (30, 80 and 150 ms round trips,
+//! under turmoil): losing a leader or a whole region re-elects in a surviving region and loses
+//! no acknowledged write, leaders go home when the region returns, and a commit costs one
+//! round trip to the nearest region holding a voter, not the farthest.
+//!
+//! Timing here is simulated, so the figures are exact and repeatable; the RTO percentiles over
+//! many trials are a benchmark (`sim geo`, in BENCHMARKS.md), not asserted.
+
+use sim::geo::{GeoConfig, GeoFault, GeoReport, run_geo};
+
+const RTT_MS: [u64; 3] = [30, 80, 150];
+
+fn run(seed: u64, fault: GeoFault, shards: u32) -> (GeoConfig, GeoReport) {
+    let cfg = GeoConfig { seed, rtt_ms: RTT_MS, shards, writes: 5, fault };
+    let report = run_geo(&cfg);
+    assert!(report.error.is_none(), "seed {seed} {fault:?}: {:?}", report.error);
+    (cfg, report)
+}
+
+/// What every run must show, whatever the fault.
+fn check_recovery(cfg: &GeoConfig, r: &GeoReport) {
+    assert!(!r.rto_ms.is_empty(), "the fault took some shard's leader: {r:?}");
+    let affected: Vec<u32> = r.rto_ms.keys().copied().collect();
+    assert_eq!(r.reelected_elsewhere, affected, "every shard that lost its leader elected one in a surviving region");
+    assert!(r.lost.is_empty(), "acknowledged writes lost: {:?}", r.lost);
+    assert!(r.acked > 0);
+    assert!(r.home_again_ms.is_some(), "seed {}: leaders did not return home", cfg.seed);
+}
+
+#[test]
+fn t60_commit_latency_is_one_round_trip_to_the_nearest_voter_region() {
+    let (cfg, r) = run(1, GeoFault::LeaderCrash, 3);
+    let topo = cfg.topology();
+    for l in &r.latency {
+        let others: Vec<u64> =
+            topo.regions.iter().filter(|g| g.name != l.home).map(|g| topo.rtt(&l.home, &g.name).unwrap()).collect();
+        let farthest = *others.iter().max().unwrap();
+        assert_eq!(l.nearest_quorum_rtt_ms, *others.iter().min().unwrap(), "shard {}: {l:?}", l.shard);
+        // One round trip, plus the controller's 1 ms hop each way; never a wait for the far region.
+        assert!(l.p50_ms >= l.nearest_quorum_rtt_ms, "faster than light: {l:?}");
+        assert!(l.p50_ms <= l.nearest_quorum_rtt_ms + 5, "more than one round trip: {l:?}");
+        assert!(l.max_ms < farthest, "a commit waited for the farthest region: {l:?}");
+    }
+    check_recovery(&cfg, &r);
+}
+
+#[test]
+fn t61_a_lost_region_re_elects_elsewhere_loses_nothing_and_leaders_return_home() {
+    for seed in [2, 3] {
+        let (cfg, r) = run(seed, GeoFault::RegionLoss, 6);
+        // Region a is home to shards 0 and 3; both lose their leader.
+        assert_eq!(r.rto_ms.keys().copied().collect::<Vec<_>>(), vec![0, 3], "{r:?}");
+        check_recovery(&cfg, &r);
+    }
+}
+
+#[test]
+fn t62_a_geo_run_is_reproducible_from_its_seed() {
+    let (_, a) = run(4, GeoFault::LeaderCrash, 3);
+    let (_, b) = run(4, GeoFault::LeaderCrash, 3);
+    assert_eq!((a.rto_ms, a.elected_ms, a.home_again_ms, a.acked), (b.rto_ms, b.elected_ms, b.home_again_ms, b.acked));
+}
