@@ -45,6 +45,7 @@ fn main() {
         .method(unary("status", "Status", "StatusRequest", "StatusReply"))
         .method(unary("verify", "Verify", "VerifyRequest", "VerifyReply"))
         .method(unary("change_membership", "ChangeMembership", "MembershipRequest", "MembershipReply"))
+        .method(unary("initialize", "Initialize", "InitializeRequest", "InitializeReply"))
         .build();
     Builder::new().compile(&[transport, ledger]);
 }

@@ -164,7 +164,8 @@ async fn open_and_fund(c: &mut WalletClient<Channel>, cashier: &Credentials, pla
 }
 
 async fn available(c: &mut WalletClient<Channel>, who: &Credentials, player: &str) -> i64 {
-    let m = pb::GetBalanceRequest { player_id: player.into(), currency: "EUR".into(), consistency: 0 };
+    let m =
+        pb::GetBalanceRequest { player_id: player.into(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     c.get_balance(who.request(Rpc::GetBalance, m, T)).await.expect("balance").into_inner().balance.unwrap().available
 }
 
@@ -273,15 +274,18 @@ async fn t40_every_rpc_works_end_to_end_through_any_node() {
     c1.transfer(cl.cashier.request(Rpc::Transfer, t, T)).await.unwrap();
     assert_eq!(available(&mut c0, &cl.cashier, &bob).await, 40_00);
 
-    // A stale read says so.
+    // A stale read says so, and says how stale it may be: within the bound asked for.
     let m = pb::GetBalanceRequest {
         player_id: alice.clone(),
         currency: "EUR".into(),
         consistency: pb::ReadConsistency::Stale as i32,
+        max_staleness_ms: 2_000,
     };
     let stale = c2.get_balance(cl.cashier.request(Rpc::GetBalance, m, T)).await.unwrap().into_inner();
     assert_eq!(stale.consistency, pb::ReadConsistency::Stale as i32);
-    let m = pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0 };
+    assert!(stale.staleness_ms <= 2_000, "{stale:?}");
+    let m =
+        pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     let lin = c2.get_balance(cl.cashier.request(Rpc::GetBalance, m, T)).await.unwrap().into_inner();
     assert_eq!(lin.consistency, pb::ReadConsistency::Linearizable as i32);
     assert_eq!(lin.balance.unwrap().available, 70_00);
@@ -345,7 +349,8 @@ async fn t40_every_rpc_works_end_to_end_through_any_node() {
     let tokens = cl.sessions.login(&alice, "dev-1", "127.0.0.1", 1).await.unwrap();
     let me = Credentials::Player { token: tokens.access_token.clone(), device: "dev-1".into() };
     assert_eq!(available(&mut c0, &me, &alice).await, 70_00);
-    let m = pb::GetBalanceRequest { player_id: bob.clone(), currency: "EUR".into(), consistency: 0 };
+    let m =
+        pb::GetBalanceRequest { player_id: bob.clone(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     assert_eq!(
         code_reason(c0.get_balance(me.request(Rpc::GetBalance, m, T)).await),
         (Code::PermissionDenied, "NOT_YOUR_WALLET".into())
@@ -359,7 +364,8 @@ async fn t40_every_rpc_works_end_to_end_through_any_node() {
     forged.pop();
     forged.push(if tokens.access_token.ends_with('A') { 'B' } else { 'A' });
     let bad = Credentials::Player { token: forged, device: "dev-1".into() };
-    let m = pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0 };
+    let m =
+        pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     assert_eq!(
         code_reason(c0.get_balance(bad.request(Rpc::GetBalance, m.clone(), T)).await),
         (Code::Unauthenticated, "TOKEN_INVALID".into())
@@ -421,7 +427,8 @@ async fn t40_every_rpc_works_end_to_end_through_any_node() {
     let leader = leader_of(&cl, shard).await;
     let follower = (leader + 1) % 3;
     let mut cf = cl.client(follower).await;
-    let m = pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0 };
+    let m =
+        pb::GetBalanceRequest { player_id: alice.clone(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     let mut req = cl.cashier.request(Rpc::GetBalance, m, T);
     req.metadata_mut().insert("x-wallet-no-forward", "1".parse().unwrap());
     let s = cf.get_balance(req).await.unwrap_err();

@@ -23,11 +23,12 @@ use crate::membership::{MembershipChange, MembershipView};
 use crate::net::env::Net;
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
 use crate::net::wire::{
-    BalanceRequest, EntriesRequest, MembershipRequest, StatusRequest, SubmitBatchRequest, VerifyRequest,
+    BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, StatusRequest, SubmitBatchRequest,
+    VerifyRequest,
 };
 use crate::node::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::outcome::{Outcome, Rejection};
-use crate::shard::shard_for_player;
+use crate::shard::ShardMap;
 
 /// Why a client call failed.
 #[derive(Debug, Clone, Error)]
@@ -95,7 +96,7 @@ pub struct LedgerClient {
 struct Inner {
     nodes: Vec<String>,
     options: ClientOptions,
-    shard_count: u32,
+    map: ShardMap,
     conns: Mutex<BTreeMap<String, LedgerNodeClient<Channel>>>,
     leaders: Mutex<BTreeMap<u32, String>>,
     /// Nodes that timed out or could not be reached, and until when they are passed over.
@@ -110,7 +111,7 @@ impl LedgerClient {
         let mut inner = Inner {
             nodes,
             options,
-            shard_count: 0,
+            map: ShardMap::uniform(1),
             conns: Mutex::new(BTreeMap::new()),
             leaders: Mutex::new(BTreeMap::new()),
             suspects: Mutex::new(BTreeMap::new()),
@@ -122,7 +123,7 @@ impl LedgerClient {
             for addr in inner.nodes.clone() {
                 match inner.once(&addr, |mut c| async move { c.status(StatusRequest).await }).await {
                     Ok(status) => {
-                        inner.shard_count = status.shard_count;
+                        inner.map = status.shard_map();
                         return Ok(Self { inner: Arc::new(inner), batchers: Mutex::new(BTreeMap::new()) });
                     }
                     Err(e) => last = e.to_string(),
@@ -137,7 +138,21 @@ impl LedgerClient {
 
     /// Shards in the cluster.
     pub fn shard_count(&self) -> u32 {
-        self.inner.shard_count
+        self.inner.map.shards()
+    }
+
+    /// Which shard each player lives in (learned from the node the client first reached).
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.inner.map
+    }
+
+    /// The shard holding `player`'s wallets.
+    pub fn shard_for(&self, player: &crate::PlayerId) -> Result<u32, ClientError> {
+        self.inner
+            .map
+            .shard_for(player)
+            .map(|s| s.0)
+            .map_err(|e| ClientError::Ledger(LedgerError::UnknownRegion(e.to_string())))
     }
 
     fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<Queued> {
@@ -352,7 +367,7 @@ impl LedgerClient {
     pub async fn submit(&self, command: Command) -> Result<Outcome, ClientError> {
         command.validate().map_err(ClientError::Invalid)?;
         let shard = match command.player() {
-            Some(p) => shard_for_player(p, self.inner.shard_count).0,
+            Some(p) => self.shard_for(p)?,
             None => return Err(ClientError::Ledger(LedgerError::NoShard)),
         };
         self.submit_to(shard, command).await
@@ -405,7 +420,7 @@ impl LedgerClient {
     pub async fn balance(&self, account: &AccountRef, shard: Option<u32>) -> Result<BalanceView, ClientError> {
         let shard = match (shard, account.player_id()) {
             (Some(s), _) => s,
-            (None, Some(p)) => shard_for_player(p, self.inner.shard_count).0,
+            (None, Some(p)) => self.shard_for(p)?,
             (None, None) => return Err(ClientError::Ledger(LedgerError::NoShard)),
         };
         self.balance_until(account, shard, tokio::time::Instant::now() + self.inner.options.deadline).await
@@ -427,6 +442,21 @@ impl LedgerClient {
                 async move { c.change_membership(req).await }
             })
             .await
+    }
+
+    /// Asks the node at `addr` to give a never-initialized shard its first voters (it must be
+    /// one). `Ok(false)`: it already was initialized.
+    pub async fn initialize(
+        &self,
+        addr: &str,
+        shard: u32,
+        members: &BTreeMap<crate::raft::NodeId, crate::raft::NodeInfo>,
+    ) -> Result<bool, ClientError> {
+        let members = members.clone();
+        self.inner
+            .once(addr, |mut c| async move { c.initialize(InitializeRequest { shard, members }).await })
+            .await?
+            .map_err(ClientError::Ledger)
     }
 
     /// A node's status.

@@ -41,5 +41,5 @@ pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
 pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage, Recall};
 pub use money::{AMOUNT_MAX, Amount, Balance, Currency};
 pub use outcome::{IdField, Outcome, Receipt, Rejection};
-pub use shard::{ShardId, shard_for_player};
+pub use shard::{REGION_SEPARATOR, ShardId, ShardMap, UnknownRegion, shard_for_player};
 pub use time::{Clock, ClusterTime, RuntimeClock, WallClock};

@@ -26,7 +26,7 @@ use crate::net::env::{Listener, Net};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
 use crate::outcome::{Outcome, Rejection};
 use crate::raft::{NodeId, NodeInfo, Proposal, Reply, Request, TypeConfig, raft_config};
-use crate::shard::{ShardId, shard_for_player};
+use crate::shard::{ShardId, ShardMap};
 use crate::store::LogStore;
 use crate::store::state_machine::{LedgerStateMachine, ShardCell, StoreError};
 use crate::store::vfs::{StdFs, Vfs};
@@ -197,6 +197,9 @@ pub enum LedgerError {
     /// A replica change was refused as unsafe or contradictory. Nothing changed.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// The command's player id names a region that is home to no shard. Nothing was proposed.
+    #[error("{0}")]
+    UnknownRegion(String),
 }
 
 /// How fresh a balance read must be.
@@ -223,6 +226,10 @@ pub struct BalanceView {
     pub last_at: ClusterTime,
     /// Which consistency was provided.
     pub consistency: ReadConsistency,
+    /// An upper bound on how stale the state read is, in ms (see [`LedgerNode::staleness`]):
+    /// 0 for a linearizable read, `None` when this replica cannot bound it (it has not heard
+    /// from a leader whose commit point it has applied).
+    pub staleness_ms: Option<u64>,
 }
 
 /// One shard replica's state, for operators.
@@ -271,12 +278,20 @@ pub struct NodeStatus {
     pub info: NodeInfo,
     /// Shards in the cluster.
     pub shard_count: u32,
+    /// Each shard's home region; with [`NodeStatus::shard_count`] this is the cluster's
+    /// [`ShardMap`], which clients route by.
+    pub home_regions: BTreeMap<u32, String>,
     /// Each hosted replica, by shard id. A shard whose membership does not name this node is
     /// absent: with voter subsets a node hosts only some shards.
     pub shards: Vec<ShardStatus>,
 }
 
 impl NodeStatus {
+    /// Which shard each player lives in, as this node routes.
+    pub fn shard_map(&self) -> ShardMap {
+        ShardMap::new(self.shard_count, &self.home_regions)
+    }
+
     /// This node's replica of `shard`, if it hosts one.
     pub fn shard(&self, shard: u32) -> Option<&ShardStatus> {
         self.shards.iter().find(|s| s.shard == shard)
@@ -325,10 +340,38 @@ pub(crate) struct Shard {
     queue: mpsc::Sender<(Command, Waiter)>,
     /// Times this replica has seen the shard's leader change since it started.
     leader_changes: std::sync::atomic::AtomicU64,
+    /// Recent AppendEntries this replica accepted from a leader: when each arrived and the
+    /// commit index it carried, commit indexes ascending. What bounds a local read's staleness.
+    leader_contact: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
+}
+
+/// Leader contacts kept per shard. A replica that lags further behind than this many distinct
+/// commit points cannot bound its staleness, and a bounded read goes to the leader instead.
+const LEADER_CONTACTS_MAX: usize = 64;
+
+impl Shard {
+    /// Notes that an AppendEntries from the leader, received at `at` and carrying commit index
+    /// `commit`, was accepted.
+    pub(crate) fn heard_from_leader(&self, at: tokio::time::Instant, commit: u64) {
+        let mut seen = self.leader_contact.lock().expect("leader contact lock");
+        match seen.back_mut() {
+            // Same commit point, later message: keep only the later one.
+            Some((t, c)) if *c == commit => *t = (*t).max(at),
+            // An older commit point arriving late (calls can overtake each other) adds nothing.
+            Some((_, c)) if *c > commit => {}
+            _ => {
+                seen.push_back((at, commit));
+                if seen.len() > LEADER_CONTACTS_MAX {
+                    seen.pop_front();
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct NodeInner {
     pub(crate) config: NodeConfig,
+    map: ShardMap,
     pub(crate) env: NodeEnv,
     wal: Arc<Wal>,
     shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
@@ -352,6 +395,10 @@ struct Identity {
     node_id: NodeId,
     cluster_name: String,
     shards: u32,
+    /// Each shard's home region: with the shard count, where every player's wallets live.
+    /// Starting under another map would route players to shards that do not hold them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    home_regions: BTreeMap<u32, String>,
 }
 
 impl LedgerNode {
@@ -399,11 +446,13 @@ impl LedgerNode {
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 queue,
                 leader_changes: std::sync::atomic::AtomicU64::new(0),
+                leader_contact: std::sync::Mutex::new(std::collections::VecDeque::new()),
             });
             queues.push((shard.clone(), rx));
             shards.insert(s, shard);
         }
-        let inner = Arc::new(NodeInner { config, env, wal, shards: RwLock::new(shards), stop });
+        let map = ShardMap::new(config.shards, &config.home_regions);
+        let inner = Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop });
         let node = Self { inner };
         for (shard, rx) in queues {
             tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
@@ -430,27 +479,55 @@ impl LedgerNode {
     /// first membership. Safe to call on every node with the same members, and on restarts.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, NodeInfo>) -> Result<(), NodeError> {
         let plan = (0..self.inner.config.shards).map(|s| (s, members.clone())).collect();
-        self.bootstrap_placed(&plan).await
+        self.bootstrap_placed(&plan).await.map(|_| ())
     }
 
     /// Forms a new cluster with each shard's own first voters (see
-    /// [`crate::placement::Topology::bootstrap_plan`]). Only shards this node is a first voter
-    /// of are initialized here; the others stay empty until a membership change adds this node.
-    /// Safe to call on every node with the same plan, and on restarts.
-    pub async fn bootstrap_placed(&self, plan: &BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>) -> Result<(), NodeError> {
+    /// [`crate::placement::Topology::bootstrap_plan`]). Shards this node is a first voter of are
+    /// initialized here; the others are returned, for the caller to ask one of their voters
+    /// ([`crate::client::LedgerClient::initialize`]). Safe to call on every node with the same
+    /// plan, and on restarts.
+    pub async fn bootstrap_placed(
+        &self,
+        plan: &BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>,
+    ) -> Result<BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>, NodeError> {
+        let mut elsewhere = BTreeMap::new();
         for shard in self.shards() {
-            let Some(members) = plan.get(&shard.id.0).filter(|m| m.contains_key(&self.inner.config.node_id)) else {
-                continue;
-            };
-            if shard.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+            let Some(members) = plan.get(&shard.id.0) else { continue };
+            if !members.contains_key(&self.inner.config.node_id) {
+                elsewhere.insert(shard.id.0, members.clone());
                 continue;
             }
-            if let Err(e) = shard.raft.initialize(members.clone()).await {
-                // Another node initialized it first: that is the goal, not an error.
-                tracing::debug!(shard = %shard.id, "initialize skipped: {e}");
+            self.initialize_shard(shard.id.0, members).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        Ok(elsewhere)
+    }
+
+    /// Gives a never-initialized shard `members` as its first voters; this node must be one.
+    /// Returns whether this call did it (`false`: it already was initialized, which is fine).
+    pub async fn initialize_shard(
+        &self,
+        shard: u32,
+        members: &BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, LedgerError> {
+        let s = self.shard_or_err(shard)?;
+        if !members.contains_key(&self.inner.config.node_id) {
+            return Err(LedgerError::Membership(format!(
+                "node {} is not among shard {shard}'s first voters",
+                self.inner.config.node_id
+            )));
+        }
+        if s.raft.is_initialized().await.map_err(|e| LedgerError::Unavailable(e.to_string()))? {
+            return Ok(false);
+        }
+        match s.raft.initialize(members.clone()).await {
+            Ok(()) => Ok(true),
+            // Another node initialized it first: that is the goal, not an error.
+            Err(e) => {
+                tracing::debug!(shard, "initialize skipped: {e}");
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     fn shards(&self) -> Vec<Arc<Shard>> {
@@ -490,10 +567,11 @@ impl LedgerNode {
     /// The shard a command must run in: the requested one, checked against the command's
     /// player, or the player's shard.
     pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
-        let home = cmd.player().map(|p| shard_for_player(p, self.inner.config.shards).0);
+        let place = |p| self.inner.map.shard_for(p).map(|s| s.0).map_err(|e| LedgerError::UnknownRegion(e.to_string()));
+        let home = cmd.player().map(place).transpose()?;
         // A transfer moves money inside one shard's ledger: both players must live there.
         if let (Command::Transfer { to, .. }, Some(h)) = (cmd, home) {
-            let payee = shard_for_player(to, self.inner.config.shards).0;
+            let payee = place(to)?;
             if payee != h {
                 return Err(LedgerError::WrongShard { expected: payee, requested: h });
             }
@@ -503,6 +581,11 @@ impl LedgerNode {
             (Some(s), _) | (None, Some(s)) => Ok(s),
             (None, None) => Err(LedgerError::NoShard),
         }
+    }
+
+    /// Which shard each player lives in, as this node routes.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.inner.map
     }
 
     fn shard_or_err(&self, shard: u32) -> Result<Arc<Shard>, LedgerError> {
@@ -565,7 +648,7 @@ impl LedgerNode {
     ) -> Result<BalanceView, LedgerError> {
         let shard_id = match (shard, account.player_id()) {
             (Some(s), _) => s,
-            (None, Some(p)) => shard_for_player(p, self.inner.config.shards).0,
+            (None, Some(p)) => self.inner.map.shard_for(p).map_err(|e| LedgerError::UnknownRegion(e.to_string()))?.0,
             (None, None) => return Err(LedgerError::NoShard),
         };
         let shard = self.shard_or_err(shard_id)?;
@@ -581,6 +664,10 @@ impl LedgerNode {
                 None => LedgerError::Unavailable(e.to_string()),
             });
         }
+        let staleness_ms = match consistency {
+            ReadConsistency::Linearizable => Some(0),
+            ReadConsistency::Local => self.staleness(shard_id).map(|d| d.as_millis() as u64),
+        };
         let st = shard.cell.read();
         Ok(BalanceView {
             shard: shard_id,
@@ -589,7 +676,30 @@ impl LedgerNode {
             journal_len: st.journal.len(),
             last_at: st.ledger.last_at(),
             consistency,
+            staleness_ms,
         })
+    }
+
+    /// How stale a local read of `shard` may be: every write acknowledged more than this long
+    /// ago (plus the one-way delay from the leader) is in this replica's applied state.
+    ///
+    /// On the leader it is the time since a quorum last acknowledged its leadership: no other
+    /// leader can have acknowledged anything before then. On a follower it is the age of the
+    /// newest leader message whose commit index this replica has applied: the leader had
+    /// acknowledged nothing beyond that index when it sent the message. `None` when neither is
+    /// known, or this node hosts no replica of the shard.
+    pub fn staleness(&self, shard: u32) -> Option<Duration> {
+        let s = self.inner.shard(shard)?;
+        let m = s.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().get_node(&self.inner.config.node_id)?;
+        if m.state == ServerState::Leader {
+            let acked = m.last_quorum_acked.as_ref()?;
+            return Some(acked.elapsed());
+        }
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        let seen = s.leader_contact.lock().expect("leader contact lock");
+        let (at, _) = seen.iter().rev().find(|(_, commit)| *commit <= applied)?;
+        Some(at.elapsed())
     }
 
     /// Up to `limit` journal entries of a shard from `from_seq` on, as this replica has them.
@@ -687,6 +797,7 @@ impl LedgerNode {
             node_id: self.inner.config.node_id,
             info: self.inner.config.info.clone(),
             shard_count: self.inner.config.shards,
+            home_regions: self.inner.config.home_regions.clone(),
             shards,
         }
     }
@@ -734,7 +845,12 @@ fn server_state(s: ServerState) -> &'static str {
 
 fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
     let path = config.data_dir.join("node.json");
-    let me = Identity { node_id: config.node_id, cluster_name: config.cluster_name.clone(), shards: config.shards };
+    let me = Identity {
+        node_id: config.node_id,
+        cluster_name: config.cluster_name.clone(),
+        shards: config.shards,
+        home_regions: config.home_regions.clone(),
+    };
     match vfs.read(&path) {
         Ok(bytes) => {
             let found: Identity = serde_json::from_slice(&bytes)

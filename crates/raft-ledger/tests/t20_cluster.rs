@@ -417,3 +417,50 @@ async fn t26_leaders_go_home_survive_losing_it_and_return_when_it_is_back() {
     assert!(shard_1.leader_changes >= 2, "away and back: {shard_1:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t27_a_local_read_bounds_its_staleness_and_the_bound_holds() {
+    let mut cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    assert!(applied(&client.submit(open("o", "alice")).await.unwrap()));
+    let leader = cluster.wait_leader(0).await;
+    let follower = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
+    let wallet = AccountRef::player(player("alice"), eur());
+
+    // The promise: a write acknowledged longer than `staleness` before the read began is in it.
+    let mut checked = 0;
+    for i in 1..=40i64 {
+        assert!(applied(&client.submit(deposit(&format!("d{i}"), "alice", 1)).await.unwrap()));
+        let acked = tokio::time::Instant::now();
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let read_at = tokio::time::Instant::now();
+        let view = cluster.node(follower).balance(Some(0), &wallet, ReadConsistency::Local).await.unwrap();
+        let staleness = Duration::from_millis(view.staleness_ms.expect("a follower that hears its leader bounds it"));
+        assert!(staleness < Duration::from_secs(1), "heartbeats keep it fresh: {staleness:?}");
+        if read_at.duration_since(acked) > staleness {
+            assert_eq!(view.balance.unwrap().posted, i, "deposit {i} acked before the bound, yet missing");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "some reads were old enough to test the promise");
+    let on_leader = cluster.node(leader).balance(Some(0), &wallet, ReadConsistency::Local).await.unwrap();
+    assert!(on_leader.staleness_ms.is_some_and(|s| s < 1_000), "{on_leader:?}");
+
+    // Without a leader, nothing refreshes a follower's bound: it grows until a new leader speaks.
+    cluster.stop(leader).await;
+    let grew = wait_for(Duration::from_secs(5), || {
+        let s = cluster.node(follower).staleness(0)?;
+        (s >= Duration::from_millis(250)).then_some(s)
+    })
+    .await;
+    assert!(grew.is_some(), "a follower cut off from its leader reports growing staleness");
+    assert!(applied(&client.submit(deposit("after", "alice", 1)).await.unwrap()));
+    let fresh = wait_for(Duration::from_secs(5), || {
+        cluster.node(follower).staleness(0).filter(|s| *s < Duration::from_millis(250))
+    })
+    .await;
+    assert!(fresh.is_some(), "fresh again under the new leader");
+    cluster.shutdown().await;
+}

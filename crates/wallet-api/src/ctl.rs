@@ -118,6 +118,10 @@ pub enum Cmd {
         /// Accept a possibly stale read from the node you call, for display.
         #[arg(long)]
         stale: bool,
+        /// With --stale: the most staleness acceptable, in ms (default 5000); a replica that
+        /// cannot promise it answers with a read at the leader instead.
+        #[arg(long, requires = "stale")]
+        max_staleness_ms: Option<u32>,
     },
     /// List a player's ledger entries, oldest first.
     History {
@@ -379,9 +383,14 @@ pub async fn run(cli: Cli) -> Result<i32, String> {
             let r = c.client.clone().transfer(c.req(Rpc::Transfer, m)).await;
             c.done(r)
         }
-        Cmd::Balance { player, currency, stale } => {
+        Cmd::Balance { player, currency, stale, max_staleness_ms } => {
             let consistency = if stale { pb::ReadConsistency::Stale } else { pb::ReadConsistency::Linearizable } as i32;
-            let m = pb::GetBalanceRequest { player_id: player.clone(), currency: currency.clone(), consistency };
+            let m = pb::GetBalanceRequest {
+                player_id: player.clone(),
+                currency: currency.clone(),
+                consistency,
+                max_staleness_ms: max_staleness_ms.unwrap_or(0),
+            };
             match c.client.get_balance(c.req(Rpc::GetBalance, m)).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -391,7 +400,10 @@ pub async fn run(cli: Cli) -> Result<i32, String> {
                     }
                     let b = r.balance.unwrap_or_default();
                     let how = if r.consistency == pb::ReadConsistency::Stale as i32 {
-                        format!("stale read, {} entries behind the commit index at most", r.lag_entries)
+                        format!(
+                            "stale read, at most {} ms old and {} entries behind the commit index",
+                            r.staleness_ms, r.lag_entries
+                        )
                     } else {
                         "linearizable".to_string()
                     };

@@ -1,7 +1,6 @@
 //! `walletd demo`: a three-region cluster on this machine, with embedded storage, that shows
 //! what the ledger does and then keeps serving until Ctrl-C.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,9 @@ use clap::Args;
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
+use raft_ledger::placement::{NodeSpec, RegionSpec, Topology};
 use raft_ledger::raft::{NodeId, NodeInfo};
-use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId, shard_for_player};
+use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 
 use std::sync::Arc;
 
@@ -96,11 +96,14 @@ impl DemoAuth {
     }
 }
 
-async fn launch(n: &mut DemoNode, shards: u32, listener: Listener, auth: &DemoAuth) -> Result<(), String> {
-    let mut config = NodeConfig::new(n.id, n.info.clone(), &n.dir, shards);
+async fn launch(n: &mut DemoNode, topo: &Topology, listener: Listener, auth: &DemoAuth) -> Result<(), String> {
+    let mut config = NodeConfig::new(n.id, n.info.clone(), &n.dir, topo.shards);
     config.cluster_name = "walletd-demo".into();
-    // Home regions dealt round-robin, as a topology file would: every region leads some shards.
-    config.home_regions = (0..shards).map(|s| (s, REGIONS[s as usize % REGIONS.len()].0.to_string())).collect();
+    // What `walletd start --topology` does: home regions dealt round-robin, so every region
+    // leads some shards, and each node's place in every shard's succession.
+    config.home_regions = topo.homes();
+    config.election_slots = topo.election_slots(n.id);
+    config.rtt_ms = topo.quorum_rtt_ms();
     let node = LedgerNode::start(config, NodeEnv::production()).await.map_err(|e| e.to_string())?;
     let serving = node.clone();
     n.server = Some(tokio::spawn(async move {
@@ -176,7 +179,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let id = i as NodeId + 1;
-        let mut n = DemoNode {
+        let n = DemoNode {
             id,
             info: NodeInfo { addr, region: region.to_string(), zone: zone.to_string() },
             dir: root.join(format!("node-{id}")),
@@ -185,15 +188,46 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             server: None,
             api: None,
         };
-        launch(&mut n, args.shards, listener, &auth).await?;
-        println!("  node {id}  {:<9} {:<12} raft {}  wallet API {}", region, zone, n.info.addr, n.api_addr);
-        nodes.push(n);
+        nodes.push((n, listener));
     }
-    let members: BTreeMap<NodeId, NodeInfo> = nodes.iter().map(|n| (n.id, n.info.clone())).collect();
-    nodes[0].node.as_ref().expect("running").bootstrap(&members).await.map_err(|e| e.to_string())?;
+    // The demo's topology: one node per region, every link on loopback.
+    let topo = Topology {
+        shards: args.shards,
+        replication: 3,
+        regions: nodes
+            .iter()
+            .map(|(n, _)| RegionSpec {
+                name: n.info.region.clone(),
+                nodes: vec![NodeSpec { id: n.id, addr: n.info.addr.clone(), zone: n.info.zone.clone() }],
+            })
+            .collect(),
+        rtt_ms: [(0, 1), (0, 2), (1, 2)]
+            .into_iter()
+            .map(|(a, b)| (format!("{}/{}", REGIONS[a].0, REGIONS[b].0), 1))
+            .collect(),
+    };
+    topo.validate().map_err(|e| e.to_string())?;
+    let mut launched = Vec::new();
+    for (mut n, listener) in nodes {
+        launch(&mut n, &topo, listener, &auth).await?;
+        println!(
+            "  node {}  {:<9} {:<12} raft {}  wallet API {}",
+            n.id, n.info.region, n.info.zone, n.info.addr, n.api_addr
+        );
+        launched.push(n);
+    }
+    let mut nodes = launched;
+    nodes[0]
+        .node
+        .as_ref()
+        .expect("running")
+        .bootstrap_placed(&topo.bootstrap_plan())
+        .await
+        .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.info.addr.clone()).collect();
     let client = LedgerClient::connect(addrs.clone(), ClientOptions::default()).await.map_err(|e| e.to_string())?;
     show_leaders(&nodes, args.shards).await;
+    regional_players(&client, &nodes, &topo).await?;
 
     let eur = Currency::new("EUR").expect("EUR");
     let alice = id("alice", |s| PlayerId::new(s));
@@ -282,7 +316,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     );
 
     step("losing a leader loses no acknowledged money");
-    let shard = shard_for_player(&alice, args.shards).0;
+    let shard = client.shard_for(&alice).map_err(|e| e.to_string())?;
     let leader = nodes[0].node.as_ref().expect("running").status().shard(shard).and_then(|s| s.leader);
     let leader = leader.ok_or("no leader known for alice's shard")?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
@@ -308,7 +342,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     step("the stopped node restarts from its disk and catches up");
     let listener = rebind(&victim_addr(&nodes, leader)).await?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
-    launch(victim, args.shards, listener, &auth).await?;
+    launch(victim, &topo, listener, &auth).await?;
     wait_converged(&nodes, shard).await?;
     println!("  node {leader} is back and holds the same chain as the others");
 
@@ -394,6 +428,43 @@ async fn show_leaders(nodes: &[DemoNode], shards: u32) {
         let led = l.map_or("(electing)".to_string(), |l| format!("node {l} in {}", region_of(l)));
         println!("  shard {s}: home {:<9} led by {led}", home(s as u32));
     }
+}
+
+/// Players whose ids name a region live in a shard homed there, so their writes are led and
+/// committed from their own region; an id naming a region the cluster lacks is refused.
+async fn regional_players(client: &LedgerClient, nodes: &[DemoNode], topo: &Topology) -> Result<(), String> {
+    step("a player id that names a region (\"eu-west:carol\") lives in a shard homed there");
+    let homes = topo.homes();
+    let eur = Currency::new("EUR").expect("EUR");
+    let region_of = |id| nodes.iter().find(|n| n.id == id).map_or("?", |n| n.info.region.as_str());
+    for (region, name) in [("eu-west", "carol"), ("us-east", "dave"), ("ap-south", "erin")] {
+        let player = PlayerId::new(format!("{region}:{name}")).map_err(|e| e.to_string())?;
+        let shard = client.shard_for(&player).map_err(|e| e.to_string())?;
+        let open = Command::OpenAccount {
+            tx: TxId::new(format!("open-{region}-{name}")).map_err(|e| e.to_string())?,
+            player: player.clone(),
+            currency: eur,
+        };
+        client.submit(open).await.map_err(|e| e.to_string())?;
+        let leader = nodes.iter().find_map(|n| n.node.as_ref()?.status().shard(shard)?.leader);
+        println!(
+            "  {:<16} shard {shard} (home {}), led by {}",
+            player.as_str(),
+            homes[&shard],
+            leader.map_or("(electing)".to_string(), |l| format!("node {l} in {}", region_of(l)))
+        );
+    }
+    let nowhere = PlayerId::new("mars:zed").map_err(|e| e.to_string())?;
+    let refused = client.submit(Command::OpenAccount {
+        tx: TxId::new("open-mars-zed").map_err(|e| e.to_string())?,
+        player: nowhere,
+        currency: eur,
+    });
+    match refused.await {
+        Err(e) => println!("  mars:zed         refused: {e}"),
+        Ok(o) => return Err(format!("a player of an unknown region was accepted: {o:?}")),
+    }
+    Ok(())
 }
 
 fn victim_addr(nodes: &[DemoNode], id: NodeId) -> String {

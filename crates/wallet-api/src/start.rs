@@ -3,10 +3,13 @@
 //! Shutdown drains: the wallet API stops taking calls and finishes those in flight (their Raft
 //! proposals included) before the node's Raft groups stop.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeEnv};
+use raft_ledger::raft::{NodeId, NodeInfo};
 use tokio::sync::watch;
 
 use crate::api::auth::{Authenticator, load_keys, redis_sessions};
@@ -29,6 +32,33 @@ async fn authenticator(api: &ApiConfig) -> Result<Authenticator, String> {
         tracing::warn!("wallet API has no operator keys and no session store: every call will be refused");
     }
     Ok(Authenticator::new(keys, sessions))
+}
+
+/// Bootstrap by topology, for shards this node is not a first voter of: asks one of each
+/// shard's first voters to initialize it, retrying until each has answered (the others may
+/// still be starting). Initializing twice with the same voters is harmless, so a restart that
+/// repeats this changes nothing.
+async fn bootstrap_elsewhere(me: String, plan: BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>) {
+    let options = ClientOptions { deadline: Duration::from_secs(3600), ..ClientOptions::default() };
+    let client = match LedgerClient::connect(vec![me], options).await {
+        Ok(c) => c,
+        Err(e) => return tracing::error!("bootstrap: cannot reach this node's own API: {e}"),
+    };
+    for (shard, members) in plan {
+        'shard: loop {
+            for (id, info) in &members {
+                match client.initialize(&info.addr, shard, &members).await {
+                    Ok(done) => {
+                        let what = if done { "initialized" } else { "already initialized" };
+                        tracing::info!(shard, node = id, "bootstrap: shard {what} on its first voter");
+                        break 'shard;
+                    }
+                    Err(e) => tracing::debug!(shard, node = id, "bootstrap: not yet: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// Starts a node, serves it, bootstraps the cluster if asked, and shuts down cleanly on a signal.
@@ -63,7 +93,10 @@ pub async fn run(config: StartConfig) -> Result<(), String> {
         _ => None,
     };
     if let Some(members) = &config.bootstrap {
-        node.bootstrap_placed(members).await.map_err(|e| e.to_string())?;
+        let elsewhere = node.bootstrap_placed(members).await.map_err(|e| e.to_string())?;
+        if !elsewhere.is_empty() {
+            tokio::spawn(bootstrap_elsewhere(advertised.clone(), elsewhere));
+        }
     }
     // Scripts and tests wait for this line.
     println!("walletd node {node_id} ready on {advertised}");

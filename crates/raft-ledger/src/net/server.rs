@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::RaftError;
+use openraft::raft::AppendEntriesResponse;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::generated::ledger_node_server::{LedgerNode as LedgerNodeApi, LedgerNodeServer};
@@ -76,8 +77,18 @@ impl Transport {
 impl RaftTransport for Transport {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
         let ShardMsg { shard, msg } = request.into_inner();
+        let received = tokio::time::Instant::now();
+        let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
         let reply = match self.shard(shard) {
-            Ok(s) => s.raft.append_entries(msg).await.map_err(PeerError::Raft),
+            Ok(s) => {
+                let reply = s.raft.append_entries(msg).await.map_err(PeerError::Raft);
+                // Accepted: the sender leads, and had acknowledged nothing past `commit` when
+                // it sent this; what bounds the staleness of local reads here.
+                if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) = &reply {
+                    s.heard_from_leader(received, commit);
+                }
+                reply
+            }
             Err(e) => Err(e),
         };
         Ok(Response::new(reply))
@@ -164,5 +175,10 @@ impl LedgerNodeApi for Api {
         let MembershipRequest { shard, change, timeout_ms } = request.into_inner();
         let timeout = Duration::from_millis(timeout_ms.max(1)).min(MEMBERSHIP_TIMEOUT_MAX);
         Ok(Response::new(self.node.change_membership(shard, change, timeout).await))
+    }
+
+    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeReply>, Status> {
+        let InitializeRequest { shard, members } = request.into_inner();
+        Ok(Response::new(self.node.initialize_shard(shard, &members).await))
     }
 }

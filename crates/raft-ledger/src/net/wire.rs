@@ -141,3 +141,15 @@ pub struct MembershipRequest {
     pub timeout_ms: u64,
 }
 pub type MembershipReply = Result<MembershipView, LedgerError>;
+
+/// Asks a node to give a never-initialized shard its first voters (bootstrap by topology: the
+/// bootstrapping node asks a planned voter of each shard it is not one of itself).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitializeRequest {
+    /// The shard.
+    pub shard: u32,
+    /// Its first voters; must include the node asked.
+    pub members: std::collections::BTreeMap<crate::raft::NodeId, crate::raft::NodeInfo>,
+}
+/// `true` if this call initialized the shard, `false` if it already was.
+pub type InitializeReply = Result<bool, LedgerError>;

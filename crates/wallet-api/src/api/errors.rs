@@ -108,6 +108,9 @@ pub fn ledger(e: LedgerError) -> Status {
         ),
         // Wallet calls never change replicas; a node API error reached here only by mistake.
         LedgerError::Membership(why) => status(Code::FailedPrecondition, "MEMBERSHIP_REFUSED", why, &[]),
+        LedgerError::UnknownRegion(why) => {
+            status(Code::InvalidArgument, "UNKNOWN_REGION", why, &[("field", "player_id")])
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use prost::Message;
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::node::{LedgerError, LedgerNode, ReadConsistency};
-use raft_ledger::{AccountRef, Command, Outcome, shard_for_player};
+use raft_ledger::{AccountRef, Command, Outcome};
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -159,6 +159,16 @@ impl WalletService {
         self.inner.node.config().shards
     }
 
+    /// The shard holding a player's wallets; an id naming a region the cluster lacks is refused.
+    fn shard_of(&self, player: &raft_ledger::PlayerId) -> Result<u32, Status> {
+        self.inner
+            .node
+            .shard_map()
+            .shard_for(player)
+            .map(|s| s.0)
+            .map_err(|e| errors::ledger(LedgerError::UnknownRegion(e.to_string())))
+    }
+
     /// The shard a list or watch reads, after checking the caller may read it.
     fn entries_scope(
         &self,
@@ -177,7 +187,7 @@ impl WalletService {
         }
         caller.must_own(player)?;
         let p = convert::player(player, "player_id")?;
-        Ok((shard_for_player(&p, self.shard_count()).0, Some(p)))
+        Ok((self.shard_of(&p)?, Some(p)))
     }
 
     /// Builds the tonic service with the API's message size limit.
@@ -256,21 +266,31 @@ impl Wallet for WalletService {
         let player = convert::player(&msg.player_id, "player_id")?;
         let currency = convert::currency(&msg.currency)?;
         let account = AccountRef::player(player.clone(), currency);
-        let shard = shard_for_player(&player, self.shard_count()).0;
-        let stale = msg.consistency == pb::ReadConsistency::Stale as i32;
+        let shard = self.shard_of(&player)?;
         let node = &self.inner.node;
-        let (view, lag) = if stale {
-            let view = node.balance(Some(shard), &account, ReadConsistency::Local).await.map_err(errors::ledger)?;
-            let lag = node.apply_lag(shard).unwrap_or(0);
-            (view, lag)
+        // A stale read is served here only if this node holds a replica that can bound its
+        // staleness within what the caller accepts; otherwise it is read at the leader.
+        let local = if msg.consistency == pb::ReadConsistency::Stale as i32 {
+            let bound_ms = staleness_bound_ms(msg.max_staleness_ms);
+            match node.balance(Some(shard), &account, ReadConsistency::Local).await {
+                Ok(view) if view.staleness_ms.is_some_and(|s| s <= bound_ms) => Some(view),
+                _ => None,
+            }
         } else {
-            let view = match node.balance(Some(shard), &account, ReadConsistency::Linearizable).await {
-                Err(LedgerError::NotLeader { .. }) if forward => {
-                    self.forwarder().await?.balance_until(&account, shard, deadline).await.map_err(client_status)?
-                }
-                other => other.map_err(errors::ledger)?,
-            };
-            (view, 0)
+            None
+        };
+        let stale = local.is_some();
+        let (view, lag) = match local {
+            Some(view) => (view, node.apply_lag(shard).unwrap_or(0)),
+            None => {
+                let view = match node.balance(Some(shard), &account, ReadConsistency::Linearizable).await {
+                    Err(LedgerError::NotLeader { .. }) if forward => {
+                        self.forwarder().await?.balance_until(&account, shard, deadline).await.map_err(client_status)?
+                    }
+                    other => other.map_err(errors::ledger)?,
+                };
+                (view, 0)
+            }
         };
         let Some(balance) = view.balance else {
             return Err(errors::rejection(raft_ledger::Rejection::UnknownAccount, Some("player_id")));
@@ -282,6 +302,7 @@ impl Wallet for WalletService {
             as_of_seq: view.journal_len,
             as_of_unix_ms: i64::try_from(view.last_at.as_millis()).unwrap_or(i64::MAX),
             lag_entries: lag,
+            staleness_ms: if stale { view.staleness_ms.unwrap_or(0) } else { 0 },
         }))
     }
 
@@ -413,6 +434,19 @@ impl Wallet for WalletService {
             anchor_hash: last.compute_hash().to_vec(),
             links: chain.iter().map(|e| pb::ChainLink { seq: e.seq, encoding: e.encode() }).collect(),
         }))
+    }
+}
+
+/// Default staleness a STALE read accepts when the request names none.
+const STALENESS_DEFAULT_MS: u64 = 5_000;
+/// Most staleness a STALE read may accept.
+const STALENESS_MAX_MS: u64 = 60_000;
+
+/// The staleness bound of a STALE read: the request's, 0 meaning the default, capped.
+fn staleness_bound_ms(requested: u32) -> u64 {
+    match u64::from(requested) {
+        0 => STALENESS_DEFAULT_MS,
+        ms => ms.min(STALENESS_MAX_MS),
     }
 }
 
