@@ -94,20 +94,42 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
 pub fn describe_placement(t: &Topology) -> String {
     use std::fmt::Write;
     let rtt = t.quorum_rtt_ms();
-    let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000, None);
+    let timing = |slot| raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000, Some(slot));
+    let (first, second) = (timing(0), timing(1));
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} shards, replication {}, quorum RTT {rtt} ms: heartbeat {} ms, election timeout {}-{} ms",
-        t.shards, t.replication, timing.heartbeat_interval, timing.election_timeout_min, timing.election_timeout_max
+        "{} shards, replication {}, quorum RTT {rtt} ms: heartbeat {} ms; when a leader is lost its first successor \
+         campaigns {}-{} ms after the last heartbeat, the next {}-{} ms",
+        t.shards,
+        t.replication,
+        first.heartbeat_interval,
+        first.election_timeout_min + first.election_timeout_max,
+        2 * first.election_timeout_max,
+        second.election_timeout_min + second.election_timeout_max,
+        2 * second.election_timeout_max
     );
     let zone = |id| t.regions.iter().flat_map(|r| &r.nodes).find(|n| n.id == id).map_or("?", |n| n.zone.as_str());
     let mut leads: BTreeMap<&str, u32> = BTreeMap::new();
     let placement = t.place();
+    let slots: BTreeMap<NodeId, BTreeMap<u32, u32>> =
+        t.regions.iter().flat_map(|r| &r.nodes).map(|n| (n.id, t.election_slots(n.id))).collect();
     for p in &placement {
         let voters: Vec<String> =
             p.voters.iter().map(|v| format!("n{v}@{}/{}", t.region_of(*v).unwrap_or("?"), zone(*v))).collect();
-        let _ = writeln!(out, "shard {:>4}  home {:<12} voters {}", p.shard, p.home, voters.join(" "));
+        // Who takes over, in order, when the leader is lost.
+        let mut succession: Vec<(u32, NodeId)> =
+            p.voters.iter().filter_map(|v| slots.get(v)?.get(&p.shard).map(|s| (*s, *v))).collect();
+        succession.sort_unstable();
+        let succession: Vec<String> = succession.iter().map(|(_, v)| format!("n{v}")).collect();
+        let _ = writeln!(
+            out,
+            "shard {:>4}  home {:<12} voters {}  succession {}",
+            p.shard,
+            p.home,
+            voters.join(" "),
+            succession.join(">")
+        );
     }
     for r in &t.regions {
         leads.insert(r.name.as_str(), placement.iter().filter(|p| p.home == r.name).count() as u32);

@@ -152,5 +152,11 @@ mod tests {
         assert_eq!(rejection_code(Rejection::InsufficientFunds), Code::FailedPrecondition);
         assert_eq!(rejection_code(Rejection::UnknownAccount), Code::NotFound);
         assert_eq!(reason_of(&ledger(LedgerError::Timeout)).as_deref(), Some("OUTCOME_UNKNOWN"));
+        let region = ledger(LedgerError::UnknownRegion("player id \"mars:zed\" names region \"mars\"".into()));
+        assert_eq!((region.code(), reason_of(&region).as_deref()), (Code::InvalidArgument, Some("UNKNOWN_REGION")));
+        assert_eq!(
+            region.get_details_error_info().expect("info").metadata.get("field").map(String::as_str),
+            Some("player_id")
+        );
     }
 }

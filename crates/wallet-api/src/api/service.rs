@@ -517,3 +517,15 @@ pub async fn serve(
         .await
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_read_accepts_the_default_bound_or_the_callers_capped() {
+        assert_eq!(staleness_bound_ms(0), STALENESS_DEFAULT_MS);
+        assert_eq!(staleness_bound_ms(250), 250);
+        assert_eq!(staleness_bound_ms(u32::MAX), STALENESS_MAX_MS);
+    }
+}
