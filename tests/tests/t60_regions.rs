@@ -180,6 +180,22 @@ async fn t60_regions_homes_regional_players_and_a_lost_region() {
     let m = wait_all_home(&raft);
     let r = stale_balance(&mut c1, &cashier, "us:dave").await;
     assert_eq!(r.balance.unwrap().available, 15_00, "both deposits, once each");
+    // A node started without the topology would route players differently: admin refuses it.
+    let stray_addr = format!("127.0.0.1:{}", free_port());
+    let _stray = Walletd::start(5, &stray_addr, &dir.path().join("n5"), SHARDS, &[], false);
+    let nodes_arg: Vec<&str> = raft.values().map(String::as_str).collect();
+    let out = Process::new(walletd_bin())
+        .args(["admin", "--nodes", &nodes_arg.join(","), "add-node", &stray_addr])
+        .output()
+        .expect("run walletd admin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("places players differently"), "{err}");
+    assert_eq!(
+        members(&raft).values().map(|s| s.voters.clone()).collect::<Vec<_>>(),
+        m.values().map(|s| s.voters.clone()).collect::<Vec<_>>()
+    );
+
     // Every replica holds the same verified chain.
     let client = raft_ledger::client::LedgerClient::connect(
         raft.values().cloned().collect(),

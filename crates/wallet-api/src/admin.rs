@@ -140,6 +140,15 @@ async fn identify(client: &LedgerClient, addr: &str) -> Result<(NodeId, NodeInfo
     if status.info.addr != addr {
         return Err(format!("the node at {addr} advertises {}; use that address", status.info.addr));
     }
+    // A node that routes players differently would refuse, as the wrong shard, the commands the
+    // rest of the cluster sends it once it leads: the same topology (or none) everywhere.
+    if status.shard_map() != *client.shard_map() {
+        return Err(format!(
+            "the node at {addr} places players differently ({} shards, home regions {:?}) from the cluster; \
+             start it with the cluster's topology file",
+            status.shard_count, status.home_regions
+        ));
+    }
     Ok((status.node_id, status.info))
 }
 
