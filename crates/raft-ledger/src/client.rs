@@ -148,11 +148,7 @@ impl LedgerClient {
 
     /// The shard holding `player`'s wallets.
     pub fn shard_for(&self, player: &crate::PlayerId) -> Result<u32, ClientError> {
-        self.inner
-            .map
-            .shard_for(player)
-            .map(|s| s.0)
-            .map_err(|e| ClientError::Ledger(LedgerError::UnknownRegion(e.to_string())))
+        self.inner.map.shard_for(player).map(|s| s.0).map_err(|e| ClientError::Ledger(e.into()))
     }
 
     fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<Queued> {

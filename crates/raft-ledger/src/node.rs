@@ -202,6 +202,12 @@ pub enum LedgerError {
     UnknownRegion(String),
 }
 
+impl From<crate::shard::UnknownRegion> for LedgerError {
+    fn from(e: crate::shard::UnknownRegion) -> Self {
+        LedgerError::UnknownRegion(e.to_string())
+    }
+}
+
 /// How fresh a balance read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadConsistency {
@@ -567,7 +573,7 @@ impl LedgerNode {
     /// The shard a command must run in: the requested one, checked against the command's
     /// player, or the player's shard.
     pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
-        let place = |p| self.inner.map.shard_for(p).map(|s| s.0).map_err(|e| LedgerError::UnknownRegion(e.to_string()));
+        let place = |p| self.inner.map.shard_for(p).map(|s| s.0).map_err(LedgerError::from);
         let home = cmd.player().map(place).transpose()?;
         // A transfer moves money inside one shard's ledger: both players must live there.
         if let (Command::Transfer { to, .. }, Some(h)) = (cmd, home) {
@@ -648,7 +654,7 @@ impl LedgerNode {
     ) -> Result<BalanceView, LedgerError> {
         let shard_id = match (shard, account.player_id()) {
             (Some(s), _) => s,
-            (None, Some(p)) => self.inner.map.shard_for(p).map_err(|e| LedgerError::UnknownRegion(e.to_string()))?.0,
+            (None, Some(p)) => self.inner.map.shard_for(p)?.0,
             (None, None) => return Err(LedgerError::NoShard),
         };
         let shard = self.shard_or_err(shard_id)?;
@@ -931,9 +937,6 @@ async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Rec
             let written = raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
-            if std::env::var("DBG_BATCH").is_ok() {
-                eprintln!("DBG batch shard {shard_id} {us} us");
-            }
             match written {
                 Ok(resp) => {
                     let Reply::Outcomes(outcomes) = resp.data else {

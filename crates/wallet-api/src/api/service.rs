@@ -161,12 +161,7 @@ impl WalletService {
 
     /// The shard holding a player's wallets; an id naming a region the cluster lacks is refused.
     fn shard_of(&self, player: &raft_ledger::PlayerId) -> Result<u32, Status> {
-        self.inner
-            .node
-            .shard_map()
-            .shard_for(player)
-            .map(|s| s.0)
-            .map_err(|e| errors::ledger(LedgerError::UnknownRegion(e.to_string())))
+        self.inner.node.shard_map().shard_for(player).map(|s| s.0).map_err(|e| errors::ledger(e.into()))
     }
 
     /// The shard a list or watch reads, after checking the caller may read it.
