@@ -226,7 +226,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.info.addr.clone()).collect();
     let client = LedgerClient::connect(addrs.clone(), ClientOptions::default()).await.map_err(|e| e.to_string())?;
-    show_leaders(&nodes, args.shards).await;
+    show_leaders(&nodes, &topo).await;
     regional_players(&client, &nodes, &topo).await?;
 
     let eur = Currency::new("EUR").expect("EUR");
@@ -409,15 +409,16 @@ fn api_addr_list(nodes: &[DemoNode]) -> Vec<String> {
 }
 
 /// Waits briefly for leaders to settle in their home regions, then shows where each shard is led.
-async fn show_leaders(nodes: &[DemoNode], shards: u32) {
+async fn show_leaders(nodes: &[DemoNode], topo: &Topology) {
     step("active-active: each shard is led from its home region");
     let region_of = |id| nodes.iter().find(|n| n.id == id).map_or("?", |n| n.info.region.as_str());
-    let home = |s: u32| REGIONS[s as usize % REGIONS.len()].0;
+    let homes = topo.homes();
+    let home = |s: u32| homes[&s].as_str();
     let deadline = Instant::now() + Duration::from_secs(15);
     let leaders = loop {
         let status = nodes.iter().find_map(|n| n.node.as_ref()).map(|n| n.status());
         let leaders: Vec<Option<NodeId>> =
-            (0..shards).map(|s| status.as_ref().and_then(|st| st.shard(s)?.leader)).collect();
+            (0..topo.shards).map(|s| status.as_ref().and_then(|st| st.shard(s)?.leader)).collect();
         let home_all = leaders.iter().enumerate().all(|(s, l)| l.is_some_and(|l| region_of(l) == home(s as u32)));
         if home_all || Instant::now() > deadline {
             break leaders;

@@ -297,7 +297,8 @@ impl Wallet for WalletService {
             as_of_seq: view.journal_len,
             as_of_unix_ms: i64::try_from(view.last_at.as_millis()).unwrap_or(i64::MAX),
             lag_entries: lag,
-            staleness_ms: if stale { view.staleness_ms.unwrap_or(0) } else { 0 },
+            // Linearizable views carry Some(0); a local one only got here with a known bound.
+            staleness_ms: view.staleness_ms.unwrap_or(0),
         }))
     }
 
