@@ -86,6 +86,11 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
+say "release binaries (walletd, walletctl, sim, rng-beacon): the one build the demo, the end-to-end tests and the simulator share"
+# The same selection as the README's demo command (`cargo run --release --bin walletd`, which
+# resolves features over the whole workspace), so neither rebuilds after the other.
+cargo build --release --workspace --bins
+
 say "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
@@ -94,6 +99,6 @@ cargo test --workspace
 
 say "simulation: a bounded sweep of 100 seeds across every scenario"
 # Release: a simulated run is about 20 times faster optimized, which pays for the build.
-cargo run --release -p sim --quiet -- sweep --seeds 0..100 --scenario all --out target/sim-crashes
+target/release/sim sweep --seeds 0..100 --scenario all --out target/sim-crashes
 
 say "all tests passed"

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([&file], [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("wallet_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Our codec: prost's, with decode failures answered as MALFORMED_REQUEST (src/api/codec.rs).
+    tonic_prost_build::configure().codec_path("crate::api::codec::WalletCodec").compile_fds(fds)?;
     Ok(())
 }

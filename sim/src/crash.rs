@@ -26,10 +26,12 @@ pub struct CrashFile {
 }
 
 impl CrashFile {
-    /// Writes the file into `dir` as `crash-<seed>-<scenario>.json`; returns its path.
+    /// Writes the file into `dir` as `crash-<seed>-<scenario>[-<planted bug>].json` (so runs of
+    /// one seed with different planted bugs keep their own files); returns its path.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(format!("crash-{}-{}.json", self.config.seed, self.config.scenario));
+        let plant = self.config.plant.as_ref().map(|p| format!("-{p}")).unwrap_or_default();
+        let path = dir.join(format!("crash-{}-{}{plant}.json", self.config.seed, self.config.scenario));
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(path)
@@ -44,7 +46,8 @@ impl CrashFile {
 
 /// The command that reproduces a run from its seed (when nothing was shrunk).
 pub fn repro_command(cfg: &SimConfig, steps: Option<u64>) -> String {
-    let mut cmd = format!("cargo run -p sim -- run --seed {} --scenario {}", cfg.seed, cfg.scenario);
+    // The release build the README's commands share: a debug build would be a third one.
+    let mut cmd = format!("cargo run --release --bin sim -- run --seed {} --scenario {}", cfg.seed, cfg.scenario);
     if let Some(s) = steps {
         cmd += &format!(" --steps {s}");
     }

@@ -106,7 +106,7 @@ impl GeoConfig {
                 nodes: (1..=2)
                     .map(|k| {
                         let id = (r * 2 + k) as NodeId;
-                        NodeSpec { id, addr: format!("n{id}:{PORT}"), zone: format!("{name}{k}") }
+                        NodeSpec { id, addr: format!("n{id}:{PORT}"), zone: format!("{name}{k}"), api: None }
                     })
                     .collect(),
             })
@@ -139,7 +139,9 @@ async fn run_node(topo: Topology, id: NodeId, shared: SharedRef) -> turmoil::Res
     config.home_regions = topo.homes();
     config.election_slots = topo.election_slots(id);
     config.tick_interval = Duration::from_millis(200);
-    let node = LedgerNode::start(config, NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS))).await?;
+    let node =
+        LedgerNode::start(config, NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), crate::run::cluster_key()))
+            .await?;
     node.bootstrap_placed(&topo.bootstrap_plan()).await?;
     shared.borrow_mut().nodes.insert(id, node.clone());
     node.serve(Listener::Turmoil(listener)).await?;
@@ -232,6 +234,7 @@ async fn controller(cfg: GeoConfig, shared: SharedRef) -> Result<GeoReport, Stri
         net: Net::Turmoil,
         request_timeout: Duration::from_millis((3 * slowest).max(150)),
         deadline: Duration::from_millis(2000),
+        ..ClientOptions::new(crate::run::cluster_key())
     };
     let client = LedgerClient::connect(addrs, options).await.map_err(|e| e.to_string())?;
     if !wait_until(Duration::from_secs(60), || all_home(&topo, &shared)).await {

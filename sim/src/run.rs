@@ -11,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
+use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo, seed_thread_rng};
 use raft_ledger::{AccountKind, ClusterTime, Command, Outcome};
@@ -91,11 +92,7 @@ fn members(cfg: &SimConfig) -> BTreeMap<NodeId, NodeInfo> {
     cfg.nodes
         .iter()
         .map(|n| {
-            let info = NodeInfo {
-                addr: format!("{}:{PORT}", n.host()),
-                region: cfg.regions[n.region].clone(),
-                zone: n.zone.clone(),
-            };
+            let info = NodeInfo::new(format!("{}:{PORT}", n.host()), cfg.regions[n.region].clone(), n.zone.clone());
             (n.id, info)
         })
         .collect()
@@ -108,7 +105,17 @@ pub(crate) fn addrs(cfg: &SimConfig) -> Vec<String> {
 
 /// Client options inside the simulation.
 pub(crate) fn client_options() -> ClientOptions {
-    ClientOptions { net: Net::Turmoil, request_timeout: Duration::from_secs(2), deadline: Duration::from_secs(4) }
+    ClientOptions {
+        net: Net::Turmoil,
+        request_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(4),
+        ..ClientOptions::new(cluster_key())
+    }
+}
+
+/// The simulated cluster's key: fixed, since a run draws nothing from outside its seed.
+pub(crate) fn cluster_key() -> ClusterKey {
+    ClusterKey::from_secret(b"the simulator's cluster key, 32+ bytes").expect("long enough")
 }
 
 async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil::Result {
@@ -119,7 +126,7 @@ async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil
     config.tick_interval = Duration::from_millis(200);
     config.snapshot_every = 200;
     config.logs_kept_after_snapshot = 50;
-    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS));
+    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), cluster_key());
     let node = LedgerNode::start(config, env).await?;
     // Every node bootstraps with the same members: only never-initialized shards take it.
     node.bootstrap(&m).await?;

@@ -1,23 +1,30 @@
 //! Helpers for end-to-end tests that run real `walletd` processes.
 
+pub mod api;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A binary of the wallet-api package, built once per test run so it is never stale.
+/// A binary of the workspace, from the release build the README's commands share (`cargo build
+/// --release --bins`, which `scripts/test.sh` runs first, so this is then a no-op): the tests
+/// run the very `walletd` the demo runs, and it is never stale.
 fn wallet_api_bin(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "wallet-api", "--bin", name])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building {name} failed");
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--workspace", "--bins"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the release binaries failed");
+    });
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
-    let bin = profile_dir.join(name);
+    // target/<profile>/deps/<test> -> target/release/<name>
+    let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target dir");
+    let bin = target.join("release").join(name);
     assert!(bin.exists(), "{name} not found at {}", bin.display());
     bin
 }
@@ -32,6 +39,37 @@ pub fn walletd_bin() -> PathBuf {
 pub fn walletctl_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| wallet_api_bin("walletctl")).clone()
+}
+
+/// The secret every test cluster shares, as hex.
+pub const CLUSTER_SECRET_HEX: &str = "7e57c1a57e57c1a57e57c1a57e57c1a57e57c1a57e57c1a57e57c1a57e57c1a5";
+
+/// The test clusters' key.
+pub fn cluster_key() -> raft_ledger::net::member::ClusterKey {
+    raft_ledger::net::member::ClusterKey::from_hex(CLUSTER_SECRET_HEX).expect("a valid key")
+}
+
+/// A file holding [`CLUSTER_SECRET_HEX`], for `--cluster-key-file` and `WALLETD_CLUSTER_KEY_FILE`.
+pub fn cluster_key_file() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("walletd-test-cluster-{}.key", std::process::id()));
+        std::fs::write(&path, CLUSTER_SECRET_HEX).expect("write the cluster key file");
+        path
+    })
+    .clone()
+}
+
+/// Node API client options for the test clusters.
+pub fn client_options() -> raft_ledger::client::ClientOptions {
+    raft_ledger::client::ClientOptions::new(cluster_key())
+}
+
+/// `walletd` with the test cluster's key in its environment, for `client` and `admin`.
+pub fn walletd_command() -> Command {
+    let mut c = Command::new(walletd_bin());
+    c.env("WALLETD_CLUSTER_KEY_FILE", cluster_key_file());
+    c
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
@@ -78,10 +116,12 @@ impl Walletd {
             format!("region-{id}"),
             "--zone".into(),
             format!("zone-{id}"),
+            "--cluster-key-file".into(),
+            cluster_key_file().display().to_string(),
         ];
         for (pid, paddr) in peers {
             args.push("--peer".into());
-            args.push(format!("{pid}={paddr}"));
+            args.push(format!("{pid}={paddr},region=region-{pid},zone=zone-{pid}"));
         }
         if bootstrap {
             args.push("--bootstrap".into());
@@ -145,6 +185,13 @@ impl Walletd {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is running", self.id);
         self.spawn();
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`, ...) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the node is running");
+        let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("run kill").success();
+        assert!(ok, "kill {sig} failed");
     }
 
     pub fn is_running(&self) -> bool {

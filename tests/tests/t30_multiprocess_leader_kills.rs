@@ -209,7 +209,7 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
             })
             .collect(),
     ));
-    let options = ClientOptions { deadline: Duration::from_secs(20), ..ClientOptions::default() };
+    let options = ClientOptions { deadline: Duration::from_secs(20), ..e2e_tests::client_options() };
     let client = Arc::new(LedgerClient::connect(addrs.clone(), options).await.unwrap());
     let acks: Acks = Arc::default();
 

@@ -5,12 +5,11 @@
 //! address is refused.
 
 use std::collections::BTreeMap;
-use std::process::Command as Process;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use e2e_tests::{Walletd, free_port, walletd_bin};
+use e2e_tests::{Walletd, free_port, walletd_command};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, TxId};
 
@@ -27,7 +26,7 @@ fn pid(i: usize) -> PlayerId {
 
 /// `walletd admin ...` against `nodes`; returns (exit code, stdout, stderr).
 fn admin(nodes: &[String], args: &[&str]) -> (i32, String, String) {
-    let out = Process::new(walletd_bin())
+    let out = walletd_command()
         .args(["admin", "--nodes", &nodes.join(","), "--timeout-secs", "60"])
         .args(args)
         .output()
@@ -59,7 +58,7 @@ async fn t50_add_remove_replace_and_move_replicas_under_load() {
         nodes.insert(id, Walletd::start(id, &addrs[&id], &dir.path().join(format!("n{id}")), SHARDS, &peers, true));
     }
     let all: Vec<String> = addrs.values().cloned().collect();
-    let options = ClientOptions { deadline: Duration::from_secs(30), ..ClientOptions::default() };
+    let options = ClientOptions { deadline: Duration::from_secs(30), ..e2e_tests::client_options() };
     let client = Arc::new(LedgerClient::connect(all[..6].to_vec(), options).await.unwrap());
     for i in 0..PLAYERS {
         let open =
@@ -113,6 +112,10 @@ async fn t50_add_remove_replace_and_move_replicas_under_load() {
     admin_ok(&all, &["remove-node", "1"]);
     assert!(voters(&all).values().all(|v| !v.contains(&1) && v.len() == 3));
     nodes.get_mut(&1).unwrap().stop();
+    // Removing it again is refused, not reported as done.
+    let (code, _, err) = admin(&all, &["remove-node", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a member"), "{err}");
 
     // Node 2 dies and loses its disk; node 5 replaces it.
     let dead = nodes.get_mut(&2).unwrap();
@@ -133,7 +136,7 @@ async fn t50_add_remove_replace_and_move_replicas_under_load() {
     // A node claiming member 3's id from another address is refused, and changes nothing.
     let mut impostor = Walletd::start(3, &addrs[&7], &dir.path().join("n7"), SHARDS, &[], false);
     let (code, _, err) = admin(&all, &["add-node", &addrs[&7], "--shards", "1"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "a refused change exits 2: {err}");
     assert!(err.contains("needs a new id"), "{err}");
     impostor.kill();
     assert_eq!(voters(&all), v);

@@ -6,10 +6,9 @@
 //! returns home when the node is back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{Walletd, free_port, walletd_bin};
+use e2e_tests::{Walletd, free_port, walletd_command};
 use raft_ledger::node::ShardStatus;
 use raft_ledger::placement::Topology;
 use tonic::Code;
@@ -40,7 +39,7 @@ fn topology_toml(raft: &BTreeMap<u64, String>) -> String {
 /// Each shard as its leader reports it, from `walletd admin members --json`.
 fn members(raft: &BTreeMap<u64, String>) -> BTreeMap<u32, ShardStatus> {
     let nodes: Vec<&str> = raft.values().map(String::as_str).collect();
-    let out = Process::new(walletd_bin())
+    let out = walletd_command()
         .args(["admin", "--nodes", &nodes.join(","), "--json", "members"])
         .output()
         .expect("run walletd admin");
@@ -184,12 +183,12 @@ async fn t60_regions_homes_regional_players_and_a_lost_region() {
     let stray_addr = format!("127.0.0.1:{}", free_port());
     let _stray = Walletd::start(5, &stray_addr, &dir.path().join("n5"), SHARDS, &[], false);
     let nodes_arg: Vec<&str> = raft.values().map(String::as_str).collect();
-    let out = Process::new(walletd_bin())
+    let out = walletd_command()
         .args(["admin", "--nodes", &nodes_arg.join(","), "add-node", &stray_addr])
         .output()
         .expect("run walletd admin");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "a refusal exits 2: {err}");
     assert!(err.contains("places players differently"), "{err}");
     assert_eq!(
         members(&raft).values().map(|s| s.voters.clone()).collect::<Vec<_>>(),
@@ -197,12 +196,10 @@ async fn t60_regions_homes_regional_players_and_a_lost_region() {
     );
 
     // Every replica holds the same verified chain.
-    let client = raft_ledger::client::LedgerClient::connect(
-        raft.values().cloned().collect(),
-        raft_ledger::client::ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client =
+        raft_ledger::client::LedgerClient::connect(raft.values().cloned().collect(), e2e_tests::client_options())
+            .await
+            .unwrap();
     for (shard, s) in &m {
         let mut heads = BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -222,25 +222,26 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let tmp = tempfile::tempdir().expect("tempdir");
+    let (key, _) = raft_ledger::net::member::ClusterKey::generate();
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     let mut listeners = Vec::new();
     for id in 1..=3u64 {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        members.insert(id as NodeId, NodeInfo { addr, region: format!("r{id}"), zone: format!("z{id}") });
+        members.insert(id as NodeId, NodeInfo::new(addr, format!("r{id}"), format!("z{id}")));
         listeners.push(listener);
     }
     for (listener, (id, info)) in listeners.into_iter().zip(members.clone()) {
         let config = NodeConfig::new(id, info, tmp.path().join(format!("node-{id}")), args.shards);
-        let node = LedgerNode::start(config, NodeEnv::production()).await.expect("node");
+        let node = LedgerNode::start(config, NodeEnv::production(key.clone())).await.expect("node");
         let serving = node.clone();
         tokio::spawn(async move { serving.serve(listener).await });
         nodes.push(node);
     }
     nodes[0].bootstrap(&members).await.expect("bootstrap");
     let addrs: Vec<String> = members.values().map(|m| m.addr.clone()).collect();
-    let client = Arc::new(LedgerClient::connect(addrs, ClientOptions::default()).await.expect("client"));
+    let client = Arc::new(LedgerClient::connect(addrs, ClientOptions::new(key.clone())).await.expect("client"));
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     let players = setup_players(client.clone(), max_clients.max(64)).await;
 

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::account::AccountRef;
 use crate::command::Command;
 use crate::entry::Entry;
 use crate::membership::{MembershipChange, MembershipView};
-use crate::net::env::Net;
+use crate::net::env::{Net, NodeChannel};
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
+use crate::net::member::ClusterKey;
 use crate::net::wire::{
     BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, StatusRequest, SubmitBatchRequest,
     VerifyRequest,
@@ -43,6 +43,9 @@ pub enum ClientError {
     /// retry with the same transaction id to learn it.
     #[error("no answer within {0:?}; outcome unknown, retry with the same transaction id ({1})")]
     Indeterminate(Duration, String),
+    /// A node refused the client's credentials (the cluster key). Retrying cannot help.
+    #[error("refused by the cluster: {0}")]
+    Unauthenticated(String),
     /// A call to one named node failed.
     #[error("node {addr}: {message}")]
     Node {
@@ -62,11 +65,14 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Which network to dial over.
     pub net: Net,
+    /// The cluster's key: nodes refuse calls without it.
+    pub key: ClusterKey,
 }
 
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(2), deadline: Duration::from_secs(15), net: Net::Tcp }
+impl ClientOptions {
+    /// Defaults (2 s per call, 15 s per operation, TCP) for a cluster with this key.
+    pub fn new(key: ClusterKey) -> Self {
+        Self { request_timeout: Duration::from_secs(2), deadline: Duration::from_secs(15), net: Net::Tcp, key }
     }
 }
 
@@ -97,7 +103,7 @@ struct Inner {
     nodes: Vec<String>,
     options: ClientOptions,
     map: ShardMap,
-    conns: Mutex<BTreeMap<String, LedgerNodeClient<Channel>>>,
+    conns: Mutex<BTreeMap<String, LedgerNodeClient<NodeChannel>>>,
     leaders: Mutex<BTreeMap<u32, String>>,
     /// Nodes that timed out or could not be reached, and until when they are passed over.
     suspects: Mutex<BTreeMap<String, tokio::time::Instant>>,
@@ -126,6 +132,7 @@ impl LedgerClient {
                         inner.map = status.shard_map();
                         return Ok(Self { inner: Arc::new(inner), batchers: Mutex::new(BTreeMap::new()) });
                     }
+                    Err(e @ ClientError::Unauthenticated(_)) => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
             }
@@ -209,7 +216,7 @@ async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiv
 }
 
 impl Inner {
-    fn conn(&self, addr: &str) -> Result<LedgerNodeClient<Channel>, ClientError> {
+    fn conn(&self, addr: &str) -> Result<LedgerNodeClient<NodeChannel>, ClientError> {
         let mut conns = self.conns.lock().expect("conns lock");
         if let Some(c) = conns.get(addr) {
             return Ok(c.clone());
@@ -217,7 +224,7 @@ impl Inner {
         let channel = self
             .options
             .net
-            .channel(addr)
+            .node_channel(addr, &self.options.key)
             .map_err(|e| ClientError::Node { addr: addr.to_string(), message: e.to_string() })?;
         let client = LedgerNodeClient::new(channel).max_decoding_message_size(64 << 20);
         conns.insert(addr.to_string(), client.clone());
@@ -264,7 +271,7 @@ impl Inner {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(LedgerNodeClient<Channel>) -> Fut,
+        F: FnMut(LedgerNodeClient<NodeChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Result<T, LedgerError>>, tonic::Status>>,
     {
         let total = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -305,6 +312,9 @@ impl Inner {
                     }
                     Err(e) => return Err(ClientError::Ledger(e)),
                 },
+                Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+                    return Err(ClientError::Unauthenticated(status.message().to_string()));
+                }
                 Ok(Err(status)) => {
                     last = format!("{addr}: {}", status.message());
                     if status.code() == tonic::Code::Unavailable {
@@ -344,7 +354,7 @@ impl Inner {
     async fn once<T, Fut>(
         &self,
         addr: &str,
-        call: impl FnOnce(LedgerNodeClient<Channel>) -> Fut,
+        call: impl FnOnce(LedgerNodeClient<NodeChannel>) -> Fut,
     ) -> Result<T, ClientError>
     where
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -352,6 +362,9 @@ impl Inner {
         let node = |message: String| ClientError::Node { addr: addr.to_string(), message };
         match tokio::time::timeout(self.options.request_timeout, call(self.conn(addr)?)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+                Err(ClientError::Unauthenticated(status.message().to_string()))
+            }
             Ok(Err(status)) => Err(node(status.message().to_string())),
             Err(_) => Err(node("timed out".into())),
         }

@@ -59,6 +59,23 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// The kind's name, for people and logs (`withdrawal-commit`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Deposit => "deposit",
+            Self::WithdrawalReserve => "withdrawal-reserve",
+            Self::WithdrawalCommit => "withdrawal-commit",
+            Self::WithdrawalCancel => "withdrawal-cancel",
+            Self::WithdrawalExpire => "withdrawal-expire",
+            Self::Bet => "bet",
+            Self::Win => "win",
+            Self::Rollback => "rollback",
+            Self::Transfer => "transfer",
+            Self::Adjustment => "adjustment",
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Open,

@@ -85,13 +85,8 @@ impl LedgerNode {
         let raft = s.raft.clone();
         let m = raft.metrics().borrow_watched().clone();
         if m.state != ServerState::Leader {
-            return Err(LedgerError::NotLeader {
-                shard,
-                leader: m.current_leader,
-                leader_addr: m
-                    .current_leader
-                    .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())),
-            });
+            let info = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l));
+            return Err(LedgerError::not_leader(shard, m.current_leader, info));
         }
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();

@@ -158,6 +158,13 @@ pub struct Balance {
     pub held: i64,
 }
 
+/// In minor units, for error messages: `posted 1250 held 0`.
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "posted {} held {} (minor units)", self.posted, self.held)
+    }
+}
+
 impl Balance {
     /// What a player may spend now: the posted balance minus holds.
     pub fn available(&self) -> i64 {

@@ -23,6 +23,7 @@ use crate::ids::TxId;
 use crate::ledger::{LedgerConfig, Recall};
 use crate::money::Balance;
 use crate::net::env::{Listener, Net};
+use crate::net::member::{ClusterKey, MemberCheck};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
 use crate::outcome::{Outcome, Rejection};
 use crate::raft::{NodeId, NodeInfo, Proposal, Reply, Request, TypeConfig, raft_config};
@@ -100,23 +101,26 @@ pub struct NodeEnv {
     pub clock: Arc<dyn Clock>,
     /// How the write-ahead log writer runs.
     pub io: IoMode,
+    /// The cluster's key: presented on every call to a peer, demanded of every caller.
+    pub cluster_key: ClusterKey,
 }
 
 impl NodeEnv {
     /// The real disk, TCP, the wall clock, and a writer thread.
-    pub fn production() -> Self {
-        Self { vfs: Arc::new(StdFs), net: Net::Tcp, clock: Arc::new(WallClock), io: IoMode::Thread }
+    pub fn production(cluster_key: ClusterKey) -> Self {
+        Self { vfs: Arc::new(StdFs), net: Net::Tcp, clock: Arc::new(WallClock), io: IoMode::Thread, cluster_key }
     }
 
     /// Inside a turmoil simulation: its disk and network, cluster time counted by the
     /// simulation from `epoch`, and the log writer as a task on the host's runtime.
     #[cfg(feature = "turmoil")]
-    pub fn turmoil(epoch: crate::time::ClusterTime) -> Self {
+    pub fn turmoil(epoch: crate::time::ClusterTime, cluster_key: ClusterKey) -> Self {
         Self {
             vfs: Arc::new(crate::store::vfs::sim::TurmoilFs),
             net: Net::Turmoil,
             clock: Arc::new(crate::time::RuntimeClock::starting_at(epoch)),
             io: IoMode::Task,
+            cluster_key,
         }
     }
 }
@@ -145,6 +149,19 @@ pub enum NodeError {
         /// What this node is.
         expected: String,
     },
+    /// The data directory was written in another on-disk format.
+    #[error(
+        "data directory {dir} is in data format {found}; this walletd reads format {expected}. Start the walletd \
+         version that wrote it, or wipe the directory and add the node back under a new node id"
+    )]
+    WrongFormat {
+        /// The directory.
+        dir: String,
+        /// Its format.
+        found: u32,
+        /// This build's format.
+        expected: u32,
+    },
     /// openraft refused to start.
     #[error("raft: {0}")]
     Raft(String),
@@ -168,8 +185,10 @@ pub enum LedgerError {
         shard: u32,
         /// The leader's id, if known.
         leader: Option<NodeId>,
-        /// The leader's address, if known.
+        /// The leader's node address, if known.
         leader_addr: Option<String>,
+        /// The leader's wallet API address, if known and it serves one.
+        leader_api: Option<String>,
     },
     /// The node hosts no such shard.
     #[error("unknown shard {0}")]
@@ -200,6 +219,18 @@ pub enum LedgerError {
     /// The command's player id names a region that is home to no shard. Nothing was proposed.
     #[error("{0}")]
     UnknownRegion(String),
+}
+
+impl LedgerError {
+    /// This node does not lead `shard`; `leader` is the one it knows of, with its info.
+    pub(crate) fn not_leader(shard: u32, leader: Option<NodeId>, info: Option<&NodeInfo>) -> Self {
+        LedgerError::NotLeader {
+            shard,
+            leader,
+            leader_addr: info.map(|n| n.addr.clone()),
+            leader_api: info.and_then(|n| n.api().map(str::to_string)),
+        }
+    }
 }
 
 impl From<crate::shard::UnknownRegion> for LedgerError {
@@ -238,6 +269,72 @@ pub struct BalanceView {
     pub staleness_ms: Option<u64>,
 }
 
+/// Whether a replica can get a write committed now: what its health check reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitHealth {
+    /// It leads, and a quorum acknowledged it within the lease.
+    Leader,
+    /// It follows a leader that reached it, and had a quorum behind it, within the lease.
+    Follower,
+    /// No leader has reached it within the lease (dead, partitioned away, or an election).
+    NoLeader,
+    /// Its leader (itself, or the one it follows) has not heard from a quorum within the lease.
+    NoQuorum,
+}
+
+impl CommitHealth {
+    /// True when a write sent to this replica now can be committed (at the leader directly,
+    /// or forwarded to it).
+    pub fn serving(self) -> bool {
+        matches!(self, CommitHealth::Leader | CommitHealth::Follower)
+    }
+
+    /// For operators.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CommitHealth::Leader => "leads with a quorum",
+            CommitHealth::Follower => "follows a leader with a quorum",
+            CommitHealth::NoLeader => "no leader heard from",
+            CommitHealth::NoQuorum => "leader without a quorum",
+        }
+    }
+}
+
+/// What a replica knows about its leader and quorum, as ages (time since).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HealthView {
+    /// This replica leads the shard.
+    pub(crate) leads: bool,
+    /// Leading: since a quorum last acknowledged it.
+    pub(crate) quorum_acked: Option<Duration>,
+    /// Following: since the leader's last accepted AppendEntries.
+    pub(crate) leader_contact: Option<Duration>,
+    /// Following: since the leader last had a quorum, as it reported.
+    pub(crate) leader_quorum: Option<Duration>,
+}
+
+impl HealthView {
+    /// Since the leader was last heard: a quorum's ack on the leader, the leader's message here.
+    fn leader_heard(&self) -> Option<Duration> {
+        if self.leads { self.quorum_acked } else { self.leader_contact }
+    }
+}
+
+/// The health rule: a replica is serving when the leader it would send a write to (itself, or
+/// the one it follows) is alive and had a quorum within `lease`. The lease is the shard's
+/// `election_timeout_max`: how long followers keep believing in a leader before they elect
+/// another, so a replica never reports serving for a leader its peers have given up on.
+pub(crate) fn commit_health(view: HealthView, lease: Duration) -> CommitHealth {
+    let fresh = |age: Option<Duration>| age.is_some_and(|a| a <= lease);
+    if view.leads {
+        return if fresh(view.quorum_acked) { CommitHealth::Leader } else { CommitHealth::NoQuorum };
+    }
+    if !fresh(view.leader_contact) {
+        return CommitHealth::NoLeader;
+    }
+    if fresh(view.leader_quorum) { CommitHealth::Follower } else { CommitHealth::NoQuorum }
+}
+
 /// One shard replica's state, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStatus {
@@ -273,6 +370,11 @@ pub struct ShardStatus {
     pub home_region: Option<String>,
     /// Leader changes this replica has seen since it started.
     pub leader_changes: u64,
+    /// Whether a write sent here now can commit (see [`CommitHealth`]).
+    pub health: CommitHealth,
+    /// Milliseconds since this replica last heard its leader (on the leader: since a quorum
+    /// acknowledged it); `None` if never.
+    pub leader_heard_ms: Option<u64>,
 }
 
 /// A node's state, for operators.
@@ -326,6 +428,9 @@ impl VerifyReport {
     }
 }
 
+/// Entries `verify` reads at a time.
+const VERIFY_CHUNK_ENTRIES: u64 = 4096;
+
 /// Most commands one Raft entry carries.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
 /// Commands waiting to be proposed per shard before submits are refused as overload.
@@ -349,6 +454,9 @@ pub(crate) struct Shard {
     /// Recent AppendEntries this replica accepted from a leader: when each arrived and the
     /// commit index it carried, commit indexes ascending. What bounds a local read's staleness.
     leader_contact: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
+    /// The latest moment this replica knows its leader had heard from a quorum (from the
+    /// quorum age AppendEntries carry). What a follower's health rests on.
+    leader_quorum_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Leader contacts kept per shard. A replica that lags further behind than this many distinct
@@ -358,7 +466,11 @@ const LEADER_CONTACTS_MAX: usize = 64;
 impl Shard {
     /// Notes that an AppendEntries from the leader, received at `at` and carrying commit index
     /// `commit`, was accepted.
-    pub(crate) fn heard_from_leader(&self, at: tokio::time::Instant, commit: u64) {
+    pub(crate) fn heard_from_leader(&self, at: tokio::time::Instant, commit: u64, quorum_age: Option<Duration>) {
+        if let Some(at_quorum) = quorum_age.and_then(|age| at.checked_sub(age)) {
+            let mut known = self.leader_quorum_at.lock().expect("leader quorum lock");
+            *known = Some(known.map_or(at_quorum, |k| k.max(at_quorum)));
+        }
         let mut seen = self.leader_contact.lock().expect("leader contact lock");
         match seen.back_mut() {
             // Same commit point, later message: keep only the later one.
@@ -396,8 +508,20 @@ pub struct LedgerNode {
     pub(crate) inner: Arc<NodeInner>,
 }
 
+/// The on-disk format of a data directory (WAL records, snapshots, journals, and the node
+/// info inside memberships). A directory written in another format is refused at start rather
+/// than misread. 2: node info carries the wallet API address.
+const DATA_FORMAT: u32 = 2;
+
+fn data_format_unversioned() -> u32 {
+    1
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Identity {
+    /// [`DATA_FORMAT`] of the files in the directory (absent in format 1).
+    #[serde(default = "data_format_unversioned")]
+    format: u32,
     node_id: NodeId,
     cluster_name: String,
     shards: u32,
@@ -405,6 +529,17 @@ struct Identity {
     /// Starting under another map would route players to shards that do not hold them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     home_regions: BTreeMap<u32, String>,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} of cluster \"{}\" with {} shards", self.node_id, self.cluster_name, self.shards)?;
+        if !self.home_regions.is_empty() {
+            let homes: Vec<String> = self.home_regions.iter().map(|(s, r)| format!("{s}:{r}")).collect();
+            write!(f, " homed {}", homes.join(" "))?;
+        }
+        Ok(())
+    }
 }
 
 impl LedgerNode {
@@ -423,7 +558,7 @@ impl LedgerNode {
             "write-ahead log recovered"
         );
         let wal = Arc::new(wal);
-        let router = PeerRouter::new(config.node_id, env.net);
+        let router = PeerRouter::new(config.node_id, env.net, env.cluster_key.clone());
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         let mut queues = Vec::new();
@@ -453,7 +588,9 @@ impl LedgerNode {
                 queue,
                 leader_changes: std::sync::atomic::AtomicU64::new(0),
                 leader_contact: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                leader_quorum_at: std::sync::Mutex::new(None),
             });
+            router.watch_shard(s, shard.raft.metrics());
             queues.push((shard.clone(), rx));
             shards.insert(s, shard);
         }
@@ -479,6 +616,14 @@ impl LedgerNode {
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
+    }
+
+    /// Options for a client of this node's cluster: its network and its key.
+    pub fn client_options(&self) -> crate::client::ClientOptions {
+        crate::client::ClientOptions {
+            net: self.inner.env.net,
+            ..crate::client::ClientOptions::new(self.inner.env.cluster_key.clone())
+        }
     }
 
     /// Forms a new cluster: every shard that has never been initialized gets `members` as its
@@ -549,8 +694,11 @@ impl LedgerNode {
     pub async fn serve(&self, listener: Listener) -> Result<(), NodeError> {
         let mut stop = self.inner.stop.subscribe();
         let routes = crate::net::server::routes(self.inner.clone());
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let check = MemberCheck::SharedKey(self.inner.env.cluster_key.clone());
+        crate::net::server::http2(tonic::transport::Server::builder())
+            .layer(tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
+                check.check(&req).map(|()| req)
+            }))
             .add_routes(routes)
             .serve_with_incoming_shutdown(listener.incoming(), async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -662,11 +810,7 @@ impl LedgerNode {
             && let Err(e) = shard.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
         {
             return Err(match e.forward_to_leader() {
-                Some(f) => LedgerError::NotLeader {
-                    shard: shard_id,
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                },
+                Some(f) => LedgerError::not_leader(shard_id, f.leader_id, f.leader_node.as_ref()),
                 None => LedgerError::Unavailable(e.to_string()),
             });
         }
@@ -712,18 +856,9 @@ impl LedgerNode {
     pub fn entries(&self, shard: u32, from_seq: u64, limit: u32) -> Result<Vec<Entry>, LedgerError> {
         let shard = self.shard_or_err(shard)?;
         let st = shard.cell.read();
-        let mut out = Vec::new();
-        let first = from_seq.max(1);
-        for seq in first..first.saturating_add(u64::from(limit.min(10_000))) {
-            match st.journal.read(seq) {
-                Ok(Some(e)) => out.push(e),
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(LedgerError::Unavailable(format!("journal read failed: {e}")));
-                }
-            }
-        }
-        Ok(out)
+        st.journal
+            .read_range(from_seq, u64::from(limit.min(10_000)))
+            .map_err(|e| LedgerError::Unavailable(format!("journal read failed: {e}")))
     }
 
     /// Waits until the shard's journal has more than `seen` entries, or `timeout` passes.
@@ -743,16 +878,26 @@ impl LedgerNode {
         let st = shard.cell.read();
         let mut v = Verifier::new(shard.id);
         let mut error = None;
-        for seq in 1..=st.journal.len() {
-            let checked = match st.journal.read(seq) {
-                Ok(Some(e)) => v.push(&e).map_err(|e| e.to_string()),
-                Ok(None) => Err(format!("entry {seq} missing")),
-                Err(e) => Err(format!("entry {seq}: {e}")),
+        let mut next = 1;
+        'chain: while next <= st.journal.len() {
+            let chunk = match st.journal.read_range(next, VERIFY_CHUNK_ENTRIES) {
+                Ok(c) if !c.is_empty() => c,
+                Ok(_) => {
+                    error = Some(format!("entry {next} missing"));
+                    break;
+                }
+                Err(e) => {
+                    error = Some(format!("entry {next}: {e}"));
+                    break;
+                }
             };
-            if let Err(e) = checked {
-                error = Some(e);
-                break;
+            for e in &chunk {
+                if let Err(e) = v.push(e) {
+                    error = Some(e.to_string());
+                    break 'chain;
+                }
             }
+            next += chunk.len() as u64;
         }
         let summary = v.finish();
         let live: BTreeMap<AccountRef, Balance> = st.ledger.accounts().into_iter().collect();
@@ -796,6 +941,8 @@ impl LedgerNode {
                         .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.region.clone())),
                     home_region: self.inner.config.home_regions.get(&s.id.0).cloned(),
                     leader_changes: s.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
+                    health: self.health_of(s, &m),
+                    leader_heard_ms: self.health_view(s, &m).leader_heard().map(|d| d.as_millis() as u64),
                 })
             })
             .collect();
@@ -806,6 +953,34 @@ impl LedgerNode {
             home_regions: self.inner.config.home_regions.clone(),
             shards,
         }
+    }
+
+    /// Whether a write for `shard` sent to this node now can be committed; `None` if the node
+    /// hosts no replica of it. See [`CommitHealth`] for the rule.
+    pub fn health(&self, shard: u32) -> Option<CommitHealth> {
+        let s = self.inner.shard(shard)?;
+        let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().get_node(&self.inner.config.node_id)?;
+        Some(self.health_of(&s, &m))
+    }
+
+    fn health_view(&self, s: &Shard, m: &RaftMetrics<TypeConfig>) -> HealthView {
+        let now = tokio::time::Instant::now();
+        if m.state == ServerState::Leader {
+            return HealthView {
+                leads: true,
+                quorum_acked: m.last_quorum_acked.as_ref().map(|a| a.elapsed()),
+                ..HealthView::default()
+            };
+        }
+        let contact = s.leader_contact.lock().expect("leader contact lock").back().map(|(t, _)| now - *t);
+        let quorum = s.leader_quorum_at.lock().expect("leader quorum lock").map(|t| now - t);
+        HealthView { leads: false, quorum_acked: None, leader_contact: contact, leader_quorum: quorum }
+    }
+
+    fn health_of(&self, s: &Shard, m: &RaftMetrics<TypeConfig>) -> CommitHealth {
+        let lease = Duration::from_millis(s.raft.config().election_timeout_max);
+        commit_health(self.health_view(s, m), lease)
     }
 
     /// Raft log entries this replica knows to be committed but has not applied yet: how stale
@@ -852,6 +1027,7 @@ fn server_state(s: ServerState) -> &'static str {
 fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
     let path = config.data_dir.join("node.json");
     let me = Identity {
+        format: DATA_FORMAT,
         node_id: config.node_id,
         cluster_name: config.cluster_name.clone(),
         shards: config.shards,
@@ -861,11 +1037,18 @@ fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
         Ok(bytes) => {
             let found: Identity = serde_json::from_slice(&bytes)
                 .map_err(|e| NodeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+            if found.format != me.format {
+                return Err(NodeError::WrongFormat {
+                    dir: config.data_dir.display().to_string(),
+                    found: found.format,
+                    expected: me.format,
+                });
+            }
             if found != me {
                 return Err(NodeError::WrongIdentity {
                     dir: config.data_dir.display().to_string(),
-                    found: format!("{found:?}"),
-                    expected: format!("{me:?}"),
+                    found: found.to_string(),
+                    expected: me.to_string(),
                 });
             }
             Ok(())
@@ -893,11 +1076,7 @@ pub(crate) fn write_error(
     e: &openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
 ) -> LedgerError {
     match e.forward_to_leader() {
-        Some(f) => LedgerError::NotLeader {
-            shard,
-            leader: f.leader_id,
-            leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-        },
+        Some(f) => LedgerError::not_leader(shard, f.leader_id, f.leader_node.as_ref()),
         None => LedgerError::Unavailable(e.to_string()),
     }
 }
@@ -1057,5 +1236,37 @@ async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
                 tracing::debug!(shard = %shard.id, "tick not applied: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Option<Duration> {
+        Some(Duration::from_millis(v))
+    }
+
+    #[test]
+    fn health_needs_a_live_leader_with_a_quorum_behind_it() {
+        let lease = Duration::from_millis(350);
+        let check = |view: HealthView| commit_health(view, lease);
+        let leader = |acked| HealthView { leads: true, quorum_acked: acked, ..HealthView::default() };
+        assert_eq!(check(leader(ms(100))), CommitHealth::Leader);
+        assert_eq!(check(leader(ms(351))), CommitHealth::NoQuorum, "two of three stopped: the leader is alone");
+        assert_eq!(check(leader(None)), CommitHealth::NoQuorum, "elected, never acknowledged");
+        let follower = |contact, quorum| HealthView {
+            leads: false,
+            leader_contact: contact,
+            leader_quorum: quorum,
+            ..HealthView::default()
+        };
+        assert_eq!(check(follower(ms(50), ms(150))), CommitHealth::Follower);
+        assert_eq!(check(follower(ms(400), ms(150))), CommitHealth::NoLeader, "the leader it names is dead");
+        assert_eq!(check(follower(None, None)), CommitHealth::NoLeader);
+        assert_eq!(check(follower(ms(50), ms(900))), CommitHealth::NoQuorum, "it hears a leader that lost its quorum");
+        assert_eq!(check(follower(ms(50), None)), CommitHealth::NoQuorum);
+        assert!(CommitHealth::Leader.serving() && CommitHealth::Follower.serving());
+        assert!(!CommitHealth::NoLeader.serving() && !CommitHealth::NoQuorum.serving());
     }
 }

@@ -26,6 +26,9 @@ pub struct NodeSpec {
     pub addr: String,
     /// Zone label.
     pub zone: String,
+    /// `host:port` of its public wallet API, as clients reach it (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// A region and its nodes.
@@ -220,6 +223,7 @@ impl Topology {
                 addr: n.addr.clone(),
                 region: r.name.clone(),
                 zone: n.zone.clone(),
+                api_addr: n.api.clone().unwrap_or_default(),
             })
         })
     }
@@ -281,7 +285,12 @@ mod tests {
                     name: name.to_string(),
                     nodes: nodes
                         .iter()
-                        .map(|(id, zone)| NodeSpec { id: *id, addr: format!("n{id}:7001"), zone: zone.to_string() })
+                        .map(|(id, zone)| NodeSpec {
+                            id: *id,
+                            addr: format!("n{id}:7001"),
+                            zone: zone.to_string(),
+                            api: None,
+                        })
                         .collect(),
                 })
                 .collect(),

@@ -52,7 +52,7 @@ pub enum VerifyError {
         found: u64,
     },
     /// The entry belongs to another shard's chain.
-    #[error("entry {seq}: belongs to {found:?}, not {expected:?}")]
+    #[error("entry {seq}: belongs to shard {found}, not shard {expected}")]
     WrongShard {
         /// The entry's sequence number.
         seq: u64,
@@ -68,7 +68,7 @@ pub enum VerifyError {
         seq: u64,
     },
     /// A recorded balance differs from the replay.
-    #[error("entry {seq}: {account} recorded as {recorded:?}, replay gives {replayed:?}")]
+    #[error("entry {seq}: {account} recorded as {recorded}, replay gives {replayed}")]
     BalanceMismatch {
         /// The entry's sequence number.
         seq: u64,
@@ -80,7 +80,7 @@ pub enum VerifyError {
         replayed: Balance,
     },
     /// A player's balance went below zero or held more than it had.
-    #[error("entry {seq}: player balance {account} is negative or over-held: {balance:?}")]
+    #[error("entry {seq}: player balance {account} is negative or over-held: {balance}")]
     NegativePlayer {
         /// The entry's sequence number.
         seq: u64,

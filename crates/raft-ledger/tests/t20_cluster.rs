@@ -266,13 +266,30 @@ mod raw {
         }
     }
 
+    /// Calls a node API method with the test cluster's key.
     pub(crate) async fn call(addr: &str, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+        call_as(Some(super::common::cluster_key()), addr, &format!("raftledger.v1.LedgerNode/{method}"), body).await
+    }
+
+    /// Calls `service/method` on a node's port with raw bytes, presenting `key` (or nothing).
+    pub(crate) async fn call_as(
+        key: Option<raft_ledger::net::member::ClusterKey>,
+        addr: &str,
+        method: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Status> {
+        use tonic::service::Interceptor;
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.unwrap();
-        let path = http::uri::PathAndQuery::from_maybe_shared(format!("/raftledger.v1.LedgerNode/{method}")).unwrap();
-        grpc.unary(tonic::Request::new(body), path, Bytes).await.map(|r| r.into_inner())
+        let path = http::uri::PathAndQuery::from_maybe_shared(format!("/{method}")).unwrap();
+        let mut request = tonic::Request::new(());
+        if let Some(mut key) = key {
+            request = key.call(request)?;
+        }
+        let (metadata, extensions, ()) = request.into_parts();
+        grpc.unary(tonic::Request::from_parts(metadata, extensions, body), path, Bytes).await.map(|r| r.into_inner())
     }
 
     /// The wire shape of a submit request, with plain fields where the real types validate.
@@ -462,5 +479,47 @@ async fn t27_a_local_read_bounds_its_staleness_and_the_bound_holds() {
     })
     .await;
     assert!(fresh.is_some(), "fresh again under the new leader");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t28_the_node_port_refuses_callers_without_the_cluster_key() {
+    let cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    let leader = cluster.wait_leader(0).await;
+    let addr = cluster.members[&leader].info.addr.clone();
+    let head = cluster.wait_converged(0).await;
+    let deposit = postcard::to_allocvec(&raw::Submit {
+        shard: Some(0),
+        command: raw::Command::Deposit {
+            tx: "steal".into(),
+            player: "alice".into(),
+            currency: "EUR".into(),
+            amount: 1_000_000,
+        },
+        timeout_ms: 1000,
+    })
+    .unwrap();
+    let (other, _) = raft_ledger::net::member::ClusterKey::generate();
+    // Money, membership, reads and the Raft transport itself: no key, or another cluster's.
+    let calls = [
+        ("raftledger.v1.LedgerNode/Submit", deposit.clone()),
+        ("raftledger.v1.LedgerNode/Status", postcard::to_allocvec(&()).unwrap()),
+        ("raftledger.v1.LedgerNode/ChangeMembership", vec![0, 1, 2]),
+        ("raftledger.v1.RaftTransport/Vote", vec![0, 1, 2]),
+        ("raftledger.v1.RaftTransport/Append", vec![0, 1, 2]),
+    ];
+    for (method, body) in calls {
+        for key in [None, Some(other.clone())] {
+            let refused = raw::call_as(key.clone(), &addr, method, body.clone()).await.expect_err(method);
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{method} with {key:?}: {refused}");
+            assert!(refused.message().contains("members of its cluster"), "{refused}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cluster.wait_converged(0).await, head, "nothing was applied");
+    // The cluster's own key is accepted, so the refusals above were about the key alone.
+    raw::call(&addr, "Submit", deposit).await.expect("with the key the same call is served");
     cluster.shutdown().await;
 }

@@ -22,7 +22,7 @@ const EPOCH_MS: u64 = 1_800_000_000_000;
 fn members() -> BTreeMap<NodeId, NodeInfo> {
     (1..=3)
         .map(|id| {
-            let info = NodeInfo { addr: format!("node{id}:{PORT}"), region: format!("r{id}"), zone: format!("z{id}") };
+            let info = NodeInfo::new(format!("node{id}:{PORT}"), format!("r{id}"), format!("z{id}"));
             (id, info)
         })
         .collect()
@@ -33,7 +33,7 @@ async fn run_node(id: NodeId) -> turmoil::Result {
     let mut config = NodeConfig::new(id, members()[&id].clone(), "/data", 1);
     config.rtt_ms = 20;
     config.tick_interval = Duration::from_millis(100);
-    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS));
+    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), key());
     let node = LedgerNode::start(config, env).await?;
     // Safe on every node and every boot: only never-initialized shards are initialized.
     node.bootstrap(&members()).await?;
@@ -86,7 +86,7 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
     sim.client("client", async move {
         let addrs: Vec<String> = members().values().map(|m| m.addr.clone()).collect();
         let options =
-            ClientOptions { net: Net::Turmoil, deadline: Duration::from_secs(60), ..ClientOptions::default() };
+            ClientOptions { net: Net::Turmoil, deadline: Duration::from_secs(60), ..ClientOptions::new(key()) };
         let client = LedgerClient::connect(addrs.clone(), options).await?;
         let eur = Currency::new("EUR").unwrap();
         let alice = PlayerId::new("alice").unwrap();
@@ -182,4 +182,9 @@ fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
     }
     assert!(bounced, "the leader was crashed and restarted");
     eprintln!("simulation finished at {:?} of simulated time", sim.elapsed());
+}
+
+/// The simulated cluster's key.
+fn key() -> raft_ledger::net::member::ClusterKey {
+    raft_ledger::net::member::ClusterKey::from_secret(&[7; 32]).expect("long enough")
 }

@@ -7,7 +7,7 @@
 
 use crate::csprng::{Csprng, Entropy, EntropyError, Reseed, ReseedPolicy, ReseedReason};
 use crate::fair::{self, FairError, Game, KeyedSeed, Mode};
-use crate::log::Event;
+use crate::log::{EpochState, Event};
 use crate::rounds::{self, Round};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +37,10 @@ pub enum BeaconError {
     UnknownCommitment(String),
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    #[error(
+        "the audit log's last epoch gives no round number to continue from (an old log whose epoch did not end cleanly); start a new log"
+    )]
+    CannotResume,
 }
 
 struct Pair {
@@ -119,12 +123,16 @@ fn check_pair_id(id: &str) -> Result<(), BeaconError> {
 }
 
 impl<E: Entropy> Beacon<E> {
-    /// A beacon with a fresh CSPRNG and its first epoch key. Returns the events to log first.
+    /// A beacon with a fresh CSPRNG and its first epoch key, continuing after `resume` (the
+    /// newest epoch of the log it appends to) if there is one: the next epoch number, round
+    /// numbers past every round already produced, and the chain of signatures when the last
+    /// epoch's key was revealed (a clean stop). Returns the events to log first.
     pub fn new(
         entropy: E,
         policy: ReseedPolicy,
         rounds_per_epoch: u64,
         now: Duration,
+        resume: Option<&EpochState>,
     ) -> Result<(Self, Vec<Event>), BeaconError> {
         let (csprng, initial) = Csprng::new(entropy, policy, now)?;
         let mut events = vec![reseed_event(initial)];
@@ -141,8 +149,25 @@ impl<E: Entropy> Beacon<E> {
         let mut key = [0; 32];
         b.random(now, &mut key, &mut events)?;
         let key_hash = rounds::key_hash(&key);
-        b.previous_signature = key_hash;
-        b.epoch = Epoch { number: 0, key, key_hash, first_round: 0 };
+        let (number, first_round, previous) = match resume {
+            None => (0, 0, key_hash),
+            Some(last) => {
+                let first = last.next_round_min().ok_or(BeaconError::CannotResume)?;
+                // After a crash the last signature died with the key: the chain restarts from
+                // this epoch's key hash, as the first epoch's does.
+                let previous = match &last.revealed {
+                    Some((_, sig)) => hex::decode(sig)
+                        .ok()
+                        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                        .ok_or(BeaconError::CannotResume)?,
+                    None => key_hash,
+                };
+                (last.epoch + 1, first, previous)
+            }
+        };
+        b.previous_signature = previous;
+        b.next_round = first_round;
+        b.epoch = Epoch { number, key, key_hash, first_round };
         events.push(b.epoch_commit_event());
         Ok((b, events))
     }
@@ -153,6 +178,7 @@ impl<E: Entropy> Beacon<E> {
             key_hash: hex::encode(self.epoch.key_hash),
             first_round: self.epoch.first_round,
             previous_signature: hex::encode(self.previous_signature),
+            rounds_per_epoch: Some(self.rounds_per_epoch),
         }
     }
 

@@ -21,4 +21,7 @@ pub mod service;
 pub mod pb {
     #![allow(unreachable_pub, missing_docs, clippy::all)]
     tonic::include_proto!("casino.rng.v1");
+
+    /// The encoded descriptor set of `beacon.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/beacon_descriptor.bin"));
 }

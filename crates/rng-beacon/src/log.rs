@@ -58,8 +58,17 @@ pub enum Event {
     },
     /// A retired server seed, revealed.
     Reveal { pair: String, commitment: String, server_seed: String, nonces_used: u64 },
-    /// An epoch key committed before its first round.
-    EpochCommit { epoch: u64, key_hash: String, first_round: u64, previous_signature: String },
+    /// An epoch key committed before its first round. `rounds_per_epoch` bounds the rounds it
+    /// can have produced, so a beacon restarted after a crash (which loses the key and the last
+    /// round number) starts its next epoch past all of them.
+    EpochCommit {
+        epoch: u64,
+        key_hash: String,
+        first_round: u64,
+        previous_signature: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rounds_per_epoch: Option<u64>,
+    },
     /// An epoch key revealed after its last round.
     EpochReveal { epoch: u64, key: String, last_round: u64, last_signature: String },
 }
@@ -100,6 +109,31 @@ pub struct Report {
     pub rounds_rederived: u64,
     /// The hash of the last line: pin it to detect later truncation.
     pub head: String,
+    /// The newest epoch committed, where a restarted beacon continues from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_epoch: Option<EpochState>,
+}
+
+/// The newest epoch in a log, as a restarted beacon needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpochState {
+    pub epoch: u64,
+    pub first_round: u64,
+    pub rounds_per_epoch: Option<u64>,
+    /// Its last round and that round's signature, once the key was revealed (a clean stop or
+    /// the epoch's end); `None` after a crash.
+    pub revealed: Option<(u64, String)>,
+}
+
+impl EpochState {
+    /// The lowest round number the next epoch may start at: right after the last round when it
+    /// is known, else past every round this epoch could have produced.
+    pub fn next_round_min(&self) -> Option<u64> {
+        match &self.revealed {
+            Some((last, _)) => last.checked_add(1),
+            None => self.first_round.checked_add(self.rounds_per_epoch?),
+        }
+    }
 }
 
 struct PendingDraw {
@@ -248,10 +282,41 @@ fn check_event(
             }
             report.reveals += 1;
         }
-        Event::EpochCommit { epoch, key_hash, first_round, previous_signature } => {
+        Event::EpochCommit { epoch, key_hash, first_round, previous_signature, rounds_per_epoch } => {
             if epochs.insert(*epoch, (key_hash.clone(), *first_round, previous_signature.clone())).is_some() {
                 return Err(format!("epoch {epoch} committed twice"));
             }
+            if let Some(prev) = &report.last_epoch {
+                if *epoch != prev.epoch + 1 {
+                    return Err(format!("epoch {epoch} follows epoch {}", prev.epoch));
+                }
+                // Round numbers never repeat: the new epoch starts after every round the last
+                // one produced (or could have, if its end is unknown after a crash).
+                match prev.next_round_min() {
+                    Some(min) if *first_round < min => {
+                        return Err(format!("epoch {epoch} starts at round {first_round}, before round {min}"));
+                    }
+                    None if prev.revealed.is_none() && *first_round <= prev.first_round => {
+                        return Err(format!(
+                            "epoch {epoch} starts at round {first_round}, not after epoch {}'s",
+                            prev.epoch
+                        ));
+                    }
+                    _ => {}
+                }
+                // A revealed epoch's chain continues through the next one.
+                if let Some((_, last_sig)) = &prev.revealed
+                    && previous_signature != last_sig
+                {
+                    return Err(format!("epoch {epoch} does not chain to epoch {}'s last signature", prev.epoch));
+                }
+            }
+            report.last_epoch = Some(EpochState {
+                epoch: *epoch,
+                first_round: *first_round,
+                rounds_per_epoch: *rounds_per_epoch,
+                revealed: None,
+            });
         }
         Event::EpochReveal { epoch, key, last_round, last_signature } => {
             let (key_hash, first, prev) =
@@ -269,6 +334,14 @@ fn check_event(
                 return Err(format!(
                     "epoch {epoch}: rounds {first}..={last_round} re-derive to a different last signature"
                 ));
+            }
+            if let Some(rpe) = report.last_epoch.as_ref().filter(|e| e.epoch == *epoch).and_then(|e| e.rounds_per_epoch)
+                && last_round.saturating_sub(*first) >= rpe
+            {
+                return Err(format!("epoch {epoch} reveals more than its {rpe} rounds"));
+            }
+            if let Some(e) = report.last_epoch.as_mut().filter(|e| e.epoch == *epoch) {
+                e.revealed = Some((*last_round, last_signature.clone()));
             }
             report.epochs_revealed += 1;
         }
@@ -413,5 +486,40 @@ mod tests {
         // Swapping the lines breaks the chain at line 1.
         let e = verify(format!("{b}{a}").as_bytes()).unwrap_err();
         assert_eq!((e.line, e.offset), (1, 0));
+    }
+
+    /// A log of epoch commits (epoch, first round), each after an `open` as a restart writes it.
+    fn restarts(epochs: &[(u64, u64)]) -> Result<Report, VerifyError> {
+        let mut text = String::new();
+        let (mut seq, mut head) = (0, ZERO_HASH.to_owned());
+        for (epoch, first_round) in epochs {
+            for event in [
+                Event::Open { version: 1 },
+                Event::EpochCommit {
+                    epoch: *epoch,
+                    key_hash: "00".repeat(32),
+                    first_round: *first_round,
+                    previous_signature: "00".repeat(32),
+                    rounds_per_epoch: Some(5),
+                },
+            ] {
+                let (line, hash) = format_line(seq, &head, 0, event);
+                text.push_str(&line);
+                (seq, head) = (seq + 1, hash);
+            }
+        }
+        verify(text.as_bytes())
+    }
+
+    #[test]
+    fn epochs_after_a_crash_continue_without_reusing_numbers_or_rounds() {
+        let r = restarts(&[(0, 0), (1, 5), (2, 10)]).unwrap();
+        assert_eq!(r.last_epoch.map(|e| (e.epoch, e.first_round)), Some((2, 10)));
+        let twice = restarts(&[(0, 0), (0, 5)]).unwrap_err();
+        assert!(twice.reason.contains("committed twice"), "{twice}");
+        let reused = restarts(&[(0, 0), (1, 3)]).unwrap_err();
+        assert!(reused.reason.contains("before round 5"), "{reused}");
+        let skipped = restarts(&[(0, 0), (2, 5)]).unwrap_err();
+        assert!(skipped.reason.contains("follows epoch 0"), "{skipped}");
     }
 }

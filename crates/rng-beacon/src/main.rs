@@ -128,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve { listen, log, round_period, rounds_per_epoch, reseed_outputs, reseed_interval } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
                 )
@@ -152,10 +153,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 println!("rng-beacon serving casino.rng.v1.Beacon on {}", listener.local_addr()?);
+                // SIGTERM (systemd, Kubernetes) and SIGINT (Ctrl-C) are both a clean stop.
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 service
                     .clone()
-                    .serve(listener, async {
-                        let _ = tokio::signal::ctrl_c().await;
+                    .serve(listener, async move {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
                     })
                     .await?;
                 // Reveal what is still secret so that every outcome in the log can be verified.

@@ -76,7 +76,7 @@ fn status(e: BeaconError) -> Status {
         | BeaconError::NonceExhausted
         | BeaconError::ClientSeedMismatch
         | BeaconError::StillActive(_) => Status::failed_precondition(e.to_string()),
-        BeaconError::Entropy(_) => Status::unavailable(e.to_string()),
+        BeaconError::Entropy(_) | BeaconError::CannotResume => Status::unavailable(e.to_string()),
     }
 }
 
@@ -108,7 +108,9 @@ impl BeaconService {
         let (log, existing) = LogWriter::open(&config.log_path, wall_ms())?;
         tracing::info!(records = existing.records, head = %existing.head, "audit log opened");
         let started = tokio::time::Instant::now();
-        let (beacon, events) = Beacon::new(OsEntropy, config.reseed, config.rounds_per_epoch, Duration::ZERO)
+        // A log that already holds epochs is continued: the next epoch, later round numbers.
+        let resume = existing.last_epoch.as_ref();
+        let (beacon, events) = Beacon::new(OsEntropy, config.reseed, config.rounds_per_epoch, Duration::ZERO, resume)
             .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))?;
         log.submit(events, wall_ms()).durable().await?;
         let (live, _) = broadcast::channel(1024);
@@ -199,8 +201,19 @@ impl BeaconService {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        // Both reflection protocols, so grpcurl (old and new) can list and describe the beacon.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the beacon's own descriptors are valid");
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the beacon's own descriptors are valid");
         tonic::transport::Server::builder()
             .add_service(self.into_server())
+            .add_service(reflection)
+            .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
             .await
     }

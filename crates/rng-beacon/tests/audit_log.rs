@@ -28,7 +28,7 @@ fn log_all(w: &LogWriter, events: Vec<Event>) {
 fn session(path: &Path) -> (u64, u64) {
     let (w, _) = LogWriter::open(path, 0).unwrap();
     let policy = ReseedPolicy { max_outputs: 3, max_age: Duration::from_secs(60) };
-    let (mut b, ev) = Beacon::new(Counter(0), policy, 5, Duration::ZERO).unwrap();
+    let (mut b, ev) = Beacon::new(Counter(0), policy, 5, Duration::ZERO, None).unwrap();
     log_all(&w, ev);
     for pair in ["alice", "bob"] {
         let (_, ev) = b.commitment(pair, Duration::ZERO).unwrap();
@@ -75,7 +75,7 @@ fn a_clean_shutdown_reveals_everything_still_secret() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let (w, _) = LogWriter::open(&path, 0).unwrap();
-    let (mut b, ev) = Beacon::new(Counter(0), ReseedPolicy::default(), 100, Duration::ZERO).unwrap();
+    let (mut b, ev) = Beacon::new(Counter(0), ReseedPolicy::default(), 100, Duration::ZERO, None).unwrap();
     log_all(&w, ev);
     log_all(&w, b.commitment("p", Duration::ZERO).unwrap().1);
     for n in 0..3 {
@@ -92,7 +92,7 @@ fn a_clean_shutdown_reveals_everything_still_secret() {
 #[test]
 fn an_idle_beacon_still_reseeds_on_schedule() {
     let policy = ReseedPolicy { max_outputs: 1000, max_age: Duration::from_secs(60) };
-    let (mut b, _) = Beacon::new(Counter(0), policy, 1000, Duration::ZERO).unwrap();
+    let (mut b, _) = Beacon::new(Counter(0), policy, 1000, Duration::ZERO, None).unwrap();
     let (_, ev) = b.next_round(0, Duration::from_secs(59)).unwrap();
     assert!(ev.is_empty());
     let (_, ev) = b.next_round(0, Duration::from_secs(60)).unwrap();
@@ -194,7 +194,7 @@ fn a_torn_tail_is_cut_on_open_and_other_damage_refuses_it() {
 
 #[test]
 fn nonces_client_seeds_and_reveals_follow_the_rules() {
-    let (mut b, _) = Beacon::new(Counter(0), ReseedPolicy::default(), 10, Duration::ZERO).unwrap();
+    let (mut b, _) = Beacon::new(Counter(0), ReseedPolicy::default(), 10, Duration::ZERO, None).unwrap();
     let dice = Game::Dice;
     assert!(matches!(b.draw("p", dice, Mode::Stake, "c", 0), Err(BeaconError::UnknownPair(_))));
     let (c, _) = b.commitment("p", Duration::ZERO).unwrap();

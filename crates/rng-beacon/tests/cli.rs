@@ -129,3 +129,71 @@ fn serve_reseeds_on_sighup_and_stops_on_sigint_with_a_sound_log() {
     let (code, out, _) = beacon(&["verify", log.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A `serve` process on a log; returns it once it prints its address.
+fn serve(log: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rng-beacon"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--round-period", "10ms", "--rounds-per-epoch", "7"])
+        .args(["--log", log.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("serving casino.rng.v1.Beacon"), "the beacon refused to start on its own log: {first:?}");
+    child
+}
+
+fn epoch_commits(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l[65..]).unwrap())
+        .filter(|r| r["kind"] == "epoch_commit")
+        .collect()
+}
+
+#[test]
+fn sigterm_is_a_clean_stop_and_a_restart_after_a_crash_continues_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("beacon.log");
+    let verify = || {
+        let (code, out, _) = beacon(&["verify", log.to_str().unwrap()]);
+        assert_eq!(code, 0, "the log must verify: {out}");
+        serde_json::from_str::<serde_json::Value>(out.trim_start_matches("ok: ")).unwrap()
+    };
+    let stop = |child: &mut std::process::Child, sig: &str| {
+        assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+        child.wait().unwrap()
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(200));
+
+    // SIGTERM, as systemd and Kubernetes stop a service: a clean stop that reveals the key.
+    let mut first = serve(&log);
+    pause();
+    assert!(stop(&mut first, "-TERM").success(), "SIGTERM must exit cleanly");
+    let report = verify();
+    let revealed = report["epochs_revealed"].as_u64().unwrap();
+    assert!(revealed >= 1, "a clean stop reveals the current epoch key: {report}");
+
+    // The restart continues the chain; then a crash (SIGKILL) loses the current key.
+    let mut second = serve(&log);
+    pause();
+    stop(&mut second, "-KILL");
+    verify();
+
+    // Restarting after the crash must start, and the log must still verify (no epoch committed
+    // twice, no round number reused).
+    let mut third = serve(&log);
+    pause();
+    assert!(stop(&mut third, "-TERM").success());
+    let report = verify();
+    assert!(report["epochs_revealed"].as_u64().unwrap() > revealed, "{report}");
+    let commits = epoch_commits(&log);
+    for pair in commits.windows(2) {
+        assert_eq!(pair[1]["epoch"].as_u64().unwrap(), pair[0]["epoch"].as_u64().unwrap() + 1, "epochs go up by one");
+        assert!(pair[1]["first_round"].as_u64() > pair[0]["first_round"].as_u64(), "round numbers never repeat");
+    }
+}

@@ -15,6 +15,7 @@ struct Running {
     service: BeaconService,
     client: BeaconClient<Channel>,
     log: std::path::PathBuf,
+    addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -29,7 +30,7 @@ async fn start() -> Running {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(service.clone().serve(listener, std::future::pending()));
     let client = BeaconClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { service, client, log, _dir: dir }
+    Running { service, client, log, addr, _dir: dir }
 }
 
 fn draw(pair: &str, game: &str, mode: &str, client_seed: &str, nonce: u64) -> DrawOutcomeRequest {
@@ -109,7 +110,7 @@ async fn commit_draw_rotate_reveal_and_rederive() {
 
 #[tokio::test]
 async fn concurrent_game_nodes_get_distinct_nonces_and_a_complete_log() {
-    let Running { client, log, _dir, service } = start().await;
+    let Running { client, log, _dir, service, .. } = start().await;
     let mut tasks = Vec::new();
     for node in 0..8 {
         let mut client = client.clone();
@@ -182,4 +183,26 @@ async fn rounds_are_chained_resumable_and_checkable_after_the_epoch_reveal() {
     let r = resumed.next().await.unwrap().unwrap();
     assert_eq!(r.round, 15);
     assert_eq!(r.signature, got[15].signature.to_vec());
+}
+
+#[tokio::test]
+async fn reflection_lists_the_beacon_for_grpcurl() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let Running { addr, _dir, .. } = start().await;
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"casino.rng.v1.Beacon".to_string()), "{names:?}");
 }

@@ -211,12 +211,13 @@ async fn main() {
         secret: hex::encode(&secret),
         roles: [Role::Game, Role::Cashier, Role::Audit].into_iter().collect(),
     };
+    let (cluster_key, _) = raft_ledger::net::member::ClusterKey::generate();
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
         let l = Listener::bind_tcp("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
-        members.insert(id as NodeId, NodeInfo { addr, region: format!("r{id}"), zone: format!("z{id}") });
+        members.insert(id as NodeId, NodeInfo::new(addr, format!("r{id}"), format!("z{id}")));
         listeners.push(l);
     }
     let (_draining_tx, draining) = watch::channel(false);
@@ -224,7 +225,7 @@ async fn main() {
     let mut api_addrs = Vec::new();
     for ((id, info), l) in members.clone().into_iter().zip(listeners) {
         let config = NodeConfig::new(id, info.clone(), dir.path().join(format!("n{id}")), args.shards);
-        let node = LedgerNode::start(config, NodeEnv::production()).await.expect("start");
+        let node = LedgerNode::start(config, NodeEnv::production(cluster_key.clone())).await.expect("start");
         let serving = node.clone();
         tokio::spawn(async move { serving.serve(l).await });
         let api_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -240,7 +241,7 @@ async fn main() {
     }
     nodes[0].bootstrap(&members).await.expect("bootstrap");
     let addrs: Vec<String> = members.values().map(|m| m.addr.clone()).collect();
-    let raw = Arc::new(LedgerClient::connect(addrs, ClientOptions::default()).await.expect("connect"));
+    let raw = Arc::new(LedgerClient::connect(addrs, ClientOptions::new(cluster_key.clone())).await.expect("connect"));
     let mut api = Vec::new();
     for _ in 0..8 {
         for a in &api_addrs {

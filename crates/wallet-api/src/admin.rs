@@ -9,22 +9,25 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use raft_ledger::client::{ClientOptions, LedgerClient};
+use raft_ledger::client::{ClientError, LedgerClient};
 use raft_ledger::membership::{MembershipChange, MembershipView};
-use raft_ledger::node::ShardStatus;
+use raft_ledger::node::{LedgerError, ShardStatus};
 use raft_ledger::raft::{NodeId, NodeInfo};
+
+use crate::cli::ClusterArgs;
+use crate::exit;
 
 /// Options of `walletd admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// Node addresses (`host:port`), comma separated: the members view asks each of them.
-    #[arg(long, env = "WALLETD_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001")]
-    pub nodes: Vec<String>,
+    /// Which cluster (the members view asks each node listed), and its key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Give up on one shard's change after this many seconds (a newcomer may need to catch up).
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, global = true)]
     pub timeout_secs: u64,
     /// Print results as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
     #[command(subcommand)]
@@ -75,21 +78,25 @@ pub enum AdminOp {
     },
 }
 
-/// Runs one admin operation and returns the process exit code (0 done, 1 some change failed).
+/// Runs one admin operation and returns the process exit code: 0 done, 2 refused (nothing to
+/// change, or a change refused as unsafe), 4 some change timed out (run it again: a change
+/// already made answers with the current replicas).
 pub async fn run(args: AdminArgs) -> Result<i32, String> {
-    let options = ClientOptions::default();
-    let client = LedgerClient::connect(args.nodes.clone(), options).await.map_err(|e| e.to_string())?;
+    let nodes = args.cluster.nodes.clone();
+    let client = LedgerClient::connect(nodes.clone(), args.cluster.options()?)
+        .await
+        .map_err(|e| format!("cannot reach the cluster at {}: {e}", nodes.join(",")))?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let all: Vec<u32> = (0..client.shard_count()).collect();
     let pick = |shards: &Vec<u32>| if shards.is_empty() { all.clone() } else { shards.clone() };
     let changes: Vec<(u32, MembershipChange)> = match &args.op {
         AdminOp::Members => {
-            let view = cluster_view(&client, &args.nodes, Duration::from_secs(5)).await;
+            let view = cluster_view(&client, &nodes, Duration::from_secs(5)).await;
             print_members(&view, client.shard_count(), args.json);
             return Ok(0);
         }
         AdminOp::AddNode { addr, shards, learner } => {
-            let (node, info) = identify(&client, addr).await?;
+            let Some((node, info)) = identify(&client, addr).await? else { return Ok(exit::REFUSED) };
             pick(shards)
                 .into_iter()
                 .map(|s| {
@@ -103,11 +110,24 @@ pub async fn run(args: AdminArgs) -> Result<i32, String> {
                 .collect()
         }
         AdminOp::RemoveNode { id, shards } => {
-            pick(shards).into_iter().map(|s| (s, MembershipChange::Remove { node: *id })).collect()
+            // Only shards that have the node: removing a non-member would "succeed" silently.
+            let view = cluster_view(&client, &nodes, timeout).await;
+            let member = |s: &u32| view.get(s).is_some_and(|v| v.voters.contains(id) || v.learners.contains(id));
+            let listed: Vec<u32> = pick(shards);
+            let unseen: Vec<String> = listed.iter().filter(|s| !view.contains_key(s)).map(|s| s.to_string()).collect();
+            if !unseen.is_empty() {
+                return Err(format!("no leader reachable for shard(s) {}; try again", unseen.join(",")));
+            }
+            let hit: Vec<u32> = listed.into_iter().filter(member).collect();
+            if hit.is_empty() {
+                eprintln!("refused: node {id} is not a member of any of those shards; nothing to remove");
+                return Ok(exit::REFUSED);
+            }
+            hit.into_iter().map(|s| (s, MembershipChange::Remove { node: *id })).collect()
         }
         AdminOp::ReplaceNode { old, addr } => {
-            let (node, info) = identify(&client, addr).await?;
-            let view = cluster_view(&client, &args.nodes, timeout).await;
+            let Some((node, info)) = identify(&client, addr).await? else { return Ok(exit::REFUSED) };
+            let view = cluster_view(&client, &nodes, timeout).await;
             let voted: Vec<u32> = view.iter().filter(|(_, s)| s.voters.contains(old)).map(|(s, _)| *s).collect();
             if voted.is_empty() {
                 return Err(format!("no shard leader reports node {old} as a voter"));
@@ -115,41 +135,50 @@ pub async fn run(args: AdminArgs) -> Result<i32, String> {
             voted.into_iter().map(|s| (s, MembershipChange::Replace { old: *old, node, info: info.clone() })).collect()
         }
         AdminOp::MoveReplica { shard, from, addr } => {
-            let (node, info) = identify(&client, addr).await?;
+            let Some((node, info)) = identify(&client, addr).await? else { return Ok(exit::REFUSED) };
             vec![(*shard, MembershipChange::Replace { old: *from, node, info })]
         }
     };
-    let mut failed = 0;
+    let mut code = exit::OK;
     // One shard at a time: each change waits for its newcomer, and the cluster keeps most of
     // its replication bandwidth for client traffic.
     for (shard, change) in changes {
         match client.change_membership(shard, change, timeout).await {
             Ok(v) => print_view(&v, args.json),
+            Err(ClientError::Ledger(LedgerError::Membership(why))) => {
+                code = code.max(exit::REFUSED);
+                eprintln!("shard {shard}: refused: {why}");
+            }
             Err(e) => {
-                failed += 1;
-                eprintln!("shard {shard}: {e}");
+                code = code.max(exit::UNKNOWN);
+                eprintln!("shard {shard}: outcome unknown ({e}); run the same command again");
             }
         }
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(code)
 }
 
-/// Asks the node at `addr` who it is.
-async fn identify(client: &LedgerClient, addr: &str) -> Result<(NodeId, NodeInfo), String> {
+/// Asks the node at `addr` who it is. `None` (after saying why) when it cannot join as it is:
+/// it advertises another address, or places players differently from the cluster.
+async fn identify(client: &LedgerClient, addr: &str) -> Result<Option<(NodeId, NodeInfo)>, String> {
     let status = client.status(addr).await.map_err(|e| format!("cannot reach the new node: {e}"))?;
     if status.info.addr != addr {
-        return Err(format!("the node at {addr} advertises {}; use that address", status.info.addr));
+        eprintln!("refused: the node at {addr} advertises {}; use that address", status.info.addr);
+        return Ok(None);
     }
     // A node that routes players differently would refuse, as the wrong shard, the commands the
     // rest of the cluster sends it once it leads: the same topology (or none) everywhere.
     if status.shard_map() != *client.shard_map() {
-        return Err(format!(
-            "the node at {addr} places players differently ({} shards, home regions {:?}) from the cluster; \
-             start it with the cluster's topology file",
-            status.shard_count, status.home_regions
-        ));
+        let homes: Vec<String> = status.home_regions.iter().map(|(s, r)| format!("{s}:{r}")).collect();
+        let homes = if homes.is_empty() { "none".to_string() } else { homes.join(" ") };
+        eprintln!(
+            "refused: the node at {addr} places players differently ({} shards, home regions {homes}) from the \
+             cluster; start it with the cluster's topology file",
+            status.shard_count
+        );
+        return Ok(None);
     }
-    Ok((status.node_id, status.info))
+    Ok(Some((status.node_id, status.info)))
 }
 
 /// Each shard as its leader reports it (the highest term wins if two nodes claim it). Waits up
@@ -207,11 +236,14 @@ fn print_view(v: &MembershipView, json: bool) {
     if json {
         println!("{}", serde_json::to_string(v).expect("membership view serialises"));
     } else {
+        let ids = |v: &[NodeId]| {
+            if v.is_empty() { "-".to_string() } else { v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",") }
+        };
         println!(
-            "shard {}: voters {:?} learners {:?} (membership at log index {}, by leader {})",
+            "shard {}: voters {} learners {} (membership at log index {}, by leader {})",
             v.shard,
-            v.voters,
-            v.learners,
+            ids(&v.voters),
+            ids(&v.learners),
             v.log_index.map_or("-".into(), |i| i.to_string()),
             v.leader
         );

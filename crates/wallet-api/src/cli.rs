@@ -4,24 +4,49 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
+use raft_ledger::net::member::ClusterKey;
+use raft_ledger::node::{LedgerError, NodeStatus};
 use raft_ledger::{
     AccountRef, Amount, Command, Currency, HOLD_TIMEOUT_DEFAULT_MS, Outcome, PlayerId, Reason, Receipt, Rejection,
     RoundId, TxId,
 };
 
 use crate::amount::parse_amount;
+use crate::exit;
+
+/// How an operator tool reaches a cluster's node port.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Node addresses (`host:port`), comma separated. Any node will do; the client finds leaders.
+    #[arg(long, env = "WALLETD_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001", global = true)]
+    pub nodes: Vec<String>,
+    /// File holding the cluster's shared secret (the nodes' `cluster_key_file`); node ports
+    /// refuse calls without it.
+    #[arg(long, env = "WALLETD_CLUSTER_KEY_FILE", global = true)]
+    pub cluster_key_file: Option<std::path::PathBuf>,
+}
+
+impl ClusterArgs {
+    /// Client options carrying the cluster key.
+    pub fn options(&self) -> Result<ClientOptions, String> {
+        let path = self.cluster_key_file.as_ref().ok_or(
+            "no cluster key: give --cluster-key-file or set WALLETD_CLUSTER_KEY_FILE (walletd demo prints it)",
+        )?;
+        Ok(ClientOptions::new(ClusterKey::load(path).map_err(|e| e.to_string())?))
+    }
+}
 
 /// Options of `walletd client`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Node addresses (`host:port`), comma separated. Any node will do; the client finds leaders.
-    #[arg(long, env = "WALLETD_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001")]
-    pub nodes: Vec<String>,
+    /// Which cluster, and its key.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Print results as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Give up after this many seconds of retrying.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, global = true)]
     pub deadline_secs: u64,
     /// What to do.
     #[command(subcommand)]
@@ -48,7 +73,7 @@ pub enum ClientOp {
         player: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
     /// Stake money in a game round.
@@ -61,7 +86,7 @@ pub enum ClientOp {
         round: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
     /// Pay a win for a round the player bet in.
@@ -74,7 +99,7 @@ pub enum ClientOp {
         round: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
     /// Reverse one bet, exactly once.
@@ -97,7 +122,7 @@ pub enum ClientOp {
         player: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Hold lifetime in cluster milliseconds.
         #[arg(long, default_value_t = HOLD_TIMEOUT_DEFAULT_MS)]
@@ -133,7 +158,7 @@ pub enum ClientOp {
         to: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
     /// An operator correction between two accounts (`player:ID:CUR`, `house:CUR`, `external:CUR`).
@@ -146,7 +171,7 @@ pub enum ClientOp {
         credit: String,
         #[arg(long)]
         currency: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         #[arg(long)]
         reason: String,
@@ -172,8 +197,8 @@ pub enum ClientOp {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Show every shard replica of a node: role, term, leader and its region, home region,
-    /// leader changes, voters, commit and apply indexes, chain head.
+    /// Show every shard replica of every node (or only --node): role, term, health, leader and
+    /// its region, home region, leader changes, voters, commit and apply indexes, chain head.
     Status {
         #[arg(long)]
         node: Option<String>,
@@ -290,10 +315,14 @@ pub fn format_time(at: raft_ledger::ClusterTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn format_receipt(r: &Receipt) -> String {
+fn format_receipt(shard: u32, r: &Receipt) -> String {
     let mut s = match r.seq {
-        Some(seq) => format!("entry #{seq} at {}", format_time(r.at)),
-        None => format!("no entry (nothing to move) at {}", format_time(r.at)),
+        Some(seq) => format!("shard {shard} entry #{seq} at {}", format_time(r.at)),
+        None => format!(
+            "no money moved (shard {shard}, at {}): a rollback whose bet has not arrived, or had failed; \
+             the bet is refused if it arrives later",
+            format_time(r.at)
+        ),
     };
     for (account, b) in &r.balances {
         let c = account.currency();
@@ -305,25 +334,89 @@ fn format_receipt(r: &Receipt) -> String {
     s
 }
 
-/// Renders an outcome for a terminal, and the process exit code it deserves.
-pub fn render_outcome(o: &Outcome) -> (String, i32) {
+/// Renders an outcome in `shard` for a terminal, and the process exit code it deserves.
+pub fn render_outcome(shard: u32, o: &Outcome) -> (String, i32) {
     match o {
-        Outcome::Applied(r) => (format!("applied: {}", format_receipt(r)), 0),
-        Outcome::Duplicate(r) => (format!("duplicate (already applied; original result): {}", format_receipt(r)), 0),
-        Outcome::Rejected(x) => (format!("rejected: {} ({})", x, x.code()), 2),
-        Outcome::AlreadyFailed(x) => (format!("rejected earlier and remembered: {} ({})", x, x.code()), 2),
+        Outcome::Applied(r) => (format!("applied: {}", format_receipt(shard, r)), exit::OK),
+        Outcome::Duplicate(r) => {
+            (format!("duplicate (already applied; original result): {}", format_receipt(shard, r)), exit::OK)
+        }
+        Outcome::Rejected(x) => (format!("rejected: {} ({})", x, x.code()), exit::REFUSED),
+        Outcome::AlreadyFailed(x) => (format!("rejected earlier and remembered: {} ({})", x, x.code()), exit::REFUSED),
         Outcome::Conflict => {
-            ("conflict: this transaction id was used with a different payload; nothing changed".into(), 2)
+            ("conflict: this transaction id was used with a different payload; nothing changed".into(), exit::REFUSED)
         }
     }
 }
 
-/// Runs one client operation and returns the process exit code.
+/// A failed write, for a terminal, and its exit code: refused (nothing changed) or unknown.
+fn render_write_error(e: &ClientError) -> (String, i32) {
+    let unknown = |why: String| {
+        (
+            format!(
+                "outcome unknown: {why}. The command may have applied: run the same command again, with the same \
+                 --tx, to learn its outcome"
+            ),
+            exit::UNKNOWN,
+        )
+    };
+    match e {
+        ClientError::Invalid(r) => (format!("refused before sending: {r} ({})", r.code()), exit::REFUSED),
+        ClientError::Indeterminate(..) => unknown("no node answered in time".into()),
+        ClientError::Ledger(LedgerError::Timeout) => unknown("no decision before the deadline".into()),
+        ClientError::Ledger(LedgerError::Unavailable(why)) => unknown(format!("the shard is unavailable ({why})")),
+        ClientError::Node { message, .. } => unknown(message.clone()),
+        ClientError::Unauthenticated(why) => (format!("refused: {why}"), exit::REFUSED),
+        ClientError::Ledger(e) => (format!("refused: {e}"), exit::REFUSED),
+    }
+}
+
+/// What `status` prints for one node.
+fn render_status(status: &NodeStatus) -> String {
+    let mut human = format!("node {} {} ({} shards)\n", status.node_id, status.info, status.shard_count);
+    human.push_str(
+        "shard  role       term  health                          leader  heard_ms  leader_region  home        changes  voters      last_log  committed  applied  snapshot  entries  head\n",
+    );
+    for s in &status.shards {
+        let voters: Vec<String> = s.voters.iter().map(|v| v.to_string()).collect();
+        human.push_str(&format!(
+            "{:<6} {:<10} {:<5} {:<31} {:<7} {:<9} {:<14} {:<11} {:<8} {:<11} {:<9} {:<10} {:<8} {:<9} {:<8} {}\n",
+            s.shard,
+            s.state,
+            s.term,
+            s.health.describe(),
+            opt(s.leader),
+            opt(s.leader_heard_ms),
+            s.leader_region.as_deref().unwrap_or("-"),
+            s.home_region.as_deref().unwrap_or("-"),
+            s.leader_changes,
+            voters.join(","),
+            opt(s.last_log_index),
+            opt(s.committed),
+            opt(s.applied),
+            opt(s.snapshot),
+            s.journal_len,
+            &s.head_hash[..16]
+        ));
+    }
+    human.trim_end().to_string()
+}
+
+/// Runs one client operation and returns the process exit code (see [`crate::exit`]).
 pub async fn run(args: ClientArgs) -> Result<i32, String> {
-    let parsed = command(&args.op)?;
-    let options = ClientOptions { deadline: Duration::from_secs(args.deadline_secs), ..ClientOptions::default() };
-    let client = LedgerClient::connect(args.nodes.clone(), options).await.map_err(|e| e.to_string())?;
-    let first = args.nodes[0].clone();
+    let parsed = match command(&args.op) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("invalid input: {e}; nothing was sent");
+            return Ok(exit::USAGE);
+        }
+    };
+    let options = ClientOptions { deadline: Duration::from_secs(args.deadline_secs), ..args.cluster.options()? };
+    let nodes = args.cluster.nodes.clone();
+    let client = LedgerClient::connect(nodes.clone(), options)
+        .await
+        .map_err(|e| format!("cannot reach the cluster at {}: {e}", nodes.join(",")))?;
+    let first = nodes[0].clone();
     let print = |json: String, human: String| {
         if args.json {
             println!("{json}");
@@ -332,32 +425,42 @@ pub async fn run(args: ClientArgs) -> Result<i32, String> {
         }
     };
     if let Some((cmd, shard)) = parsed {
-        let result = match shard {
-            Some(s) => client.submit_to(s, cmd).await,
-            None => client.submit(cmd).await,
+        let shard = match shard {
+            Some(s) => s,
+            None => match cmd.player().map(|p| client.shard_for(p)) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    eprintln!("invalid input: {e}; nothing was sent");
+                    return Ok(exit::USAGE);
+                }
+                None => return Err("the command names no player; give --shard".into()),
+            },
         };
-        return match result {
+        return match client.submit_to(shard, cmd).await {
             Ok(outcome) => {
-                let (human, code) = render_outcome(&outcome);
+                let (human, code) = render_outcome(shard, &outcome);
                 print(to_json(&outcome), human);
                 Ok(code)
             }
-            Err(ClientError::Invalid(r)) => Err(bad("refused before proposing", r)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                let (human, code) = render_write_error(&e);
+                eprintln!("{human}");
+                Ok(code)
+            }
         };
     }
     match &args.op {
         ClientOp::Balance { player: p, currency: c } => {
             let account = AccountRef::player(player(p)?, currency(c)?);
             let view = client.balance(&account, None).await.map_err(|e| e.to_string())?;
+            let applied = opt(view.applied_index);
             let human = match view.balance {
                 Some(b) => format!(
-                    "{account}: {}  available {}  held {}  (shard {}, applied index {:?}, linearizable)",
+                    "{account}: {}  available {}  held {}  (shard {}, applied index {applied}, linearizable)",
                     account.currency().format(b.posted),
                     account.currency().format(b.available()),
                     account.currency().format(b.held),
                     view.shard,
-                    view.applied_index
                 ),
                 None => format!("{account}: no such wallet (shard {})", view.shard),
             };
@@ -370,14 +473,17 @@ pub async fn run(args: ClientArgs) -> Result<i32, String> {
                 for e in &entries {
                     println!("{}", to_json(e));
                 }
+            } else if entries.is_empty() {
+                println!("shard {shard} on {addr}: no entries from #{from}");
             } else {
                 for e in &entries {
                     let c = e.currency();
                     println!(
-                        "#{:<6} {} {:?} {:<18} {} -> {}  {}  hash {}",
+                        "shard {} #{:<6} {} {:<18} {:<18} {} -> {}  {}  hash {}",
+                        e.shard,
                         e.seq,
                         format_time(e.at),
-                        e.kind,
+                        e.kind.name(),
                         e.tx,
                         e.debit,
                         e.credit,
@@ -388,33 +494,23 @@ pub async fn run(args: ClientArgs) -> Result<i32, String> {
             }
         }
         ClientOp::Status { node } => {
-            let addr = node.clone().unwrap_or(first);
-            let status = client.status(&addr).await.map_err(|e| e.to_string())?;
-            let mut human = format!("node {} {} ({} shards)\n", status.node_id, status.info, status.shard_count);
-            human.push_str(
-                "shard  role       term  leader  leader_region  home        changes  voters      last_log  committed  applied  snapshot  entries  head\n",
-            );
-            for s in &status.shards {
-                let voters: Vec<String> = s.voters.iter().map(|v| v.to_string()).collect();
-                human.push_str(&format!(
-                    "{:<6} {:<10} {:<5} {:<7} {:<14} {:<11} {:<8} {:<11} {:<9} {:<10} {:<8} {:<9} {:<8} {}\n",
-                    s.shard,
-                    s.state,
-                    s.term,
-                    opt(s.leader),
-                    s.leader_region.as_deref().unwrap_or("-"),
-                    s.home_region.as_deref().unwrap_or("-"),
-                    s.leader_changes,
-                    voters.join(","),
-                    opt(s.last_log_index),
-                    opt(s.committed),
-                    opt(s.applied),
-                    opt(s.snapshot),
-                    s.journal_len,
-                    &s.head_hash[..16]
-                ));
+            let addrs = match node {
+                Some(n) => vec![n.clone()],
+                None => nodes.clone(),
+            };
+            let mut failed = 0;
+            for addr in &addrs {
+                match client.status(addr).await {
+                    Ok(status) => print(to_json(&status), render_status(&status)),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{addr}: no status: {e}");
+                    }
+                }
             }
-            print(to_json(&status), human.trim_end().to_string());
+            if failed == addrs.len() {
+                return Ok(exit::FAILED);
+            }
         }
         ClientOp::Verify { node, shard } => {
             let addr = node.clone().unwrap_or(first);
@@ -431,11 +527,11 @@ pub async fn run(args: ClientArgs) -> Result<i32, String> {
             };
             let ok = report.ok();
             print(to_json(&report), human);
-            return Ok(if ok { 0 } else { 3 });
+            return Ok(if ok { exit::OK } else { exit::VERIFY_FAILED });
         }
         _ => unreachable!("write operations returned above"),
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

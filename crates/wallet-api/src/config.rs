@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::NodeConfig;
 use raft_ledger::placement::Topology;
 use raft_ledger::raft::{NodeId, NodeInfo};
@@ -12,6 +13,7 @@ use thiserror::Error;
 
 /// A member of the cluster as listed in the configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Node id.
     pub id: NodeId,
@@ -23,6 +25,42 @@ pub struct PeerConfig {
     /// Zone label.
     #[serde(default)]
     pub zone: String,
+    /// `host:port` of its wallet API, as clients reach it.
+    #[serde(default)]
+    pub api: String,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = String;
+
+    /// `ID=HOST:PORT`, then optionally `,region=R`, `,zone=Z`, `,api=HOST:PORT` in any order.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let first = parts.next().unwrap_or_default();
+        let (id, addr) = first
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected ID=HOST:PORT[,region=R][,zone=Z][,api=HOST:PORT]"))?;
+        let id = id.trim().parse().map_err(|_| format!("`{s}`: node id `{id}` is not a number"))?;
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(format!("`{s}`: `{addr}` is not HOST:PORT"));
+        }
+        let mut peer =
+            PeerConfig { id, addr: addr.to_string(), region: String::new(), zone: String::new(), api: String::new() };
+        for part in parts {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("`{s}`: `{part}` is not KEY=VALUE"))?;
+            let slot = match k {
+                "region" => &mut peer.region,
+                "zone" => &mut peer.zone,
+                "api" => &mut peer.api,
+                _ => return Err(format!("`{s}`: unknown key `{k}` (region, zone or api)")),
+            };
+            if v.is_empty() {
+                return Err(format!("`{s}`: `{k}` is empty"));
+            }
+            *slot = v.to_string();
+        }
+        Ok(peer)
+    }
 }
 
 /// The contents of a node configuration file. Every field can also be given as a flag.
@@ -55,6 +93,12 @@ pub struct FileConfig {
     /// Address the public wallet API listens on, for example `0.0.0.0:8001`. Without it the
     /// node serves only the internal node API.
     pub api_listen: Option<String>,
+    /// Address clients should dial for this node's wallet API, if not `api_listen` (what a
+    /// `NOT_LEADER` answer names when this node leads).
+    pub api_advertise: Option<String>,
+    /// File holding the cluster's shared secret (hex, 32 bytes or more). Every node of a
+    /// cluster has the same; the node port refuses callers without it.
+    pub cluster_key_file: Option<PathBuf>,
     /// TOML file of operator API keys (`[[operator]]` with `id`, `secret`, `roles`).
     pub operator_keys: Option<PathBuf>,
     /// Redis URL of the session store, for player tokens.
@@ -79,6 +123,11 @@ pub enum ConfigError {
     /// The file could not be read or parsed.
     #[error("config file {0}: {1}")]
     File(String, String),
+}
+
+/// Whether peers or clients can dial `addr` (a wildcard listen address they cannot).
+fn routable(addr: &str) -> bool {
+    !(addr.starts_with("0.0.0.0") || addr.starts_with("[::]"))
 }
 
 /// Reads and checks a topology file.
@@ -147,6 +196,8 @@ pub struct StartConfig {
     pub node: NodeConfig,
     /// Where to listen.
     pub listen: String,
+    /// The cluster's key.
+    pub cluster_key: ClusterKey,
     /// Each shard's first voters, if bootstrapping: from the topology's placement, or every
     /// listed peer for every shard without one.
     pub bootstrap: Option<BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>>,
@@ -195,6 +246,8 @@ impl FileConfig {
             rtt_ms,
             bootstrap,
             api_listen,
+            api_advertise,
+            cluster_key_file,
             operator_keys,
             redis_url,
             session_key,
@@ -216,20 +269,40 @@ impl FileConfig {
             return Err(ConfigError::Invalid("shards", format!("{shards} is outside 1..=4096")));
         }
         let advertise = self.advertise.unwrap_or_else(|| listen.clone());
-        if advertise.starts_with("0.0.0.0") || advertise.starts_with("[::]") {
+        if !routable(&advertise) {
             return Err(ConfigError::Invalid(
                 "advertise",
                 format!("peers cannot dial {advertise}; set `advertise` to a routable address"),
             ));
         }
+        let key_file = self.cluster_key_file.ok_or(ConfigError::Missing("cluster_key_file", "cluster-key-file"))?;
+        let cluster_key =
+            ClusterKey::load(&key_file).map_err(|e| ConfigError::Invalid("cluster_key_file", e.to_string()))?;
+        let topology = match &self.topology {
+            Some(path) => Some(load_topology(path)?),
+            None => None,
+        };
+        let api_addr = match (&self.api_advertise, &self.api_listen) {
+            (Some(a), _) => a.clone(),
+            (None, Some(l)) if routable(l) => l.clone(),
+            (None, Some(l)) => {
+                match topology.as_ref().and_then(|t| t.node_info(node_id)).and_then(|n| n.api().map(str::to_string)) {
+                    Some(a) => a,
+                    None => {
+                        return Err(ConfigError::Invalid(
+                            "api_advertise",
+                            format!("clients cannot dial {l}; set `api_advertise` to a routable address"),
+                        ));
+                    }
+                }
+            }
+            (None, None) => String::new(),
+        };
         let info = NodeInfo {
             addr: advertise,
             region: self.region.unwrap_or_else(|| "default".into()),
             zone: self.zone.unwrap_or_else(|| "default".into()),
-        };
-        let topology = match &self.topology {
-            Some(path) => Some(load_topology(path)?),
-            None => None,
+            api_addr,
         };
         let mut info = info;
         let shards = match &topology {
@@ -260,7 +333,7 @@ impl FileConfig {
         for p in self.peers {
             let region = if p.region.is_empty() { "default".into() } else { p.region };
             let zone = if p.zone.is_empty() { "default".into() } else { p.zone };
-            if peers.insert(p.id, NodeInfo { addr: p.addr, region, zone }).is_some() {
+            if peers.insert(p.id, NodeInfo { addr: p.addr, region, zone, api_addr: p.api }).is_some() {
                 return Err(ConfigError::Invalid("peers", format!("node id {} listed twice", p.id)));
             }
         }
@@ -291,7 +364,7 @@ impl FileConfig {
             redis_url: self.redis_url,
             session_key: self.session_key,
         });
-        Ok(StartConfig { node, listen, bootstrap, seeds, api })
+        Ok(StartConfig { node, listen, cluster_key, bootstrap, seeds, api })
     }
 }
 
@@ -299,8 +372,16 @@ impl FileConfig {
 mod tests {
     use super::*;
 
+    /// A cluster key file in `dir`.
+    fn key_file(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("cluster.key");
+        std::fs::write(&path, format!("{}\n", "5a".repeat(32))).unwrap();
+        path
+    }
+
     #[test]
     fn a_file_with_flags_over_it_resolves() {
+        let dir = tempfile::tempdir().unwrap();
         let file: FileConfig = toml::from_str(
             r#"
             node_id = 1
@@ -316,7 +397,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let flags = FileConfig { shards: Some(16), ..Default::default() };
+        let flags = FileConfig { shards: Some(16), cluster_key_file: Some(key_file(dir.path())), ..Default::default() };
         let c = file.overlay(flags).resolve().unwrap();
         assert_eq!(c.node.shards, 16);
         assert_eq!(c.node.info.addr, "10.0.0.1:7001");
@@ -359,6 +440,7 @@ mod tests {
             data_dir: Some("d".into()),
             topology: Some(path.clone()),
             bootstrap: Some(true),
+            cluster_key_file: Some(key_file(dir.path())),
             ..Default::default()
         }
         .resolve()
@@ -377,9 +459,45 @@ mod tests {
             listen: Some("h:1".into()),
             data_dir: Some("d".into()),
             topology: Some(path),
+            cluster_key_file: Some(key_file(dir.path())),
             ..Default::default()
         };
         assert!(matches!(wrong.resolve(), Err(ConfigError::Invalid("topology", _))));
+    }
+
+    #[test]
+    fn a_node_needs_the_cluster_key_and_a_dialable_api_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = FileConfig {
+            node_id: Some(1),
+            listen: Some("10.0.0.1:7001".into()),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        };
+        assert_eq!(base.clone().resolve().unwrap_err(), ConfigError::Missing("cluster_key_file", "cluster-key-file"));
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abcd").unwrap();
+        let c = FileConfig { cluster_key_file: Some(short), ..base.clone() };
+        assert!(matches!(c.resolve(), Err(ConfigError::Invalid("cluster_key_file", _))));
+        let keyed = FileConfig { cluster_key_file: Some(key_file(dir.path())), ..base };
+        let c = FileConfig { api_listen: Some("0.0.0.0:8001".into()), ..keyed.clone() };
+        assert!(matches!(c.clone().resolve(), Err(ConfigError::Invalid("api_advertise", _))));
+        let c = FileConfig { api_advertise: Some("10.0.0.1:8001".into()), ..c }.resolve().unwrap();
+        assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
+        let c = FileConfig { api_listen: Some("10.0.0.1:8001".into()), ..keyed }.resolve().unwrap();
+        assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
+    }
+
+    #[test]
+    fn peers_carry_region_zone_and_api_address() {
+        let p: PeerConfig = "2=10.0.0.2:7001,region=us-east,zone=us-east-1a,api=10.0.0.2:8001".parse().unwrap();
+        assert_eq!((p.id, p.addr.as_str(), p.region.as_str()), (2, "10.0.0.2:7001", "us-east"));
+        assert_eq!((p.zone.as_str(), p.api.as_str()), ("us-east-1a", "10.0.0.2:8001"));
+        let plain: PeerConfig = "3=h:1".parse().unwrap();
+        assert!(plain.region.is_empty() && plain.api.is_empty());
+        for bad in ["h:1", "x=h:1", "3=h", "3=h:1,color=red", "3=h:1,region=", "3=h:1,region"] {
+            assert!(bad.parse::<PeerConfig>().is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

@@ -1,21 +1,29 @@
 //! `walletctl`: the wallet API from a terminal. Amounts are decimals in the currency ("12.50");
 //! every money-moving command gets a fresh idempotency key unless `--key` gives one, and prints
 //! it, so a command whose outcome is unknown can be retried safely with the same key.
+//!
+//! Exit codes are [`crate::exit`]'s: 0 done, 1 failed (nothing changed), 2 refused, 3 a proof
+//! that does not verify, 4 outcome unknown (retry with the same key), 64 usage (including values
+//! that cannot be sent, such as an amount with too many decimals).
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use prost::Message;
+use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use raft_ledger::Currency;
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::amount::parse_amount;
 use crate::api::auth::Rpc;
-use crate::api::client::{Credentials, connect, new_key};
+use crate::api::client::{Credentials, RawCodec, channel, new_key};
 use crate::api::convert::verify_proof;
+use crate::api::descriptors;
 use crate::api::errors::reason_of;
 use crate::api::pb;
 use crate::api::pb::wallet_client::WalletClient;
+use crate::exit;
 
 /// Command line of `walletctl`.
 #[derive(Debug, Parser)]
@@ -27,7 +35,8 @@ pub struct Cli {
     /// Operator key id.
     #[arg(long, env = "WALLET_KEY_ID", global = true)]
     pub key_id: Option<String>,
-    /// Operator key secret, hex. Prefer the environment variable to keep it out of shell history.
+    /// Operator key secret, hex (its bytes are the HMAC key). Prefer the environment variable to
+    /// keep it out of shell history.
     #[arg(long, env = "WALLET_KEY_SECRET", hide_env_values = true, global = true)]
     pub key_secret: Option<String>,
     /// A player's access token, instead of an operator key.
@@ -39,9 +48,9 @@ pub struct Cli {
     /// Per-call deadline in seconds.
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
-    /// Print responses as JSON-like debug output instead of text.
+    /// Print results (and errors) as JSON, in protobuf's JSON mapping, one object per line.
     #[arg(long, global = true)]
-    pub raw: bool,
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -69,6 +78,7 @@ pub enum Cmd {
     Deposit {
         player: String,
         currency: String,
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         key: Key,
@@ -78,6 +88,7 @@ pub enum Cmd {
         player: String,
         round: String,
         currency: String,
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         key: Key,
@@ -87,6 +98,7 @@ pub enum Cmd {
         player: String,
         round: String,
         currency: String,
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         key: Key,
@@ -107,6 +119,7 @@ pub enum Cmd {
         from: String,
         to: String,
         currency: String,
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         key: Key,
@@ -150,6 +163,15 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         anchor: u64,
     },
+    /// Call any RPC with a request given as JSON (protobuf's JSON mapping), signed with the
+    /// operator key or carrying the player token; prints the response as JSON. What grpcurl
+    /// cannot do alone: grpcurl does not sign requests.
+    Call {
+        /// The method: `PlaceBet`, or `casino.wallet.v1.Wallet/PlaceBet`.
+        method: String,
+        /// The request as JSON; `-` or nothing reads it from standard input.
+        request: Option<String>,
+    },
 }
 
 /// Withdrawal steps.
@@ -159,6 +181,7 @@ pub enum Withdraw {
     Reserve {
         player: String,
         currency: String,
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         /// Hold lifetime in seconds (default 15 minutes).
         #[arg(long)]
@@ -182,24 +205,40 @@ pub enum Withdraw {
     },
 }
 
-fn money(text: &str, currency: &str) -> Result<i64, String> {
-    let c = Currency::new(currency).map_err(|e| format!("currency {currency:?}: {e}"))?;
-    parse_amount(text, c)
+/// A value on the command line that cannot be sent (a usage error: nothing was sent).
+struct Invalid(String);
+
+fn money(text: &str, currency: &str) -> Result<i64, Invalid> {
+    let c = Currency::new(currency).map_err(|e| Invalid(format!("currency {currency:?}: {e}")))?;
+    parse_amount(text, c).map_err(|e| Invalid(format!("amount {text:?}: {e}")))
 }
 
 fn fmt_minor(currency: &str, minor: i64) -> String {
     Currency::new(currency).map(|c| c.format(minor)).unwrap_or_else(|_| format!("{minor} {currency}"))
 }
 
+/// A status for people: its code, its reason, and its message.
 fn describe(s: &Status) -> String {
-    let reason = reason_of(s).unwrap_or_else(|| "-".into());
-    format!("{:?} {}: {}", s.code(), reason, s.message())
+    match reason_of(s) {
+        Some(reason) => format!("{} {reason}: {}", exit::code_name(s.code()), s.message()),
+        None => format!("{}: {}", exit::code_name(s.code()), s.message()),
+    }
 }
 
-/// Prints a refusal and returns the exit code for it.
-fn refused(s: &Status) -> i32 {
-    eprintln!("refused: {}", describe(s));
-    2
+/// A status as JSON, with its `ErrorInfo`.
+fn status_json(s: &Status, outcome: &str) -> String {
+    use tonic_types::StatusExt;
+    let info = s.get_details_error_info();
+    serde_json::json!({
+        "error": {
+            "code": exit::code_name(s.code()),
+            "message": s.message(),
+            "reason": info.as_ref().map(|i| i.reason.clone()),
+            "metadata": info.map(|i| i.metadata),
+            "outcome": outcome,
+        }
+    })
+    .to_string()
 }
 
 fn account_name(a: &Option<pb::Account>) -> String {
@@ -213,7 +252,15 @@ fn account_name(a: &Option<pb::Account>) -> String {
 
 fn show_tx(r: &pb::TransactionResponse, replayed: bool) {
     let what = if replayed { "already applied (original result)" } else { "applied" };
-    println!("{what}: key {} shard {} seq {}", r.idempotency_key, r.shard, r.seq);
+    if r.seq == 0 {
+        println!(
+            "{what}: key {} shard {}: no money moved (a rollback whose bet has not arrived, or had failed; \
+             that bet is refused if it arrives later)",
+            r.idempotency_key, r.shard
+        );
+    } else {
+        println!("{what}: key {} shard {} entry #{}", r.idempotency_key, r.shard, r.seq);
+    }
     for b in &r.balances {
         let cur = b.account.as_ref().map(|a| a.currency.as_str()).unwrap_or("");
         println!(
@@ -229,7 +276,7 @@ fn show_entry(e: &pb::LedgerEntry) {
     let kind = pb::EntryKind::try_from(e.kind).map(|k| k.as_str_name()).unwrap_or("?");
     let cur = e.debit.as_ref().map(|a| a.currency.clone()).unwrap_or_default();
     println!(
-        "{:>4}:{:<8} {:<28} {:>14}  {} -> {}  tx {}{}",
+        "shard {:>3} #{:<8} {:<28} {:>14}  {} -> {}  tx {}{}",
         e.shard,
         e.seq,
         kind.trim_start_matches("ENTRY_KIND_"),
@@ -241,11 +288,35 @@ fn show_entry(e: &pb::LedgerEntry) {
     );
 }
 
+/// A message as one line of JSON (protobuf's JSON mapping, default values included).
+fn message_json(desc: &MessageDescriptor, bytes: &[u8]) -> String {
+    let options = SerializeOptions::new().skip_default_fields(false);
+    match DynamicMessage::decode(desc.clone(), bytes) {
+        Ok(m) => {
+            let mut out = serde_json::Serializer::new(Vec::new());
+            match m.serialize_with_options(&mut out, &options) {
+                Ok(()) => String::from_utf8(out.into_inner()).unwrap_or_default(),
+                Err(e) => {
+                    serde_json::json!({ "error": { "message": format!("cannot print the response: {e}") } }).to_string()
+                }
+            }
+        }
+        Err(e) => serde_json::json!({ "error": { "message": format!("cannot decode the response: {e}") } }).to_string(),
+    }
+}
+
+/// `msg` as JSON, through its descriptor.
+fn json_of<M: Message>(msg: &M, type_name: &str) -> String {
+    let desc = descriptors().get_message_by_name(type_name).expect("a wallet message type");
+    message_json(&desc, &msg.encode_to_vec())
+}
+
 struct Ctl {
     client: WalletClient<Channel>,
+    channel: Channel,
     creds: Credentials,
     timeout: Duration,
-    raw: bool,
+    json: bool,
 }
 
 impl Ctl {
@@ -258,235 +329,313 @@ impl Ctl {
             Some(k) => k.clone(),
             None => {
                 let k = new_key("ctl");
-                eprintln!("idempotency key: {k}  (retry with --key {k})");
+                eprintln!("idempotency key: {k}  (to retry: --key {k})");
                 k
             }
         }
     }
 
-    fn done(&self, r: Result<tonic::Response<pb::TransactionResponse>, Status>) -> Result<i32, String> {
+    /// Reports a failed call and returns its exit code: refused (2) when the server turned it
+    /// away, else, for a write, outcome unknown (4), and for a read, failed (1).
+    fn failed(&self, s: &Status, write: Option<&str>) -> i32 {
+        let refused = exit::is_definite_refusal(s);
+        let (code, outcome) = match (refused, write) {
+            (true, _) => (exit::REFUSED, "refused"),
+            (false, Some(_)) => (exit::UNKNOWN, "unknown"),
+            (false, None) => (exit::FAILED, "failed"),
+        };
+        if self.json {
+            println!("{}", status_json(s, outcome));
+        }
+        match (refused, write) {
+            (true, _) => eprintln!("refused: {}", describe(s)),
+            (false, Some(key)) => eprintln!(
+                "outcome unknown ({}): the call may have applied. Run the same command again with --key {key} \
+                 to learn its outcome; it applies at most once",
+                describe(s)
+            ),
+            (false, None) => eprintln!("failed: {}; nothing changed, try again", describe(s)),
+        }
+        code
+    }
+
+    fn done(&self, key: &str, r: Result<tonic::Response<pb::TransactionResponse>, Status>) -> i32 {
         match r {
             Ok(resp) => {
                 let replayed = resp.metadata().contains_key(crate::api::service::REPLAYED_HEADER);
-                if self.raw {
-                    println!("{:#?}", resp.get_ref());
+                if self.json {
+                    println!("{}", json_of(resp.get_ref(), "casino.wallet.v1.TransactionResponse"));
                 } else {
                     show_tx(resp.get_ref(), replayed);
                 }
-                Ok(0)
+                exit::OK
             }
-            Err(s) => {
-                refused(&s);
-                if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable) {
-                    eprintln!("the outcome is unknown: run the same command again with the same --key");
-                }
-                Ok(2)
-            }
+            Err(s) => self.failed(&s, Some(key)),
         }
     }
 }
 
-/// Runs `walletctl` and returns the exit code: 0 done, 2 refused, 1 usage or connection error.
-pub async fn run(cli: Cli) -> Result<i32, String> {
-    let creds = match (&cli.token, &cli.key_id, &cli.key_secret) {
-        (Some(token), _, _) => Credentials::Player { token: token.clone(), device: cli.device.clone() },
-        (None, Some(id), Some(secret)) => Credentials::Operator {
+fn credentials(cli: &Cli) -> Result<Credentials, String> {
+    match (&cli.token, &cli.key_id, &cli.key_secret) {
+        (Some(token), _, _) => Ok(Credentials::Player { token: token.clone(), device: cli.device.clone() }),
+        (None, Some(id), Some(secret)) => Ok(Credentials::Operator {
             key_id: id.clone(),
-            secret: hex::decode(secret).map_err(|_| "the key secret must be hex".to_string())?,
-        },
-        _ => {
-            return Err(
-                "no credentials: set WALLET_KEY_ID and WALLET_KEY_SECRET (walletd demo prints them), or WALLET_TOKEN"
-                    .into(),
-            );
+            secret: hex::decode(secret.trim()).map_err(|_| "the key secret must be hex".to_string())?,
+        }),
+        _ => Err("no credentials: set WALLET_KEY_ID and WALLET_KEY_SECRET (walletd demo prints them), or WALLET_TOKEN"
+            .into()),
+    }
+}
+
+/// `walletctl` as a whole process: parses its command line (usage errors exit 64), runs, and
+/// exits with the code the outcome deserves.
+pub fn main() -> ! {
+    exit::quiet_on_broken_pipe();
+    let cli: Cli = exit::parse_or_exit();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("walletctl: {e}");
+            std::process::exit(exit::FAILED);
         }
+    }
+}
+
+/// Runs `walletctl` and returns its exit code (see [`crate::exit`]).
+pub async fn run(cli: Cli) -> Result<i32, String> {
+    let creds = credentials(&cli)?;
+    let channel = channel(&cli.addr).await.map_err(|e| format!("cannot reach the wallet API at {}: {e}", cli.addr))?;
+    let mut c = Ctl {
+        client: WalletClient::new(channel.clone()),
+        channel,
+        creds,
+        timeout: Duration::from_secs(cli.timeout),
+        json: cli.json,
     };
-    let client = connect(&cli.addr).await.map_err(|e| format!("cannot reach the wallet API at {}: {e}", cli.addr))?;
-    let mut c = Ctl { client, creds, timeout: Duration::from_secs(cli.timeout), raw: cli.raw };
-    match cli.cmd {
+    match run_cmd(&mut c, cli.cmd).await {
+        Ok(code) => Ok(code),
+        Err(Invalid(why)) => {
+            eprintln!("invalid input: {why}; nothing was sent");
+            Ok(exit::USAGE)
+        }
+    }
+}
+
+async fn run_cmd(c: &mut Ctl, cmd: Cmd) -> Result<i32, Invalid> {
+    Ok(match cmd {
         Cmd::Open { player, currency, key } => {
-            let m = pb::OpenWalletRequest { idempotency_key: c.key(&key), player_id: player, currency };
+            let k = c.key(&key);
+            let m = pb::OpenWalletRequest { idempotency_key: k.clone(), player_id: player, currency };
             let r = c.client.clone().open_wallet(c.req(Rpc::OpenWallet, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Deposit { player, currency, amount, key } => {
             let amount = money(&amount, &currency)?;
-            let m = pb::DepositRequest { idempotency_key: c.key(&key), player_id: player, currency, amount };
+            let k = c.key(&key);
+            let m = pb::DepositRequest { idempotency_key: k.clone(), player_id: player, currency, amount };
             let r = c.client.clone().deposit(c.req(Rpc::Deposit, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Bet { player, round, currency, amount, key } => {
             let amount = money(&amount, &currency)?;
+            let k = c.key(&key);
             let m = pb::PlaceBetRequest {
-                idempotency_key: c.key(&key),
+                idempotency_key: k.clone(),
                 player_id: player,
                 round_id: round,
                 currency,
                 amount,
             };
             let r = c.client.clone().place_bet(c.req(Rpc::PlaceBet, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Win { player, round, currency, amount, key } => {
             let amount = money(&amount, &currency)?;
+            let k = c.key(&key);
             let m = pb::SettleWinRequest {
-                idempotency_key: c.key(&key),
+                idempotency_key: k.clone(),
                 player_id: player,
                 round_id: round,
                 currency,
                 amount,
             };
             let r = c.client.clone().settle_win(c.req(Rpc::SettleWin, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Rollback { player, round, bet, key } => {
-            let m = pb::RollbackBetRequest {
-                idempotency_key: c.key(&key),
-                player_id: player,
-                round_id: round,
-                bet_id: bet,
-            };
+            let k = c.key(&key);
+            let m =
+                pb::RollbackBetRequest { idempotency_key: k.clone(), player_id: player, round_id: round, bet_id: bet };
             let r = c.client.clone().rollback_bet(c.req(Rpc::RollbackBet, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Withdraw(Withdraw::Reserve { player, currency, amount, hold_secs, key }) => {
             let amount = money(&amount, &currency)?;
+            let k = c.key(&key);
             let m = pb::ReserveWithdrawalRequest {
-                idempotency_key: c.key(&key),
+                idempotency_key: k.clone(),
                 player_id: player,
                 currency,
                 amount,
                 hold_timeout_ms: hold_secs.map_or(0, |s| s.saturating_mul(1000)),
             };
             let r = c.client.clone().reserve_withdrawal(c.req(Rpc::ReserveWithdrawal, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Withdraw(Withdraw::Commit { player, hold, key }) => {
-            let m = pb::CommitWithdrawalRequest { idempotency_key: c.key(&key), player_id: player, hold_id: hold };
+            let k = c.key(&key);
+            let m = pb::CommitWithdrawalRequest { idempotency_key: k.clone(), player_id: player, hold_id: hold };
             let r = c.client.clone().commit_withdrawal(c.req(Rpc::CommitWithdrawal, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Withdraw(Withdraw::Cancel { player, hold, key }) => {
-            let m = pb::CancelWithdrawalRequest { idempotency_key: c.key(&key), player_id: player, hold_id: hold };
+            let k = c.key(&key);
+            let m = pb::CancelWithdrawalRequest { idempotency_key: k.clone(), player_id: player, hold_id: hold };
             let r = c.client.clone().cancel_withdrawal(c.req(Rpc::CancelWithdrawal, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Transfer { from, to, currency, amount, key } => {
             let amount = money(&amount, &currency)?;
+            let k = c.key(&key);
             let m = pb::TransferRequest {
-                idempotency_key: c.key(&key),
+                idempotency_key: k.clone(),
                 from_player_id: from,
                 to_player_id: to,
                 currency,
                 amount,
             };
             let r = c.client.clone().transfer(c.req(Rpc::Transfer, m)).await;
-            c.done(r)
+            c.done(&k, r)
         }
         Cmd::Balance { player, currency, stale, max_staleness_ms } => {
-            let consistency = if stale { pb::ReadConsistency::Stale } else { pb::ReadConsistency::Linearizable } as i32;
-            let m = pb::GetBalanceRequest {
-                player_id: player.clone(),
-                currency: currency.clone(),
-                consistency,
-                max_staleness_ms: max_staleness_ms.unwrap_or(0),
+            balance(c, player, currency, stale, max_staleness_ms).await
+        }
+        Cmd::History { player, from, limit } => history(c, player, from, limit).await,
+        Cmd::Watch { player, shard, from } => watch(c, player.unwrap_or_default(), shard, from).await,
+        Cmd::Proof { shard, seq, anchor } => proof(c, shard, seq, anchor).await,
+        Cmd::Call { method, request } => call(c, &method, request).await?,
+    })
+}
+
+async fn balance(c: &mut Ctl, player: String, currency: String, stale: bool, max_staleness_ms: Option<u32>) -> i32 {
+    let consistency = if stale { pb::ReadConsistency::Stale } else { pb::ReadConsistency::Linearizable } as i32;
+    let m = pb::GetBalanceRequest {
+        player_id: player.clone(),
+        currency: currency.clone(),
+        consistency,
+        max_staleness_ms: max_staleness_ms.unwrap_or(0),
+    };
+    match c.client.get_balance(c.req(Rpc::GetBalance, m)).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            if c.json {
+                println!("{}", json_of(&r, "casino.wallet.v1.GetBalanceResponse"));
+                return exit::OK;
+            }
+            let b = r.balance.unwrap_or_default();
+            let how = if r.consistency == pb::ReadConsistency::Stale as i32 {
+                format!(
+                    "stale read, at most {} ms old and {} entries behind the commit index",
+                    r.staleness_ms, r.lag_entries
+                )
+            } else {
+                "linearizable".to_string()
             };
-            match c.client.get_balance(c.req(Rpc::GetBalance, m)).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    if c.raw {
-                        println!("{r:#?}");
-                        return Ok(0);
-                    }
-                    let b = r.balance.unwrap_or_default();
-                    let how = if r.consistency == pb::ReadConsistency::Stale as i32 {
-                        format!(
-                            "stale read, at most {} ms old and {} entries behind the commit index",
-                            r.staleness_ms, r.lag_entries
-                        )
-                    } else {
-                        "linearizable".to_string()
-                    };
+            println!(
+                "{player} {currency}: available {}  held {}  posted {}  (shard {} as of entry #{}, {how})",
+                fmt_minor(&currency, b.available),
+                fmt_minor(&currency, b.held),
+                fmt_minor(&currency, b.posted),
+                r.shard,
+                r.as_of_seq
+            );
+            exit::OK
+        }
+        Err(s) => c.failed(&s, None),
+    }
+}
+
+async fn history(c: &mut Ctl, player: String, from: u64, limit: u32) -> i32 {
+    let mut next = from;
+    let mut shown = 0u32;
+    let mut last_page = None;
+    while shown < limit {
+        let m = pb::ListEntriesRequest {
+            player_id: player.clone(),
+            shard: 0,
+            from_seq: next,
+            page_size: (limit - shown).min(1000),
+        };
+        let page = match c.client.list_entries(c.req(Rpc::ListEntries, m)).await {
+            Ok(p) => p.into_inner(),
+            Err(s) => return c.failed(&s, None),
+        };
+        for e in &page.entries {
+            if c.json {
+                println!("{}", json_of(e, "casino.wallet.v1.LedgerEntry"));
+            } else {
+                show_entry(e);
+            }
+        }
+        shown += page.entries.len() as u32;
+        let done = page.next_seq > page.head_seq || page.next_seq == next;
+        next = page.next_seq;
+        last_page = Some(page);
+        if done {
+            break;
+        }
+    }
+    if shown == 0
+        && !c.json
+        && let Some(p) = last_page
+    {
+        println!(
+            "no entries for {player} from #{from} (the shard's chain has {} entries; a player without a wallet has none)",
+            p.head_seq
+        );
+    }
+    exit::OK
+}
+
+async fn proof(c: &mut Ctl, shard: u32, seq: u64, anchor: u64) -> i32 {
+    let m = pb::GetEntryProofRequest { shard, seq, anchor_seq: anchor };
+    match c.client.get_entry_proof(c.req(Rpc::GetEntryProof, m)).await {
+        Ok(r) => {
+            let p = r.into_inner();
+            if let Some(e) = &p.entry {
+                show_entry(e);
+            }
+            match verify_proof(&p.links) {
+                Ok(h) if h.as_slice() == p.anchor_hash.as_slice() => {
                     println!(
-                        "{player} {currency}: available {}  held {}  posted {}  (shard {} as of seq {}, {how})",
-                        fmt_minor(&currency, b.available),
-                        fmt_minor(&currency, b.held),
-                        fmt_minor(&currency, b.posted),
-                        r.shard,
-                        r.as_of_seq
+                        "proof ok: entry {seq} chains through {} links to entry {} with hash {}",
+                        p.links.len(),
+                        p.anchor_seq,
+                        hex::encode(h)
                     );
-                    Ok(0)
+                    exit::OK
                 }
-                Err(s) => Ok(refused(&s)),
+                Ok(_) => {
+                    eprintln!("proof FAILED: the chain does not end at the anchor hash");
+                    exit::VERIFY_FAILED
+                }
+                Err(e) => {
+                    eprintln!("proof FAILED: {e}");
+                    exit::VERIFY_FAILED
+                }
             }
         }
-        Cmd::History { player, from, limit } => {
-            let mut next = from;
-            let mut shown = 0u32;
-            while shown < limit {
-                let m = pb::ListEntriesRequest {
-                    player_id: player.clone(),
-                    shard: 0,
-                    from_seq: next,
-                    page_size: (limit - shown).min(1000),
-                };
-                let page = match c.client.list_entries(c.req(Rpc::ListEntries, m)).await {
-                    Ok(p) => p.into_inner(),
-                    Err(s) => return Ok(refused(&s)),
-                };
-                for e in &page.entries {
-                    show_entry(e);
-                }
-                shown += page.entries.len() as u32;
-                if page.next_seq > page.head_seq || page.next_seq == next {
-                    break;
-                }
-                next = page.next_seq;
-            }
-            Ok(0)
-        }
-        Cmd::Watch { player, shard, from } => watch(&mut c, player.unwrap_or_default(), shard, from).await,
-        Cmd::Proof { shard, seq, anchor } => {
-            let m = pb::GetEntryProofRequest { shard, seq, anchor_seq: anchor };
-            match c.client.get_entry_proof(c.req(Rpc::GetEntryProof, m)).await {
-                Ok(r) => {
-                    let p = r.into_inner();
-                    if let Some(e) = &p.entry {
-                        show_entry(e);
-                    }
-                    match verify_proof(&p.links) {
-                        Ok(h) if h.as_slice() == p.anchor_hash.as_slice() => {
-                            println!(
-                                "proof ok: entry {seq} chains through {} links to entry {} with hash {}",
-                                p.links.len(),
-                                p.anchor_seq,
-                                hex::encode(h)
-                            );
-                            Ok(0)
-                        }
-                        Ok(_) => {
-                            eprintln!("proof FAILED: the chain does not end at the anchor hash");
-                            Ok(3)
-                        }
-                        Err(e) => {
-                            eprintln!("proof FAILED: {e}");
-                            Ok(3)
-                        }
-                    }
-                }
-                Err(s) => Ok(refused(&s)),
-            }
-        }
+        Err(s) => c.failed(&s, None),
     }
 }
 
 /// Follows a stream, resuming after each disconnect from the last entry seen.
-async fn watch(c: &mut Ctl, player: String, shard: u32, from: u64) -> Result<i32, String> {
+async fn watch(c: &mut Ctl, player: String, shard: u32, from: u64) -> i32 {
     let mut next = from.max(1);
     loop {
         let m = pb::WatchEntriesRequest { player_id: player.clone(), shard, from_seq: next };
-        let mut req = c.creds.request(Rpc::WatchEntries, m, Duration::from_secs(24 * 3600));
-        req.set_timeout(Duration::from_secs(24 * 3600));
+        let req = c.creds.request(Rpc::WatchEntries, m, Duration::from_secs(24 * 3600));
         match c.client.watch_entries(req).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
@@ -494,21 +643,80 @@ async fn watch(c: &mut Ctl, player: String, shard: u32, from: u64) -> Result<i32
                     match stream.message().await {
                         Ok(Some(e)) => {
                             next = e.seq + 1;
-                            show_entry(&e);
+                            if c.json {
+                                println!("{}", json_of(&e, "casino.wallet.v1.LedgerEntry"));
+                            } else {
+                                show_entry(&e);
+                            }
                         }
                         Ok(None) => break,
                         Err(s) => {
-                            eprintln!("stream interrupted ({}); resuming from seq {next}", describe(&s));
+                            eprintln!("stream interrupted ({}); resuming from entry #{next}", describe(&s));
                             break;
                         }
                     }
                 }
             }
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable) => {
+            Err(s) if !exit::is_definite_refusal(&s) => {
                 eprintln!("cannot watch now ({}); retrying", describe(&s));
             }
-            Err(s) => return Ok(refused(&s)),
+            Err(s) => return c.failed(&s, None),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `walletctl call`: any RPC, JSON in and out, signed over exactly the bytes sent.
+async fn call(c: &mut Ctl, method: &str, request: Option<String>) -> Result<i32, Invalid> {
+    // JSON in, JSON out: errors too.
+    c.json = true;
+    let Some(rpc) = Rpc::from_name(method) else {
+        let names: Vec<&str> = Rpc::ALL.iter().map(|r| r.name()).collect();
+        eprintln!("unknown method {method:?}; one of: {}", names.join(", "));
+        return Ok(exit::USAGE);
+    };
+    let service = descriptors().get_service_by_name(crate::api::SERVICE_NAME).expect("the wallet service");
+    let m = service.methods().find(|m| m.name() == rpc.name()).expect("every Rpc is in the proto");
+    let text = match request.as_deref() {
+        Some(t) if t != "-" => t.to_string(),
+        _ => std::io::read_to_string(std::io::stdin()).map_err(|e| Invalid(format!("reading the request: {e}")))?,
+    };
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let msg = match DynamicMessage::deserialize(m.input(), &mut de).and_then(|msg| de.end().map(|()| msg)) {
+        Ok(msg) => msg,
+        Err(e) => {
+            eprintln!("the request is not a {} in protobuf JSON: {e}", m.input().full_name());
+            return Ok(exit::USAGE);
+        }
+    };
+    let key = msg.get_field_by_name("idempotency_key").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let body = msg.encode_to_vec();
+    let timeout = if m.is_server_streaming() { Duration::from_secs(24 * 3600) } else { c.timeout };
+    let req = c.creds.raw_request(rpc, body, timeout);
+    let path = http::uri::PathAndQuery::try_from(rpc.path()).expect("a valid path");
+    let mut grpc = tonic::client::Grpc::new(c.channel.clone());
+    if let Err(e) = grpc.ready().await {
+        return Ok(c.failed(&Status::unavailable(e.to_string()), None));
+    }
+    let write = rpc.is_write().then_some(key.as_str());
+    if m.is_server_streaming() {
+        let mut stream = match grpc.server_streaming(req, path, RawCodec).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return Ok(c.failed(&s, write)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(bytes)) => println!("{}", message_json(&m.output(), &bytes)),
+                Ok(None) => return Ok(exit::OK),
+                Err(s) => return Ok(c.failed(&s, None)),
+            }
+        }
+    }
+    match grpc.unary(req, path, RawCodec).await {
+        Ok(resp) => {
+            println!("{}", message_json(&m.output(), resp.get_ref()));
+            Ok(exit::OK)
+        }
+        Err(s) => Ok(c.failed(&s, write)),
     }
 }

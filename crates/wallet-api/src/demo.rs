@@ -20,6 +20,7 @@ use crate::api::auth::{Authenticator, OperatorKey, Role, Sessions};
 use crate::api::client::Credentials;
 use crate::api::service::{WalletService, serve};
 use crate::cli::render_outcome;
+use raft_ledger::net::member::ClusterKey;
 
 /// Options of `walletd demo`.
 #[derive(Debug, Args)]
@@ -45,13 +46,15 @@ pub struct DemoArgs {
     pub load_secs: Option<u64>,
 }
 
+/// How long the demo's player token lasts.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
 const REGIONS: [(&str, &str); 3] = [("eu-west", "eu-west-1a"), ("us-east", "us-east-1b"), ("ap-south", "ap-south-1a")];
 
 struct DemoNode {
     id: NodeId,
     info: NodeInfo,
     dir: PathBuf,
-    api_addr: String,
     node: Option<LedgerNode>,
     server: Option<tokio::task::JoinHandle<()>>,
     api: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
@@ -64,6 +67,9 @@ struct DemoAuth {
     key_id: String,
     secret: Vec<u8>,
     sessions: Sessions,
+    /// The cluster's key, shared by the nodes and written where `walletd client` can read it.
+    cluster_key: ClusterKey,
+    cluster_secret_hex: String,
 }
 
 impl DemoAuth {
@@ -73,13 +79,28 @@ impl DemoAuth {
         let mut session_key = [0u8; 32];
         getrandom::fill(&mut session_key).map_err(|e| e.to_string())?;
         let keys = session_store::Keyring::new("demo", session_key).map_err(|_| "session key id".to_string())?;
+        // The demo prints one player token for people to paste, so it outlives a coffee break:
+        // 12 hours instead of the 5 minutes real access tokens last.
+        let config = session_store::SessionConfig {
+            access_ttl: DEMO_TOKEN_TTL,
+            idle_timeout: DEMO_TOKEN_TTL,
+            absolute_lifetime: DEMO_TOKEN_TTL,
+            ..session_store::SessionConfig::default()
+        };
         let store = session_store::SessionStore::new(
             session_store::MemoryBackend::new(),
             keys,
-            session_store::SessionConfig::default(),
+            config,
             Arc::new(session_store::SystemClock),
         );
-        Ok(Self { key_id: "demo-operator".into(), secret, sessions: Sessions::Memory(store) })
+        let (cluster_key, cluster_secret_hex) = ClusterKey::generate();
+        Ok(Self {
+            key_id: "demo-operator".into(),
+            secret,
+            sessions: Sessions::Memory(store),
+            cluster_key,
+            cluster_secret_hex,
+        })
     }
 
     fn authenticator(&self) -> Authenticator {
@@ -96,7 +117,13 @@ impl DemoAuth {
     }
 }
 
-async fn launch(n: &mut DemoNode, topo: &Topology, listener: Listener, auth: &DemoAuth) -> Result<(), String> {
+async fn launch(
+    n: &mut DemoNode,
+    topo: &Topology,
+    listener: Listener,
+    api_listener: tokio::net::TcpListener,
+    auth: &DemoAuth,
+) -> Result<(), String> {
     let mut config = NodeConfig::new(n.id, n.info.clone(), &n.dir, topo.shards);
     config.cluster_name = "walletd-demo".into();
     // What `walletd start --topology` does: home regions dealt round-robin, so every region
@@ -104,15 +131,14 @@ async fn launch(n: &mut DemoNode, topo: &Topology, listener: Listener, auth: &De
     config.home_regions = topo.homes();
     config.election_slots = topo.election_slots(n.id);
     config.rtt_ms = topo.quorum_rtt_ms();
-    let node = LedgerNode::start(config, NodeEnv::production()).await.map_err(|e| e.to_string())?;
+    let node =
+        LedgerNode::start(config, NodeEnv::production(auth.cluster_key.clone())).await.map_err(|e| e.to_string())?;
     let serving = node.clone();
     n.server = Some(tokio::spawn(async move {
         if let Err(e) = serving.serve(listener).await {
             eprintln!("node server stopped: {e}");
         }
     }));
-    let api_listener = rebind_api(&n.api_addr).await?;
-    n.api_addr = api_listener.local_addr().map_err(|e| e.to_string())?.to_string();
     let (draining_tx, draining) = watch::channel(false);
     let service = WalletService::new(node.clone(), vec![n.info.addr.clone()], auth.authenticator(), draining.clone());
     let api = tokio::spawn(async move {
@@ -153,8 +179,8 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
-fn show(label: &str, o: &Outcome) {
-    let (text, _) = render_outcome(o);
+fn show(label: &str, shard: u32, o: &Outcome) {
+    let (text, _) = render_outcome(shard, o);
     println!("  {label:<44} {}", text.replace('\n', "\n  "));
 }
 
@@ -174,21 +200,28 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     };
     println!("walletd demo: 3 regions, 1 node each, {} shards, data in {}", args.shards, root.display());
     let auth = DemoAuth::new()?;
+    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let key_file = root.join("cluster.key");
+    std::fs::write(&key_file, format!("{}\n", auth.cluster_secret_hex))
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
     let mut nodes = Vec::new();
     for (i, (region, zone)) in REGIONS.iter().enumerate() {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+        // Bound before the node starts: the wallet API address is part of the node's identity
+        // in every membership, so NOT_LEADER can name it.
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let id = i as NodeId + 1;
         let n = DemoNode {
             id,
-            info: NodeInfo { addr, region: region.to_string(), zone: zone.to_string() },
+            info: NodeInfo { addr, region: region.to_string(), zone: zone.to_string(), api_addr },
             dir: root.join(format!("node-{id}")),
-            api_addr: "127.0.0.1:0".into(),
             node: None,
             server: None,
             api: None,
         };
-        nodes.push((n, listener));
+        nodes.push((n, listener, api_listener));
     }
     // The demo's topology: one node per region, every link on loopback.
     let topo = Topology {
@@ -196,9 +229,14 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         replication: 3,
         regions: nodes
             .iter()
-            .map(|(n, _)| RegionSpec {
+            .map(|(n, _, _)| RegionSpec {
                 name: n.info.region.clone(),
-                nodes: vec![NodeSpec { id: n.id, addr: n.info.addr.clone(), zone: n.info.zone.clone() }],
+                nodes: vec![NodeSpec {
+                    id: n.id,
+                    addr: n.info.addr.clone(),
+                    zone: n.info.zone.clone(),
+                    api: Some(n.info.api_addr.clone()),
+                }],
             })
             .collect(),
         rtt_ms: [(0, 1), (0, 2), (1, 2)]
@@ -208,11 +246,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     };
     topo.validate().map_err(|e| e.to_string())?;
     let mut launched = Vec::new();
-    for (mut n, listener) in nodes {
-        launch(&mut n, &topo, listener, &auth).await?;
+    for (mut n, listener, api_listener) in nodes {
+        launch(&mut n, &topo, listener, api_listener, &auth).await?;
         println!(
-            "  node {}  {:<9} {:<12} raft {}  wallet API {}",
-            n.id, n.info.region, n.info.zone, n.info.addr, n.api_addr
+            "  node {}  {:<9} {:<12} node port {}  wallet API {}",
+            n.id, n.info.region, n.info.zone, n.info.addr, n.info.api_addr
         );
         launched.push(n);
     }
@@ -225,26 +263,35 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.info.addr.clone()).collect();
-    let client = LedgerClient::connect(addrs.clone(), ClientOptions::default()).await.map_err(|e| e.to_string())?;
+    let client = LedgerClient::connect(addrs.clone(), ClientOptions::new(auth.cluster_key.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     show_leaders(&nodes, &topo).await;
     regional_players(&client, &nodes, &topo).await?;
 
     let eur = Currency::new("EUR").expect("EUR");
     let alice = id("alice", |s| PlayerId::new(s));
-    let bob = id("bob", |s| PlayerId::new(s));
+    let shard = client.shard_for(&alice).map_err(|e| e.to_string())?;
+    // Transfers stay inside one shard, so alice's payee is a player who lives in hers.
+    let payee = payee_in(&client, shard)?;
     let t = |s: &str| id(s, |s| TxId::new(s));
     let amount = |minor: i64| Amount::new(minor).expect("demo amounts are positive");
     let run = |cmd: Command| {
         let client = &client;
         async move { client.submit(cmd).await.map_err(|e| e.to_string()) }
     };
+    let show = |label: &str, o: &Outcome| show(label, shard, o);
 
-    step("wallets and a game round (amounts in cents; every command carries its idempotency key)");
+    step("wallets and a game round (amounts in EUR; every command carries its idempotency key)");
+    println!("  alice lives in shard {shard}; so does {payee}, whom she pays below");
     show(
         "open alice EUR",
         &run(Command::OpenAccount { tx: t("open-alice"), player: alice.clone(), currency: eur }).await?,
     );
-    show("open bob EUR", &run(Command::OpenAccount { tx: t("open-bob"), player: bob.clone(), currency: eur }).await?);
+    show(
+        &format!("open {payee} EUR"),
+        &run(Command::OpenAccount { tx: t("open-payee"), player: payee.clone(), currency: eur }).await?,
+    );
     show(
         "deposit 100.00 to alice",
         &run(Command::Deposit { tx: t("dep-1"), player: alice.clone(), currency: eur, amount: amount(10_000) }).await?,
@@ -261,6 +308,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             round: r1.clone(),
             currency: eur,
             amount: amount(4_000),
+        })
+        .await?,
+    );
+    show(
+        &format!("transfer 5.00 to {payee}"),
+        &run(Command::Transfer {
+            tx: t("tr-1"),
+            from: alice.clone(),
+            to: payee.clone(),
+            currency: eur,
+            amount: amount(500),
         })
         .await?,
     );
@@ -316,7 +374,6 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     );
 
     step("losing a leader loses no acknowledged money");
-    let shard = client.shard_for(&alice).map_err(|e| e.to_string())?;
     let leader = nodes[0].node.as_ref().expect("running").status().shard(shard).and_then(|s| s.leader);
     let leader = leader.ok_or("no leader known for alice's shard")?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
@@ -340,9 +397,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
 
     step("the stopped node restarts from its disk and catches up");
-    let listener = rebind(&victim_addr(&nodes, leader)).await?;
     let victim = nodes.iter_mut().find(|n| n.id == leader).expect("leader is a demo node");
-    launch(victim, &topo, listener, &auth).await?;
+    let listener = rebind(&victim.info.addr).await?;
+    let api_listener = rebind_api(&victim.info.api_addr).await?;
+    launch(victim, &topo, listener, api_listener, &auth).await?;
     wait_converged(&nodes, shard).await?;
     println!("  node {leader} is back and holds the same chain as the others");
 
@@ -362,17 +420,21 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
 
     step("the wallet API (gRPC, casino.wallet.v1) is served by every node");
-    let api_addr = nodes[0].api_addr.clone();
+    let api_addr = nodes[0].info.api_addr.clone();
     let tokens = match &auth.sessions {
         Sessions::Memory(store) => {
             store.login("alice", "demo-device", "127.0.0.1", 2).await.map_err(|e| e.to_string())?
         }
         Sessions::Redis(_) => unreachable!("the demo keeps sessions in memory"),
     };
+    let bin = walletctl_on_path(&root)?;
+    let expires = std::time::UNIX_EPOCH + Duration::from_millis(tokens.access_expires_ms);
     println!(
         "  operator key {} (roles game, cashier, audit); a player token for alice on device demo-device",
         auth.key_id
     );
+    println!("  In another terminal, while the demo runs:");
+    println!("  export PATH={}:$PATH", bin.display());
     println!(
         "  export WALLET_ADDR={api_addr} WALLET_KEY_ID={} WALLET_KEY_SECRET={}",
         auth.key_id,
@@ -381,20 +443,26 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("  walletctl balance alice EUR");
     println!("  walletctl history alice");
     println!("  walletctl bet alice round-9 EUR 2.50");
+    println!("  walletctl transfer alice {payee} EUR 1.00");
     println!("  walletctl watch alice          # follows new entries; Ctrl-C to stop");
     println!("  walletctl proof {shard} 1");
+    println!("  walletctl call GetBalance '{{\"playerId\":\"alice\",\"currency\":\"EUR\"}}'");
     println!("  WALLET_TOKEN={} WALLET_DEVICE=demo-device walletctl balance alice EUR", tokens.access_token);
+    println!(
+        "  # the player token is valid until {} (12 hours, a demo setting; real access tokens last 5 minutes)",
+        humantime::format_rfc3339_seconds(expires)
+    );
     println!("  grpcurl -plaintext {api_addr} list");
+    println!("  The node port, for walletd client and admin (it takes the cluster key):");
+    println!("  export WALLETD_NODES={} WALLETD_CLUSTER_KEY_FILE={}", addrs.join(","), key_file.display());
+    println!("  walletd client status");
 
     if args.load {
         crate::load::demo(&api_addr_list(&nodes), auth.credentials(), args.clients, args.load_secs).await?;
     } else if args.no_wait {
         println!("\ndemo finished; shutting down");
     } else {
-        println!(
-            "\nthe cluster keeps running (node API for `walletd client`: {}). Press Ctrl-C to stop",
-            addrs.join(",")
-        );
+        println!("\nthe cluster keeps running. Press Ctrl-C to stop");
         tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
         println!("\nstopping");
     }
@@ -404,8 +472,36 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A player who lives in `shard`, for a transfer from alice.
+fn payee_in(client: &LedgerClient, shard: u32) -> Result<PlayerId, String> {
+    const NAMES: [&str; 12] = ["bob", "carl", "dora", "eddie", "fay", "gus", "hal", "ivy", "jack", "kim", "lou", "max"];
+    let names = NAMES.iter().map(|n| n.to_string()).chain((2..1000).map(|i| format!("bob{i}")));
+    for name in names {
+        let p = PlayerId::new(name.as_str()).map_err(|e| e.to_string())?;
+        if client.shard_for(&p).map_err(|e| e.to_string())? == shard {
+            return Ok(p);
+        }
+    }
+    Err(format!("no player name found in shard {shard}"))
+}
+
+/// Puts `walletctl` and `walletd` on a path the demo prints: links to this very executable,
+/// which acts as `walletctl` when called by that name (so the demo's one build command serves
+/// both).
+fn walletctl_on_path(root: &std::path::Path) -> Result<PathBuf, String> {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating walletd: {e}"))?;
+    for name in ["walletctl", "walletd"] {
+        let link = bin.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+    }
+    Ok(bin)
+}
+
 fn api_addr_list(nodes: &[DemoNode]) -> Vec<String> {
-    nodes.iter().map(|n| n.api_addr.clone()).collect()
+    nodes.iter().map(|n| n.info.api_addr.clone()).collect()
 }
 
 /// Waits briefly for leaders to settle in their home regions, then shows where each shard is led.
@@ -466,10 +562,6 @@ async fn regional_players(client: &LedgerClient, nodes: &[DemoNode], topo: &Topo
         Ok(o) => return Err(format!("a player of an unknown region was accepted: {o:?}")),
     }
     Ok(())
-}
-
-fn victim_addr(nodes: &[DemoNode], id: NodeId) -> String {
-    nodes.iter().find(|n| n.id == id).map(|n| n.info.addr.clone()).unwrap_or_default()
 }
 
 async fn rebind(addr: &str) -> Result<Listener, String> {

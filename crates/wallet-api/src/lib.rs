@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod exit;
 pub mod load;
 pub mod start;

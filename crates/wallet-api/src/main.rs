@@ -60,12 +60,19 @@ struct StartArgs {
     /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).
     #[arg(long)]
     bootstrap: bool,
-    /// A member for bootstrap: ID=HOST:PORT (repeat for each member).
-    #[arg(long = "peer", value_parser = parse_peer)]
+    /// A member for bootstrap: ID=HOST:PORT[,region=R][,zone=Z][,api=HOST:PORT] (repeat for
+    /// each member).
+    #[arg(long = "peer")]
     peers: Vec<PeerConfig>,
     /// Serve the public wallet API here.
     #[arg(long)]
     api_listen: Option<String>,
+    /// Address clients should dial for this node's wallet API, if not --api-listen.
+    #[arg(long)]
+    api_advertise: Option<String>,
+    /// File holding the cluster's shared secret (hex, at least 32 bytes; the same on every node).
+    #[arg(long, env = "WALLETD_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
     /// Operator API keys (TOML; see README).
     #[arg(long)]
     operator_keys: Option<PathBuf>,
@@ -80,14 +87,14 @@ struct StartArgs {
     topology: Option<PathBuf>,
 }
 
-fn parse_peer(s: &str) -> Result<PeerConfig, String> {
-    let (id, addr) = s.split_once('=').ok_or("expected ID=HOST:PORT")?;
-    let id = id.parse().map_err(|_| format!("bad node id `{id}`"))?;
-    Ok(PeerConfig { id, addr: addr.to_string(), region: String::new(), zone: String::new() })
-}
-
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Called as `walletctl` (the link `walletd demo` puts on a PATH it prints), be walletctl.
+    let called = std::env::args_os().next().map(PathBuf::from);
+    if called.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "walletctl") {
+        wallet_api::ctl::main();
+    }
+    wallet_api::exit::quiet_on_broken_pipe();
+    let cli: Cli = wallet_api::exit::parse_or_exit();
     // A node logs its lifecycle; the demo and the client keep the terminal for their own output.
     // openraft reports every unreachable peer as a warning, which buries everything else.
     let default_filter = match cli.command {
@@ -100,6 +107,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal; a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let code = runtime.block_on(async move {
@@ -122,6 +131,8 @@ fn main() -> anyhow::Result<()> {
                     bootstrap: args.bootstrap.then_some(true),
                     peers: args.peers,
                     api_listen: args.api_listen,
+                    api_advertise: args.api_advertise,
+                    cluster_key_file: args.cluster_key_file,
                     operator_keys: args.operator_keys,
                     redis_url: args.redis_url,
                     session_key: args.session_key,
@@ -149,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("walletd: {e}");
-            std::process::exit(1);
+            std::process::exit(wallet_api::exit::FAILED);
         }
     }
 }

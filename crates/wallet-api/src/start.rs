@@ -38,8 +38,8 @@ async fn authenticator(api: &ApiConfig) -> Result<Authenticator, String> {
 /// shard's first voters to initialize it, retrying until each has answered (the others may
 /// still be starting). Initializing twice with the same voters is harmless, so a restart that
 /// repeats this changes nothing.
-async fn bootstrap_elsewhere(me: String, plan: BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>) {
-    let options = ClientOptions { deadline: Duration::from_secs(3600), ..ClientOptions::default() };
+async fn bootstrap_elsewhere(node: LedgerNode, me: String, plan: BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>) {
+    let options = ClientOptions { deadline: Duration::from_secs(3600), ..node.client_options() };
     let client = match LedgerClient::connect(vec![me], options).await {
         Ok(c) => c,
         Err(e) => return tracing::error!("bootstrap: cannot reach this node's own API: {e}"),
@@ -79,7 +79,9 @@ pub async fn run(config: StartConfig) -> Result<(), String> {
     };
     let node_id = config.node.node_id;
     let advertised = config.node.info.addr.clone();
-    let node = LedgerNode::start(config.node, NodeEnv::production()).await.map_err(|e| e.to_string())?;
+    let node = LedgerNode::start(config.node, NodeEnv::production(config.cluster_key.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     let serving = node.clone();
     let server = tokio::spawn(async move { serving.serve(listener).await });
     let (draining_tx, draining) = watch::channel(false);
@@ -95,7 +97,7 @@ pub async fn run(config: StartConfig) -> Result<(), String> {
     if let Some(members) = &config.bootstrap {
         let elsewhere = node.bootstrap_placed(members).await.map_err(|e| e.to_string())?;
         if !elsewhere.is_empty() {
-            tokio::spawn(bootstrap_elsewhere(advertised.clone(), elsewhere));
+            tokio::spawn(bootstrap_elsewhere(node.clone(), advertised.clone(), elsewhere));
         }
     }
     // Scripts and tests wait for this line.

@@ -8,8 +8,14 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
+
+use super::member::ClusterKey;
+
+/// A channel to a node that proves cluster membership on every call (see [`super::member`]).
+pub type NodeChannel = InterceptedService<Channel, ClusterKey>;
 
 /// Which network a node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +31,13 @@ pub enum Net {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Net {
-    /// A lazily connecting channel to `addr` (`host:port`). It reconnects by itself after
-    /// failures, and all shards share it.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// A lazily connecting channel to the node at `addr` (`host:port`) whose calls carry `key`.
+    /// It reconnects by itself after failures, and all shards share it.
+    pub(crate) fn node_channel(&self, addr: &str, key: &ClusterKey) -> Result<NodeChannel, tonic::transport::Error> {
+        Ok(InterceptedService::new(self.channel(addr)?, key.clone()))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

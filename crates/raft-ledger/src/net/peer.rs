@@ -11,6 +11,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::env::{Net, NodeChannel};
+use super::generated::raft_transport_client::RaftTransportClient;
+use super::member::ClusterKey;
+use super::wire::{AppendRequest, PeerError, ShardMsg, SnapshotChunk};
+use crate::raft::{NodeId, NodeInfo, TypeConfig, Vote};
+use crate::store::LedgerSnapshot;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -22,13 +28,6 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft_multi::GroupRouter;
-use tonic::transport::Channel;
-
-use super::env::Net;
-use super::generated::raft_transport_client::RaftTransportClient;
-use super::wire::{PeerError, ShardMsg, SnapshotChunk};
-use crate::raft::{NodeId, NodeInfo, TypeConfig, Vote};
-use crate::store::LedgerSnapshot;
 
 /// Journal bytes per snapshot stream message.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
@@ -39,7 +38,7 @@ type Rpc<T> = Result<T, RPCError<TypeConfig>>;
 
 struct Peer {
     addr: String,
-    client: RaftTransportClient<Channel>,
+    client: RaftTransportClient<NodeChannel>,
 }
 
 /// Routes Raft messages of every shard to peer nodes over shared channels.
@@ -47,12 +46,38 @@ struct Peer {
 pub(crate) struct PeerRouter {
     me: NodeId,
     net: Net,
+    key: ClusterKey,
     peers: Arc<Mutex<BTreeMap<NodeId, Peer>>>,
+    /// Each shard's Raft metrics on this node, so AppendEntries can tell followers when this
+    /// leader last heard from a quorum.
+    metrics: Arc<Mutex<BTreeMap<u32, ShardMetrics>>>,
 }
 
+type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
+
 impl PeerRouter {
-    pub(crate) fn new(me: NodeId, net: Net) -> Self {
-        Self { me, net, peers: Arc::new(Mutex::new(BTreeMap::new())) }
+    pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey) -> Self {
+        Self {
+            me,
+            net,
+            key,
+            peers: Arc::new(Mutex::new(BTreeMap::new())),
+            metrics: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// Registers a shard's metrics once its Raft group exists.
+    pub(crate) fn watch_shard(&self, shard: u32, metrics: ShardMetrics) {
+        self.metrics.lock().expect("metrics lock").insert(shard, metrics);
+    }
+
+    /// How long ago this node, leading `shard`, last heard from a quorum.
+    fn quorum_age_ms(&self, shard: u32) -> Option<u64> {
+        use openraft::Instant as _;
+        use openraft::rt::WatchReceiver as _;
+        let metrics = self.metrics.lock().expect("metrics lock");
+        let acked = metrics.get(&shard)?.borrow_watched().last_quorum_acked?;
+        Some(acked.elapsed().as_millis() as u64)
     }
 
     /// Remembers (or updates) a peer's address; the channel is created on first use.
@@ -61,7 +86,7 @@ impl PeerRouter {
         if peers.get(&id).is_some_and(|p| p.addr == addr) {
             return;
         }
-        match self.net.channel(addr) {
+        match self.net.node_channel(addr, &self.key) {
             Ok(channel) => {
                 let client = RaftTransportClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -72,7 +97,7 @@ impl PeerRouter {
         }
     }
 
-    fn client(&self, target: NodeId) -> Result<RaftTransportClient<Channel>, Unreachable<TypeConfig>> {
+    fn client(&self, target: NodeId) -> Result<RaftTransportClient<NodeChannel>, Unreachable<TypeConfig>> {
         self.peers
             .lock()
             .expect("peers lock")
@@ -88,7 +113,7 @@ impl PeerRouter {
     /// Runs one unary call with the option's deadline and maps every failure to an RPC error.
     async fn call<T, F, Fut>(&self, action: RPCTypes, target: NodeId, option: RPCOption, f: F) -> Rpc<T>
     where
-        F: FnOnce(RaftTransportClient<Channel>) -> Fut,
+        F: FnOnce(RaftTransportClient<NodeChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Result<T, PeerError>>, tonic::Status>>,
     {
         let client = self.client(target)?;
@@ -131,12 +156,12 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
         let ttl = option.hard_ttl();
-        self.call(
-            RPCTypes::AppendEntries,
-            target,
-            option,
-            |mut c| async move { c.append(request(shard, rpc, ttl)).await },
-        )
+        let quorum_age_ms = self.quorum_age_ms(shard);
+        self.call(RPCTypes::AppendEntries, target, option, |mut c| async move {
+            let mut req = tonic::Request::new(AppendRequest { shard, msg: rpc, quorum_age_ms });
+            req.set_timeout(ttl);
+            c.append(req).await
+        })
         .await
     }
 

@@ -1,4 +1,5 @@
-//! The node's gRPC services: the Raft transport peers call, and the node API clients call.
+//! The node's gRPC services: the Raft transport peers call, and the node API clients call, and
+//! the HTTP/2 settings of every server a node runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,25 @@ pub(crate) const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
 const SUBMIT_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 /// Longest a replica change may wait for a newcomer to catch up.
 const MEMBERSHIP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// Streams one connection may have open at once. A client that cancels calls (deadlines during a
+/// failover) can leave at most this many reset before the server accepted them.
+pub const HTTP2_STREAMS_MAX: u32 = 1024;
+/// Streams a client may reset before the server accepted them, before the connection is torn
+/// down. h2's default (20) is meant against "rapid reset" floods, but a client whose calls all
+/// time out while a node is paused resets every one of them, and the GOAWAY that follows fails
+/// every other call on the connection. Deadlines and retries can reset several rounds of
+/// in-flight calls during one pause, so the bound is a few times the stream limit: still a
+/// bound on memory, never reached by cancellation under failover.
+pub const HTTP2_PENDING_RESETS_MAX: usize = 8 * HTTP2_STREAMS_MAX as usize;
+
+/// The HTTP/2 settings every gRPC server of a node uses (the node port and the wallet API).
+pub fn http2<L>(server: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
+    server
+        .tcp_nodelay(true)
+        .max_concurrent_streams(HTTP2_STREAMS_MAX)
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
+}
 
 pub(crate) fn routes(node: Arc<NodeInner>) -> tonic::service::Routes {
     let transport = RaftTransportServer::new(Transport { node: node.clone() })
@@ -76,16 +96,17 @@ impl Transport {
 #[tonic::async_trait]
 impl RaftTransport for Transport {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
-        let ShardMsg { shard, msg } = request.into_inner();
+        let AppendRequest { shard, msg, quorum_age_ms } = request.into_inner();
         let received = tokio::time::Instant::now();
         let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
         let reply = match self.shard(shard) {
             Ok(s) => {
                 let reply = s.raft.append_entries(msg).await.map_err(PeerError::Raft);
                 // Accepted: the sender leads, and had acknowledged nothing past `commit` when
-                // it sent this; what bounds the staleness of local reads here.
+                // it sent this; what bounds the staleness of local reads here. Its quorum's age
+                // tells whether it can still commit (health).
                 if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) = &reply {
-                    s.heard_from_leader(received, commit);
+                    s.heard_from_leader(received, commit, quorum_age_ms.map(Duration::from_millis));
                 }
                 reply
             }

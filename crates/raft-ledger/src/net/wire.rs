@@ -38,7 +38,18 @@ pub enum PeerError {
     Snapshot(String),
 }
 
-pub type AppendRequest = ShardMsg<AppendEntriesRequest<TypeConfig>>;
+/// AppendEntries for one shard, with what the leader knows of its own quorum.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AppendRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The Raft message.
+    pub msg: AppendEntriesRequest<TypeConfig>,
+    /// How long before sending this the leader last heard from a quorum, in ms (`None`: not
+    /// since it was elected). A follower learns from it whether its leader can commit now,
+    /// which is what its health reports.
+    pub quorum_age_ms: Option<u64>,
+}
 pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, PeerError>;
 pub type VoteRequest = ShardMsg<RaftVote<TypeConfig>>;
 pub type VoteReply = Result<VoteResponse<TypeConfig>, PeerError>;

@@ -3,7 +3,22 @@
 //! Frames are `u32 BE length | canonical entry encoding | 32-byte SHA-256 of the encoding`. The
 //! journal is rebuilt deterministically from the Raft log, so it is not fsynced on every append:
 //! it is fsynced before each snapshot, and on restart everything past the snapshot is cut and
-//! re-applied from the log. What the snapshot covers is verified hash by hash on every open.
+//! re-applied from the log.
+//!
+//! # The index, and why a restart does not read the history
+//!
+//! Beside `journal.log` lies `journal.idx`: the byte offset of every [`INDEX_STRIDE`]th entry
+//! (entries 1, 1 + stride, ...), as `u64` BE, appended as the journal grows. An entry is found
+//! by reading its stride's block and walking at most a stride of frames. The index is derived
+//! data, never fsynced: on open it is checked against the journal and whatever is missing is
+//! rebuilt by walking the frames from the last good index point.
+//!
+//! Opening therefore costs the index (8 bytes per stride of entries) plus a walk of at most one
+//! stride up to the snapshot's point, and checks that the entry the snapshot names sits exactly
+//! at the byte length the snapshot recorded, decodes, and has the snapshot's head hash. It does
+//! not re-verify the whole history at every start (that took time proportional to history);
+//! `walletd client verify` (a full replay) does, and every entry read is checked against its
+//! stored hash.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,6 +30,11 @@ use super::vfs::{VFile, Vfs};
 use crate::entry::{Entry, Hash, genesis_hash};
 use crate::shard::ShardId;
 use crate::verify::{Verifier, VerifyError};
+
+/// Entries per index point: the most frames a read walks, and 8 bytes of index per this many
+/// entries (about 1.25 MB of index per 10 million entries).
+pub(crate) const INDEX_STRIDE: u64 = 64;
+const FRAME_OVERHEAD_BYTES: usize = 4 + 32;
 
 /// Why a journal cannot be used.
 #[derive(Debug, Error)]
@@ -73,13 +93,33 @@ impl JournalPrefix {
     }
 }
 
+/// Where a journal must end: what a snapshot recorded of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JournalPoint {
+    /// Entries.
+    pub(crate) entries: u64,
+    /// Byte length of their frames.
+    pub(crate) bytes: u64,
+    /// Hash of the last one.
+    pub(crate) head: Hash,
+}
+
+impl JournalPoint {
+    /// The empty journal of `shard`.
+    pub(crate) fn empty(shard: ShardId) -> Self {
+        Self { entries: 0, bytes: 0, head: genesis_hash(shard) }
+    }
+}
+
 /// One shard's journal.
 pub(crate) struct Journal {
     shard: ShardId,
     path: PathBuf,
     file: Arc<dyn VFile>,
-    /// `offsets[i]` is where entry `i + 1` starts; `offsets.len()` is the entry count.
-    offsets: Vec<u64>,
+    index_file: Arc<dyn VFile>,
+    /// `index[i]` is where entry `i * INDEX_STRIDE + 1` starts.
+    index: Vec<u64>,
+    len: u64,
     end: u64,
     head: Hash,
 }
@@ -115,6 +155,31 @@ fn scan(shard: ShardId, bytes: &[u8]) -> (Vec<u64>, u64, Hash, Option<VerifyErro
     (offsets, at as u64, head, None)
 }
 
+/// The frames in `block` (which starts at a frame boundary): each frame's start and length.
+/// Stops at the end of the block or at a frame that does not fit in it.
+fn frames(block: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let len = u32::from_be_bytes(block.get(at..at + 4)?.try_into().expect("4 bytes")) as usize;
+        let total = len.checked_add(FRAME_OVERHEAD_BYTES)?;
+        block.get(at..at + total)?;
+        let frame = (at, total);
+        at += total;
+        Some(frame)
+    })
+}
+
+/// Decodes one frame and checks its bytes against its stored hash.
+fn decode_frame(frame: &[u8], position: u64) -> Result<Entry, VerifyError> {
+    let body = &frame[4..frame.len() - 32];
+    // `decode` sets the hash to SHA-256 of the bytes it decoded.
+    let entry = Entry::decode(body).map_err(|source| VerifyError::Decode { position, source })?;
+    if entry.hash[..] != frame[frame.len() - 32..] {
+        return Err(VerifyError::HashMismatch { position, seq: entry.seq });
+    }
+    Ok(entry)
+}
+
 fn frame(entry: &Entry, out: &mut Vec<u8>) {
     let body = entry.encode();
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -122,53 +187,133 @@ fn frame(entry: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(&entry.hash);
 }
 
+fn index_path(journal: &Path) -> PathBuf {
+    journal.with_extension("idx")
+}
+
+fn index_bytes(points: &[u64]) -> Vec<u8> {
+    points.iter().flat_map(|o| o.to_be_bytes()).collect()
+}
+
+/// Index points (every stride's first offset) among dense frame offsets.
+fn strided(offsets: &[u64]) -> Vec<u64> {
+    offsets.iter().step_by(INDEX_STRIDE as usize).copied().collect()
+}
+
 impl Journal {
-    /// Opens the journal at `path`, verifies its first `keep` entries, and cuts everything after
-    /// them (it will be re-applied from the Raft log).
-    pub(crate) fn open(vfs: &dyn Vfs, path: &Path, shard: ShardId, keep: u64) -> Result<Self, JournalError> {
-        let bytes = match vfs.read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let (mut offsets, end, head, problem) = scan(shard, &bytes);
+    /// Opens the journal at `path` holding exactly the entries up to `keep` (what the latest
+    /// snapshot recorded), and cuts everything after them (it will be re-applied from the Raft
+    /// log). See the module docs for what is checked.
+    pub(crate) fn open(vfs: &dyn Vfs, path: &Path, shard: ShardId, keep: JournalPoint) -> Result<Self, JournalError> {
+        let file = vfs.open(path)?;
+        let index_file = vfs.open(&index_path(path))?;
         let display = path.display().to_string();
-        if (offsets.len() as u64) < keep {
+        let size = file.size()?;
+        if size < keep.bytes {
+            // Too short for what the snapshot covers: find how much is intact, for the error.
+            let (offsets, _, _, problem) = scan(shard, &vfs.read(path)?);
             return Err(match problem {
-                Some(source) => JournalError::Damaged { path: display, source, needed: keep },
-                None => JournalError::TooShort { path: display, found: offsets.len() as u64, needed: keep },
+                Some(source) => JournalError::Damaged { path: display, source, needed: keep.entries },
+                None => JournalError::TooShort { path: display, found: offsets.len() as u64, needed: keep.entries },
             });
         }
-        let file = vfs.open(path)?;
-        let (keep_end, keep_head) = if (offsets.len() as u64) == keep {
-            (end, head)
-        } else {
-            let cut = offsets[keep as usize];
-            let head = match keep {
-                0 => genesis_hash(shard),
-                k => {
-                    let start = offsets[k as usize - 1] as usize;
-                    let len = u32::from_be_bytes(bytes[start..start + 4].try_into().expect("4 bytes")) as usize;
-                    bytes[start + 4 + len..start + 4 + len + 32].try_into().expect("32 bytes")
-                }
-            };
-            (cut, head)
+        let mut index = Self::load_index(vfs, path, keep)?;
+        // Walk from the last index point to the snapshot's point, adding the index points
+        // the walk passes, and check that its last entry is the one the snapshot names.
+        let (mut seq, at) = match index.last() {
+            Some(o) => ((index.len() as u64 - 1) * INDEX_STRIDE + 1, *o),
+            None => (1, 0),
         };
-        offsets.truncate(keep as usize);
-        if (bytes.len() as u64) != keep_end {
-            file.truncate(keep_end)?;
+        if keep.entries > 0 {
+            let mut block = vec![0u8; (keep.bytes - at) as usize];
+            file.read_at(at, &mut block)?;
+            let mut last = None;
+            let mut walked = 0usize;
+            for (start, len) in frames(&block) {
+                if (seq - 1).is_multiple_of(INDEX_STRIDE) && (seq - 1) / INDEX_STRIDE == index.len() as u64 {
+                    index.push(at + start as u64);
+                }
+                last = Some((seq, start, len));
+                walked = start + len;
+                seq += 1;
+            }
+            let damaged = |source| JournalError::Damaged { path: display.clone(), source, needed: keep.entries };
+            let Some((last_seq, start, len)) = last.filter(|(s, _, _)| *s == keep.entries) else {
+                return Err(damaged(VerifyError::Decode {
+                    position: keep.entries,
+                    source: crate::codec::DecodeError::Truncated("entry at the snapshot's point"),
+                }));
+            };
+            if walked != block.len() {
+                return Err(damaged(VerifyError::Decode {
+                    position: last_seq,
+                    source: crate::codec::DecodeError::Truncated("frames at the snapshot's point"),
+                }));
+            }
+            let entry = decode_frame(&block[start..start + len], last_seq).map_err(damaged)?;
+            if entry.seq != keep.entries || entry.hash != keep.head {
+                return Err(damaged(VerifyError::HashMismatch { position: last_seq, seq: entry.seq }));
+            }
         }
-        Ok(Self { shard, path: path.to_path_buf(), file, offsets, end: keep_end, head: keep_head })
+        index.truncate(keep.entries.div_ceil(INDEX_STRIDE) as usize);
+        if size != keep.bytes {
+            file.truncate(keep.bytes)?;
+        }
+        index_file.truncate(0)?;
+        index_file.append(&index_bytes(&index))?;
+        Ok(Self {
+            shard,
+            path: path.to_path_buf(),
+            file,
+            index_file,
+            index,
+            len: keep.entries,
+            end: keep.bytes,
+            head: keep.head,
+        })
+    }
+
+    /// The index points stored for entries up to `keep`, as far as they are consistent (each
+    /// offset after the previous and before the snapshot's byte length, the first at 0).
+    fn load_index(vfs: &dyn Vfs, path: &Path, keep: JournalPoint) -> io::Result<Vec<u64>> {
+        let bytes = match vfs.read(&index_path(path)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let wanted = keep.entries.div_ceil(INDEX_STRIDE) as usize;
+        let mut index: Vec<u64> = Vec::with_capacity(wanted);
+        for chunk in bytes.chunks_exact(8).take(wanted) {
+            let offset = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+            let sane = match index.last() {
+                None => offset == 0,
+                Some(prev) => offset > *prev && offset < keep.bytes,
+            };
+            if !sane {
+                break;
+            }
+            index.push(offset);
+        }
+        if index.len() < wanted {
+            tracing::info!(journal = %path.display(), have = index.len(), wanted, "rebuilding the journal index");
+        }
+        Ok(index)
     }
 
     /// Number of entries.
     pub(crate) fn len(&self) -> u64 {
-        self.offsets.len() as u64
+        self.len
     }
 
     /// Hash of the last entry.
     pub(crate) fn head(&self) -> Hash {
         self.head
+    }
+
+    /// Where the journal ends now.
+    #[cfg(test)]
+    pub(crate) fn point(&self) -> JournalPoint {
+        JournalPoint { entries: self.len, bytes: self.end, head: self.head }
     }
 
     /// Appends entries with one write. They must continue the chain.
@@ -177,18 +322,25 @@ impl Journal {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(entries.len() * 256);
-        let mut offsets = Vec::with_capacity(entries.len());
+        let mut points = Vec::new();
         let mut head = self.head;
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
+            let seq = self.len + i as u64 + 1;
             assert_eq!(e.shard, self.shard, "entry of another shard");
-            assert_eq!(e.seq, self.len() + offsets.len() as u64 + 1, "journal sequence must be contiguous");
+            assert_eq!(e.seq, seq, "journal sequence must be contiguous");
             assert_eq!(e.prev_hash, head, "journal hash chain must link");
-            offsets.push(self.end + buf.len() as u64);
+            if (seq - 1).is_multiple_of(INDEX_STRIDE) {
+                points.push(self.end + buf.len() as u64);
+            }
             frame(e, &mut buf);
             head = e.hash;
         }
         self.file.append(&buf)?;
-        self.offsets.extend(offsets);
+        if !points.is_empty() {
+            self.index_file.append(&index_bytes(&points))?;
+            self.index.extend(points);
+        }
+        self.len += entries.len() as u64;
         self.end += buf.len() as u64;
         self.head = head;
         Ok(())
@@ -200,28 +352,79 @@ impl Journal {
         self.file.sync()
     }
 
+    /// Byte range of the index block holding entry `seq`: from its index point to the next one
+    /// (or the end).
+    fn block_of(&self, seq: u64) -> (u64, u64) {
+        let slot = ((seq - 1) / INDEX_STRIDE) as usize;
+        (self.index[slot], self.index.get(slot + 1).copied().unwrap_or(self.end))
+    }
+
     /// The entry with sequence number `seq`.
+    #[cfg(test)]
     pub(crate) fn read(&self, seq: u64) -> io::Result<Option<Entry>> {
-        if seq == 0 || seq > self.len() {
-            return Ok(None);
+        Ok(self.read_range(seq, 1)?.pop())
+    }
+
+    /// Up to `limit` entries from `from` on (fewer at the end of the journal), reading each
+    /// index block once.
+    pub(crate) fn read_range(&self, from: u64, limit: u64) -> io::Result<Vec<Entry>> {
+        let from = from.max(1);
+        let last = from.saturating_add(limit).saturating_sub(1).min(self.len);
+        let mut out = Vec::new();
+        let mut seq = from;
+        while seq <= last {
+            let (start, stop) = self.block_of(seq);
+            let mut block = vec![0u8; (stop - start) as usize];
+            self.file.read_at(start, &mut block)?;
+            let first_in_block = (seq - 1) / INDEX_STRIDE * INDEX_STRIDE + 1;
+            for (at_seq, (s, len)) in (first_in_block..).zip(frames(&block)) {
+                if at_seq >= seq && at_seq <= last {
+                    let entry = decode_frame(&block[s..s + len], at_seq)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    if entry.seq != at_seq {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("journal entry {at_seq} holds sequence {}", entry.seq),
+                        ));
+                    }
+                    out.push(entry);
+                }
+            }
+            let next = ((seq - 1) / INDEX_STRIDE + 1) * INDEX_STRIDE + 1;
+            if (out.len() as u64) < next.min(last + 1) - from {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("journal block of entry {seq} ends early"),
+                ));
+            }
+            seq = next;
         }
-        let start = self.offsets[seq as usize - 1];
-        let stop = self.offsets.get(seq as usize).copied().unwrap_or(self.end);
-        let mut buf = vec![0u8; (stop - start) as usize];
-        self.file.read_at(start, &mut buf)?;
-        let body = &buf[4..buf.len() - 32];
-        let entry = Entry::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if entry.hash[..] != buf[buf.len() - 32..] {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("journal entry {seq} fails its hash")));
+        Ok(out)
+    }
+
+    /// Where entry `seq` starts (`end` for `len + 1`).
+    fn offset_of(&self, seq: u64) -> io::Result<u64> {
+        if seq > self.len {
+            return Ok(self.end);
         }
-        Ok(Some(entry))
+        let (start, stop) = self.block_of(seq);
+        let mut block = vec![0u8; (stop - start) as usize];
+        self.file.read_at(start, &mut block)?;
+        let skip = ((seq - 1) % INDEX_STRIDE) as usize;
+        frames(&block).nth(skip).map(|(s, _)| start + s as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("journal block of entry {seq} ends early"))
+        })
+    }
+
+    /// The whole journal as it is now, as a snapshot's prefix.
+    pub(crate) fn whole(&self) -> JournalPrefix {
+        JournalPrefix { file: self.file.clone(), entries: self.len, bytes: self.end }
     }
 
     /// The stable prefix holding entries `1..=entries`, for a snapshot.
-    pub(crate) fn prefix(&self, entries: u64) -> JournalPrefix {
-        assert!(entries <= self.len(), "prefix past the end of the journal");
-        let bytes = self.offsets.get(entries as usize).copied().unwrap_or(self.end);
-        JournalPrefix { file: self.file.clone(), entries, bytes }
+    pub(crate) fn prefix(&self, entries: u64) -> io::Result<JournalPrefix> {
+        assert!(entries <= self.len, "prefix past the end of the journal");
+        Ok(JournalPrefix { file: self.file.clone(), entries, bytes: self.offset_of(entries + 1)? })
     }
 
     /// Replaces this journal with a verified copy received from a peer, atomically.
@@ -242,7 +445,10 @@ impl Journal {
         vfs.open(received)?.sync()?;
         vfs.rename(received, &self.path)?;
         self.file = vfs.open(&self.path)?;
-        self.offsets = offsets;
+        self.index = strided(&offsets);
+        self.index_file.truncate(0)?;
+        self.index_file.append(&index_bytes(&self.index))?;
+        self.len = offsets.len() as u64;
         self.end = end;
         self.head = head;
         Ok(())
@@ -269,46 +475,93 @@ mod tests {
         out
     }
 
+    /// Appends `all` in two writes and returns the point after each entry.
+    fn written(path: &Path, all: &[Entry]) -> Vec<JournalPoint> {
+        let mut j = Journal::open(&StdFs, path, ShardId(1), JournalPoint::empty(ShardId(1))).unwrap();
+        let mut points = vec![j.point()];
+        for e in all {
+            j.append(std::slice::from_ref(e)).unwrap();
+            points.push(j.point());
+        }
+        j.sync().unwrap();
+        points
+    }
+
     #[test]
     fn append_reopen_and_cut_past_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
         let all = entries(10);
-        let mut j = Journal::open(&StdFs, &path, ShardId(1), 0).unwrap();
-        j.append(&all[..6]).unwrap();
-        j.append(&all[6..]).unwrap();
-        j.sync().unwrap();
+        let points = written(&path, &all);
+        let j = Journal::open(&StdFs, &path, ShardId(1), points[10]).unwrap();
         assert_eq!(j.read(7).unwrap().unwrap(), all[6]);
         assert_eq!(j.read(11).unwrap(), None);
 
-        let j = Journal::open(&StdFs, &path, ShardId(1), 4).unwrap();
+        let j = Journal::open(&StdFs, &path, ShardId(1), points[4]).unwrap();
         assert_eq!((j.len(), j.head()), (4, all[3].hash));
-        let j = Journal::open(&StdFs, &path, ShardId(1), 4).unwrap();
+        let j = Journal::open(&StdFs, &path, ShardId(1), points[4]).unwrap();
         assert_eq!(j.len(), 4, "the cut is durable");
         assert!(matches!(
-            Journal::open(&StdFs, &path, ShardId(1), 5),
+            Journal::open(&StdFs, &path, ShardId(1), points[5]),
             Err(JournalError::TooShort { found: 4, needed: 5, .. })
         ));
     }
 
     #[test]
-    fn a_damaged_entry_the_snapshot_needs_is_an_error_naming_it() {
+    fn the_index_finds_every_entry_and_is_rebuilt_when_lost_or_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let n = 3 * INDEX_STRIDE as usize + 5;
+        let all = entries(n);
+        let points = written(&path, &all);
+        let check = |j: &Journal, upto: usize| {
+            assert_eq!(j.len(), upto as u64);
+            for (i, e) in all[..upto].iter().enumerate() {
+                assert_eq!(j.read(i as u64 + 1).unwrap().as_ref(), Some(e), "entry {}", i + 1);
+            }
+            let range = j.read_range(60, 80).unwrap();
+            assert_eq!(range, all[59..upto.min(139)].to_vec(), "a range across index blocks");
+            assert_eq!(j.prefix(upto as u64).unwrap().bytes, points[upto].bytes);
+            if upto > 70 {
+                assert_eq!(j.prefix(70).unwrap().bytes, points[70].bytes);
+            }
+        };
+        check(&Journal::open(&StdFs, &path, ShardId(1), points[n]).unwrap(), n);
+        let idx = index_path(&path);
+        std::fs::remove_file(&idx).unwrap();
+        check(&Journal::open(&StdFs, &path, ShardId(1), points[n]).unwrap(), n);
+        std::fs::write(&idx, [0xffu8; 24]).unwrap();
+        check(&Journal::open(&StdFs, &path, ShardId(1), points[n]).unwrap(), n);
+        for cut in [2 * INDEX_STRIDE as usize + 1, 2 * INDEX_STRIDE as usize, 100] {
+            let j = Journal::open(&StdFs, &path, ShardId(1), points[cut]).unwrap();
+            check(&j, cut);
+        }
+    }
+
+    #[test]
+    fn a_damaged_entry_at_the_snapshots_point_is_an_error_and_any_read_finds_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
         let all = entries(5);
-        let mut j = Journal::open(&StdFs, &path, ShardId(1), 0).unwrap();
-        j.append(&all).unwrap();
-        let third = j.offsets[2] as usize;
-        drop(j);
+        let points = written(&path, &all);
+        let third = points[2].bytes as usize;
+        let fifth = points[4].bytes as usize;
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[fifth + 20] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        match Journal::open(&StdFs, &path, ShardId(1), points[5]) {
+            Err(JournalError::Damaged { source: VerifyError::HashMismatch { position: 5, .. }, .. }) => {}
+            Err(JournalError::Damaged { source: VerifyError::Decode { position: 5, .. }, .. }) => {}
+            other => panic!("expected damage at entry 5, got {:?}", other.err()),
+        }
+        // Damage past what the snapshot needs is simply cut off.
+        assert_eq!(Journal::open(&StdFs, &path, ShardId(1), points[4]).unwrap().len(), 4);
+        // Damage before the snapshot's point is not read at open, but every read checks.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[third + 20] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        match Journal::open(&StdFs, &path, ShardId(1), 5) {
-            Err(JournalError::Damaged { source: VerifyError::HashMismatch { position: 3, .. }, .. }) => {}
-            Err(JournalError::Damaged { source: VerifyError::Decode { position: 3, .. }, .. }) => {}
-            other => panic!("expected damage at entry 3, got {:?}", other.err()),
-        }
-        // Damage past what the snapshot needs is simply cut off.
-        assert_eq!(Journal::open(&StdFs, &path, ShardId(1), 2).unwrap().len(), 2);
+        let j = Journal::open(&StdFs, &path, ShardId(1), points[4]).unwrap();
+        assert!(j.read(3).is_err(), "a damaged entry never reads as valid");
+        assert!(j.read(2).is_ok());
     }
 }

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::journal::{Journal, JournalError, JournalPrefix};
+use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
 use super::vfs::{VFile, Vfs};
 use super::wal::IoMode;
 use crate::entry::{Entry, Hash};
@@ -33,7 +33,8 @@ use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeCon
 use crate::shard::ShardId;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
-const SNAPSHOT_VERSION: u8 = 1;
+/// 2: the state records the journal's byte length.
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// Why a shard's stored state cannot be loaded.
 #[derive(Debug, Error)]
@@ -60,7 +61,17 @@ pub(crate) struct SnapshotState {
     pub(crate) meta: SnapshotMeta,
     pub(crate) image: LedgerImage,
     pub(crate) journal_entries: u64,
+    /// Byte length of those entries' frames: where a restart cuts the journal, without reading
+    /// what comes before.
+    pub(crate) journal_bytes: u64,
     pub(crate) journal_head: Hash,
+}
+
+impl SnapshotState {
+    /// Where the journal this snapshot includes ends.
+    fn journal_point(&self) -> JournalPoint {
+        JournalPoint { entries: self.journal_entries, bytes: self.journal_bytes, head: self.journal_head }
+    }
 }
 
 /// A snapshot's data: the encoded state and the journal prefix it covers.
@@ -170,16 +181,10 @@ impl LedgerStateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let keep = snapshot.as_ref().map_or(0, |s| s.journal_entries);
+        let keep = snapshot.as_ref().map_or(JournalPoint::empty(shard), SnapshotState::journal_point);
         let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, keep)?;
         let state = match snapshot {
             Some(s) => {
-                if journal.head() != s.journal_head {
-                    return Err(StoreError::BadSnapshot {
-                        path: snap_path.display().to_string(),
-                        what: "journal head differs from the snapshot's".into(),
-                    });
-                }
                 assert_eq!(s.image.shard(), shard, "snapshot of another shard");
                 ShardState {
                     ledger: Ledger::from_image(s.image),
@@ -212,7 +217,7 @@ impl LedgerStateMachine {
             path: snapshot_path(&self.dir),
             meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
             ledger: Some(st.ledger.clone()),
-            journal: st.journal.prefix(st.journal.len()),
+            journal: st.journal.whole(),
             journal_head: st.journal.head(),
         }
     }
@@ -242,8 +247,13 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
         let work = move || -> io::Result<Vec<u8>> {
             // Full invariant check before anything is persisted.
             ledger.check_invariants();
-            let state =
-                SnapshotState { meta, image: ledger.to_image(), journal_entries: journal.entries, journal_head };
+            let state = SnapshotState {
+                meta,
+                image: ledger.to_image(),
+                journal_entries: journal.entries,
+                journal_bytes: journal.bytes,
+                journal_head,
+            };
             let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
             // The journal prefix must be durable before a snapshot that relies on it, because logs
             // up to the snapshot are purged once it exists.
@@ -349,11 +359,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 Some(path) => st.journal.replace(self.vfs.as_ref(), path, expected).map_err(io::Error::other)?,
                 None => {
                     // Our own snapshot (restart): keep the journal up to it and cut the rest.
-                    let journal = Journal::open(self.vfs.as_ref(), &journal_path(&self.dir), self.shard, expected.0)
-                        .map_err(io::Error::other)?;
-                    if journal.head() != expected.1 {
-                        return Err(invalid("local journal differs from the snapshot"));
-                    }
+                    let journal =
+                        Journal::open(self.vfs.as_ref(), &journal_path(&self.dir), self.shard, state.journal_point())
+                            .map_err(io::Error::other)?;
                     st.journal = journal;
                 }
             }
@@ -386,7 +394,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             meta: state.meta,
             snapshot: LedgerSnapshot {
                 state: Arc::new(body),
-                journal: st.journal.prefix(state.journal_entries),
+                journal: st.journal.prefix(state.journal_entries)?,
                 received_at: None,
             },
         }))

@@ -19,6 +19,8 @@ pub trait VFile: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     /// Shortens the file to `len` bytes.
     fn truncate(&self, len: u64) -> io::Result<()>;
+    /// The file's length in bytes.
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// A file system.
@@ -67,6 +69,10 @@ impl VFile for StdFile {
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)?;
         self.0.sync_all()
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
     }
 }
 
@@ -175,6 +181,11 @@ pub mod sim {
             let f = self.0.lock().expect("file lock");
             f.set_len(len)?;
             f.sync_all()
+        }
+
+        fn size(&self) -> std::io::Result<u64> {
+            let mut f = self.0.lock().expect("file lock");
+            f.seek(SeekFrom::End(0))
         }
     }
 

@@ -10,9 +10,15 @@ use std::time::Duration;
 
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
+use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError, ShardStatus};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use raft_ledger::{Amount, Command, Currency, PlayerId, RoundId, TxId};
+
+/// The key every test cluster shares.
+pub fn cluster_key() -> ClusterKey {
+    ClusterKey::from_secret(&[0x42; 32]).expect("long enough")
+}
 
 pub struct Member {
     pub id: NodeId,
@@ -55,7 +61,7 @@ impl Cluster {
     pub async fn add_member(&mut self, id: NodeId) -> &Member {
         let listener = Listener::bind_tcp("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let info = NodeInfo { addr, region: format!("region-{}", id % 3), zone: format!("zone-{id}") };
+        let info = NodeInfo::new(addr, format!("region-{}", id % 3), format!("zone-{id}"));
         let dir = self._tmp.path().join(format!("node-{id}"));
         let mut member = Member { id, info, dir, node: None, server: None };
         Self::launch(&mut member, self.shards, self.tune, listener).await;
@@ -76,7 +82,7 @@ impl Cluster {
         let mut config = NodeConfig::new(member.id, member.info.clone(), &member.dir, shards);
         config.tick_interval = Duration::from_millis(100);
         tune(&mut config);
-        let node = LedgerNode::start(config, NodeEnv::production()).await?;
+        let node = LedgerNode::start(config, NodeEnv::production(cluster_key())).await?;
         let serving = node.clone();
         member.server = Some(tokio::spawn(async move {
             serving.serve(listener).await.expect("serve");
@@ -162,7 +168,7 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> LedgerClient {
-        LedgerClient::connect(self.addrs(), ClientOptions::default()).await.expect("client connects")
+        LedgerClient::connect(self.addrs(), ClientOptions::new(cluster_key())).await.expect("client connects")
     }
 
     pub async fn shutdown(mut self) {

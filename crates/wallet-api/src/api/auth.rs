@@ -48,6 +48,17 @@ pub enum Role {
     Audit,
 }
 
+impl Role {
+    /// The role's name in key files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Game => "game",
+            Role::Cashier => "cashier",
+            Role::Audit => "audit",
+        }
+    }
+}
+
 /// The API's calls, for authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
@@ -67,9 +78,56 @@ pub enum Rpc {
 }
 
 impl Rpc {
+    /// Every call, for lookups by name.
+    pub const ALL: [Rpc; 13] = [
+        Rpc::OpenWallet,
+        Rpc::Deposit,
+        Rpc::ReserveWithdrawal,
+        Rpc::CommitWithdrawal,
+        Rpc::CancelWithdrawal,
+        Rpc::PlaceBet,
+        Rpc::SettleWin,
+        Rpc::RollbackBet,
+        Rpc::Transfer,
+        Rpc::GetBalance,
+        Rpc::ListEntries,
+        Rpc::WatchEntries,
+        Rpc::GetEntryProof,
+    ];
+
+    /// The method's name in the proto.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::OpenWallet => "OpenWallet",
+            Rpc::Deposit => "Deposit",
+            Rpc::ReserveWithdrawal => "ReserveWithdrawal",
+            Rpc::CommitWithdrawal => "CommitWithdrawal",
+            Rpc::CancelWithdrawal => "CancelWithdrawal",
+            Rpc::PlaceBet => "PlaceBet",
+            Rpc::SettleWin => "SettleWin",
+            Rpc::RollbackBet => "RollbackBet",
+            Rpc::Transfer => "Transfer",
+            Rpc::GetBalance => "GetBalance",
+            Rpc::ListEntries => "ListEntries",
+            Rpc::WatchEntries => "WatchEntries",
+            Rpc::GetEntryProof => "GetEntryProof",
+        }
+    }
+
+    /// The call a method name (`PlaceBet`, or a full path) stands for.
+    pub fn from_name(name: &str) -> Option<Rpc> {
+        let short = name.rsplit('/').next().unwrap_or(name);
+        Rpc::ALL.into_iter().find(|r| r.name() == short)
+    }
+
+    /// True for calls that can move money: their failures may leave the outcome unknown.
+    pub fn is_write(self) -> bool {
+        !matches!(self, Rpc::GetBalance | Rpc::ListEntries | Rpc::WatchEntries | Rpc::GetEntryProof)
+    }
+
     /// The gRPC method path, which signatures cover.
     pub fn path(self) -> String {
-        format!("/{}/{:?}", super::SERVICE_NAME, self)
+        format!("/{}/{}", super::SERVICE_NAME, self.name())
     }
 
     /// The operator role the call needs; `None` means any role.
@@ -136,15 +194,16 @@ pub fn load_keys(path: &Path) -> Result<Vec<OperatorKey>, String> {
     Ok(file.operator)
 }
 
-/// The string an operator signs.
-fn signing_input(path: &str, ts_ms: u64, body: &[u8]) -> Vec<u8> {
-    format!("casino.wallet.v1\n{path}\n{ts_ms}\n{}", hex::encode(Sha256::digest(body))).into_bytes()
+/// The string an operator signs, given SHA-256 of the request message bytes.
+fn signing_input(path: &str, ts_ms: u64, body_sha256: &[u8; 32]) -> Vec<u8> {
+    format!("casino.wallet.v1\n{path}\n{ts_ms}\n{}", hex::encode(body_sha256)).into_bytes()
 }
 
-/// Signs a call: the metadata values for `x-wallet-ts` and `x-wallet-sig`.
+/// Signs a call whose request message is `body` (the exact protobuf bytes sent): the value for
+/// `x-wallet-sig`. The key secret is used as the bytes its hex spells.
 pub fn sign(secret: &[u8], path: &str, ts_ms: u64, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(&signing_input(path, ts_ms, body));
+    mac.update(&signing_input(path, ts_ms, &Sha256::digest(body).into()));
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -267,18 +326,18 @@ impl Authenticator {
         Self { keys, sessions }
     }
 
-    /// Authenticates and authorizes one call. `body` gives the request message's protobuf
-    /// encoding, which only operator signatures need; `remote` is the peer address, the
-    /// player's IP unless a front-end relays it.
+    /// Authenticates and authorizes one call. `body_sha256` is SHA-256 of the request message
+    /// bytes as received (see [`super::edge`]), which operator signatures cover; `remote` is the
+    /// peer address, the player's IP unless a front-end relays it.
     pub async fn check(
         &self,
         metadata: &MetadataMap,
         remote: Option<SocketAddr>,
         rpc: Rpc,
-        body: impl FnOnce() -> Vec<u8>,
+        body_sha256: Option<&[u8; 32]>,
     ) -> Result<Caller, Status> {
         if let Some(key_id) = meta(metadata, KEY_HEADER) {
-            return self.check_operator(metadata, key_id, rpc, &body());
+            return self.check_operator(metadata, key_id, rpc, body_sha256);
         }
         if let Some(auth) = meta(metadata, "authorization") {
             return self.check_player(metadata, remote, auth, rpc).await;
@@ -289,13 +348,20 @@ impl Authenticator {
         ))
     }
 
-    fn check_operator(&self, m: &MetadataMap, key_id: &str, rpc: Rpc, body: &[u8]) -> Result<Caller, Status> {
+    fn check_operator(
+        &self,
+        m: &MetadataMap,
+        key_id: &str,
+        rpc: Rpc,
+        body_sha256: Option<&[u8; 32]>,
+    ) -> Result<Caller, Status> {
         let bad = || unauthenticated("SIGNATURE_INVALID", "unknown operator key or bad signature");
         let (secret, roles) = self.keys.get(key_id).ok_or_else(bad)?;
         let ts: u64 = meta(m, TS_HEADER).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
         let sig = meta(m, SIG_HEADER).and_then(|s| hex::decode(s).ok()).ok_or_else(bad)?;
+        let body_sha256 = body_sha256.ok_or_else(bad)?;
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        mac.update(&signing_input(&rpc.path(), ts, body));
+        mac.update(&signing_input(&rpc.path(), ts, body_sha256));
         // verify_slice compares in constant time.
         mac.verify_slice(&sig).map_err(|_| bad())?;
         if now_ms().abs_diff(ts) > MAX_SKEW.as_millis() as u64 {
@@ -307,7 +373,7 @@ impl Authenticator {
             return Err(status(
                 Code::PermissionDenied,
                 "ROLE_FORBIDDEN",
-                format!("operator key {key_id} lacks the {need:?} role this call needs"),
+                format!("operator key {key_id} lacks the {} role this call needs", need.name()),
                 &[],
             ));
         }
@@ -332,7 +398,7 @@ impl Authenticator {
             return Err(status(
                 Code::PermissionDenied,
                 "ROLE_FORBIDDEN",
-                format!("players cannot call {rpc:?} themselves"),
+                format!("players cannot call {} themselves", rpc.name()),
                 &[],
             ));
         };
@@ -372,6 +438,10 @@ mod tests {
         Authenticator::new(vec![key("game-1", &[Role::Game]), key("cashier-1", &[Role::Cashier])], None)
     }
 
+    fn digest(body: &[u8]) -> [u8; 32] {
+        Sha256::digest(body).into()
+    }
+
     fn signed(key: &str, rpc: Rpc, body: &[u8], ts: u64, secret: &[u8]) -> MetadataMap {
         let mut m = MetadataMap::new();
         m.insert(KEY_HEADER, key.parse().unwrap());
@@ -386,24 +456,37 @@ mod tests {
         let secret = [0x11u8; 32];
         let now = now_ms();
         let m = signed("game-1", Rpc::PlaceBet, b"body", now, &secret);
-        assert!(a.check(&m, None, Rpc::PlaceBet, || b"body".to_vec()).await.is_ok());
+        assert!(a.check(&m, None, Rpc::PlaceBet, Some(&digest(b"body"))).await.is_ok());
         let reason = |r: Result<Caller, Status>| super::super::errors::reason_of(&r.unwrap_err()).unwrap();
         // Another body, another method, another key, a stale timestamp, a wrong secret.
-        assert_eq!(reason(a.check(&m, None, Rpc::PlaceBet, || b"bodY".to_vec()).await), "SIGNATURE_INVALID");
-        assert_eq!(reason(a.check(&m, None, Rpc::SettleWin, || b"body".to_vec()).await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&m, None, Rpc::PlaceBet, Some(&digest(b"bodY"))).await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&m, None, Rpc::SettleWin, Some(&digest(b"body"))).await), "SIGNATURE_INVALID");
         let stale = signed("game-1", Rpc::PlaceBet, b"body", now - 600_000, &secret);
-        assert_eq!(reason(a.check(&stale, None, Rpc::PlaceBet, || b"body".to_vec()).await), "TIMESTAMP_SKEW");
+        assert_eq!(reason(a.check(&stale, None, Rpc::PlaceBet, Some(&digest(b"body"))).await), "TIMESTAMP_SKEW");
         let forged = signed("game-1", Rpc::PlaceBet, b"body", now, &[0x12; 32]);
-        assert_eq!(reason(a.check(&forged, None, Rpc::PlaceBet, || b"body".to_vec()).await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&forged, None, Rpc::PlaceBet, Some(&digest(b"body"))).await), "SIGNATURE_INVALID");
         let unknown = signed("nobody", Rpc::PlaceBet, b"body", now, &secret);
-        assert_eq!(reason(a.check(&unknown, None, Rpc::PlaceBet, || b"body".to_vec()).await), "SIGNATURE_INVALID");
+        assert_eq!(reason(a.check(&unknown, None, Rpc::PlaceBet, Some(&digest(b"body"))).await), "SIGNATURE_INVALID");
         // A game key cannot deposit.
         let dep = signed("game-1", Rpc::Deposit, b"d", now, &secret);
-        assert_eq!(reason(a.check(&dep, None, Rpc::Deposit, || b"d".to_vec()).await), "ROLE_FORBIDDEN");
+        assert_eq!(reason(a.check(&dep, None, Rpc::Deposit, Some(&digest(b"d"))).await), "ROLE_FORBIDDEN");
         assert_eq!(
-            reason(a.check(&MetadataMap::new(), None, Rpc::Deposit, || b"d".to_vec()).await),
+            reason(a.check(&MetadataMap::new(), None, Rpc::Deposit, Some(&digest(b"d"))).await),
             "CREDENTIALS_MISSING"
         );
+        // No digest (the body was not one plain message): nothing to check a signature against.
+        assert_eq!(reason(a.check(&m, None, Rpc::PlaceBet, None).await), "SIGNATURE_INVALID");
+    }
+
+    #[test]
+    fn calls_are_named_as_in_the_proto() {
+        for rpc in Rpc::ALL {
+            assert_eq!(Rpc::from_name(rpc.name()), Some(rpc));
+            assert_eq!(Rpc::from_name(&rpc.path()), Some(rpc));
+        }
+        assert_eq!(Rpc::PlaceBet.path(), "/casino.wallet.v1.Wallet/PlaceBet");
+        assert_eq!(Rpc::from_name("Nope"), None);
+        assert!(Rpc::PlaceBet.is_write() && !Rpc::GetBalance.is_write());
     }
 
     #[test]

@@ -43,14 +43,28 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// `msg` as a request for `rpc`, signed or carrying the token, with a deadline.
     pub fn request<M: Message>(&self, rpc: Rpc, msg: M, timeout: Duration) -> Request<M> {
+        // prost encodes a message the same way every time, so these are the bytes tonic sends.
         let body = msg.encode_to_vec();
         let mut req = Request::new(msg);
+        self.authorize(&mut req, rpc, &body, timeout);
+        req
+    }
+
+    /// Already encoded request bytes for `rpc`, signed over exactly those bytes.
+    pub fn raw_request(&self, rpc: Rpc, body: Vec<u8>, timeout: Duration) -> Request<Vec<u8>> {
+        let mut req = Request::new(Vec::new());
+        self.authorize(&mut req, rpc, &body, timeout);
+        *req.get_mut() = body;
+        req
+    }
+
+    fn authorize<T>(&self, req: &mut Request<T>, rpc: Rpc, body: &[u8], timeout: Duration) {
         req.set_timeout(timeout);
         let m = req.metadata_mut();
         match self {
             Credentials::Operator { key_id, secret } => {
                 let ts = SystemClock.now_ms();
-                let sig = sign(secret, &rpc.path(), ts, &body);
+                let sig = sign(secret, &rpc.path(), ts, body);
                 m.insert(KEY_HEADER, key_id.parse().expect("key ids are ASCII"));
                 m.insert(TS_HEADER, ts.to_string().parse().expect("digits"));
                 m.insert(SIG_HEADER, sig.parse().expect("hex"));
@@ -64,20 +78,63 @@ impl Credentials {
                 }
             }
         }
-        req
     }
 }
 
-/// A channel to a wallet API address (`host:port` or a URL).
-pub async fn connect(addr: &str) -> Result<WalletClient<Channel>, tonic::transport::Error> {
+/// Carries request and response messages as the bytes they are, for calls whose messages are
+/// built at run time (`walletctl call`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// A channel to a wallet API address (`host:port` or a URL), without a typed client on it.
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let channel = Endpoint::from_shared(url)?
+    Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect()
-        .await?;
-    Ok(WalletClient::new(channel))
+        .await
+}
+
+/// A wallet client on a channel to a wallet API address (`host:port` or a URL).
+pub async fn connect(addr: &str) -> Result<WalletClient<Channel>, tonic::transport::Error> {
+    Ok(WalletClient::new(channel(addr).await?))
 }
 
 /// A fresh idempotency key from the OS CSPRNG: `prefix-` and 24 hex digits.

@@ -74,16 +74,21 @@ pub fn ledger(e: LedgerError) -> Status {
             "no decision before the deadline; the call may still apply, so retry with the same idempotency key",
             &[],
         ),
-        LedgerError::NotLeader { shard, leader, leader_addr } => {
-            // The hint names the leader node (its id and node address); a routing client maps
-            // the id to that node's wallet API endpoint.
-            let addr = leader_addr.unwrap_or_default();
+        LedgerError::NotLeader { shard, leader, leader_api, .. } => {
+            // The hint names the leader's wallet API address, which a client can call; the
+            // node (Raft) address is the cluster's business, not the caller's.
+            let api = leader_api.unwrap_or_default();
             let id = leader.map(|l| l.to_string()).unwrap_or_default();
+            let message = if api.is_empty() {
+                format!("this node does not lead shard {shard} and knows no leader to name; retry shortly")
+            } else {
+                format!("this node does not lead shard {shard}; retry at {api}")
+            };
             status(
                 Code::Unavailable,
                 "NOT_LEADER",
-                format!("this node does not lead shard {shard}; retry at the leader"),
-                &[("leader", addr.as_str()), ("leader_id", id.as_str()), ("shard", shard.to_string().as_str())],
+                message,
+                &[("leader", api.as_str()), ("leader_id", id.as_str()), ("shard", shard.to_string().as_str())],
             )
         }
         LedgerError::WrongShard { expected, requested } => status(
@@ -98,14 +103,18 @@ pub fn ledger(e: LedgerError) -> Status {
             status(Code::InvalidArgument, "INVALID_ARGUMENT", format!("no shard {s}"), &[("field", "shard")])
         }
         LedgerError::NoShard => status(Code::InvalidArgument, "INVALID_ARGUMENT", "no player or shard given", &[]),
-        LedgerError::Unavailable(why) => status(
-            Code::Unavailable,
-            "SHARD_UNAVAILABLE",
-            format!(
-                "shard unavailable ({why}); for a write the outcome is unknown, so retry with the same idempotency key"
-            ),
-            &[],
-        ),
+        LedgerError::Unavailable(why) => {
+            // `why` comes from inside the cluster (Raft's view of the membership, node
+            // addresses): for the operator's log, never for the caller.
+            tracing::debug!(reason = %why, "shard unavailable");
+            status(
+                Code::Unavailable,
+                "SHARD_UNAVAILABLE",
+                "the shard cannot take calls right now (no quorum, a leader change, or overload); a write's outcome \
+                 is unknown, so retry with the same idempotency key",
+                &[],
+            )
+        }
         // Wallet calls never change replicas; a node API error reached here only by mistake.
         LedgerError::Membership(why) => status(Code::FailedPrecondition, "MEMBERSHIP_REFUSED", why, &[]),
         LedgerError::UnknownRegion(why) => {
@@ -158,5 +167,36 @@ mod tests {
             region.get_details_error_info().expect("info").metadata.get("field").map(String::as_str),
             Some("player_id")
         );
+    }
+
+    #[test]
+    fn messages_reveal_no_topology_and_need_no_escaping() {
+        let inside = "has to forward request to: Some(2), Some(NodeInfo { addr: \"10.0.0.2:7001\", region: \"eu\" })";
+        let s = ledger(LedgerError::Unavailable(inside.into()));
+        assert_eq!(reason_of(&s).as_deref(), Some("SHARD_UNAVAILABLE"));
+        for leak in ["10.0.0.2", "NodeInfo", "Some(", "forward"] {
+            assert!(!s.message().contains(leak), "{leak} in {:?}", s.message());
+        }
+        let not_leader = ledger(LedgerError::NotLeader {
+            shard: 3,
+            leader: Some(2),
+            leader_addr: Some("10.0.0.2:7001".into()),
+            leader_api: Some("api.eu.example:8001".into()),
+        });
+        assert!(!not_leader.message().contains("10.0.0.2:7001"), "{}", not_leader.message());
+        let info = not_leader.get_details_error_info().expect("info");
+        assert_eq!(info.metadata["leader"], "api.eu.example:8001");
+        // Every message is printable ASCII without '%', so no client ever shows it encoded.
+        let all = [
+            s,
+            not_leader,
+            ledger(LedgerError::Timeout),
+            key_reused("k-1"),
+            shutting_down(),
+            rejection(Rejection::InsufficientFunds, Some("amount")),
+        ];
+        for st in all {
+            assert!(st.message().bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%'), "{:?}", st.message());
+        }
     }
 }

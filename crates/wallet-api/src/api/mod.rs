@@ -6,7 +6,9 @@
 
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod convert;
+pub mod edge;
 pub mod errors;
 pub mod service;
 
@@ -17,6 +19,16 @@ pub mod pb {
 
     /// The encoded descriptor set of `wallet.proto`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wallet_descriptor.bin"));
+}
+
+/// Every message of the wallet API and of `google.rpc`'s error details, for JSON in and out.
+pub fn descriptors() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("built-in descriptors");
+        pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET).expect("google.rpc descriptors");
+        pool
+    })
 }
 
 /// The fully qualified service name, as health checks and reflection know it.

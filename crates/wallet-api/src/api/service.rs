@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use prost::Message;
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::node::{LedgerError, LedgerNode, ReadConsistency};
 use raft_ledger::{AccountRef, Command, Outcome};
@@ -20,6 +19,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::auth::{Authenticator, Caller, Rpc};
 use super::convert::{self, PROOF_LINKS_MAX, SCAN_MAX};
+use super::edge::{EdgeLayer, RequestDigest};
 use super::errors::{self, status};
 use super::pb;
 use super::pb::wallet_server::{Wallet, WalletServer};
@@ -66,14 +66,22 @@ pub fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// How much of the caller's deadline the service keeps back for its answer: without it the
+/// transport's own timeout fires at the same instant and the caller gets a bare `CANCELLED`
+/// instead of `OUTCOME_UNKNOWN`, which says what to do.
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(50);
+
+/// When the service must have answered: the caller's deadline (capped, default when absent),
+/// less a margin of a tenth, at most 50 ms.
 fn deadline_of<T>(req: &Request<T>) -> Instant {
     let wanted = req
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(grpc_timeout)
-        .unwrap_or(DEFAULT_DEADLINE);
-    Instant::now() + wanted.min(MAX_DEADLINE)
+        .unwrap_or(DEFAULT_DEADLINE)
+        .min(MAX_DEADLINE);
+    Instant::now() + wanted - (wanted / 10).min(DEADLINE_MARGIN_MAX)
 }
 
 fn client_status(e: ClientError) -> Status {
@@ -82,6 +90,11 @@ fn client_status(e: ClientError) -> Status {
         ClientError::Ledger(e) => errors::ledger(e),
         ClientError::Indeterminate(..) => errors::ledger(LedgerError::Timeout),
         ClientError::Node { message, .. } => errors::ledger(LedgerError::Unavailable(message)),
+        // Our own node's key refused by a peer: a misconfigured cluster, the operator's to fix.
+        ClientError::Unauthenticated(why) => {
+            tracing::error!("a peer refused this node's cluster key: {why}");
+            errors::ledger(LedgerError::Unavailable(why))
+        }
     }
 }
 
@@ -109,7 +122,7 @@ impl WalletService {
         self.inner
             .forward
             .get_or_try_init(|| async {
-                let options = ClientOptions { deadline: Duration::from_secs(5), ..ClientOptions::default() };
+                let options = ClientOptions { deadline: Duration::from_secs(5), ..self.inner.node.client_options() };
                 LedgerClient::connect(self.inner.seeds.clone(), options).await
             })
             .await
@@ -120,9 +133,10 @@ impl WalletService {
         if *self.inner.draining.borrow() { Err(errors::shutting_down()) } else { Ok(()) }
     }
 
-    async fn caller<M: Message>(&self, req: &Request<M>, rpc: Rpc) -> Result<Caller, Status> {
+    async fn caller<M>(&self, req: &Request<M>, rpc: Rpc) -> Result<Caller, Status> {
         self.check_draining()?;
-        self.inner.auth.check(req.metadata(), req.remote_addr(), rpc, || req.get_ref().encode_to_vec()).await
+        let digest = req.extensions().get::<RequestDigest>().map(|d| &d.0);
+        self.inner.auth.check(req.metadata(), req.remote_addr(), rpc, digest).await
     }
 
     /// Runs a command on its shard's leader before `deadline`.
@@ -136,7 +150,7 @@ impl WalletService {
         }
     }
 
-    async fn mutate<M: Message>(
+    async fn mutate<M>(
         &self,
         req: Request<M>,
         rpc: Rpc,
@@ -451,8 +465,15 @@ async fn wait_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|d| *d).await;
 }
 
-/// Keeps `grpc.health.v1` current: the service is SERVING while every shard has a leader, and
-/// each shard reports under `casino.wallet.v1.Wallet/shard/<n>`.
+/// How often health is re-evaluated. Well under the Raft lease, so a lost quorum shows within
+/// about a lease plus this.
+const HEALTH_PERIOD: Duration = Duration::from_millis(200);
+
+/// Keeps `grpc.health.v1` current. Each replica this node hosts reports under
+/// `casino.wallet.v1.Wallet/shard/<n>`: SERVING when a write sent here now can be committed (the
+/// replica leads and a quorum acknowledged it within the lease, or it follows a leader that
+/// reached it, with a quorum behind it, within the lease; see `raft_ledger::node::CommitHealth`).
+/// The service as a whole (and `""`) is SERVING when every hosted replica is.
 pub async fn report_health(
     node: LedgerNode,
     reporter: tonic_health::server::HealthReporter,
@@ -463,7 +484,7 @@ pub async fn report_health(
         let status = node.status();
         let mut all = true;
         for s in &status.shards {
-            let ok = s.leader.is_some() && s.state != "Shutdown";
+            let ok = s.health.serving();
             all &= ok;
             let st = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status(format!("{}/shard/{}", super::SERVICE_NAME, s.shard), st).await;
@@ -472,7 +493,7 @@ pub async fn report_health(
         reporter.set_service_status(super::SERVICE_NAME, overall).await;
         reporter.set_service_status("", overall).await;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(HEALTH_PERIOD) => {}
             _ = wait_true(&mut draining) => {
                 reporter.set_service_status(super::SERVICE_NAME, ServingStatus::NotServing).await;
                 reporter.set_service_status("", ServingStatus::NotServing).await;
@@ -491,18 +512,20 @@ pub async fn serve(
 ) -> Result<(), String> {
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(service.inner.node.clone(), reporter, draining.clone()));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| e.to_string())?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| e.to_string())?;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    // Both reflection protocols (grpcurl before 1.8.8 speaks only v1alpha), with the
+    // descriptors of google.rpc's error details so tools can decode every ErrorInfo.
+    let descriptors =
+        [pb::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET, tonic_types::pb::FILE_DESCRIPTOR_SET];
+    let mut reflection = tonic_reflection::server::Builder::configure();
+    let mut reflection_alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptors {
+        reflection = reflection.register_encoded_file_descriptor_set(set);
+        reflection_alpha = reflection_alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection = reflection.build_v1().map_err(|e| e.to_string())?;
+    let reflection_alpha = reflection_alpha.build_v1alpha().map_err(|e| e.to_string())?;
+    raft_ledger::net::server::http2(tonic::transport::Server::builder())
+        .layer(EdgeLayer { message_bytes_max: super::MAX_MESSAGE_BYTES })
         .add_service(service.into_server())
         .add_service(health)
         .add_service(reflection)
