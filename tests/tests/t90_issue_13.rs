@@ -126,7 +126,8 @@ async fn t91_usage_errors_refusals_and_json_are_told_apart() {
     let (code, out, _) = ctl(&cl, cashier, &["deposit", &player, "EUR", "10.00", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("walletctl --json prints JSON");
-    let wallet = v["balances"].as_array().unwrap().iter().find(|b| b["account"]["playerId"] == player.as_str()).unwrap();
+    let wallet =
+        v["balances"].as_array().unwrap().iter().find(|b| b["account"]["playerId"] == player.as_str()).unwrap();
     assert_eq!(wallet["available"], "1000", "protobuf JSON: int64 as a string");
     assert_eq!(ctl(&cl, cashier, &["transfer", &player, &payee, "EUR", "1.00"]).0, 0);
     // A refusal is 2, with its reason; as JSON it says it was refused.

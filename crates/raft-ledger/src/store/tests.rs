@@ -169,4 +169,29 @@ mod wal {
         assert_eq!(indexes(&wal, 2), vec![60]);
         assert_eq!(wal.shard(1).lock().unwrap().meta.purged, Some(log_id(1, 590)));
     }
+
+    /// A segment is deleted once a newer one records a purge past its entries; that purge may
+    /// come after the newer segment's first entries, whose checkpoint names an older purge
+    /// point. Recovery must not see the deleted entries as a hole (it did, at 1 million ledger
+    /// entries in the restart benchmark).
+    #[tokio::test]
+    async fn a_purge_later_in_a_segment_explains_the_entries_of_deleted_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every group commit after the first starts a new segment.
+        let (wal, _) = open(dir.path(), 1).unwrap();
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+        append(&wal, 1, entries(1, 1..=5)).await;
+        wal.purge(1, log_id(1, 3)).unwrap();
+        settle().await;
+        append(&wal, 1, entries(1, 6..=10)).await; // a segment whose checkpoint says "purged 3"
+        wal.purge(1, log_id(1, 7)).unwrap(); // in the next segment; the first ones can go
+        settle().await;
+        append(&wal, 1, entries(1, 11..=11)).await;
+        let first = segments(dir.path()).first().cloned().unwrap();
+        assert!(!first.ends_with("0000000000000000.wal"), "the oldest segments were deleted");
+        wal.close().await;
+        let (wal, _) = open(dir.path(), 1).expect("recovery sees no hole");
+        assert_eq!(indexes(&wal, 1), (8..=11).collect::<Vec<_>>());
+        assert_eq!(wal.shard(1).lock().unwrap().meta.purged, Some(log_id(1, 7)));
+    }
 }

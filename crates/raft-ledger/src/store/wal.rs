@@ -18,7 +18,10 @@
 //!
 //! # Recovery
 //!
-//! Segments are replayed in order into memory. A frame that fails its checksum at the very end
+//! Segments are replayed in order into memory, each shard starting from its final purge point
+//! (the newest `Purge` or checkpoint of any segment): a segment is deleted once a newer one
+//! records a purge past its entries, and that record may follow the newer segment's first
+//! entries. After the purge point, entries must be contiguous. A frame that fails its checksum at the very end
 //! of the newest segment is a torn write from a crash before fsync returned: nothing in it was
 //! acknowledged, so it is truncated away. Any other bad frame — in an older segment, or followed
 //! by a valid frame — is corruption of data that was acknowledged, and recovery stops with an
@@ -59,12 +62,32 @@ pub(crate) struct ShardMeta {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
-    Entries { shard: u32, entries: Vec<Entry> },
-    Vote { shard: u32, vote: Vote },
-    Committed { shard: u32, committed: Option<LogId> },
-    TruncateAfter { shard: u32, after: Option<LogId> },
-    Purge { shard: u32, upto: LogId },
-    Checkpoint { shards: Vec<(u32, ShardMeta)> },
+    /// `last`, the index of the last entry, precedes the entries so that recovery can skip
+    /// entries a snapshot covers without decoding them (see [`entries_head`]).
+    Entries {
+        shard: u32,
+        last: u64,
+        entries: Vec<Entry>,
+    },
+    Vote {
+        shard: u32,
+        vote: Vote,
+    },
+    Committed {
+        shard: u32,
+        committed: Option<LogId>,
+    },
+    TruncateAfter {
+        shard: u32,
+        after: Option<LogId>,
+    },
+    Purge {
+        shard: u32,
+        upto: LogId,
+    },
+    Checkpoint {
+        shards: Vec<(u32, ShardMeta)>,
+    },
 }
 
 /// Why the log could not be opened.
@@ -254,6 +277,24 @@ fn encode_frame(record: &Record) -> Vec<u8> {
 
 /// Decodes the frame at `at`, or says why there is none.
 fn decode_frame(bytes: &[u8], at: usize) -> Result<(Record, usize), String> {
+    let (payload, len) = frame_payload(bytes, at)?;
+    Ok((decode_record(payload)?, len))
+}
+
+fn decode_record(payload: &[u8]) -> Result<Record, String> {
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable record: {e}"))
+}
+
+/// For an `Entries` record, its shard and last index, read without decoding the entries:
+/// postcard writes the variant index and then the fields in order, all as varints.
+fn entries_head(payload: &[u8]) -> Option<(u32, u64)> {
+    const ENTRIES_VARIANT: u32 = 0;
+    let ((variant, shard, last), _) = postcard::take_from_bytes::<(u32, u32, u64)>(payload).ok()?;
+    (variant == ENTRIES_VARIANT).then_some((shard, last))
+}
+
+/// The checksummed payload of the frame at `at` and the frame's whole length.
+fn frame_payload(bytes: &[u8], at: usize) -> Result<(&[u8], usize), String> {
     let header = bytes.get(at..at + FRAME_HEADER_BYTES).ok_or("truncated frame header")?;
     if header[..2] != FRAME_MAGIC {
         return Err("bad frame magic".into());
@@ -267,8 +308,14 @@ fn decode_frame(bytes: &[u8], at: usize) -> Result<(Record, usize), String> {
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let record = postcard::from_bytes(payload).map_err(|e| format!("undecodable record: {e}"))?;
-    Ok((record, FRAME_HEADER_BYTES + len))
+    Ok((payload, FRAME_HEADER_BYTES + len))
+}
+
+/// A record read during recovery: entries still encoded (decoded only if no snapshot covers
+/// them), everything else decoded.
+enum Read {
+    Entries { shard: u32, last: u64, payload: std::ops::Range<usize> },
+    Other(Record),
 }
 
 fn segment_name(no: u64) -> String {
@@ -439,6 +486,13 @@ impl Wal {
         let mut segments = VecDeque::new();
         let mut report = RecoveryReport::default();
         let mut active: Option<(Arc<dyn VFile>, u64)> = None;
+        // First every record is read, then replayed: an old segment is deleted once a newer one
+        // records a purge past its entries, but that purge record may come after the first
+        // entries of the newer segment, whose checkpoint still names the older purge point.
+        // Replaying with each shard's final purge point known first skips exactly the entries a
+        // snapshot covers, and still finds any gap after them.
+        let mut records: Vec<(usize, u64, Read)> = Vec::new();
+        let mut contents: Vec<Vec<u8>> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let no = u64::from_str_radix(name.trim_end_matches(".wal"), 16).map_err(|_| WalError::Corrupt {
                 segment: name.clone(),
@@ -448,16 +502,20 @@ impl Wal {
             let path = dir.join(name);
             let bytes = vfs.read(&path)?;
             let newest = i + 1 == names.len();
-            let mut segment = Segment { no, max_index: BTreeMap::new() };
+            let segment = Segment { no, max_index: BTreeMap::new() };
             let mut at = 0usize;
             while at < bytes.len() {
-                match decode_frame(&bytes, at) {
-                    Ok((record, len)) => {
-                        replay(&mut shards, &mut segment, record).map_err(|what| WalError::Corrupt {
-                            segment: name.clone(),
-                            offset: at as u64,
-                            what,
-                        })?;
+                let read = frame_payload(&bytes, at).and_then(|(payload, len)| {
+                    let start = at + FRAME_HEADER_BYTES;
+                    let read = match entries_head(payload) {
+                        Some((shard, last)) => Read::Entries { shard, last, payload: start..start + payload.len() },
+                        None => Read::Other(decode_record(payload)?),
+                    };
+                    Ok((read, len))
+                });
+                match read {
+                    Ok((read, len)) => {
+                        records.push((segments.len(), at as u64, read));
                         report.records += 1;
                         at += len;
                     }
@@ -479,7 +537,37 @@ impl Wal {
                 active = Some((vfs.open(&path)?, at as u64));
             }
             segments.push_back(segment);
+            contents.push(bytes);
             report.segments += 1;
+        }
+        for (_, _, read) in &records {
+            let purges: Vec<(u32, LogId)> = match read {
+                Read::Other(Record::Purge { shard, upto }) => vec![(*shard, *upto)],
+                Read::Other(Record::Checkpoint { shards: metas }) => {
+                    metas.iter().filter_map(|(s, m)| m.purged.map(|p| (*s, p))).collect()
+                }
+                _ => Vec::new(),
+            };
+            for (shard, upto) in purges {
+                shards.entry(shard).or_default().purge(&upto);
+            }
+        }
+        for (segment, at, read) in records {
+            let corrupt = |what| WalError::Corrupt { segment: names[segment].clone(), offset: at, what };
+            let record = match read {
+                Read::Entries { shard, last, payload } => {
+                    let m = segments[segment].max_index.entry(shard).or_insert(0);
+                    *m = (*m).max(last);
+                    // Covered by a snapshot: skipped without decoding, which keeps recovery's
+                    // cost to the log since the last snapshot, not the whole segment.
+                    if shards.get(&shard).and_then(|l| l.meta.purged).is_some_and(|p| last <= p.index) {
+                        continue;
+                    }
+                    decode_record(&contents[segment][payload]).map_err(corrupt)?
+                }
+                Read::Other(record) => record,
+            };
+            replay(&mut shards, &mut segments[segment], record).map_err(corrupt)?;
         }
         let (active, active_len) = match active {
             Some(a) => a,
@@ -569,7 +657,7 @@ impl Wal {
         let mut log = log.lock().expect("shard log lock");
         // Encode before the in-memory append so the frame and memory cannot disagree; queue while
         // holding the shard lock so this shard's records reach the writer in memory order.
-        let record = Record::Entries { shard, entries };
+        let record = Record::Entries { shard, last: last_index, entries };
         let frame = encode_frame(&record);
         let Record::Entries { entries, .. } = record else { unreachable!() };
         log.append(entries).map_err(io::Error::other)?;
@@ -636,7 +724,7 @@ fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: R
         }
         record => {
             let shard = match &record {
-                Record::Entries { shard, entries } => {
+                Record::Entries { shard, entries, .. } => {
                     if let Some(last) = entries.last() {
                         let m = segment.max_index.entry(*shard).or_insert(0);
                         *m = (*m).max(last.index());
@@ -650,6 +738,22 @@ fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: R
                 Record::Checkpoint { .. } => unreachable!("matched above"),
             };
             shards.entry(shard).or_default().apply(record)
+        }
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn the_entries_head_is_read_without_decoding_the_entries() {
+        let id = |i| openraft::testing::log_id::<TypeConfig>(2, 1, i);
+        let entries: Vec<Entry> = (5..=9).map(|i| Entry::new_blank(id(i))).collect();
+        let payload = postcard::to_allocvec(&Record::Entries { shard: 300, last: 9, entries }).unwrap();
+        assert_eq!(entries_head(&payload), Some((300, 9)));
+        for other in [Record::Purge { shard: 300, upto: id(9) }, Record::Checkpoint { shards: Vec::new() }] {
+            assert_eq!(entries_head(&postcard::to_allocvec(&other).unwrap()), None);
         }
     }
 }
