@@ -360,3 +360,84 @@ async fn t93_calls_cancelled_while_a_node_is_paused_do_not_tear_down_the_connect
         pb::GetBalanceRequest { player_id: player.into(), currency: "EUR".into(), consistency: 0, max_staleness_ms: 0 };
     again.get_balance(cl.cashier.request(Rpc::GetBalance, m, T)).await.expect("the connection still works");
 }
+
+#[test]
+fn t94_the_commands_the_demo_prints_work_as_shown() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = std::process::Command::new(e2e_tests::walletd_bin())
+        .args(["demo", "--dir", dir.path().join("demo").to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read everything it prints, to the end: a reader that goes away would end it early.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains("Press Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = lines.join("\n");
+    // The environment the demo tells people to export, and the commands it prints.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for l in lines.iter().filter_map(|l| l.trim().strip_prefix("export ")) {
+        for pair in l.split_whitespace() {
+            let (k, v) = pair.split_once('=').unwrap();
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.replace(":$PATH", "")).expect("a PATH to export");
+    let run = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let exe = std::path::Path::new(&path).join(words[0]);
+        let mut c = std::process::Command::new(exe);
+        c.args(&words[1..]);
+        for (k, v) in env.iter().filter(|(k, _)| k != "PATH") {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let printed = |prefix: &str| {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+            .to_string()
+    };
+    for cmd in [
+        "walletctl balance alice EUR",
+        "walletctl history alice",
+        "walletctl bet alice round-9 EUR 2.50",
+        "walletctl transfer alice",
+        "walletd client status",
+    ] {
+        let line = printed(cmd);
+        let (code, out, err) = run(line.split('#').next().unwrap());
+        assert_eq!(code, Some(0), "`{line}` failed:\n{out}\n{err}");
+    }
+    let (code, out, _) = run(&printed("walletctl call GetBalance").replace('\'', ""));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(text.contains("valid until"), "the player token says when it expires");
+    assert!(!text.contains("amounts in cents"), "{text}");
+    // Ctrl-C stops the demo cleanly.
+    let ok = std::process::Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    assert!(demo.wait().unwrap().success());
+    drain.join().unwrap();
+}
