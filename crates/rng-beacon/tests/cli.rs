@@ -102,18 +102,9 @@ fn verify_reports_a_tampered_byte_and_exports_raw_bytes() {
 
 #[test]
 fn serve_reseeds_on_sighup_and_stops_on_sigint_with_a_sound_log() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("beacon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rng-beacon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--round-period", "20ms", "--log", log.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    assert!(first.contains("serving casino.rng.v1.Beacon on 127.0.0.1:"), "{first}");
+    let mut child = serve(&log);
     let signal = |sig: &str| {
         assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
     };
@@ -142,7 +133,10 @@ fn serve(log: &std::path::Path) -> std::process::Child {
         .unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    assert!(first.contains("serving casino.rng.v1.Beacon"), "the beacon refused to start on its own log: {first:?}");
+    assert!(
+        first.contains("serving casino.rng.v1.Beacon on 127.0.0.1:"),
+        "the beacon refused to start on its own log: {first:?}"
+    );
     child
 }
 
