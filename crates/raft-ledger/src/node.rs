@@ -510,7 +510,8 @@ pub struct LedgerNode {
 
 /// The on-disk format of a data directory (WAL records, snapshots, journals, and the node
 /// info inside memberships). A directory written in another format is refused at start rather
-/// than misread. 2: node info carries the wallet API address.
+/// than misread. 2: node info carries the wallet API address, WAL entry records lead with their
+/// last index, snapshots record the journal's byte length, and journals have an index file.
 const DATA_FORMAT: u32 = 2;
 
 fn data_format_unversioned() -> u32 {
@@ -922,6 +923,7 @@ impl LedgerNode {
                 let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
                 m.membership_config.membership().get_node(&me)?;
                 let st = s.cell.read();
+                let view = health_view(s, &m);
                 Some(ShardStatus {
                     shard: s.id.0,
                     state: server_state(m.state).to_string(),
@@ -941,8 +943,8 @@ impl LedgerNode {
                         .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.region.clone())),
                     home_region: self.inner.config.home_regions.get(&s.id.0).cloned(),
                     leader_changes: s.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
-                    health: self.health_of(s, &m),
-                    leader_heard_ms: self.health_view(s, &m).leader_heard().map(|d| d.as_millis() as u64),
+                    health: health_of(s, view),
+                    leader_heard_ms: view.leader_heard().map(|d| d.as_millis() as u64),
                 })
             })
             .collect();
@@ -961,26 +963,7 @@ impl LedgerNode {
         let s = self.inner.shard(shard)?;
         let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
         m.membership_config.membership().get_node(&self.inner.config.node_id)?;
-        Some(self.health_of(&s, &m))
-    }
-
-    fn health_view(&self, s: &Shard, m: &RaftMetrics<TypeConfig>) -> HealthView {
-        let now = tokio::time::Instant::now();
-        if m.state == ServerState::Leader {
-            return HealthView {
-                leads: true,
-                quorum_acked: m.last_quorum_acked.as_ref().map(|a| a.elapsed()),
-                ..HealthView::default()
-            };
-        }
-        let contact = s.leader_contact.lock().expect("leader contact lock").back().map(|(t, _)| now - *t);
-        let quorum = s.leader_quorum_at.lock().expect("leader quorum lock").map(|t| now - t);
-        HealthView { leads: false, quorum_acked: None, leader_contact: contact, leader_quorum: quorum }
-    }
-
-    fn health_of(&self, s: &Shard, m: &RaftMetrics<TypeConfig>) -> CommitHealth {
-        let lease = Duration::from_millis(s.raft.config().election_timeout_max);
-        commit_health(self.health_view(s, m), lease)
+        Some(health_of(&s, health_view(&s, &m)))
     }
 
     /// Raft log entries this replica knows to be committed but has not applied yet: how stale
@@ -1012,6 +995,26 @@ impl LedgerNode {
     pub fn balances(&self, shard: u32) -> Option<Vec<(AccountRef, Balance)>> {
         self.inner.shard(shard).map(|s| s.cell.read().ledger.accounts())
     }
+}
+
+/// What a replica knows of its leader and quorum, now.
+fn health_view(s: &Shard, m: &RaftMetrics<TypeConfig>) -> HealthView {
+    let now = tokio::time::Instant::now();
+    if m.state == ServerState::Leader {
+        return HealthView {
+            leads: true,
+            quorum_acked: m.last_quorum_acked.as_ref().map(|a| a.elapsed()),
+            ..HealthView::default()
+        };
+    }
+    let contact = s.leader_contact.lock().expect("leader contact lock").back().map(|(t, _)| now - *t);
+    let quorum = s.leader_quorum_at.lock().expect("leader quorum lock").map(|t| now - t);
+    HealthView { leads: false, quorum_acked: None, leader_contact: contact, leader_quorum: quorum }
+}
+
+/// [`commit_health`] with the shard's own lease.
+fn health_of(s: &Shard, view: HealthView) -> CommitHealth {
+    commit_health(view, Duration::from_millis(s.raft.config().election_timeout_max))
 }
 
 fn server_state(s: ServerState) -> &'static str {
