@@ -161,7 +161,7 @@ struct ScenarioFile {
 }
 
 /// Regions, nodes and one-way latencies from a topology file: each region-pair RTT halved.
-fn cluster_from_topology(t: &raft_ledger::placement::Topology) -> (Vec<String>, Vec<SimNode>, Vec<Vec<u64>>) {
+fn cluster_from_topology(t: &ledger_core::placement::Topology) -> (Vec<String>, Vec<SimNode>, Vec<Vec<u64>>) {
     let regions: Vec<String> = t.regions.iter().map(|r| r.name.clone()).collect();
     let nodes = t
         .regions
@@ -186,17 +186,7 @@ fn rtt_of(region_latency_ms: &[Vec<u64>]) -> u64 {
     2 * region_latency_ms.iter().flatten().copied().max().unwrap_or(1).max(1)
 }
 
-/// The bugs `--plant` accepts.
-pub const PLANTABLE: &[&str] = &["ack-before-fsync", "skip-idempotency"];
-
-/// The planted bug a name stands for.
-pub fn bug(name: &str) -> Result<raft_ledger::planted::Bug, String> {
-    match name {
-        "ack-before-fsync" => Ok(raft_ledger::planted::Bug::AckBeforeFsync),
-        "skip-idempotency" => Ok(raft_ledger::planted::Bug::SkipIdempotency),
-        _ => Err(format!("unknown bug {name:?}; one of: {}", PLANTABLE.join(", "))),
-    }
-}
+pub use crate::planted::{PLANTABLE, bug};
 
 fn pick_region(rng: &mut SimRng, n: usize) -> usize {
     rng.below(n as u64) as usize
@@ -394,7 +384,7 @@ impl SimConfig {
                 }
                 let t_path = path.parent().unwrap_or(std::path::Path::new(".")).join(t);
                 let text = std::fs::read_to_string(&t_path).map_err(|e| format!("{}: {e}", t_path.display()))?;
-                let topo: raft_ledger::placement::Topology =
+                let topo: ledger_core::placement::Topology =
                     toml::from_str(&text).map_err(|e| format!("{}: {e}", t_path.display()))?;
                 topo.validate().map_err(|e| format!("{}: {e}", t_path.display()))?;
                 let (r, n, l) = cluster_from_topology(&topo);

@@ -2,7 +2,7 @@
 //! recovery time (RTO) after losing a leader or a whole region.
 //!
 //! The cluster is what `walletd start --topology` builds: three regions of two nodes (one per
-//! zone), each shard placed by `raft_ledger::placement` on three voters in three regions,
+//! zone), each shard placed by `ledger_core::placement` on three voters in three regions,
 //! bootstrapped with only those voters, led from its home region, with Raft timing derived from
 //! the RTTs. Inter-region links get half the RTT each way, links inside a region 1 ms. A
 //! controller (1 ms from every node, like a gateway in each region) measures, in simulated
@@ -24,12 +24,12 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ledger_core::placement::{NodeSpec, RegionSpec, Topology};
+use ledger_core::{Amount, ClusterTime, Command, Currency, Outcome, PlayerId, Recall, TxId, shard_for_player};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
-use raft_ledger::placement::{NodeSpec, RegionSpec, Topology};
 use raft_ledger::raft::{NodeId, seed_thread_rng};
-use raft_ledger::{Amount, ClusterTime, Command, Currency, Outcome, PlayerId, Recall, TxId, shard_for_player};
 
 const PORT: u16 = 9000;
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -152,7 +152,7 @@ async fn run_node(topo: Topology, id: NodeId, shared: SharedRef) -> turmoil::Res
 fn leaders(shared: &SharedRef) -> BTreeMap<u32, (u64, NodeId)> {
     let mut out: BTreeMap<u32, (u64, NodeId)> = BTreeMap::new();
     for (id, node) in &shared.borrow().nodes {
-        for s in node.status().shards.into_iter().filter(|s| s.state == "Leader") {
+        for s in node.status().shards.into_iter().filter(|s| s.state == raft_ledger::api::ReplicaRole::Leader) {
             if out.get(&s.shard).is_none_or(|(term, _)| *term < s.term) {
                 out.insert(s.shard, (s.term, *id));
             }

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod crash;
 pub mod geo;
+pub mod planted;
 pub mod rng;
 pub mod run;
 mod workload;

@@ -9,12 +9,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ledger_core::{AccountKind, ClusterTime, Command, Outcome};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
 use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo, seed_thread_rng};
-use raft_ledger::{AccountKind, ClusterTime, Command, Outcome};
 use sha2::{Digest, Sha256};
 
 use crate::config::{FaultKind, SimConfig, Target};
@@ -126,7 +126,10 @@ async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil
     config.tick_interval = Duration::from_millis(200);
     config.snapshot_every = 200;
     config.logs_kept_after_snapshot = 50;
-    let env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), cluster_key());
+    let mut env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), cluster_key());
+    if let Some(bug) = cfg.plant.as_deref().and_then(|p| crate::planted::bug(p).ok()) {
+        env = crate::planted::plant(env, bug);
+    }
     let node = LedgerNode::start(config, env).await?;
     // Every node bootstraps with the same members: only never-initialized shards take it.
     node.bootstrap(&m).await?;
@@ -154,7 +157,7 @@ fn hosts_of(cfg: &SimConfig, shared: &SharedRef, t: &Target) -> Vec<String> {
             let mut best: Option<(u64, NodeId)> = None;
             for (id, node) in &s.nodes {
                 if let Some(st) = node.status().shards.iter().find(|x| x.shard == *shard)
-                    && st.state == "Leader"
+                    && st.state == raft_ledger::api::ReplicaRole::Leader
                     && best.is_none_or(|(term, _)| st.term > term)
                 {
                     best = Some((st.term, *id));
@@ -284,7 +287,7 @@ impl Checker {
         for op in ops {
             let workload::Known::Applied(Some(seq)) = op.known else { continue };
             let Some((head, recalled)) = node.recall(op.shard, op.cmd.tx()) else { continue };
-            if head < seq || recalled == Some(raft_ledger::Recall::Applied(Some(seq))) {
+            if head < seq || recalled == Some(ledger_core::Recall::Applied(Some(seq))) {
                 continue;
             }
             let check = if recalled.is_none() { "lost-ack" } else { "double-apply" };
@@ -310,7 +313,7 @@ impl Checker {
         }
         for (id, node) in nodes {
             for st in node.status().shards {
-                if st.state == "Leader" {
+                if st.state == raft_ledger::api::ReplicaRole::Leader {
                     let prev = *self.leaders.entry((st.shard, st.term)).or_insert(id);
                     if prev != id {
                         shared.borrow_mut().violate(
@@ -367,7 +370,6 @@ impl Checker {
 /// Runs `cfg` to the end (or `max_steps`), checking after every step.
 pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
     seed_thread_rng(cfg.seed);
-    raft_ledger::planted::plant(cfg.plant.as_deref().and_then(|p| crate::config::bug(p).ok()));
     let cfg = Arc::new(cfg.clone());
     let shared: SharedRef = Rc::new(RefCell::new(Shared::default()));
     let horizon = cfg.last_fault_ms() + cfg.liveness_ms + 120_000;
@@ -436,7 +438,6 @@ pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
             at_ms: sim_ms,
         });
     }
-    raft_ledger::planted::plant(None);
     let (acked, refused, indeterminate) = s.history.counts();
     RunReport {
         trace_hash: hex::encode(s.trace.clone().finalize()),

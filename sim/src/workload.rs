@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_ledger::client::{ClientError, LedgerClient};
-use raft_ledger::{
+use ledger_core::{
     AccountRef, Amount, Balance, Command, Currency, Entry, EntryKind, Outcome, PlayerId, RoundId, TxId,
     shard_for_player,
 };
+use raft_ledger::client::{ClientError, LedgerClient};
 
 use crate::config::SimConfig;
 use crate::rng::SimRng;
@@ -69,7 +69,7 @@ fn eur() -> Currency {
     Currency::new("EUR").expect("EUR")
 }
 
-fn id<T>(r: Result<T, raft_ledger::Rejection>) -> T {
+fn id<T>(r: Result<T, ledger_core::Rejection>) -> T {
     r.expect("simulator ids are valid")
 }
 

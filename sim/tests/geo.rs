@@ -28,7 +28,7 @@ fn check_recovery(cfg: &GeoConfig, r: &GeoReport) {
 }
 
 #[test]
-fn t60_commit_latency_is_one_round_trip_to_the_nearest_voter_region() {
+fn t70_commit_latency_is_one_round_trip_to_the_nearest_voter_region() {
     let (cfg, r) = run(1, GeoFault::LeaderCrash, 3);
     let topo = cfg.topology();
     for l in &r.latency {
@@ -45,7 +45,7 @@ fn t60_commit_latency_is_one_round_trip_to_the_nearest_voter_region() {
 }
 
 #[test]
-fn t61_a_lost_region_re_elects_elsewhere_loses_nothing_and_leaders_return_home() {
+fn t71_a_lost_region_re_elects_elsewhere_loses_nothing_and_leaders_return_home() {
     for seed in [2, 3] {
         let (cfg, r) = run(seed, GeoFault::RegionLoss, 6);
         // Region a is home to shards 0 and 3; both lose their leader.
@@ -55,7 +55,7 @@ fn t61_a_lost_region_re_elects_elsewhere_loses_nothing_and_leaders_return_home()
 }
 
 #[test]
-fn t62_a_geo_run_is_reproducible_from_its_seed() {
+fn t72_a_geo_run_is_reproducible_from_its_seed() {
     let (_, a) = run(4, GeoFault::LeaderCrash, 3);
     let (_, b) = run(4, GeoFault::LeaderCrash, 3);
     assert_eq!((a.rto_ms, a.elected_ms, a.home_again_ms, a.acked), (b.rto_ms, b.elected_ms, b.home_again_ms, b.acked));

@@ -173,7 +173,7 @@ pub async fn available(c: &mut WalletClient<Channel>, who: &Credentials, player:
 
 /// Two players that live in the same shard, for transfers.
 pub fn same_shard_pair(prefix: &str) -> (String, String) {
-    let shard = |p: &str| raft_ledger::shard_for_player(&raft_ledger::PlayerId::new(p).unwrap(), SHARDS).0;
+    let shard = |p: &str| ledger_core::shard_for_player(&ledger_core::PlayerId::new(p).unwrap(), SHARDS).0;
     let a = format!("{prefix}-a");
     let b = (0..).map(|i| format!("{prefix}-b{i}")).find(|b| shard(b) == shard(&a)).unwrap();
     (a, b)
@@ -189,7 +189,7 @@ pub async fn leader_of(cl: &Cluster, shard: u32) -> usize {
             }
             if let Ok(st) = client.status(addr).await
                 && let Some(s) = st.shards.iter().find(|s| s.shard == shard)
-                && s.state == "Leader"
+                && s.state == raft_ledger::api::ReplicaRole::Leader
             {
                 return i;
             }

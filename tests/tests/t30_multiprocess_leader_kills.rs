@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e_tests::{Walletd, free_port};
-use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
-use raft_ledger::{
+use ledger_core::{
     AccountRef, Amount, Command, Currency, EntryKind, Outcome, PlayerId, Receipt, RoundId, TxId, shard_for_player,
 };
+use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
 
 const SHARDS: u32 = 2;
 const PLAYERS: usize = 8;
@@ -250,7 +250,7 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
                     if let Ok(status) = client.status(addr).await
                         && let Some(st) = status.shard(shard)
                     {
-                        views.push((status.node_id, st.state.clone(), st.term, st.leader));
+                        views.push((status.node_id, st.state, st.term, st.leader));
                     }
                 }
                 eprintln!("before kill {k}, shard {shard} (node, role, term, leader): {views:?}");

@@ -293,7 +293,7 @@ async fn t41_bad_input_gets_its_documented_code_and_changes_nothing() {
     };
     let g = &cl.game;
     let heads = |page: pb::ListEntriesResponse| page.head_seq;
-    let shard = raft_ledger::shard_for_player(&raft_ledger::PlayerId::new("carol").unwrap(), SHARDS).0;
+    let shard = ledger_core::shard_for_player(&ledger_core::PlayerId::new("carol").unwrap(), SHARDS).0;
     let head = |c: &mut WalletClient<Channel>| {
         let m = pb::ListEntriesRequest { player_id: String::new(), shard, from_seq: 1, page_size: 1 };
         let req = cl.audit.request(Rpc::ListEntries, m, T);
@@ -387,7 +387,7 @@ async fn t41_bad_input_gets_its_documented_code_and_changes_nothing() {
 async fn t42_idempotent_retries_across_a_leader_kill_apply_once() {
     let mut cl = Cluster::start().await;
     let player = "dave";
-    let shard = raft_ledger::shard_for_player(&raft_ledger::PlayerId::new(player).unwrap(), SHARDS).0;
+    let shard = ledger_core::shard_for_player(&ledger_core::PlayerId::new(player).unwrap(), SHARDS).0;
     let mut c = cl.client(0).await;
     open_and_fund(&mut c, &cl.cashier, player, 100_00).await;
     let bet = pb::PlaceBetRequest {
@@ -536,7 +536,7 @@ async fn t44_walletctl_covers_a_players_life_with_clear_errors() {
     assert_eq!(code, 64, "a bad amount is a usage error");
     assert!(err.contains("decimal places"), "{err}");
     // A proof checks out.
-    let shard = raft_ledger::shard_for_player(&raft_ledger::PlayerId::new("frank").unwrap(), SHARDS).0.to_string();
+    let shard = ledger_core::shard_for_player(&ledger_core::PlayerId::new("frank").unwrap(), SHARDS).0.to_string();
     let out = ok(ctl(&cl, audit, &["proof", &shard, "1"]));
     assert!(out.contains("proof ok"), "{out}");
     // watch prints the entries, then keeps following.

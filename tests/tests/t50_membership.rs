@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use e2e_tests::{Walletd, free_port, walletd_command};
+use ledger_core::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, TxId};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
-use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, TxId};
 
 const SHARDS: u32 = 2;
 const PLAYERS: usize = 6;
@@ -44,7 +44,7 @@ fn admin_ok(nodes: &[String], args: &[&str]) -> String {
 /// Each shard's voters as its leader reports them.
 fn voters(nodes: &[String]) -> BTreeMap<u32, Vec<u64>> {
     let out = admin_ok(nodes, &["--json", "members"]);
-    let shards: Vec<raft_ledger::node::ShardStatus> = serde_json::from_str(out.trim()).expect("members json");
+    let shards: Vec<raft_ledger::api::ShardStatus> = serde_json::from_str(out.trim()).expect("members json");
     shards.into_iter().map(|s| (s.shard, s.voters)).collect()
 }
 
@@ -182,7 +182,8 @@ async fn wait_applied(
         let mut committed = 0;
         for a in &leader_addrs {
             if let Ok(st) = client.status(a).await
-                && let Some(s) = st.shards.iter().find(|s| s.shard == shard && s.state == "Leader")
+                && let Some(s) =
+                    st.shards.iter().find(|s| s.shard == shard && s.state == raft_ledger::api::ReplicaRole::Leader)
             {
                 committed = s.committed.unwrap_or(0);
             }

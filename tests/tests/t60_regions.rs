@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{Walletd, free_port, walletd_command};
-use raft_ledger::node::ShardStatus;
-use raft_ledger::placement::Topology;
+use ledger_core::placement::Topology;
+use raft_ledger::api::ShardStatus;
 use tonic::Code;
 use tonic::transport::Channel;
 use wallet_api::api::auth::Rpc;

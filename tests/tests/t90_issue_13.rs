@@ -16,7 +16,7 @@ use wallet_api::api::errors::reason_of;
 use wallet_api::api::pb;
 
 fn shard_of(player: &str) -> u32 {
-    raft_ledger::shard_for_player(&raft_ledger::PlayerId::new(player).unwrap(), SHARDS).0
+    ledger_core::shard_for_player(&ledger_core::PlayerId::new(player).unwrap(), SHARDS).0
 }
 
 /// Polls `check` for up to `within`.

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use raft_ledger::{
+use ledger_core::{
     Amount, ClusterTime, Command, Currency, Ledger, LedgerConfig, Outcome, PlayerId, RoundId, ShardId, TxId,
 };
 

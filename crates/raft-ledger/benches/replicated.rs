@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use ledger_core::{Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo};
-use raft_ledger::{Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 use tokio::sync::Mutex;
 
 #[derive(Parser)]

@@ -21,12 +21,13 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ledger_core::{Amount, ClusterTime, Command, Currency, LedgerConfig, PlayerId, TxId};
 use openraft::rt::WatchReceiver as _;
+use raft_ledger::Clock;
 use raft_ledger::net::env::Listener;
 use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::NodeInfo;
-use raft_ledger::{Amount, Clock, ClusterTime, Command, Currency, LedgerConfig, PlayerId, TxId};
 
 /// When the benchmark started: its clock keeps running across restarts.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -51,7 +52,7 @@ const BATCH: usize = 1024;
 
 fn config(dir: &std::path::Path, addr: &str) -> NodeConfig {
     let mut c = NodeConfig::new(1, NodeInfo::new(addr, "r1", "z1"), dir, 1);
-    c.ledger = LedgerConfig { id_retention_ms: raft_ledger::HOLD_TIMEOUT_MAX_MS };
+    c.ledger = LedgerConfig { id_retention_ms: ledger_core::HOLD_TIMEOUT_MAX_MS };
     // A snapshot every 1000 log entries (about a million ledger entries), as a busy shard
     // would take them with the default every 10,000 entries of smaller batches.
     c.snapshot_every = 1_000;
@@ -88,7 +89,7 @@ async fn start(
 async fn wait_serving(node: &LedgerNode) {
     loop {
         if let Some(s) = node.status().shard(0)
-            && s.state == "Leader"
+            && s.state == raft_ledger::api::ReplicaRole::Leader
             && s.applied == s.last_log_index
         {
             return;

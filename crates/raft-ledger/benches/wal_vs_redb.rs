@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use ledger_core::{Amount, ClusterTime, Command, Currency, PlayerId, RoundId, TxId};
 use openraft::entry::RaftEntry as _;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 use raft_ledger::raft::{Proposal, RaftEntry, Request, TypeConfig};
 use raft_ledger::store::vfs::StdFs;
 use raft_ledger::store::{IoMode, NodeLog};
-use raft_ledger::{Amount, ClusterTime, Command, Currency, PlayerId, RoundId, TxId};
 
 #[derive(Parser)]
 struct Args {

@@ -15,10 +15,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::account::AccountRef;
-use crate::command::Command;
-use crate::entry::Entry;
-use crate::membership::{MembershipChange, MembershipView};
+use crate::api::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
+use crate::api::{MembershipChange, MembershipView};
 use crate::net::env::{Net, NodeChannel};
 use crate::net::generated::ledger_node_client::LedgerNodeClient;
 use crate::net::member::ClusterKey;
@@ -26,9 +24,11 @@ use crate::net::wire::{
     BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, StatusRequest, SubmitBatchRequest,
     VerifyRequest,
 };
-use crate::node::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
-use crate::outcome::{Outcome, Rejection};
-use crate::shard::ShardMap;
+use ledger_core::AccountRef;
+use ledger_core::Command;
+use ledger_core::Entry;
+use ledger_core::ShardMap;
+use ledger_core::{Outcome, Rejection};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, Error)]
@@ -87,7 +87,12 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(100);
 const SUSPECT_FOR: Duration = Duration::from_secs(1);
 
 /// Batches one client keeps in flight per shard; more commands wait and join the next batch.
-const CLIENT_BATCHES_IN_FLIGHT: usize = 8;
+const CLIENT_BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Commands one client queues per shard behind the batches in flight. When the queue is full,
+/// a submit waits for room until its deadline (backpressure on the caller), and if the deadline
+/// passes first it fails as indeterminate: nothing was sent, but retrying with the same id is
+/// what every indeterminate answer calls for, and it is always safe.
+const CLIENT_QUEUE_COMMANDS_MAX: usize = 65_536;
 
 type Waiter = oneshot::Sender<Result<Outcome, ClientError>>;
 /// A queued command, who waits for it, and until when.
@@ -96,7 +101,7 @@ type Queued = (Command, Waiter, tokio::time::Instant);
 /// A client of a ledger cluster.
 pub struct LedgerClient {
     inner: Arc<Inner>,
-    batchers: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Queued>>>,
+    batchers: Mutex<BTreeMap<u32, mpsc::Sender<Queued>>>,
 }
 
 struct Inner {
@@ -154,16 +159,16 @@ impl LedgerClient {
     }
 
     /// The shard holding `player`'s wallets.
-    pub fn shard_for(&self, player: &crate::PlayerId) -> Result<u32, ClientError> {
+    pub fn shard_for(&self, player: &ledger_core::PlayerId) -> Result<u32, ClientError> {
         self.inner.map.shard_for(player).map(|s| s.0).map_err(|e| ClientError::Ledger(e.into()))
     }
 
-    fn batcher(&self, shard: u32) -> mpsc::UnboundedSender<Queued> {
+    fn batcher(&self, shard: u32) -> mpsc::Sender<Queued> {
         let mut batchers = self.batchers.lock().expect("batchers lock");
         batchers
             .entry(shard)
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(CLIENT_QUEUE_COMMANDS_MAX);
                 tokio::spawn(batch_loop(self.inner.clone(), shard, rx));
                 tx
             })
@@ -172,8 +177,8 @@ impl LedgerClient {
 }
 
 /// Sends one shard's queued commands as batches, a bounded number at a time.
-async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let in_flight = Arc::new(Semaphore::new(CLIENT_BATCHES_IN_FLIGHT));
+async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::Receiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(CLIENT_BATCHES_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         // Everything that queued while we waited for a free slot leaves together.
@@ -399,7 +404,11 @@ impl LedgerClient {
         let (tx, rx) = oneshot::channel();
         let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
         let lost = || ClientError::Indeterminate(wait, "client is shutting down".into());
-        self.batcher(shard).send((command, tx, deadline)).map_err(|_| lost())?;
+        match tokio::time::timeout_at(deadline, self.batcher(shard).send((command, tx, deadline))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(lost()),
+            Err(_) => return Err(ClientError::Indeterminate(wait, "the client's queue stayed full".into())),
+        }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(r) => r.map_err(|_| lost())?,
             Err(_) => Err(ClientError::Indeterminate(wait, "deadline reached".into())),

@@ -1,51 +1,10 @@
-//! Cluster time, and the clocks a node may read it from.
-//!
-//! The state machine never reads a clock. The leader stamps a [`ClusterTime`] into every proposal
-//! from an injected [`Clock`], and the state machine makes time monotonic by never letting it go
-//! backwards (a new leader's clock may be behind the old one's).
+//! The clocks a node may read cluster time from: the wall clock in production, the async
+//! runtime's clock under the simulator. The state machine itself never reads one; the leader
+//! stamps what its clock says into each proposal.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch, as agreed by the cluster.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ClusterTime(u64);
-
-impl ClusterTime {
-    /// The instant `ms` milliseconds after the Unix epoch.
-    pub const fn from_millis(ms: u64) -> Self {
-        Self(ms)
-    }
-
-    /// Milliseconds since the Unix epoch.
-    pub const fn as_millis(self) -> u64 {
-        self.0
-    }
-
-    /// `self + ms`, saturating at the far future rather than wrapping into the past.
-    pub fn plus_millis(self, ms: u64) -> Self {
-        Self(self.0.saturating_add(ms))
-    }
-
-    /// `self - ms`, saturating at the epoch.
-    pub fn minus_millis(self, ms: u64) -> Self {
-        Self(self.0.saturating_sub(ms))
-    }
-}
-
-impl fmt::Display for ClusterTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
-    }
-}
-
-impl fmt::Debug for ClusterTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
-    }
-}
+use ledger_core::ClusterTime;
 
 /// A source of cluster time, injected into a node so the simulator can control it.
 pub trait Clock: Send + Sync + 'static {
@@ -62,7 +21,7 @@ impl Clock for WallClock {
         // This is the one place a wall clock is read. A clock before 1970 is a broken host; the
         // ledger still stays monotonic because apply never lets time go backwards.
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis();
-        ClusterTime(u64::try_from(ms).unwrap_or(u64::MAX))
+        ClusterTime::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 }
 

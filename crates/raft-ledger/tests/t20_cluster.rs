@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use raft_ledger::node::{LedgerError, ReadConsistency};
-use raft_ledger::{AccountRef, Balance, Command, Outcome, shard_for_player};
+use ledger_core::{AccountRef, Balance, Command, Outcome, shard_for_player};
+use raft_ledger::api::{LedgerError, ReadConsistency};
 
 fn applied(o: &Outcome) -> bool {
     matches!(o, Outcome::Applied(_) | Outcome::Duplicate(_))
@@ -159,7 +159,7 @@ async fn t23_a_withdrawal_hold_expires_in_cluster_time_without_further_commands(
         tx: tx("h1"),
         player: player("alice"),
         currency: eur(),
-        amount: raft_ledger::Amount::new(70).unwrap(),
+        amount: ledger_core::Amount::new(70).unwrap(),
         timeout_ms: 1_000,
     };
     client.submit(reserve).await.unwrap();
@@ -175,7 +175,7 @@ async fn t23_a_withdrawal_hold_expires_in_cluster_time_without_further_commands(
     }
     assert!(released, "the hold was not released by a leader tick");
     let entries = cluster.node(1).entries(0, 1, 10).unwrap();
-    assert_eq!(entries.last().unwrap().kind, raft_ledger::EntryKind::WithdrawalExpire);
+    assert_eq!(entries.last().unwrap().kind, ledger_core::EntryKind::WithdrawalExpire);
     cluster.shutdown().await;
 }
 
@@ -348,15 +348,15 @@ async fn t25_bad_input_over_the_wire_is_refused_and_changes_nothing() {
     assert!(matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{status}");
 
     // Refused by validation before proposing: a transfer to oneself, and to another shard.
-    let same = raft_ledger::Command::Transfer {
+    let same = ledger_core::Command::Transfer {
         tx: tx("self"),
         from: player("alice"),
         to: player("alice"),
         currency: eur(),
-        amount: raft_ledger::Amount::new(1).unwrap(),
+        amount: ledger_core::Amount::new(1).unwrap(),
     };
     let err = cluster.node(leader).submit(None, same, Duration::from_secs(1)).await.unwrap_err();
-    assert_eq!(err, LedgerError::Invalid(raft_ledger::Rejection::SameAccount));
+    assert_eq!(err, LedgerError::Invalid(ledger_core::Rejection::SameAccount));
     // Only one shard here, so use a three-shard routing question directly.
     let cross = Cluster::start(3, 3).await;
     let (a, b) = (
@@ -366,12 +366,12 @@ async fn t25_bad_input_over_the_wire_is_refused_and_changes_nothing() {
             .find(|p| shard_for_player(p, 3) != shard_for_player(&player("p0"), 3))
             .unwrap(),
     );
-    let xfer = raft_ledger::Command::Transfer {
+    let xfer = ledger_core::Command::Transfer {
         tx: tx("x"),
         from: a,
         to: b,
         currency: eur(),
-        amount: raft_ledger::Amount::new(1).unwrap(),
+        amount: ledger_core::Amount::new(1).unwrap(),
     };
     assert!(matches!(cross.node(1).route(None, &xfer), Err(LedgerError::WrongShard { .. })));
     cross.shutdown().await;

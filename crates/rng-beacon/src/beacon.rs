@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The longest pair id accepted, in bytes.
-pub const MAX_PAIR_ID_LEN: usize = 128;
+pub const PAIR_ID_LEN_MAX: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BeaconError {
     #[error(transparent)]
     Input(#[from] FairError),
-    #[error("pair id must be 1 to {MAX_PAIR_ID_LEN} bytes of printable ASCII")]
+    #[error("pair id must be 1 to {PAIR_ID_LEN_MAX} bytes of printable ASCII")]
     BadPairId,
     #[error("unknown pair {0:?}; call GetCommitment first so the player sees the commitment before any draw")]
     UnknownPair(String),
@@ -118,7 +118,7 @@ fn reseed_event(r: Reseed) -> Event {
 }
 
 fn check_pair_id(id: &str) -> Result<(), BeaconError> {
-    let ok = !id.is_empty() && id.len() <= MAX_PAIR_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic());
+    let ok = !id.is_empty() && id.len() <= PAIR_ID_LEN_MAX && id.bytes().all(|b| b.is_ascii_graphic());
     if ok { Ok(()) } else { Err(BeaconError::BadPairId) }
 }
 

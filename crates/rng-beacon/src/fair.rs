@@ -22,14 +22,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The longest client or server seed accepted, in bytes.
-pub const MAX_SEED_LEN: usize = 256;
+pub const SEED_LEN_MAX: usize = 256;
 
 /// Why an outcome could not be drawn.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FairError {
     #[error("{which} seed is empty")]
     EmptySeed { which: &'static str },
-    #[error("{which} seed is {len} bytes; the limit is {MAX_SEED_LEN}")]
+    #[error("{which} seed is {len} bytes; the limit is {SEED_LEN_MAX}")]
     OversizedSeed { which: &'static str, len: usize },
     #[error("{which} seed contains a control character at byte {at}")]
     MalformedSeed { which: &'static str, at: usize },
@@ -43,13 +43,13 @@ pub enum FairError {
     UnknownMode(String),
 }
 
-/// Checks a seed: 1 to [`MAX_SEED_LEN`] bytes with no control characters (which would make the
+/// Checks a seed: 1 to [`SEED_LEN_MAX`] bytes with no control characters (which would make the
 /// `client:nonce:round` message ambiguous to display and to type).
 pub fn check_seed(which: &'static str, seed: &str) -> Result<(), FairError> {
     if seed.is_empty() {
         return Err(FairError::EmptySeed { which });
     }
-    if seed.len() > MAX_SEED_LEN {
+    if seed.len() > SEED_LEN_MAX {
         return Err(FairError::OversizedSeed { which, len: seed.len() });
     }
     if let Some((at, _)) = seed.char_indices().find(|(_, c)| c.is_control()) {
@@ -121,7 +121,7 @@ const KENO_DRAWS: usize = 10;
 const MINES_TILES: u32 = 25;
 const DECK: u32 = 52;
 /// Limbo's cap, in hundredths: 1,000,000.00x.
-const LIMBO_MAX_HUNDREDTHS: u64 = 100_000_000;
+const LIMBO_HUNDREDTHS_MAX: u64 = 100_000_000;
 
 impl Game {
     /// Parses `name` or `name:param`.
@@ -359,7 +359,7 @@ fn limbo(word: u32, mode: Mode) -> u64 {
             w => (99u64 << 32) / u64::from(w),
         },
     };
-    hundredths.clamp(100, LIMBO_MAX_HUNDREDTHS)
+    hundredths.clamp(100, LIMBO_HUNDREDTHS_MAX)
 }
 
 /// Integer hundredths as an exact JSON number, e.g. 3882 -> 38.82.
@@ -445,16 +445,16 @@ mod tests {
     #[test]
     fn seeds_are_checked() {
         assert_eq!(check_seed("client", ""), Err(FairError::EmptySeed { which: "client" }));
-        let big = "x".repeat(MAX_SEED_LEN + 1);
+        let big = "x".repeat(SEED_LEN_MAX + 1);
         assert!(matches!(check_seed("client", &big), Err(FairError::OversizedSeed { len: 257, .. })));
         assert!(matches!(check_seed("server", "ab\ncd"), Err(FairError::MalformedSeed { at: 2, .. })));
-        assert!(check_seed("client", &"x".repeat(MAX_SEED_LEN)).is_ok());
+        assert!(check_seed("client", &"x".repeat(SEED_LEN_MAX)).is_ok());
     }
 
     #[test]
     fn limbo_matches_between_modes_away_from_rounding_and_is_clamped() {
-        assert_eq!(limbo(0, Mode::Stake), LIMBO_MAX_HUNDREDTHS);
-        assert_eq!(limbo(0, Mode::Unbiased), LIMBO_MAX_HUNDREDTHS);
+        assert_eq!(limbo(0, Mode::Stake), LIMBO_HUNDREDTHS_MAX);
+        assert_eq!(limbo(0, Mode::Unbiased), LIMBO_HUNDREDTHS_MAX);
         assert_eq!(limbo(u32::MAX, Mode::Stake), 100);
         assert_eq!(limbo(u32::MAX, Mode::Unbiased), 100);
         // f = 0.5 -> 1.98x in both.

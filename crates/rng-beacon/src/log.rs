@@ -370,8 +370,13 @@ type Batch = (Vec<Event>, u64, tokio::sync::oneshot::Sender<Result<(), String>>)
 
 /// Appends records on a dedicated thread; see the module documentation.
 pub struct LogWriter {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::SyncSender<Batch>,
 }
+
+/// Batches waiting for the writer thread, at most. A submitter that finds the queue full waits
+/// for the disk (it holds the beacon's lock, so every draw waits): backpressure rather than
+/// memory growing while fsync is slow.
+const BATCHES_QUEUED_MAX: usize = 4096;
 
 /// Waits for one submitted batch to be durable.
 pub struct Ack(tokio::sync::oneshot::Receiver<Result<(), String>>);
@@ -415,7 +420,7 @@ impl LogWriter {
         }
         let report = verify(&bytes).map_err(LogError::Damaged)?;
         file.seek(SeekFrom::End(0))?;
-        let (tx, rx) = mpsc::channel::<Batch>();
+        let (tx, rx) = mpsc::sync_channel::<Batch>(BATCHES_QUEUED_MAX);
         let mut state = (report.records, report.head.clone());
         let first = format_line(state.0, &state.1, at_ms, Event::Open { version: FORMAT_VERSION });
         file.write_all(first.0.as_bytes())?;

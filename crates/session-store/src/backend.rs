@@ -78,9 +78,15 @@ pub trait Backend: Send + Sync + 'static {
 
     fn player_sessions(&self, player: &str) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
 
-    /// A stream of invalidations from other processes, if the backend is shared.
-    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>>;
+    /// A stream of invalidations from other processes, if the backend is shared. The queue holds
+    /// at most [`INVALIDATIONS_QUEUED_MAX`]; when it is full (the cache cannot keep up) an
+    /// invalidation is dropped, which stays within the documented revocation bound: a cached
+    /// decision lives at most `cache_ttl` anyway.
+    fn subscribe(&self) -> Option<mpsc::Receiver<Invalidation>>;
 }
+
+/// Invalidations waiting for a process's cache, at most.
+pub const INVALIDATIONS_QUEUED_MAX: usize = 4096;
 
 /// TTL of a session key: until the idle timeout or the absolute end, whichever is first.
 pub(crate) fn session_ttl(s: &SessionRecord, now_ms: u64, idle_ms: u64) -> u64 {
@@ -218,7 +224,7 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 
-    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
+    fn subscribe(&self) -> Option<mpsc::Receiver<Invalidation>> {
         None
     }
 }

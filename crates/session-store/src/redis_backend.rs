@@ -319,8 +319,8 @@ impl Backend for RedisBackend {
         Ok(out)
     }
 
-    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn subscribe(&self) -> Option<mpsc::Receiver<Invalidation>> {
+        let (tx, rx) = mpsc::channel(crate::backend::INVALIDATIONS_QUEUED_MAX);
         let client = self.client.clone();
         let channel = self.channel();
         let timeout = self.timeout;
@@ -336,7 +336,7 @@ impl Backend for RedisBackend {
                     Ok(Ok(ps)) => {
                         backoff = Duration::from_millis(50);
                         // Anything published while we were not subscribed is lost: start clean.
-                        if tx.send(Invalidation::All).is_err() {
+                        if tx.send(Invalidation::All).await.is_err() {
                             return;
                         }
                         let mut msgs = ps.into_on_message();
@@ -345,8 +345,14 @@ impl Backend for RedisBackend {
                                 Ok(s) => s,
                                 Err(_) => continue,
                             };
-                            if tx.send(Invalidation::Session(sid)).is_err() {
-                                return;
+                            match tx.try_send(Invalidation::Session(sid)) {
+                                Ok(()) => {}
+                                // The cache is behind: dropping this one is safe, since a cached
+                                // decision expires within `cache_ttl` anyway.
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    tracing::warn!("revocation queue full; relying on the cache TTL for one session")
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
                             }
                         }
                         tracing::warn!("revocation subscription lost; reconnecting");

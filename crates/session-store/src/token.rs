@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Tokens longer than this are refused before any work is done.
-pub const MAX_TOKEN_LEN: usize = 2048;
+pub const TOKEN_LEN_MAX: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -122,7 +122,7 @@ impl Keyring {
 
     /// Checks the MAC (constant time), then the key's and the token's validity period.
     pub fn verify(&self, token: &str, now_ms: u64, skew_ms: u64) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
+        if token.len() > TOKEN_LEN_MAX {
             return Err(TokenError::Malformed);
         }
         let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
@@ -176,7 +176,7 @@ mod tests {
         for bad in ["", "v1", "v1.k1.x", "v2.k1.e30.AAAA", "v1.k1.!!!.AAAA"] {
             assert!(ring.verify(bad, 10, 0).is_err(), "{bad}");
         }
-        assert_eq!(ring.verify(&"a".repeat(MAX_TOKEN_LEN + 1), 10, 0), Err(TokenError::Malformed));
+        assert_eq!(ring.verify(&"a".repeat(TOKEN_LEN_MAX + 1), 10, 0), Err(TokenError::Malformed));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Exact parsing of human-written amounts ("12.50") into integer minor units. No floats.
 
-use raft_ledger::Currency;
+use ledger_core::Currency;
 
 /// Parses `text` as a decimal amount in `currency` and returns minor units.
 ///

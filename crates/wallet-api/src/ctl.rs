@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ledger_core::Currency;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
-use raft_ledger::Currency;
 use tonic::Status;
 use tonic::transport::Channel;
 

@@ -104,7 +104,7 @@ pub fn is_definite_refusal(status: &Status) -> bool {
 mod tests {
     use super::*;
     use crate::api::errors;
-    use raft_ledger::node::LedgerError;
+    use raft_ledger::api::LedgerError;
 
     #[test]
     fn deadlines_and_lost_connections_are_unknown_and_refusals_are_not() {
@@ -113,7 +113,7 @@ mod tests {
         assert!(!is_definite_refusal(&Status::cancelled("Timeout expired")));
         assert!(!is_definite_refusal(&Status::unavailable("connection reset")));
         assert!(!is_definite_refusal(&Status::unknown("h2 protocol error")));
-        assert!(is_definite_refusal(&errors::rejection(raft_ledger::Rejection::InsufficientFunds, None)));
+        assert!(is_definite_refusal(&errors::rejection(ledger_core::Rejection::InsufficientFunds, None)));
         assert!(is_definite_refusal(&errors::key_reused("k")));
         assert!(is_definite_refusal(&errors::shutting_down()));
         assert!(is_definite_refusal(&errors::ledger(LedgerError::NotLeader {

@@ -1,16 +1,9 @@
-//! `walletd`: the node binary that hosts ledger shards, its configuration, a command-line client
-//! of the node API, and the local demo cluster.
-//!
-//! The public gRPC wallet API for casino front-ends ([`api`]) is served by every node next to
-//! the internal node API of `raft-ledger`; `walletctl` is its command-line client.
+//! The public gRPC wallet API for casino front-ends: the `casino.wallet.v1` service a node
+//! serves ([`api`]: the protobuf types, the mapping to ledger commands, errors, authentication,
+//! request signing and the service itself), and `walletctl`, its command-line client ([`ctl`]).
+//! The node process that serves it is the `walletd` crate.
 
-pub mod admin;
 pub mod amount;
 pub mod api;
-pub mod cli;
-pub mod config;
 pub mod ctl;
-pub mod demo;
 pub mod exit;
-pub mod load;
-pub mod start;

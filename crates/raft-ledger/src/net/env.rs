@@ -144,3 +144,22 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+/// Streams one connection may have open at once. A client that cancels calls (deadlines during a
+/// failover) can leave at most this many reset before the server accepted them.
+pub const HTTP2_STREAMS_MAX: u32 = 1024;
+/// Streams a client may reset before the server accepted them, before the connection is torn
+/// down. h2's default (20) is meant against "rapid reset" floods, but a client whose calls all
+/// time out while a node is paused resets every one of them, and the GOAWAY that follows fails
+/// every other call on the connection. Deadlines and retries can reset several rounds of
+/// in-flight calls during one pause, so the bound is a few times the stream limit: still a
+/// bound on memory, never reached by cancellation under failover.
+pub const HTTP2_PENDING_RESETS_MAX: usize = 8 * HTTP2_STREAMS_MAX as usize;
+
+/// The HTTP/2 settings every gRPC server of a node uses (the node port and the wallet API).
+pub fn http2<L>(server: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
+    server
+        .tcp_nodelay(true)
+        .max_concurrent_streams(HTTP2_STREAMS_MAX)
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
+}

@@ -7,13 +7,13 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::account::AccountRef;
-use crate::command::Command;
-use crate::entry::Entry;
-use crate::membership::{MembershipChange, MembershipView};
-use crate::node::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
-use crate::outcome::Outcome;
+use crate::api::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
+use crate::api::{MembershipChange, MembershipView};
 use crate::raft::{SnapshotMeta, TypeConfig, Vote};
+use ledger_core::AccountRef;
+use ledger_core::Command;
+use ledger_core::Entry;
+use ledger_core::Outcome;
 
 /// A Raft message addressed to one shard of the receiving node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub type SubmitReply = Result<Outcome, LedgerError>;
 pub struct SubmitBatchRequest {
     /// The shard every command belongs to.
     pub shard: u32,
-    /// The commands; at most [`crate::node::BATCH_COMMANDS_MAX`].
+    /// The commands; at most [`crate::api::BATCH_COMMANDS_MAX`].
     pub commands: Vec<Command>,
     /// How long the caller will wait, in milliseconds.
     pub timeout_ms: u64,

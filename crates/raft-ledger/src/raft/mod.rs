@@ -8,47 +8,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Command;
-use crate::outcome::Outcome;
-use crate::time::ClusterTime;
+use ledger_core::{ClusterTime, Command, Outcome};
 
 pub use runtime::{LedgerRuntime, seed_thread_rng};
 
-/// A node id: stable for the life of a node's data directory, never reused after a wipe.
-pub type NodeId = u64;
-
-/// What the cluster knows about a node. Recorded in every shard's membership (so in the Raft
-/// log and snapshots): changing its fields changes the on-disk format.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// `host:port` of the node's gRPC listener (Raft and the node API).
-    pub addr: String,
-    /// The region the node runs in.
-    pub region: String,
-    /// The zone inside the region.
-    pub zone: String,
-    /// `host:port` where the node serves the public wallet API, as clients reach it; empty if
-    /// it serves none. What a `NOT_LEADER` answer names, so a client can go to the leader.
-    pub api_addr: String,
-}
-
-impl NodeInfo {
-    /// A node without a wallet API.
-    pub fn new(addr: impl Into<String>, region: impl Into<String>, zone: impl Into<String>) -> Self {
-        Self { addr: addr.into(), region: region.into(), zone: zone.into(), api_addr: String::new() }
-    }
-
-    /// The wallet API address, if the node serves one.
-    pub fn api(&self) -> Option<&str> {
-        Some(self.api_addr.as_str()).filter(|a| !a.is_empty())
-    }
-}
-
-impl fmt::Display for NodeInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}/{}", self.addr, self.region, self.zone)
-    }
-}
+pub use ledger_core::{NodeId, NodeInfo};
 
 /// What one Raft log entry asks the state machine to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +95,7 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 /// Survivors that campaign within a round trip of each other split the vote and both wait
 /// another timeout, which is what made failover slow and erratic. So a replica with an
 /// `election_slot` (its place in the shard's succession, from
-/// [`crate::placement::Topology::election_slots`]) gets `min = base + slot heartbeats` and a
+/// [`ledger_core::placement::Topology::election_slots`]) gets `min = base + slot heartbeats` and a
 /// small jitter: the first survivor campaigns alone and the next one only if it has not
 /// heard from a new leader by then. At 50 ms RTT the first successor campaigns 520–540 ms
 /// after the last heartbeat. Without a slot: `[base, base + 1 heartbeat]`, left to chance.
@@ -183,4 +147,22 @@ pub fn raft_config(
         ..Default::default()
     };
     Arc::new(config.validate().expect("derived raft config is valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_timing_staggers_successors_by_a_heartbeat() {
+        let t = |slot| raft_config("t", 50, 100, 10, slot);
+        assert_eq!(
+            (t(None).heartbeat_interval, t(None).election_timeout_min, t(None).election_timeout_max),
+            (100, 250, 350)
+        );
+        assert_eq!((t(Some(0)).election_timeout_min, t(Some(0)).election_timeout_max), (250, 270));
+        assert_eq!((t(Some(1)).election_timeout_min, t(Some(1)).election_timeout_max), (350, 370));
+        let slow = raft_config("t", 150, 100, 10, Some(0));
+        assert_eq!((slow.heartbeat_interval, slow.election_timeout_min), (300, 750));
+    }
 }

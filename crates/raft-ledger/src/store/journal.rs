@@ -27,9 +27,9 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::vfs::{VFile, Vfs};
-use crate::entry::{Entry, Hash, genesis_hash};
-use crate::shard::ShardId;
-use crate::verify::{Verifier, VerifyError};
+use ledger_core::ShardId;
+use ledger_core::verify::{Verifier, VerifyError};
+use ledger_core::{Entry, Hash, genesis_hash};
 
 /// Entries per index point: the most frames a read walks, and 8 bytes of index per this many
 /// entries (about 1.25 MB of index per 10 million entries).
@@ -133,7 +133,7 @@ fn scan(shard: ShardId, bytes: &[u8]) -> (Vec<u64>, u64, Hash, Option<VerifyErro
     let mut head = genesis_hash(shard);
     while at < bytes.len() {
         let position = offsets.len() as u64 + 1;
-        let truncated = |what| VerifyError::Decode { position, source: crate::codec::DecodeError::Truncated(what) };
+        let truncated = |what| VerifyError::Decode { position, source: ledger_core::DecodeError::Truncated(what) };
         let Some(len) = bytes.get(at..at + 4) else {
             return (offsets, at as u64, head, Some(truncated("frame length")));
         };
@@ -241,13 +241,13 @@ impl Journal {
             let Some((last_seq, start, len)) = last.filter(|(s, _, _)| *s == keep.entries) else {
                 return Err(damaged(VerifyError::Decode {
                     position: keep.entries,
-                    source: crate::codec::DecodeError::Truncated("entry at the snapshot's point"),
+                    source: ledger_core::DecodeError::Truncated("entry at the snapshot's point"),
                 }));
             };
             if walked != block.len() {
                 return Err(damaged(VerifyError::Decode {
                     position: last_seq,
-                    source: crate::codec::DecodeError::Truncated("frames at the snapshot's point"),
+                    source: ledger_core::DecodeError::Truncated("frames at the snapshot's point"),
                 }));
             }
             let entry = decode_frame(&block[start..start + len], last_seq).map_err(damaged)?;
@@ -459,7 +459,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::store::vfs::StdFs;
-    use crate::{ClusterTime, Command, Currency, Ledger, LedgerConfig, PlayerId, TxId};
+    use ledger_core::{ClusterTime, Command, Currency, Ledger, LedgerConfig, PlayerId, TxId};
 
     fn entries(n: usize) -> Vec<Entry> {
         let mut ledger = Ledger::new(ShardId(1), LedgerConfig::default());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
-pub use state_machine::{LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};
+pub use state_machine::{ApplyHook, LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};
 pub use wal::{IoMode, RecoveryReport, WalError};
 
 /// A node's Raft log storage: one write-ahead log shared by all its shards.

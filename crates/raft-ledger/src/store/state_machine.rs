@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
 use super::vfs::{VFile, Vfs};
 use super::wal::IoMode;
-use crate::entry::{Entry, Hash};
-use crate::ledger::{Ledger, LedgerConfig, LedgerImage};
 use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::shard::ShardId;
+use ledger_core::ShardId;
+use ledger_core::{Command, Ledger, LedgerConfig, LedgerImage};
+use ledger_core::{Entry, Hash};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
 /// 2: the state records the journal's byte length.
@@ -124,6 +124,17 @@ pub struct LedgerStateMachine {
     dir: PathBuf,
     cell: Arc<ShardCell>,
     sink: Vec<Entry>,
+    hook: Option<Arc<dyn ApplyHook>>,
+}
+
+/// A fault the simulator's own tests inject into a node's state machine, to show that its checks
+/// catch it (a node started by `walletd` never has one): before each command is applied, the
+/// hook may replace it. It must be a pure function of its arguments, so replicas stay
+/// identical. The faults themselves live in the simulator, not in this crate.
+pub trait ApplyHook: Send + Sync {
+    /// The command to apply instead of `cmd` (at Raft log index `index`), or `None` to apply
+    /// `cmd` as it is.
+    fn before_apply(&self, ledger: &Ledger, cmd: &Command, index: u64) -> Option<Command>;
 }
 
 fn snapshot_path(dir: &Path) -> PathBuf {
@@ -172,6 +183,7 @@ impl LedgerStateMachine {
         dir: &Path,
         shard: ShardId,
         config: LedgerConfig,
+        hook: Option<Arc<dyn ApplyHook>>,
     ) -> Result<(Self, Arc<ShardCell>), StoreError> {
         vfs.create_dir_all(dir)?;
         vfs.remove(&received_journal_path(dir))?;
@@ -203,7 +215,7 @@ impl LedgerStateMachine {
         assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
         let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
-        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new() };
+        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new(), hook };
         Ok((sm, cell))
     }
 
@@ -310,7 +322,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(proposal) => Some(match &proposal.request {
                         Request::Commands(cmds) => Reply::Outcomes(
-                            cmds.iter().map(|cmd| st.ledger.apply(cmd, proposal.at, &mut self.sink)).collect(),
+                            cmds.iter()
+                                .map(|cmd| {
+                                    let replaced =
+                                        self.hook.as_ref().and_then(|h| h.before_apply(&st.ledger, cmd, log_id.index));
+                                    st.ledger.apply(replaced.as_ref().unwrap_or(cmd), proposal.at, &mut self.sink)
+                                })
+                                .collect(),
                         ),
                         Request::Tick => {
                             st.ledger.tick(proposal.at, &mut self.sink);

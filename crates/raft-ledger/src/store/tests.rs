@@ -10,9 +10,9 @@ use super::log_store::LogStore;
 use super::state_machine::LedgerStateMachine;
 use super::vfs::StdFs;
 use super::wal::{IoMode, Wal};
-use crate::LedgerConfig;
 use crate::raft::TypeConfig;
-use crate::shard::ShardId;
+use ledger_core::LedgerConfig;
+use ledger_core::ShardId;
 
 struct Builder;
 
@@ -27,6 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
             &dir.path().join("shard-0"),
             ShardId(0),
             LedgerConfig::default(),
+            None,
         )
         .expect("open state machine");
         Ok((dir, log, sm))

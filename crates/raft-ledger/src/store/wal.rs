@@ -257,7 +257,13 @@ pub enum IoMode {
 /// The write-ahead log shared by every shard of a node.
 pub(crate) struct Wal {
     shards: Mutex<BTreeMap<u32, Arc<Mutex<ShardLog>>>>,
-    /// `None` once closed.
+    /// Writes waiting for the writer; `None` once closed. The channel itself has no bound
+    /// because its producers have one and must never block (openraft calls them from its own
+    /// tasks): a leader has at most `BATCHES_IN_FLIGHT_MAX` (64) proposals per shard not yet
+    /// durable, a follower at most 4 AppendEntries per shard in flight (`net::peer`), and a vote
+    /// or truncation is awaited before the next. So the queue holds at most about 70 appends per
+    /// shard plus their commit and purge records; when fsync is slow, the producers wait on their
+    /// own limits, not here.
     queue: Mutex<Option<mpsc::UnboundedSender<WriteOp>>>,
     failed: Arc<AtomicBool>,
     /// Resolves when the writer has drained the queue and exited.
@@ -388,9 +394,7 @@ impl Writer {
             }
         }
         self.active.append(&buf)?;
-        if !crate::planted::planted(crate::planted::Bug::AckBeforeFsync) {
-            self.active.sync()?;
-        }
+        self.active.sync()?;
         self.active_len += buf.len() as u64;
         Ok(())
     }

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ledger_core::{Amount, Command, Currency, PlayerId, RoundId, TxId};
+use raft_ledger::api::ShardStatus;
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::net::member::ClusterKey;
-use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError, ShardStatus};
+use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv, NodeError};
 use raft_ledger::raft::{NodeId, NodeInfo};
-use raft_ledger::{Amount, Command, Currency, PlayerId, RoundId, TxId};
 
 /// The key every test cluster shares.
 pub fn cluster_key() -> ClusterKey {

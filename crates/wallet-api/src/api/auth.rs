@@ -34,7 +34,7 @@ pub const DEVICE_HEADER: &str = "x-device-fingerprint";
 /// Metadata key: the player's IP when a front-end relays the call.
 pub const PLAYER_IP_HEADER: &str = "x-player-ip";
 /// How far a signature's timestamp may be from the server's clock.
-pub const MAX_SKEW: Duration = Duration::from_secs(300);
+pub const SKEW_MAX: Duration = Duration::from_secs(300);
 
 /// What an operator key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -364,7 +364,7 @@ impl Authenticator {
         mac.update(&signing_input(&rpc.path(), ts, body_sha256));
         // verify_slice compares in constant time.
         mac.verify_slice(&sig).map_err(|_| bad())?;
-        if now_ms().abs_diff(ts) > MAX_SKEW.as_millis() as u64 {
+        if now_ms().abs_diff(ts) > SKEW_MAX.as_millis() as u64 {
             return Err(unauthenticated("TIMESTAMP_SKEW", "signature timestamp is more than 5 minutes off"));
         }
         if let Some(need) = rpc.role()

@@ -2,7 +2,7 @@
 //! at the edge, so a bad request is refused with the field it concerns before anything is
 //! proposed.
 
-use raft_ledger::{
+use ledger_core::{
     AccountRef, Amount, Balance, Command, Currency, Entry, EntryKind, HOLD_TIMEOUT_DEFAULT_MS, PlayerId, Receipt,
     Rejection, RoundId, TxId,
 };

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use raft_ledger::Rejection;
-use raft_ledger::node::LedgerError;
+use ledger_core::Rejection;
+use raft_ledger::api::LedgerError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn every_rejection_has_a_code_and_its_reason_round_trips() {
-        use raft_ledger::IdField;
+        use ledger_core::IdField;
         let all = [
             Rejection::AmountNotPositive,
             Rejection::AmountTooLarge,

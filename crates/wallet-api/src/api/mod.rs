@@ -35,4 +35,4 @@ pub fn descriptors() -> &'static prost_reflect::DescriptorPool {
 pub const SERVICE_NAME: &str = "casino.wallet.v1.Wallet";
 /// Largest request the API decodes. Wallet calls are a few hundred bytes; anything near this is
 /// a mistake or an attack.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;

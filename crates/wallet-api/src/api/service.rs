@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use ledger_core::{AccountRef, Command, Outcome};
+use raft_ledger::api::{LedgerError, ReadConsistency};
 use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
-use raft_ledger::node::{LedgerError, LedgerNode, ReadConsistency};
-use raft_ledger::{AccountRef, Command, Outcome};
+use raft_ledger::node::LedgerNode;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,9 +30,9 @@ pub const NO_FORWARD_HEADER: &str = "x-wallet-no-forward";
 /// Response metadata on a retried call whose original response is being returned.
 pub const REPLAYED_HEADER: &str = "x-wallet-replayed";
 /// Deadline of a call that sets none.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 /// Longest deadline honoured; a longer one is cut to this.
-pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE_MAX: Duration = Duration::from_secs(60);
 
 struct Inner {
     node: LedgerNode,
@@ -79,8 +80,8 @@ fn deadline_of<T>(req: &Request<T>) -> Instant {
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(grpc_timeout)
-        .unwrap_or(DEFAULT_DEADLINE)
-        .min(MAX_DEADLINE);
+        .unwrap_or(DEADLINE_DEFAULT)
+        .min(DEADLINE_MAX);
     Instant::now() + wanted - (wanted / 10).min(DEADLINE_MARGIN_MAX)
 }
 
@@ -174,7 +175,7 @@ impl WalletService {
     }
 
     /// The shard holding a player's wallets; an id naming a region the cluster lacks is refused.
-    fn shard_of(&self, player: &raft_ledger::PlayerId) -> Result<u32, Status> {
+    fn shard_of(&self, player: &ledger_core::PlayerId) -> Result<u32, Status> {
         self.inner.node.shard_map().shard_for(player).map(|s| s.0).map_err(|e| errors::ledger(e.into()))
     }
 
@@ -184,7 +185,7 @@ impl WalletService {
         caller: &Caller,
         player: &str,
         shard: u32,
-    ) -> Result<(u32, Option<raft_ledger::PlayerId>), Status> {
+    ) -> Result<(u32, Option<ledger_core::PlayerId>), Status> {
         if player.is_empty() {
             if !caller.is_operator() {
                 return Err(status(Code::PermissionDenied, "NOT_YOUR_WALLET", "players must name themselves", &[]));
@@ -201,7 +202,7 @@ impl WalletService {
 
     /// Builds the tonic service with the API's message size limit.
     pub fn into_server(self) -> WalletServer<Self> {
-        WalletServer::new(self).max_decoding_message_size(super::MAX_MESSAGE_BYTES).max_encoding_message_size(16 << 20)
+        WalletServer::new(self).max_decoding_message_size(super::MESSAGE_BYTES_MAX).max_encoding_message_size(16 << 20)
     }
 }
 
@@ -302,7 +303,7 @@ impl Wallet for WalletService {
             }
         };
         let Some(balance) = view.balance else {
-            return Err(errors::rejection(raft_ledger::Rejection::UnknownAccount, Some("player_id")));
+            return Err(errors::rejection(ledger_core::Rejection::UnknownAccount, Some("player_id")));
         };
         Ok(Response::new(pb::GetBalanceResponse {
             balance: Some(convert::balance(&account, balance)),
@@ -472,7 +473,7 @@ const HEALTH_PERIOD: Duration = Duration::from_millis(200);
 /// Keeps `grpc.health.v1` current. Each replica this node hosts reports under
 /// `casino.wallet.v1.Wallet/shard/<n>`: SERVING when a write sent here now can be committed (the
 /// replica leads and a quorum acknowledged it within the lease, or it follows a leader that
-/// reached it, with a quorum behind it, within the lease; see `raft_ledger::node::CommitHealth`).
+/// reached it, with a quorum behind it, within the lease; see `raft_ledger::api::CommitHealth`).
 /// The service as a whole (and `""`) is SERVING when every hosted replica is.
 pub async fn report_health(
     node: LedgerNode,
@@ -524,8 +525,8 @@ pub async fn serve(
     }
     let reflection = reflection.build_v1().map_err(|e| e.to_string())?;
     let reflection_alpha = reflection_alpha.build_v1alpha().map_err(|e| e.to_string())?;
-    raft_ledger::net::server::http2(tonic::transport::Server::builder())
-        .layer(EdgeLayer { message_bytes_max: super::MAX_MESSAGE_BYTES })
+    raft_ledger::net::env::http2(tonic::transport::Server::builder())
+        .layer(EdgeLayer { message_bytes_max: super::MESSAGE_BYTES_MAX })
         .add_service(service.into_server())
         .add_service(health)
         .add_service(reflection)

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use ledger_core::{AccountRef, Amount, ClusterTime, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::{Listener, Net};
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo, seed_thread_rng};
-use raft_ledger::{AccountRef, Amount, ClusterTime, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 
 const PORT: u16 = 9000;
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -69,7 +69,7 @@ async fn wait<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F
 }
 
 #[test]
-fn t40_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
+fn t10_a_three_node_shard_elects_replicates_and_survives_a_leader_crash() {
     seed_thread_rng(7);
     let mut sim = turmoil::Builder::new()
         .rng_seed(7)

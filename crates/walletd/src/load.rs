@@ -15,21 +15,21 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
-use crate::api::auth::Rpc;
-use crate::api::client::{Credentials, connect, new_key};
-use crate::api::pb;
-use crate::api::pb::wallet_client::WalletClient;
+use wallet_api::api::auth::Rpc;
+use wallet_api::api::client::{Credentials, connect, new_key};
+use wallet_api::api::pb;
+use wallet_api::api::pb::wallet_client::WalletClient;
 
 /// Counters and latencies of a run, shared by its clients.
-pub struct Stats {
+pub(crate) struct Stats {
     /// Calls that succeeded.
-    pub ops: AtomicU64,
+    pub(crate) ops: AtomicU64,
     /// Calls that failed.
-    pub errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
     /// Latency of successful calls, microseconds, since the last [`Stats::take_interval`].
     interval: Mutex<Histogram<u64>>,
     /// Latency of every successful call, microseconds.
-    pub total: Mutex<Histogram<u64>>,
+    pub(crate) total: Mutex<Histogram<u64>>,
 }
 
 impl Default for Stats {
@@ -40,7 +40,7 @@ impl Default for Stats {
 
 impl Stats {
     /// Empty counters.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         Self { ops: AtomicU64::new(0), errors: AtomicU64::new(0), interval: Mutex::new(h()), total: Mutex::new(h()) }
     }
@@ -57,7 +57,7 @@ impl Stats {
     }
 
     /// The latencies since the last call, and a fresh interval.
-    pub fn take_interval(&self) -> Histogram<u64> {
+    pub(crate) fn take_interval(&self) -> Histogram<u64> {
         let mut h = self.interval.lock().expect("stats lock");
         let out = h.clone();
         h.reset();
@@ -83,7 +83,7 @@ impl Mix {
 }
 
 /// A prepared workload: funded players and connections to the API.
-pub struct Workload {
+pub(crate) struct Workload {
     channels: Vec<WalletClient<Channel>>,
     creds: Credentials,
     players: Vec<String>,
@@ -94,7 +94,7 @@ const CURRENCY: &str = "EUR";
 
 impl Workload {
     /// Connects to `addrs` and opens and funds `players` wallets (ids unique to this run).
-    pub async fn prepare(addrs: &[String], creds: Credentials, players: usize) -> Result<Self, String> {
+    pub(crate) async fn prepare(addrs: &[String], creds: Credentials, players: usize) -> Result<Self, String> {
         let mut channels = Vec::new();
         // Several HTTP/2 connections per node, so a thousand clients do not queue on one.
         for _ in 0..4 {
@@ -136,7 +136,7 @@ impl Workload {
 
     /// Runs `clients` concurrent clients until `stop` is set, counting each call as one op in
     /// `stats`.
-    pub async fn run(&self, clients: usize, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
+    pub(crate) async fn run(&self, clients: usize, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
         let mut set = tokio::task::JoinSet::new();
         for worker in 0..clients {
             let mut c = self.channels[worker % self.channels.len()].clone();
@@ -198,7 +198,12 @@ impl Workload {
 }
 
 /// `walletd demo --load`: runs until Ctrl-C or `secs`, with a live progress line.
-pub async fn demo(addrs: &[String], creds: Credentials, clients: usize, secs: Option<u64>) -> Result<(), String> {
+pub(crate) async fn demo(
+    addrs: &[String],
+    creds: Credentials,
+    clients: usize,
+    secs: Option<u64>,
+) -> Result<(), String> {
     println!("\n== load: {clients} clients placing bets, wins (45%) and rollbacks (5%) through the wallet API");
     let w = Arc::new(Workload::prepare(addrs, creds, (clients * 4).max(64)).await?);
     let stop = Arc::new(AtomicBool::new(false));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::{IdField, Rejection};
+use crate::rejection::{IdField, Rejection};
 
 /// Longest id in bytes. Ids are hashed into every entry, so they are kept short and bounded.
 pub const ID_LEN_MAX: usize = 64;

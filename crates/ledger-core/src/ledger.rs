@@ -19,7 +19,8 @@ use crate::command::{Command, CommandKind, HOLD_TIMEOUT_MAX_MS};
 use crate::entry::{Entry, EntryKind, Hash, genesis_hash};
 use crate::ids::{PlayerId, Reason, RoundId, TxId};
 use crate::money::{Amount, Balance, Currency};
-use crate::outcome::{Outcome, Receipt, Rejection};
+use crate::outcome::{Outcome, Receipt};
+use crate::rejection::Rejection;
 use crate::shard::ShardId;
 use crate::time::ClusterTime;
 
@@ -288,8 +289,7 @@ impl Ledger {
         let at = self.advance(at, sink);
         let fingerprint = first_128_bits(cmd.fingerprint());
         let key = id_key(cmd.tx());
-        let known =
-            if crate::planted::planted(crate::planted::Bug::SkipIdempotency) { None } else { self.ids.get(&key) };
+        let known = self.ids.get(&key);
         let result = match known.map(|r| &r.state) {
             Some(IdState::Ran { fingerprint: f, result, .. }) => {
                 return match (result, *f == fingerprint) {

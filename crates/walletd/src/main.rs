@@ -1,9 +1,19 @@
-//! The `walletd` binary: `start` a node, talk to a cluster with `client`, or run the `demo`.
+//! `walletd`: the node process. `start` runs a node (its Raft groups, node port and wallet API),
+//! `client` and `admin` talk to a cluster's node port, `demo` runs a three-region cluster on this
+//! machine, `placement` shows where a topology puts every shard. Called as `walletctl` (a link
+//! the demo makes), it is walletctl.
+
+mod admin;
+mod cli;
+mod config;
+mod demo;
+mod load;
+mod start;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wallet_api::config::{FileConfig, PeerConfig};
+use config::{FileConfig, PeerConfig};
 
 #[derive(Parser)]
 #[command(name = "walletd", version, about = "Raft-replicated wallet ledger node")]
@@ -17,11 +27,11 @@ enum Cmd {
     /// Run a node. Settings come from --config and/or flags (flags win).
     Start(StartArgs),
     /// Send a command or query to a cluster.
-    Client(wallet_api::cli::ClientArgs),
+    Client(crate::cli::ClientArgs),
     /// Change which nodes replicate each shard (add, remove, replace, move), or show them.
-    Admin(wallet_api::admin::AdminArgs),
+    Admin(crate::admin::AdminArgs),
     /// Run a three-region cluster on this machine and walk through what it does.
-    Demo(wallet_api::demo::DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// Show where a topology places every shard: home region, voters, Raft timing.
     Placement {
         /// The topology file.
@@ -139,18 +149,18 @@ fn main() -> anyhow::Result<()> {
                     topology: args.topology,
                 };
                 let config = file.overlay(flags).resolve()?;
-                wallet_api::start::run(config).await.map_err(anyhow::Error::msg)?;
+                crate::start::run(config).await.map_err(anyhow::Error::msg)?;
                 Ok::<i32, anyhow::Error>(0)
             }
-            Cmd::Client(args) => wallet_api::cli::run(args).await.map_err(anyhow::Error::msg),
-            Cmd::Admin(args) => wallet_api::admin::run(args).await.map_err(anyhow::Error::msg),
+            Cmd::Client(args) => crate::cli::run(args).await.map_err(anyhow::Error::msg),
+            Cmd::Admin(args) => crate::admin::run(args).await.map_err(anyhow::Error::msg),
             Cmd::Demo(args) => {
-                wallet_api::demo::run(args).await.map_err(anyhow::Error::msg)?;
+                crate::demo::run(args).await.map_err(anyhow::Error::msg)?;
                 Ok(0)
             }
             Cmd::Placement { topology } => {
-                let t = wallet_api::config::load_topology(&topology)?;
-                print!("{}", wallet_api::config::describe_placement(&t));
+                let t = crate::config::load_topology(&topology)?;
+                print!("{}", crate::config::describe_placement(&t));
                 Ok(0)
             }
         }

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::Rejection;
+use crate::rejection::Rejection;
 
 /// An ISO 4217 currency that has minor units (for example EUR with exponent 2, JPY with 0).
 ///

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::raft::{NodeId, NodeInfo};
+use crate::identity::{NodeId, NodeInfo};
 
 /// A node as the topology file lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ impl Topology {
         })
     }
 
-    /// This node's place in each shard's succession (see [`raft_config`](crate::raft::raft_config)):
+    /// This node's place in each shard's succession (the node shell's Raft timing staggers elections by it):
     /// slot 0 campaigns first when the shard's leader is lost, slot 1 one heartbeat later, and
     /// so on, so survivors do not split the vote. The order is the shard's planned voters, home
     /// region first and then by round-trip time from home (ids break ties), with the first
@@ -380,19 +380,6 @@ mod tests {
         let p = &t5.place()[0];
         let home_second = p.voters.iter().copied().find(|v| *v != p.voters[0] && t5.region_of(*v) == Some("eu"));
         assert_eq!(home_second.map(|v| t5.election_slots(v)[&0]), Some(0), "{p:?}");
-    }
-
-    #[test]
-    fn raft_timing_staggers_successors_by_a_heartbeat() {
-        let t = |slot| crate::raft::raft_config("t", 50, 100, 10, slot);
-        assert_eq!(
-            (t(None).heartbeat_interval, t(None).election_timeout_min, t(None).election_timeout_max),
-            (100, 250, 350)
-        );
-        assert_eq!((t(Some(0)).election_timeout_min, t(Some(0)).election_timeout_max), (250, 270));
-        assert_eq!((t(Some(1)).election_timeout_min, t(Some(1)).election_timeout_max), (350, 370));
-        let slow = crate::raft::raft_config("t", 150, 100, 10, Some(0));
-        assert_eq!((slow.heartbeat_interval, slow.election_timeout_min), (300, 750));
     }
 
     #[test]

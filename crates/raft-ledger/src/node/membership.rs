@@ -18,58 +18,10 @@ use std::time::Duration;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::rt::WatchReceiver;
 use openraft::{ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
 
-use crate::node::{LedgerError, LedgerNode};
+use super::LedgerNode;
+use crate::api::{LedgerError, MembershipChange, MembershipView};
 use crate::raft::{NodeId, NodeInfo, TypeConfig};
-
-/// A change to one shard's replicas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add `node` as a learner, wait until it has caught up, then make it a voter.
-    AddVoter {
-        /// The new node's id: never one a wiped node had.
-        node: NodeId,
-        /// Where it listens, and its region and zone.
-        info: NodeInfo,
-    },
-    /// Add `node` as a learner only: it receives the log but does not vote.
-    AddLearner {
-        /// The new node's id.
-        node: NodeId,
-        /// Where it listens, and its region and zone.
-        info: NodeInfo,
-    },
-    /// Take `node` out of the shard, as a voter and as a learner.
-    Remove {
-        /// The node to remove.
-        node: NodeId,
-    },
-    /// Bring `node` up to date as a learner, then swap it for voter `old` in one change.
-    Replace {
-        /// The voter leaving (dead, or moving away).
-        old: NodeId,
-        /// The voter arriving.
-        node: NodeId,
-        /// Where it listens, and its region and zone.
-        info: NodeInfo,
-    },
-}
-
-/// A shard's replicas after a change, as its leader sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MembershipView {
-    /// The shard.
-    pub shard: u32,
-    /// The node that made the change.
-    pub leader: NodeId,
-    /// Voting members.
-    pub voters: Vec<NodeId>,
-    /// Non-voting members.
-    pub learners: Vec<NodeId>,
-    /// Log index of the membership now in effect.
-    pub log_index: Option<u64>,
-}
 
 impl LedgerNode {
     /// Changes the replicas of `shard`; this node must lead it. Gives up after `timeout`, which
@@ -174,6 +126,6 @@ fn write_error(shard: u32, e: &RaftError<TypeConfig, ClientWriteError<TypeConfig
             openraft::errors::ChangeMembershipError::InProgress(_),
         )) => LedgerError::Unavailable(e.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => LedgerError::Membership(c.to_string()),
-        _ => crate::node::write_error(shard, e),
+        _ => super::write_error(shard, e),
     }
 }

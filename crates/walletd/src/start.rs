@@ -12,9 +12,9 @@ use raft_ledger::node::{LedgerNode, NodeEnv};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use tokio::sync::watch;
 
-use crate::api::auth::{Authenticator, load_keys, redis_sessions};
-use crate::api::service::{WalletService, serve};
 use crate::config::{ApiConfig, StartConfig};
+use wallet_api::api::auth::{Authenticator, load_keys, redis_sessions};
+use wallet_api::api::service::{WalletService, serve};
 
 /// How long in-flight wallet calls may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,7 +62,7 @@ async fn bootstrap_elsewhere(node: LedgerNode, me: String, plan: BTreeMap<u32, B
 }
 
 /// Starts a node, serves it, bootstraps the cluster if asked, and shuts down cleanly on a signal.
-pub async fn run(config: StartConfig) -> Result<(), String> {
+pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
     let listener =
         Listener::bind_tcp(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let api_listener = match &config.api {

@@ -9,34 +9,34 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use raft_ledger::api::{LedgerError, ShardStatus};
+use raft_ledger::api::{MembershipChange, MembershipView};
 use raft_ledger::client::{ClientError, LedgerClient};
-use raft_ledger::membership::{MembershipChange, MembershipView};
-use raft_ledger::node::{LedgerError, ShardStatus};
 use raft_ledger::raft::{NodeId, NodeInfo};
 
 use crate::cli::ClusterArgs;
-use crate::exit;
+use wallet_api::exit;
 
 /// Options of `walletd admin`.
 #[derive(Debug, Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Which cluster (the members view asks each node listed), and its key.
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
     /// Give up on one shard's change after this many seconds (a newcomer may need to catch up).
     #[arg(long, default_value_t = 120, global = true)]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Print results as JSON.
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// What to do.
     #[command(subcommand)]
-    pub op: AdminOp,
+    pub(crate) op: AdminOp,
 }
 
 /// One replica operation.
 #[derive(Debug, Subcommand)]
-pub enum AdminOp {
+pub(crate) enum AdminOp {
     /// Per shard: leader and its region, voters, learners, commit and apply indexes, leader
     /// changes, as the shard's leader reports them.
     Members,
@@ -81,7 +81,7 @@ pub enum AdminOp {
 /// Runs one admin operation and returns the process exit code: 0 done, 2 refused (nothing to
 /// change, or a change refused as unsafe), 4 some change timed out (run it again: a change
 /// already made answers with the current replicas).
-pub async fn run(args: AdminArgs) -> Result<i32, String> {
+pub(crate) async fn run(args: AdminArgs) -> Result<i32, String> {
     let nodes = args.cluster.nodes.clone();
     let client = LedgerClient::connect(nodes.clone(), args.cluster.options()?)
         .await
@@ -184,13 +184,17 @@ async fn identify(client: &LedgerClient, addr: &str) -> Result<Option<(NodeId, N
 /// Each shard as its leader reports it (the highest term wins if two nodes claim it). Waits up
 /// to `patience` for every shard to have a leader (one may be electing after a crash); shards
 /// still without a reachable leader are missing.
-pub async fn cluster_view(client: &LedgerClient, nodes: &[String], patience: Duration) -> BTreeMap<u32, ShardStatus> {
+pub(crate) async fn cluster_view(
+    client: &LedgerClient,
+    nodes: &[String],
+    patience: Duration,
+) -> BTreeMap<u32, ShardStatus> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let mut view: BTreeMap<u32, ShardStatus> = BTreeMap::new();
         for addr in nodes {
             let Ok(status) = client.status(addr).await else { continue };
-            for s in status.shards.into_iter().filter(|s| s.state == "Leader") {
+            for s in status.shards.into_iter().filter(|s| s.state == raft_ledger::api::ReplicaRole::Leader) {
                 if view.get(&s.shard).is_none_or(|known| known.term < s.term) {
                     view.insert(s.shard, s);
                 }

@@ -3,32 +3,32 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
-use raft_ledger::net::member::ClusterKey;
-use raft_ledger::node::{LedgerError, NodeStatus};
-use raft_ledger::{
+use ledger_core::{
     AccountRef, Amount, Command, Currency, HOLD_TIMEOUT_DEFAULT_MS, Outcome, PlayerId, Reason, Receipt, Rejection,
     RoundId, TxId,
 };
+use raft_ledger::api::{LedgerError, NodeStatus};
+use raft_ledger::client::{ClientError, ClientOptions, LedgerClient};
+use raft_ledger::net::member::ClusterKey;
 
-use crate::amount::parse_amount;
-use crate::exit;
+use wallet_api::amount::parse_amount;
+use wallet_api::exit;
 
 /// How an operator tool reaches a cluster's node port.
 #[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// Node addresses (`host:port`), comma separated. Any node will do; the client finds leaders.
     #[arg(long, env = "WALLETD_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001", global = true)]
-    pub nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     /// File holding the cluster's shared secret (the nodes' `cluster_key_file`); node ports
     /// refuse calls without it.
     #[arg(long, env = "WALLETD_CLUSTER_KEY_FILE", global = true)]
-    pub cluster_key_file: Option<std::path::PathBuf>,
+    pub(crate) cluster_key_file: Option<std::path::PathBuf>,
 }
 
 impl ClusterArgs {
     /// Client options carrying the cluster key.
-    pub fn options(&self) -> Result<ClientOptions, String> {
+    pub(crate) fn options(&self) -> Result<ClientOptions, String> {
         let path = self.cluster_key_file.as_ref().ok_or(
             "no cluster key: give --cluster-key-file or set WALLETD_CLUSTER_KEY_FILE (walletd demo prints it)",
         )?;
@@ -38,24 +38,24 @@ impl ClusterArgs {
 
 /// Options of `walletd client`.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// Which cluster, and its key.
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
     /// Print results as JSON.
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Give up after this many seconds of retrying.
     #[arg(long, default_value_t = 15, global = true)]
-    pub deadline_secs: u64,
+    pub(crate) deadline_secs: u64,
     /// What to do.
     #[command(subcommand)]
-    pub op: ClientOp,
+    pub(crate) op: ClientOp,
 }
 
 /// One client operation. Amounts are decimals in the currency (`12.50` EUR is 1250 cents).
 #[derive(Debug, Subcommand)]
-pub enum ClientOp {
+pub(crate) enum ClientOp {
     /// Open a player's wallet in a currency.
     Open {
         #[arg(long)]
@@ -238,7 +238,7 @@ fn amount(s: &str, c: Currency) -> Result<Amount, String> {
 }
 
 /// Parses `player:ID:CUR`, `house:CUR` or `external:CUR`.
-pub fn parse_account(s: &str) -> Result<AccountRef, String> {
+pub(crate) fn parse_account(s: &str) -> Result<AccountRef, String> {
     let parts: Vec<&str> = s.split(':').collect();
     match parts.as_slice() {
         ["player", p, c] => Ok(AccountRef::player(player(p)?, currency(c)?)),
@@ -249,7 +249,7 @@ pub fn parse_account(s: &str) -> Result<AccountRef, String> {
 }
 
 /// Turns a write operation into a validated command; `None` for read operations.
-pub fn command(op: &ClientOp) -> Result<Option<(Command, Option<u32>)>, String> {
+pub(crate) fn command(op: &ClientOp) -> Result<Option<(Command, Option<u32>)>, String> {
     let cmd = match op {
         ClientOp::Open { tx: t, player: p, currency: c } => {
             Command::OpenAccount { tx: tx(t)?, player: player(p)?, currency: currency(c)? }
@@ -310,7 +310,7 @@ pub fn command(op: &ClientOp) -> Result<Option<(Command, Option<u32>)>, String> 
 }
 
 /// Cluster time as RFC 3339 with milliseconds, for people.
-pub fn format_time(at: raft_ledger::ClusterTime) -> String {
+pub(crate) fn format_time(at: ledger_core::ClusterTime) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(at.as_millis());
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -335,7 +335,7 @@ fn format_receipt(shard: u32, r: &Receipt) -> String {
 }
 
 /// Renders an outcome in `shard` for a terminal, and the process exit code it deserves.
-pub fn render_outcome(shard: u32, o: &Outcome) -> (String, i32) {
+pub(crate) fn render_outcome(shard: u32, o: &Outcome) -> (String, i32) {
     match o {
         Outcome::Applied(r) => (format!("applied: {}", format_receipt(shard, r)), exit::OK),
         Outcome::Duplicate(r) => {
@@ -403,7 +403,7 @@ fn render_status(status: &NodeStatus) -> String {
 }
 
 /// Runs one client operation and returns the process exit code (see [`crate::exit`]).
-pub async fn run(args: ClientArgs) -> Result<i32, String> {
+pub(crate) async fn run(args: ClientArgs) -> Result<i32, String> {
     let parsed = match command(&args.op) {
         Ok(p) => p,
         Err(e) => {

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ledger_core::placement::Topology;
 use raft_ledger::net::member::ClusterKey;
 use raft_ledger::node::NodeConfig;
-use raft_ledger::placement::Topology;
 use raft_ledger::raft::{NodeId, NodeInfo};
 use serde::Deserialize;
 use thiserror::Error;
@@ -14,20 +14,20 @@ use thiserror::Error;
 /// A member of the cluster as listed in the configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct PeerConfig {
+pub(crate) struct PeerConfig {
     /// Node id.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// `host:port` it listens on.
-    pub addr: String,
+    pub(crate) addr: String,
     /// Region label.
     #[serde(default)]
-    pub region: String,
+    pub(crate) region: String,
     /// Zone label.
     #[serde(default)]
-    pub zone: String,
+    pub(crate) zone: String,
     /// `host:port` of its wallet API, as clients reach it.
     #[serde(default)]
-    pub api: String,
+    pub(crate) api: String,
 }
 
 impl std::str::FromStr for PeerConfig {
@@ -66,54 +66,54 @@ impl std::str::FromStr for PeerConfig {
 /// The contents of a node configuration file. Every field can also be given as a flag.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// This node's id.
-    pub node_id: Option<NodeId>,
+    pub(crate) node_id: Option<NodeId>,
     /// Address to listen on, for example `0.0.0.0:7001`.
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
     /// Address peers should dial, if different from `listen`.
-    pub advertise: Option<String>,
+    pub(crate) advertise: Option<String>,
     /// Region label.
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Zone label.
-    pub zone: Option<String>,
+    pub(crate) zone: Option<String>,
     /// Data directory.
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Number of shards in the cluster.
-    pub shards: Option<u32>,
+    pub(crate) shards: Option<u32>,
     /// Cluster name; a node refuses a data directory of another cluster.
-    pub cluster_name: Option<String>,
+    pub(crate) cluster_name: Option<String>,
     /// Round-trip time of the slowest link in a quorum, in ms.
-    pub rtt_ms: Option<u64>,
+    pub(crate) rtt_ms: Option<u64>,
     /// Form a new cluster from `peers` if the shards are not initialized yet.
-    pub bootstrap: Option<bool>,
+    pub(crate) bootstrap: Option<bool>,
     /// The cluster's members, this node included, for bootstrap.
     #[serde(default)]
-    pub peers: Vec<PeerConfig>,
+    pub(crate) peers: Vec<PeerConfig>,
     /// Address the public wallet API listens on, for example `0.0.0.0:8001`. Without it the
     /// node serves only the internal node API.
-    pub api_listen: Option<String>,
+    pub(crate) api_listen: Option<String>,
     /// Address clients should dial for this node's wallet API, if not `api_listen` (what a
     /// `NOT_LEADER` answer names when this node leads).
-    pub api_advertise: Option<String>,
+    pub(crate) api_advertise: Option<String>,
     /// File holding the cluster's shared secret (hex, 32 bytes or more). Every node of a
     /// cluster has the same; the node port refuses callers without it.
-    pub cluster_key_file: Option<PathBuf>,
+    pub(crate) cluster_key_file: Option<PathBuf>,
     /// TOML file of operator API keys (`[[operator]]` with `id`, `secret`, `roles`).
-    pub operator_keys: Option<PathBuf>,
+    pub(crate) operator_keys: Option<PathBuf>,
     /// Redis URL of the session store, for player tokens.
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     /// File holding the session token signing key: `kid = "..."` and `key = "<64 hex>"`.
-    pub session_key: Option<PathBuf>,
+    pub(crate) session_key: Option<PathBuf>,
     /// The cluster's topology file (regions, nodes, zones, shards, replication, RTTs). With it,
     /// shards get home regions that lead them, Raft timing derives from the RTTs, and
     /// `--bootstrap` takes its members from the file.
-    pub topology: Option<PathBuf>,
+    pub(crate) topology: Option<PathBuf>,
 }
 
 /// A configuration problem, reported before anything starts.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A required setting is missing.
     #[error("missing setting `{0}` (give it in the config file or as --{1})")]
     Missing(&'static str, &'static str),
@@ -131,7 +131,7 @@ fn routable(addr: &str) -> bool {
 }
 
 /// Reads and checks a topology file.
-pub fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
+pub(crate) fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
     let file = |e: String| ConfigError::File(path.display().to_string(), e);
     let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
     let t: Topology = toml::from_str(&text).map_err(|e| file(e.to_string()))?;
@@ -140,7 +140,7 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigError> {
 }
 
 /// The placement of a topology, as `walletd placement` prints it.
-pub fn describe_placement(t: &Topology) -> String {
+pub(crate) fn describe_placement(t: &Topology) -> String {
     use std::fmt::Write;
     let rtt = t.quorum_rtt_ms();
     let timing = |slot| raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000, Some(slot));
@@ -191,46 +191,46 @@ pub fn describe_placement(t: &Topology) -> String {
 
 /// A fully resolved node setup.
 #[derive(Debug, Clone)]
-pub struct StartConfig {
+pub(crate) struct StartConfig {
     /// Passed to the ledger node.
-    pub node: NodeConfig,
+    pub(crate) node: NodeConfig,
     /// Where to listen.
-    pub listen: String,
+    pub(crate) listen: String,
     /// The cluster's key.
-    pub cluster_key: ClusterKey,
+    pub(crate) cluster_key: ClusterKey,
     /// Each shard's first voters, if bootstrapping: from the topology's placement, or every
     /// listed peer for every shard without one.
-    pub bootstrap: Option<BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>>,
+    pub(crate) bootstrap: Option<BTreeMap<u32, BTreeMap<NodeId, NodeInfo>>>,
     /// Every node address known from the topology or the peers, this node's first: where the
     /// wallet API forwards a shard's commands when this node does not hold a replica of it.
-    pub seeds: Vec<String>,
+    pub(crate) seeds: Vec<String>,
     /// The public wallet API, if served.
-    pub api: Option<ApiConfig>,
+    pub(crate) api: Option<ApiConfig>,
 }
 
 /// Settings of the public wallet API.
 #[derive(Debug, Clone)]
-pub struct ApiConfig {
+pub(crate) struct ApiConfig {
     /// Where to listen.
-    pub listen: String,
+    pub(crate) listen: String,
     /// Operator key file.
-    pub operator_keys: Option<PathBuf>,
+    pub(crate) operator_keys: Option<PathBuf>,
     /// Session store in Redis.
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     /// Session signing key file.
-    pub session_key: Option<PathBuf>,
+    pub(crate) session_key: Option<PathBuf>,
 }
 
 impl FileConfig {
     /// Reads a TOML file.
-    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
         toml::from_str(&text).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))
     }
 
     /// Settings from `other` win over ours; peers are replaced if `other` lists any.
-    pub fn overlay(mut self, other: FileConfig) -> Self {
+    pub(crate) fn overlay(mut self, other: FileConfig) -> Self {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
@@ -260,7 +260,7 @@ impl FileConfig {
     }
 
     /// Checks the settings and resolves defaults.
-    pub fn resolve(self) -> Result<StartConfig, ConfigError> {
+    pub(crate) fn resolve(self) -> Result<StartConfig, ConfigError> {
         let node_id = self.node_id.ok_or(ConfigError::Missing("node_id", "node-id"))?;
         let listen = self.listen.ok_or(ConfigError::Missing("listen", "listen"))?;
         let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir", "data-dir"))?;

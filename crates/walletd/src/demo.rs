@@ -5,45 +5,45 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use ledger_core::placement::{NodeSpec, RegionSpec, Topology};
+use ledger_core::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
-use raft_ledger::placement::{NodeSpec, RegionSpec, Topology};
 use raft_ledger::raft::{NodeId, NodeInfo};
-use raft_ledger::{AccountRef, Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::api::auth::{Authenticator, OperatorKey, Role, Sessions};
-use crate::api::client::Credentials;
-use crate::api::service::{WalletService, serve};
 use crate::cli::render_outcome;
 use raft_ledger::net::member::ClusterKey;
+use wallet_api::api::auth::{Authenticator, OperatorKey, Role, Sessions};
+use wallet_api::api::client::Credentials;
+use wallet_api::api::service::{WalletService, serve};
 
 /// Options of `walletd demo`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Keep the cluster's data here instead of a temporary directory.
     #[arg(long)]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// Number of shards.
     #[arg(long, default_value_t = 4)]
-    pub shards: u32,
+    pub(crate) shards: u32,
     /// Exit after the walkthrough instead of serving until Ctrl-C.
     #[arg(long)]
-    pub no_wait: bool,
+    pub(crate) no_wait: bool,
     /// After the walkthrough, drive a bet/win/rollback workload through the wallet API and show
     /// ops/s, p99 latency and errors live, until Ctrl-C (or --load-secs).
     #[arg(long)]
-    pub load: bool,
+    pub(crate) load: bool,
     /// Concurrent clients of the load.
     #[arg(long, default_value_t = 64)]
-    pub clients: usize,
+    pub(crate) clients: usize,
     /// Stop the load after this many seconds instead of at Ctrl-C.
     #[arg(long)]
-    pub load_secs: Option<u64>,
+    pub(crate) load_secs: Option<u64>,
 }
 
 /// How long the demo's player token lasts.
@@ -184,12 +184,12 @@ fn show(label: &str, shard: u32, o: &Outcome) {
     println!("  {label:<44} {}", text.replace('\n', "\n  "));
 }
 
-fn id<T>(s: &str, f: impl Fn(&str) -> Result<T, raft_ledger::Rejection>) -> T {
+fn id<T>(s: &str, f: impl Fn(&str) -> Result<T, ledger_core::Rejection>) -> T {
     f(s).expect("demo ids are valid")
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<(), String> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let tmp;
     let root = match &args.dir {
         Some(d) => d.clone(),

@@ -1,5 +1,5 @@
-//! The node's gRPC services: the Raft transport peers call, and the node API clients call, and
-//! the HTTP/2 settings of every server a node runs.
+//! The node's gRPC services, served by the runtime: the Raft transport peers call and the node
+//! API clients call. Their wire types are `net::wire`'s; the network itself is `net`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +8,11 @@ use openraft::errors::RaftError;
 use openraft::raft::AppendEntriesResponse;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::generated::ledger_node_server::{LedgerNode as LedgerNodeApi, LedgerNodeServer};
-use super::generated::raft_transport_server::{RaftTransport, RaftTransportServer};
-use super::peer::RAFT_MESSAGE_BYTES_MAX;
-use super::wire::*;
-use crate::node::{LedgerNode, NodeInner, Shard};
+use super::{LedgerNode, NodeInner, Shard};
+use crate::net::generated::ledger_node_server::{LedgerNode as LedgerNodeApi, LedgerNodeServer};
+use crate::net::generated::raft_transport_server::{RaftTransport, RaftTransportServer};
+use crate::net::peer::RAFT_MESSAGE_BYTES_MAX;
+use crate::net::wire::*;
 use crate::store::state_machine::SnapshotReceiver;
 
 /// Largest request the node API accepts: room for a full batch of commands. Anything bigger is
@@ -22,25 +22,6 @@ pub(crate) const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
 const SUBMIT_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 /// Longest a replica change may wait for a newcomer to catch up.
 const MEMBERSHIP_TIMEOUT_MAX: Duration = Duration::from_secs(600);
-
-/// Streams one connection may have open at once. A client that cancels calls (deadlines during a
-/// failover) can leave at most this many reset before the server accepted them.
-pub const HTTP2_STREAMS_MAX: u32 = 1024;
-/// Streams a client may reset before the server accepted them, before the connection is torn
-/// down. h2's default (20) is meant against "rapid reset" floods, but a client whose calls all
-/// time out while a node is paused resets every one of them, and the GOAWAY that follows fails
-/// every other call on the connection. Deadlines and retries can reset several rounds of
-/// in-flight calls during one pause, so the bound is a few times the stream limit: still a
-/// bound on memory, never reached by cancellation under failover.
-pub const HTTP2_PENDING_RESETS_MAX: usize = 8 * HTTP2_STREAMS_MAX as usize;
-
-/// The HTTP/2 settings every gRPC server of a node uses (the node port and the wallet API).
-pub fn http2<L>(server: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
-    server
-        .tcp_nodelay(true)
-        .max_concurrent_streams(HTTP2_STREAMS_MAX)
-        .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
-}
 
 pub(crate) fn routes(node: Arc<NodeInner>) -> tonic::service::Routes {
     let transport = RaftTransportServer::new(Transport { node: node.clone() })

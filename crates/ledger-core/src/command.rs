@@ -6,7 +6,7 @@ use crate::account::AccountRef;
 use crate::codec::sha256;
 use crate::ids::{PlayerId, Reason, RoundId, TxId};
 use crate::money::{Amount, Currency};
-use crate::outcome::Rejection;
+use crate::rejection::Rejection;
 
 /// Shortest withdrawal hold.
 pub const HOLD_TIMEOUT_MIN_MS: u64 = 1_000;
@@ -180,6 +180,24 @@ impl Command {
             | Self::Transfer { tx, .. }
             | Self::Adjust { tx, .. } => tx,
         }
+    }
+
+    /// The same command under another transaction id.
+    pub fn with_tx(&self, id: TxId) -> Command {
+        let mut c = self.clone();
+        match &mut c {
+            Self::OpenAccount { tx, .. }
+            | Self::Deposit { tx, .. }
+            | Self::ReserveWithdrawal { tx, .. }
+            | Self::CommitWithdrawal { tx, .. }
+            | Self::CancelWithdrawal { tx, .. }
+            | Self::Bet { tx, .. }
+            | Self::Win { tx, .. }
+            | Self::Rollback { tx, .. }
+            | Self::Transfer { tx, .. }
+            | Self::Adjust { tx, .. } => *tx = id,
+        }
+        c
     }
 
     /// The command's kind.

@@ -14,26 +14,35 @@ use openraft::rt::WatchReceiver;
 use openraft::{RaftMetrics, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::account::AccountRef;
-use crate::command::Command;
-use crate::entry::{Entry, Hash};
-use crate::ids::TxId;
-use crate::ledger::{LedgerConfig, Recall};
-use crate::money::Balance;
+mod loops;
+mod membership;
+mod serve;
+
+use crate::api::{
+    BATCH_COMMANDS_MAX, BalanceView, CommitHealth, LedgerError, NodeStatus, ReadConsistency, ReplicaRole, ShardStatus,
+    VerifyReport,
+};
+use crate::decide::{HealthView, commit_health};
 use crate::net::env::{Listener, Net};
 use crate::net::member::{ClusterKey, MemberCheck};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
-use crate::outcome::{Outcome, Rejection};
-use crate::raft::{NodeId, NodeInfo, Proposal, Reply, Request, TypeConfig, raft_config};
-use crate::shard::{ShardId, ShardMap};
+use crate::raft::{NodeId, NodeInfo, TypeConfig, raft_config};
 use crate::store::LogStore;
-use crate::store::state_machine::{LedgerStateMachine, ShardCell, StoreError};
+use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, StoreError};
 use crate::store::vfs::{StdFs, Vfs};
 use crate::store::wal::{IoMode, Wal, WalError};
-use crate::time::{Clock, ClusterTime, WallClock};
-use crate::verify::Verifier;
+use crate::time::{Clock, WallClock};
+use ledger_core::AccountRef;
+use ledger_core::Balance;
+use ledger_core::Command;
+use ledger_core::Outcome;
+use ledger_core::TxId;
+use ledger_core::verify::Verifier;
+use ledger_core::{Entry, Hash};
+use ledger_core::{LedgerConfig, Recall};
+use ledger_core::{ShardId, ShardMap};
 
 /// The openraft handle of one shard replica.
 pub type LedgerRaft = openraft::Raft<TypeConfig, LedgerStateMachine>;
@@ -103,24 +112,35 @@ pub struct NodeEnv {
     pub io: IoMode,
     /// The cluster's key: presented on every call to a peer, demanded of every caller.
     pub cluster_key: ClusterKey,
+    /// A fault for the simulator's tests to inject into every shard's state machine; `None`
+    /// everywhere else.
+    pub apply_hook: Option<Arc<dyn ApplyHook>>,
 }
 
 impl NodeEnv {
     /// The real disk, TCP, the wall clock, and a writer thread.
     pub fn production(cluster_key: ClusterKey) -> Self {
-        Self { vfs: Arc::new(StdFs), net: Net::Tcp, clock: Arc::new(WallClock), io: IoMode::Thread, cluster_key }
+        Self {
+            vfs: Arc::new(StdFs),
+            net: Net::Tcp,
+            clock: Arc::new(WallClock),
+            io: IoMode::Thread,
+            cluster_key,
+            apply_hook: None,
+        }
     }
 
     /// Inside a turmoil simulation: its disk and network, cluster time counted by the
     /// simulation from `epoch`, and the log writer as a task on the host's runtime.
     #[cfg(feature = "turmoil")]
-    pub fn turmoil(epoch: crate::time::ClusterTime, cluster_key: ClusterKey) -> Self {
+    pub fn turmoil(epoch: ledger_core::ClusterTime, cluster_key: ClusterKey) -> Self {
         Self {
             vfs: Arc::new(crate::store::vfs::sim::TurmoilFs),
             net: Net::Turmoil,
             clock: Arc::new(crate::time::RuntimeClock::starting_at(epoch)),
             io: IoMode::Task,
             cluster_key,
+            apply_hook: None,
         }
     }
 }
@@ -173,272 +193,15 @@ pub enum NodeError {
     Server(String),
 }
 
-/// Why a request to a node failed. Every variant leaves the ledger unchanged, except
-/// [`LedgerError::Timeout`] and [`LedgerError::Unavailable`] during a write, whose outcome is
-/// unknown: retry with the same transaction id to learn it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
-pub enum LedgerError {
-    /// This node does not lead the shard. Retry at the leader, if one is known.
-    #[error("node is not the leader of shard {shard}{}", leader_addr.as_ref().map(|a| format!("; leader is at {a}")).unwrap_or_default())]
-    NotLeader {
-        /// The shard.
-        shard: u32,
-        /// The leader's id, if known.
-        leader: Option<NodeId>,
-        /// The leader's node address, if known.
-        leader_addr: Option<String>,
-        /// The leader's wallet API address, if known and it serves one.
-        leader_api: Option<String>,
-    },
-    /// The node hosts no such shard.
-    #[error("unknown shard {0}")]
-    UnknownShard(u32),
-    /// The command's player lives in another shard.
-    #[error("the command's player lives in shard {expected}, not {requested}")]
-    WrongShard {
-        /// Where the player lives.
-        expected: u32,
-        /// The shard asked for.
-        requested: u32,
-    },
-    /// The request names no shard and no player to route by.
-    #[error("no shard given and the command names no player")]
-    NoShard,
-    /// The command is invalid on its own. Nothing was proposed.
-    #[error("invalid command: {0}")]
-    Invalid(Rejection),
-    /// The deadline passed. The command may still apply; retry with the same id.
-    #[error("deadline exceeded; the command may still apply, so retry with the same transaction id")]
-    Timeout,
-    /// The shard cannot serve right now (no quorum, shutting down, storage failure).
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// A replica change was refused as unsafe or contradictory. Nothing changed.
-    #[error("membership change refused: {0}")]
-    Membership(String),
-    /// The command's player id names a region that is home to no shard. Nothing was proposed.
-    #[error("{0}")]
-    UnknownRegion(String),
-}
-
-impl LedgerError {
-    /// This node does not lead `shard`; `leader` is the one it knows of, with its info.
-    pub(crate) fn not_leader(shard: u32, leader: Option<NodeId>, info: Option<&NodeInfo>) -> Self {
-        LedgerError::NotLeader {
-            shard,
-            leader,
-            leader_addr: info.map(|n| n.addr.clone()),
-            leader_api: info.and_then(|n| n.api().map(str::to_string)),
-        }
-    }
-}
-
-impl From<crate::shard::UnknownRegion> for LedgerError {
-    fn from(e: crate::shard::UnknownRegion) -> Self {
-        LedgerError::UnknownRegion(e.to_string())
-    }
-}
-
-/// How fresh a balance read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReadConsistency {
-    /// Served by the leader after confirming leadership with a quorum (read-index).
-    Linearizable,
-    /// Served from this replica's state as it is; reports how far it has applied.
-    Local,
-}
-
-/// A balance as read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BalanceView {
-    /// The shard read.
-    pub shard: u32,
-    /// The balance, or `None` if the wallet does not exist.
-    pub balance: Option<Balance>,
-    /// The Raft log index the state reflects.
-    pub applied_index: Option<u64>,
-    /// Entries in the shard's journal at that point.
-    pub journal_len: u64,
-    /// Cluster time of the last applied command.
-    pub last_at: ClusterTime,
-    /// Which consistency was provided.
-    pub consistency: ReadConsistency,
-    /// An upper bound on how stale the state read is, in ms (see [`LedgerNode::staleness`]):
-    /// 0 for a linearizable read, `None` when this replica cannot bound it (it has not heard
-    /// from a leader whose commit point it has applied).
-    pub staleness_ms: Option<u64>,
-}
-
-/// Whether a replica can get a write committed now: what its health check reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CommitHealth {
-    /// It leads, and a quorum acknowledged it within the lease.
-    Leader,
-    /// It follows a leader that reached it, and had a quorum behind it, within the lease.
-    Follower,
-    /// No leader has reached it within the lease (dead, partitioned away, or an election).
-    NoLeader,
-    /// Its leader (itself, or the one it follows) has not heard from a quorum within the lease.
-    NoQuorum,
-}
-
-impl CommitHealth {
-    /// True when a write sent to this replica now can be committed (at the leader directly,
-    /// or forwarded to it).
-    pub fn serving(self) -> bool {
-        matches!(self, CommitHealth::Leader | CommitHealth::Follower)
-    }
-
-    /// For operators.
-    pub fn describe(self) -> &'static str {
-        match self {
-            CommitHealth::Leader => "leads with a quorum",
-            CommitHealth::Follower => "follows a leader with a quorum",
-            CommitHealth::NoLeader => "no leader heard from",
-            CommitHealth::NoQuorum => "leader without a quorum",
-        }
-    }
-}
-
-/// What a replica knows about its leader and quorum, as ages (time since).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct HealthView {
-    /// This replica leads the shard.
-    pub(crate) leads: bool,
-    /// Leading: since a quorum last acknowledged it.
-    pub(crate) quorum_acked: Option<Duration>,
-    /// Following: since the leader's last accepted AppendEntries.
-    pub(crate) leader_contact: Option<Duration>,
-    /// Following: since the leader last had a quorum, as it reported.
-    pub(crate) leader_quorum: Option<Duration>,
-}
-
-impl HealthView {
-    /// Since the leader was last heard: a quorum's ack on the leader, the leader's message here.
-    fn leader_heard(&self) -> Option<Duration> {
-        if self.leads { self.quorum_acked } else { self.leader_contact }
-    }
-}
-
-/// The health rule: a replica is serving when the leader it would send a write to (itself, or
-/// the one it follows) is alive and had a quorum within `lease`. The lease is the shard's
-/// `election_timeout_max`: how long followers keep believing in a leader before they elect
-/// another, so a replica never reports serving for a leader its peers have given up on.
-pub(crate) fn commit_health(view: HealthView, lease: Duration) -> CommitHealth {
-    let fresh = |age: Option<Duration>| age.is_some_and(|a| a <= lease);
-    if view.leads {
-        return if fresh(view.quorum_acked) { CommitHealth::Leader } else { CommitHealth::NoQuorum };
-    }
-    if !fresh(view.leader_contact) {
-        return CommitHealth::NoLeader;
-    }
-    if fresh(view.leader_quorum) { CommitHealth::Follower } else { CommitHealth::NoQuorum }
-}
-
-/// One shard replica's state, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardStatus {
-    /// The shard.
-    pub shard: u32,
-    /// Leader, Follower, Candidate, Learner or Shutdown.
-    pub state: String,
-    /// Current term.
-    pub term: u64,
-    /// The leader this replica knows of.
-    pub leader: Option<NodeId>,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Commit index.
-    pub committed: Option<u64>,
-    /// Apply index.
-    pub applied: Option<u64>,
-    /// Index of the last snapshot.
-    pub snapshot: Option<u64>,
-    /// Log entries up to this index are purged (covered by the snapshot).
-    pub purged: Option<u64>,
-    /// Entries in the journal.
-    pub journal_len: u64,
-    /// Hash of the last journal entry, hex.
-    pub head_hash: String,
-    /// Voting members.
-    pub voters: Vec<NodeId>,
-    /// Non-voting members.
-    pub learners: Vec<NodeId>,
-    /// The region of the leader this replica knows of.
-    pub leader_region: Option<String>,
-    /// The shard's home region, if the topology gives one.
-    pub home_region: Option<String>,
-    /// Leader changes this replica has seen since it started.
-    pub leader_changes: u64,
-    /// Whether a write sent here now can commit (see [`CommitHealth`]).
-    pub health: CommitHealth,
-    /// Milliseconds since this replica last heard its leader (on the leader: since a quorum
-    /// acknowledged it); `None` if never.
-    pub leader_heard_ms: Option<u64>,
-}
-
-/// A node's state, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// The node.
-    pub node_id: NodeId,
-    /// Address, region, zone.
-    pub info: NodeInfo,
-    /// Shards in the cluster.
-    pub shard_count: u32,
-    /// Each shard's home region; with [`NodeStatus::shard_count`] this is the cluster's
-    /// [`ShardMap`], which clients route by.
-    pub home_regions: BTreeMap<u32, String>,
-    /// Each hosted replica, by shard id. A shard whose membership does not name this node is
-    /// absent: with voter subsets a node hosts only some shards.
-    pub shards: Vec<ShardStatus>,
-}
-
-impl NodeStatus {
-    /// Which shard each player lives in, as this node routes.
-    pub fn shard_map(&self) -> ShardMap {
-        ShardMap::new(self.shard_count, &self.home_regions)
-    }
-
-    /// This node's replica of `shard`, if it hosts one.
-    pub fn shard(&self, shard: u32) -> Option<&ShardStatus> {
-        self.shards.iter().find(|s| s.shard == shard)
-    }
-}
-
-/// The result of verifying one shard's journal on a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// The shard.
-    pub shard: u32,
-    /// Entries verified.
-    pub entries: u64,
-    /// Head hash, hex.
-    pub head_hash: String,
-    /// The first problem found, if any.
-    pub error: Option<String>,
-    /// Whether replaying the journal gives exactly the ledger's current balances.
-    pub balances_match: bool,
-}
-
-impl VerifyReport {
-    /// True when the chain verified and matched the live state.
-    pub fn ok(&self) -> bool {
-        self.error.is_none() && self.balances_match
-    }
-}
-
 /// Entries `verify` reads at a time.
 const VERIFY_CHUNK_ENTRIES: u64 = 4096;
 
-/// Most commands one Raft entry carries.
-pub const BATCH_COMMANDS_MAX: usize = 1024;
 /// Commands waiting to be proposed per shard before submits are refused as overload.
 const QUEUE_COMMANDS_MAX: usize = 65_536;
 /// Batches proposed but not yet applied, per shard. Bounds memory and keeps latency in check.
-const BATCHES_IN_FLIGHT_MAX: usize = 64;
+pub(crate) const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
-type Waiter = oneshot::Sender<Result<Outcome, LedgerError>>;
+pub(crate) type Waiter = oneshot::Sender<Result<Outcome, LedgerError>>;
 
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
@@ -565,8 +328,9 @@ impl LedgerNode {
         let mut queues = Vec::new();
         for s in 0..config.shards {
             let dir = config.data_dir.join("shards").join(s.to_string());
-            let (sm, cell) = LedgerStateMachine::open(vfs.clone(), env.io, &dir, ShardId(s), config.ledger)
-                .map_err(|source| NodeError::Shard { shard: s, source })?;
+            let (sm, cell) =
+                LedgerStateMachine::open(vfs.clone(), env.io, &dir, ShardId(s), config.ledger, env.apply_hook.clone())
+                    .map_err(|source| NodeError::Shard { shard: s, source })?;
             let log = LogStore::new(wal.clone(), s);
             let network = ShardNetworkFactory::new(router.clone(), s);
             let raft_config = raft_config(
@@ -599,12 +363,12 @@ impl LedgerNode {
         let inner = Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop });
         let node = Self { inner };
         for (shard, rx) in queues {
-            tokio::spawn(tick_loop(node.inner.clone(), shard.clone()));
-            tokio::spawn(count_leader_changes(shard.clone()));
+            tokio::spawn(loops::tick_loop(node.inner.clone(), shard.clone()));
+            tokio::spawn(loops::count_leader_changes(shard.clone()));
             if let Some(home) = node.inner.config.home_regions.get(&shard.id.0) {
-                tokio::spawn(home_loop(node.inner.clone(), shard.clone(), home.clone()));
+                tokio::spawn(loops::home_loop(node.inner.clone(), shard.clone(), home.clone()));
             }
-            tokio::spawn(propose_loop(node.inner.clone(), shard, rx));
+            tokio::spawn(loops::propose_loop(node.inner.clone(), shard, rx));
         }
         Ok(node)
     }
@@ -635,7 +399,7 @@ impl LedgerNode {
     }
 
     /// Forms a new cluster with each shard's own first voters (see
-    /// [`crate::placement::Topology::bootstrap_plan`]). Shards this node is a first voter of are
+    /// [`ledger_core::placement::Topology::bootstrap_plan`]). Shards this node is a first voter of are
     /// initialized here; the others are returned, for the caller to ask one of their voters
     /// ([`crate::client::LedgerClient::initialize`]). Safe to call on every node with the same
     /// plan, and on restarts.
@@ -694,9 +458,9 @@ impl LedgerNode {
     /// Serves the node's gRPC services on `listener` until [`LedgerNode::shutdown`].
     pub async fn serve(&self, listener: Listener) -> Result<(), NodeError> {
         let mut stop = self.inner.stop.subscribe();
-        let routes = crate::net::server::routes(self.inner.clone());
+        let routes = serve::routes(self.inner.clone());
         let check = MemberCheck::SharedKey(self.inner.env.cluster_key.clone());
-        crate::net::server::http2(tonic::transport::Server::builder())
+        crate::net::env::http2(tonic::transport::Server::builder())
             .layer(tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
                 check.check(&req).map(|()| req)
             }))
@@ -722,20 +486,7 @@ impl LedgerNode {
     /// The shard a command must run in: the requested one, checked against the command's
     /// player, or the player's shard.
     pub fn route(&self, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
-        let place = |p| self.inner.map.shard_for(p).map(|s| s.0).map_err(LedgerError::from);
-        let home = cmd.player().map(place).transpose()?;
-        // A transfer moves money inside one shard's ledger: both players must live there.
-        if let (Command::Transfer { to, .. }, Some(h)) = (cmd, home) {
-            let payee = place(to)?;
-            if payee != h {
-                return Err(LedgerError::WrongShard { expected: payee, requested: h });
-            }
-        }
-        match (shard, home) {
-            (Some(s), Some(h)) if s != h => Err(LedgerError::WrongShard { expected: h, requested: s }),
-            (Some(s), _) | (None, Some(s)) => Ok(s),
-            (None, None) => Err(LedgerError::NoShard),
-        }
+        crate::decide::route(&self.inner.map, shard, cmd)
     }
 
     /// Which shard each player lives in, as this node routes.
@@ -843,14 +594,12 @@ impl LedgerNode {
         let s = self.inner.shard(shard)?;
         let m = s.raft.metrics().borrow_watched().clone();
         m.membership_config.membership().get_node(&self.inner.config.node_id)?;
-        if m.state == ServerState::Leader {
-            let acked = m.last_quorum_acked.as_ref()?;
-            return Some(acked.elapsed());
-        }
+        let now = tokio::time::Instant::now();
+        let contacts: Vec<(Duration, u64)> =
+            s.leader_contact.lock().expect("leader contact lock").iter().map(|(at, c)| (now - *at, *c)).collect();
         let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
-        let seen = s.leader_contact.lock().expect("leader contact lock");
-        let (at, _) = seen.iter().rev().find(|(_, commit)| *commit <= applied)?;
-        Some(at.elapsed())
+        let quorum_acked = m.last_quorum_acked.as_ref().map(|a| a.elapsed());
+        crate::decide::staleness_bound(m.state == ServerState::Leader, quorum_acked, &contacts, applied)
     }
 
     /// Up to `limit` journal entries of a shard from `from_seq` on, as this replica has them.
@@ -926,7 +675,7 @@ impl LedgerNode {
                 let view = health_view(s, &m);
                 Some(ShardStatus {
                     shard: s.id.0,
-                    state: server_state(m.state).to_string(),
+                    state: server_state(m.state),
                     term: m.current_term,
                     leader: m.current_leader,
                     last_log_index: m.last_log_index,
@@ -977,7 +726,7 @@ impl LedgerNode {
         })
     }
 
-    /// What this replica's ledger remembers of a transaction id (see [`crate::Ledger::recall`]), with
+    /// What this replica's ledger remembers of a transaction id (see [`ledger_core::Ledger::recall`]), with
     /// the chain length it reflects; `None` for a shard this node does not host.
     pub fn recall(&self, shard: u32, tx: &TxId) -> Option<(u64, Option<Recall>)> {
         self.inner.shard(shard).map(|s| {
@@ -1017,13 +766,13 @@ fn health_of(s: &Shard, view: HealthView) -> CommitHealth {
     commit_health(view, Duration::from_millis(s.raft.config().election_timeout_max))
 }
 
-fn server_state(s: ServerState) -> &'static str {
+fn server_state(s: ServerState) -> ReplicaRole {
     match s {
-        ServerState::Leader => "Leader",
-        ServerState::Follower => "Follower",
-        ServerState::Candidate => "Candidate",
-        ServerState::Learner => "Learner",
-        ServerState::Shutdown => "Shutdown",
+        ServerState::Leader => ReplicaRole::Leader,
+        ServerState::Follower => ReplicaRole::Follower,
+        ServerState::Candidate => ReplicaRole::Candidate,
+        ServerState::Learner => ReplicaRole::Learner,
+        ServerState::Shutdown => ReplicaRole::Shutdown,
     }
 }
 
@@ -1081,195 +830,5 @@ pub(crate) fn write_error(
     match e.forward_to_leader() {
         Some(f) => LedgerError::not_leader(shard, f.leader_id, f.leader_node.as_ref()),
         None => LedgerError::Unavailable(e.to_string()),
-    }
-}
-
-/// Turns queued commands into log entries: whatever queued while earlier batches were in
-/// flight rides the next entry. Batching here is what lets one fsync and one replication round
-/// serve many clients.
-async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Receiver<(Command, Waiter)>) {
-    let mut stop = node.stop.subscribe();
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    loop {
-        let first = tokio::select! {
-            item = rx.recv() => match item { Some(i) => i, None => return },
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        // A caller that gave up (deadline) already got an answer; proposing its command now
-        // would only make that answer's "may still apply" come true later.
-        batch.retain(|(_, waiter)| !waiter.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let (cmds, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
-        let proposal = Proposal { at: node.env.clock.now(), request: Request::Commands(cmds) };
-        let raft = shard.raft.clone();
-        let shard_id = shard.id.0;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let started = tokio::time::Instant::now();
-            let written = raft.client_write(proposal).await;
-            let us = started.elapsed().as_micros() as u64;
-            tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
-            match written {
-                Ok(resp) => {
-                    let Reply::Outcomes(outcomes) = resp.data else {
-                        unreachable!("a command batch applies as commands")
-                    };
-                    assert_eq!(outcomes.len(), waiters.len(), "one outcome per command");
-                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                        let _ = waiter.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    let error = write_error(shard_id, &e);
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(error.clone()));
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Counts changes of the shard's leader as this replica sees them, for operators.
-async fn count_leader_changes(shard: Arc<Shard>) {
-    let mut metrics = shard.raft.metrics();
-    let mut leader = metrics.borrow_watched().current_leader;
-    while metrics.changed().await.is_ok() {
-        let now = metrics.borrow_watched().current_leader;
-        if now != leader {
-            if now.is_some() {
-                shard.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            leader = now;
-        }
-    }
-}
-
-/// Checks that a home voter must pass in a row before leadership moves to it: hysteresis, so a
-/// region that flaps does not drag leadership back and forth.
-const HOME_HEALTHY_CHECKS: u32 = 3;
-/// A voter counts as caught up when it trails the leader's log by at most this many entries.
-const HOME_CAUGHT_UP_SLACK: u64 = 64;
-
-/// Leader placement: while this node leads `shard` from outside the shard's home region, hand
-/// leadership to a voter in the home region once that voter has been reachable and caught up
-/// for [`HOME_HEALTHY_CHECKS`] checks in a row, and at most once per cool-down. When the home
-/// region is down, nothing qualifies and leadership stays where the election put it.
-async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: String) {
-    let mut stop = node.stop.subscribe();
-    // Several heartbeats apart, so a check sees replication progress, not one RPC's luck.
-    let period = Duration::from_millis((node.config.rtt_ms * 10).clamp(300, 5_000));
-    let cooldown = period * 10;
-    let mut healthy_checks = 0u32;
-    let mut last_transfer: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let m: RaftMetrics<TypeConfig> = shard.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader || node.config.info.region == home {
-            healthy_checks = 0;
-            continue;
-        }
-        let last = m.last_log_index.unwrap_or(0);
-        let membership = m.membership_config.membership();
-        // Healthy: acknowledged a heartbeat within the last check period (reachable now, not
-        // only at some point), and its log trails ours by at most the slack.
-        let reachable = |id: &NodeId| {
-            m.heartbeat.as_ref().and_then(|h| h.get(id)).and_then(|t| t.as_ref()).is_some_and(|t| t.elapsed() <= period)
-        };
-        let caught_up = |id: &NodeId| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id))
-                .and_then(|l| l.as_ref())
-                .is_some_and(|l| l.index + HOME_CAUGHT_UP_SLACK >= last)
-        };
-        let target = membership
-            .voter_ids()
-            .filter(|id| membership.get_node(id).is_some_and(|n| n.region == home))
-            .find(|id| reachable(id) && caught_up(id));
-        let Some(target) = target else {
-            healthy_checks = 0;
-            continue;
-        };
-        healthy_checks += 1;
-        if healthy_checks < HOME_HEALTHY_CHECKS || last_transfer.is_some_and(|t| t.elapsed() < cooldown) {
-            continue;
-        }
-        tracing::info!(shard = %shard.id, to = target, region = %home, "moving leadership home");
-        if let Err(e) = shard.raft.trigger().transfer_leader(target).await {
-            tracing::warn!(shard = %shard.id, "leader transfer failed: {e}");
-        }
-        last_transfer = Some(tokio::time::Instant::now());
-        healthy_checks = 0;
-    }
-}
-
-/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
-/// in cluster time even when no command arrives.
-async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
-    let mut stop = node.stop.subscribe();
-    let mut interval = tokio::time::interval(node.config.tick_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if !shard.raft.is_leader() {
-            continue;
-        }
-        let now = node.env.clock.now();
-        let due = shard.cell.read().ledger.next_hold_expiry().is_some_and(|t| t <= now);
-        if due {
-            let proposal = Proposal { at: now, request: Request::Tick };
-            if let Err(e) = shard.raft.client_write(proposal).await {
-                tracing::debug!(shard = %shard.id, "tick not applied: {e}");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(v: u64) -> Option<Duration> {
-        Some(Duration::from_millis(v))
-    }
-
-    #[test]
-    fn health_needs_a_live_leader_with_a_quorum_behind_it() {
-        let lease = Duration::from_millis(350);
-        let check = |view: HealthView| commit_health(view, lease);
-        let leader = |acked| HealthView { leads: true, quorum_acked: acked, ..HealthView::default() };
-        assert_eq!(check(leader(ms(100))), CommitHealth::Leader);
-        assert_eq!(check(leader(ms(351))), CommitHealth::NoQuorum, "two of three stopped: the leader is alone");
-        assert_eq!(check(leader(None)), CommitHealth::NoQuorum, "elected, never acknowledged");
-        let follower = |contact, quorum| HealthView {
-            leads: false,
-            leader_contact: contact,
-            leader_quorum: quorum,
-            ..HealthView::default()
-        };
-        assert_eq!(check(follower(ms(50), ms(150))), CommitHealth::Follower);
-        assert_eq!(check(follower(ms(400), ms(150))), CommitHealth::NoLeader, "the leader it names is dead");
-        assert_eq!(check(follower(None, None)), CommitHealth::NoLeader);
-        assert_eq!(check(follower(ms(50), ms(900))), CommitHealth::NoQuorum, "it hears a leader that lost its quorum");
-        assert_eq!(check(follower(ms(50), None)), CommitHealth::NoQuorum);
-        assert!(CommitHealth::Leader.serving() && CommitHealth::Follower.serving());
-        assert!(!CommitHealth::NoLeader.serving() && !CommitHealth::NoQuorum.serving());
     }
 }

@@ -1,0 +1,166 @@
+//! The node's background work, one set of tasks per shard: the proposer that batches queued
+//! commands into log entries, the ticker that lets withdrawal holds expire, the watcher that
+//! counts leader changes, and the loop that moves leadership home. Each gathers what it needs
+//! and acts; the decisions themselves are `crate::decide`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Instant as _;
+use openraft::rt::WatchReceiver;
+use openraft::{RaftMetrics, ServerState};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{BATCHES_IN_FLIGHT_MAX, NodeInner, Shard, Waiter, write_error};
+use crate::api::BATCH_COMMANDS_MAX;
+use crate::decide::{HomeView, decide_home};
+use crate::raft::{NodeId, Proposal, Reply, Request, TypeConfig};
+use ledger_core::Command;
+
+/// Turns queued commands into log entries: whatever queued while earlier batches were in
+/// flight rides the next entry. Batching here is what lets one fsync and one replication round
+/// serve many clients.
+pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Receiver<(Command, Waiter)>) {
+    let mut stop = node.stop.subscribe();
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item { Some(i) => i, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (deadline) already got an answer; proposing its command now
+        // would only make that answer's "may still apply" come true later.
+        batch.retain(|(_, waiter)| !waiter.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (cmds, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
+        let proposal = Proposal { at: node.env.clock.now(), request: Request::Commands(cmds) };
+        let raft = shard.raft.clone();
+        let shard_id = shard.id.0;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let started = tokio::time::Instant::now();
+            let written = raft.client_write(proposal).await;
+            let us = started.elapsed().as_micros() as u64;
+            tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
+            match written {
+                Ok(resp) => {
+                    let Reply::Outcomes(outcomes) = resp.data else {
+                        unreachable!("a command batch applies as commands")
+                    };
+                    assert_eq!(outcomes.len(), waiters.len(), "one outcome per command");
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let error = write_error(shard_id, &e);
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Counts changes of the shard's leader as this replica sees them, for operators.
+pub(super) async fn count_leader_changes(shard: Arc<Shard>) {
+    let mut metrics = shard.raft.metrics();
+    let mut leader = metrics.borrow_watched().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_watched().current_leader;
+        if now != leader {
+            if now.is_some() {
+                shard.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            leader = now;
+        }
+    }
+}
+
+/// A voter counts as caught up when it trails the leader's log by at most this many entries.
+const HOME_CAUGHT_UP_SLACK: u64 = 64;
+
+/// Leader placement (the rule is [`decide_home`]): every check period, on the replica that
+/// leads, see which home-region voters are reachable and caught up, and hand leadership over
+/// when the rule says so.
+pub(super) async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: String) {
+    let mut stop = node.stop.subscribe();
+    // Several heartbeats apart, so a check sees replication progress, not one RPC's luck.
+    let period = Duration::from_millis((node.config.rtt_ms * 10).clamp(300, 5_000));
+    let cooldown = period * 10;
+    let mut healthy = 0u32;
+    let mut last_transfer: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m: RaftMetrics<TypeConfig> = shard.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        // Reachable: acknowledged a heartbeat within the last check period (now, not only at
+        // some point); caught up: its log trails ours by at most the slack.
+        let reachable = |id: &NodeId| {
+            m.heartbeat.as_ref().and_then(|h| h.get(id)).and_then(|t| t.as_ref()).is_some_and(|t| t.elapsed() <= period)
+        };
+        let caught_up = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .and_then(|l| l.as_ref())
+                .is_some_and(|l| l.index + HOME_CAUGHT_UP_SLACK >= last)
+        };
+        let view = HomeView {
+            leads: m.state == ServerState::Leader,
+            at_home: node.config.info.region == home,
+            home_voters: membership
+                .voter_ids()
+                .filter(|id| membership.get_node(id).is_some_and(|n| n.region == home))
+                .map(|id| (id, reachable(&id), caught_up(&id)))
+                .collect(),
+            since_transfer: last_transfer.map(|t| t.elapsed()),
+        };
+        let Some(target) = decide_home(&mut healthy, &view, cooldown) else { continue };
+        tracing::info!(shard = %shard.id, to = target, region = %home, "moving leadership home");
+        if let Err(e) = shard.raft.trigger().transfer_leader(target).await {
+            tracing::warn!(shard = %shard.id, "leader transfer failed: {e}");
+        }
+        last_transfer = Some(tokio::time::Instant::now());
+    }
+}
+
+/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
+/// in cluster time even when no command arrives.
+pub(super) async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
+    let mut stop = node.stop.subscribe();
+    let mut interval = tokio::time::interval(node.config.tick_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !shard.raft.is_leader() {
+            continue;
+        }
+        let now = node.env.clock.now();
+        let due = shard.cell.read().ledger.next_hold_expiry().is_some_and(|t| t <= now);
+        if due {
+            let proposal = Proposal { at: now, request: Request::Tick };
+            if let Err(e) = shard.raft.client_write(proposal).await {
+                tracing::debug!(shard = %shard.id, "tick not applied: {e}");
+            }
+        }
+    }
+}
