@@ -135,9 +135,7 @@ async fn run_node(topo: Topology, id: NodeId, shared: SharedRef) -> turmoil::Res
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let info = topo.node_info(id).expect("node in topology");
     let mut config = NodeConfig::new(id, info, "/data", topo.shards);
-    config.rtt_ms = topo.quorum_rtt_ms();
-    config.home_regions = topo.homes();
-    config.election_slots = topo.election_slots(id);
+    config.place(&topo);
     config.tick_interval = Duration::from_millis(200);
     let node =
         LedgerNode::start(config, NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), crate::run::cluster_key()))

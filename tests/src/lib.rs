@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// A binary of the workspace, from the release build the README's commands share (`cargo build
 /// --release --bins`, which `scripts/test.sh` runs first, so this is then a no-op): the tests
 /// run the very `walletd` the demo runs, and it is never stale.
-fn wallet_api_bin(name: &str) -> PathBuf {
+fn release_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -32,13 +32,13 @@ fn wallet_api_bin(name: &str) -> PathBuf {
 /// The `walletd` binary.
 pub fn walletd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| wallet_api_bin("walletd")).clone()
+    BIN.get_or_init(|| release_bin("walletd")).clone()
 }
 
 /// The `walletctl` binary.
 pub fn walletctl_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| wallet_api_bin("walletctl")).clone()
+    BIN.get_or_init(|| release_bin("walletctl")).clone()
 }
 
 /// The secret every test cluster shares, as hex.

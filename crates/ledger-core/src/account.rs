@@ -7,23 +7,32 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 
 use crate::codec::{DecodeError, Reader, Sink, Writer};
 use crate::ids::PlayerId;
 use crate::money::Currency;
 
 /// The three kinds of account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding (one byte wherever serde writes it) and equals the account
+/// tag of the canonical entry encoding: never change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum AccountKind {
     /// A player's wallet. Its balance is never negative.
-    Player,
+    Player = 0,
     /// The casino's side of bets, wins and rollbacks.
-    House,
+    House = 1,
     /// Money outside the ledger: the other side of deposits and withdrawals.
-    External,
+    External = 2,
 }
 
 /// One account, named by what it is rather than by an opaque number.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AccountRef {
     /// A player's wallet in one currency.

@@ -1,6 +1,7 @@
 //! Commands: what clients ask the ledger to do. Each carries its idempotency key.
 
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 
 use crate::account::AccountRef;
 use crate::codec::sha256;
@@ -17,6 +18,10 @@ pub const HOLD_TIMEOUT_MAX_MS: u64 = 24 * 60 * 60 * 1_000;
 pub const HOLD_TIMEOUT_DEFAULT_MS: u64 = 15 * 60 * 1_000;
 
 /// A request to change balances. `tx` is the client's idempotency key.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Opens a player's wallet in a currency.
@@ -141,28 +146,33 @@ pub enum Command {
 }
 
 /// The kind of a command, recorded with its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding: it is what snapshots store (serde writes it as one byte)
+/// and what the idempotency fingerprint hashes. Never change or reuse one; a new kind takes the
+/// next number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum CommandKind {
     /// [`Command::OpenAccount`].
-    OpenAccount,
+    OpenAccount = 0,
     /// [`Command::Deposit`].
-    Deposit,
+    Deposit = 1,
     /// [`Command::ReserveWithdrawal`].
-    ReserveWithdrawal,
+    ReserveWithdrawal = 2,
     /// [`Command::CommitWithdrawal`].
-    CommitWithdrawal,
+    CommitWithdrawal = 3,
     /// [`Command::CancelWithdrawal`].
-    CancelWithdrawal,
+    CancelWithdrawal = 4,
     /// [`Command::Bet`].
-    Bet,
+    Bet = 5,
     /// [`Command::Win`].
-    Win,
+    Win = 6,
     /// [`Command::Rollback`].
-    Rollback,
+    Rollback = 7,
     /// [`Command::Transfer`].
-    Transfer,
+    Transfer = 8,
     /// [`Command::Adjust`].
-    Adjust,
+    Adjust = 9,
 }
 
 impl Command {

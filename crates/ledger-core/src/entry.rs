@@ -6,6 +6,7 @@
 //! `docs/ledger-format.md`; [`Entry::encode`] and [`Entry::decode`] are its reference.
 
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 use sha2::{Digest, Sha256};
 
 use crate::account::AccountRef;
@@ -31,7 +32,10 @@ pub fn genesis_hash(shard: ShardId) -> Hash {
 }
 
 /// What kind of balance change an entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding, in the canonical entry encoding (`docs/ledger-format.md`)
+/// and wherever serde writes an entry (the node API): never change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize_repr, Deserialize_repr)]
 #[repr(u8)]
 pub enum EntryKind {
     /// A player wallet was opened (amount 0).

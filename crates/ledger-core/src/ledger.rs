@@ -102,6 +102,9 @@ struct IdRecord {
     state: IdState,
 }
 
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the snapshot image test (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum IdState {
     /// A command ran under this id.
@@ -177,6 +180,10 @@ struct Round {
 }
 
 /// Something remembered only for the retention window.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the snapshot image test (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Retained {
     Id(Key),

@@ -30,6 +30,10 @@ impl Receipt {
 }
 
 /// The result of applying one command.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Applied now.

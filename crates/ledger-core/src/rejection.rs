@@ -3,17 +3,22 @@
 //! outcomes carry it: keeping it here keeps those modules from importing each other.
 
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 use thiserror::Error;
 
 /// Which id field of a command is malformed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding (one byte in the WAL, snapshots and the node API): never
+/// change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum IdField {
     /// The transaction id (idempotency key).
-    Tx,
+    Tx = 0,
     /// A player id.
-    Player,
+    Player = 1,
     /// A game round id.
-    Round,
+    Round = 2,
 }
 
 impl std::fmt::Display for IdField {
@@ -31,6 +36,10 @@ impl std::fmt::Display for IdField {
 /// The first group is wrong input, detected without looking at any state; the edge refuses such
 /// commands before proposing them. The second group depends on the ledger's state; once a command
 /// is rejected for such a reason, its id stays rejected (see [`crate::Outcome::AlreadyFailed`]).
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/ledger-core/tests/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Error)]
 pub enum Rejection {
     /// The amount is zero or negative.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use ledger_core::{Balance, ClusterTime, NodeId, NodeInfo, Rejection, ShardMap};
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 use thiserror::Error;
 
 /// Most commands one Raft entry carries (and one `SubmitBatch` call).
@@ -15,6 +16,10 @@ pub const BATCH_COMMANDS_MAX: usize = 1024;
 /// Why a request to a node failed. Every variant leaves the ledger unchanged, except
 /// [`LedgerError::Timeout`] and [`LedgerError::Unavailable`] during a write, whose outcome is
 /// unknown: retry with the same transaction id to learn it.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
 pub enum LedgerError {
     /// This node does not lead the shard. Retry at the leader, if one is known.
@@ -79,12 +84,15 @@ impl From<ledger_core::UnknownRegion> for LedgerError {
 }
 
 /// How fresh a balance read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding in the node API (one byte): never change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum ReadConsistency {
     /// Served by the leader after confirming leadership with a quorum (read-index).
-    Linearizable,
+    Linearizable = 0,
     /// Served from this replica's state as it is; reports how far it has applied.
-    Local,
+    Local = 1,
 }
 
 /// A balance as read.
@@ -109,16 +117,19 @@ pub struct BalanceView {
 }
 
 /// Whether a replica can get a write committed now: what its health check reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding in the node API (one byte): never change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum CommitHealth {
     /// It leads, and a quorum acknowledged it within the lease.
-    Leader,
+    Leader = 0,
     /// It follows a leader that reached it, and had a quorum behind it, within the lease.
-    Follower,
+    Follower = 1,
     /// No leader has reached it within the lease (dead, partitioned away, or an election).
-    NoLeader,
+    NoLeader = 2,
     /// Its leader (itself, or the one it follows) has not heard from a quorum within the lease.
-    NoQuorum,
+    NoQuorum = 3,
 }
 
 impl CommitHealth {
@@ -140,18 +151,21 @@ impl CommitHealth {
 }
 
 /// A replica's Raft role, as the node API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The discriminant is the encoding in the node API (one byte): never change or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(u8)]
 pub enum ReplicaRole {
     /// Leads the shard.
-    Leader,
+    Leader = 0,
     /// Votes and follows a leader.
-    Follower,
+    Follower = 1,
     /// Campaigning to lead.
-    Candidate,
+    Candidate = 2,
     /// Receives the log without voting.
-    Learner,
+    Learner = 3,
     /// Its Raft group has stopped.
-    Shutdown,
+    Shutdown = 4,
 }
 
 impl std::fmt::Display for ReplicaRole {
@@ -261,6 +275,10 @@ impl VerifyReport {
 }
 
 /// A change to one shard's replicas.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChange {
     /// Add `node` as a learner, wait until it has caught up, then make it a voter.

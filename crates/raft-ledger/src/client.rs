@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{Batches, answer};
 
 use crate::api::{BATCH_COMMANDS_MAX, BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::api::{MembershipChange, MembershipView};
@@ -177,18 +179,9 @@ impl LedgerClient {
 }
 
 /// Sends one shard's queued commands as batches, a bounded number at a time.
-async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::Receiver<Queued>) {
-    let in_flight = Arc::new(Semaphore::new(CLIENT_BATCHES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        // Everything that queued while we waited for a free slot leaves together.
-        let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+async fn batch_loop(inner: Arc<Inner>, shard: u32, rx: mpsc::Receiver<Queued>) {
+    let mut batches = Batches::new(rx, CLIENT_BATCHES_IN_FLIGHT_MAX, BATCH_COMMANDS_MAX);
+    while let Some((permit, batch)) = batches.next().await {
         let inner = inner.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -196,6 +189,7 @@ async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::Receiver<Queued
             // its own deadline.
             let until = batch.iter().map(|(_, _, d)| *d).max().expect("a batch is never empty");
             let (commands, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().map(|(c, w, _)| (c, w)).unzip();
+            let started = tokio::time::Instant::now();
             let result = inner
                 .on_leader_until(shard, until, false, |mut c| {
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -204,18 +198,16 @@ async fn batch_loop(inner: Arc<Inner>, shard: u32, mut rx: mpsc::Receiver<Queued
                     async move { c.submit_batch(req).await }
                 })
                 .await;
-            match result {
-                Ok(outcomes) => {
-                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                        let _ = waiter.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(e.clone()));
-                    }
-                }
-            }
+            // A node that answers a different number of outcomes broke the protocol; what it
+            // applied is unknown.
+            let result = result.and_then(|outcomes| match outcomes.len() == waiters.len() {
+                true => Ok(outcomes),
+                false => Err(ClientError::Indeterminate(
+                    started.elapsed(),
+                    format!("a node answered {} outcomes for {} commands", outcomes.len(), waiters.len()),
+                )),
+            });
+            answer(waiters, result);
         });
     }
 }

@@ -10,8 +10,11 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
 pub mod api;
+mod batch;
 pub mod client;
 mod decide;
+#[cfg(test)]
+mod formats;
 pub mod net;
 pub mod node;
 pub mod raft;

@@ -322,10 +322,12 @@ impl FileConfig {
         if let Some(name) = self.cluster_name {
             node.cluster_name = name;
         }
-        node.rtt_ms = self.rtt_ms.or(topology.as_ref().map(|t| t.quorum_rtt_ms())).unwrap_or(1);
         if let Some(t) = &topology {
-            node.home_regions = t.homes();
-            node.election_slots = t.election_slots(node_id);
+            node.place(t);
+        }
+        // An explicit RTT overrides the topology's (a quorum measured faster or slower).
+        if let Some(rtt) = self.rtt_ms {
+            node.rtt_ms = rtt;
         }
         node.tick_interval = Duration::from_millis(500);
         let mut seeds = vec![info.addr.clone()];

@@ -128,9 +128,7 @@ async fn launch(
     config.cluster_name = "walletd-demo".into();
     // What `walletd start --topology` does: home regions dealt round-robin, so every region
     // leads some shards, and each node's place in every shard's succession.
-    config.home_regions = topo.homes();
-    config.election_slots = topo.election_slots(n.id);
-    config.rtt_ms = topo.quorum_rtt_ms();
+    config.place(topo);
     let node =
         LedgerNode::start(config, NodeEnv::production(auth.cluster_key.clone())).await.map_err(|e| e.to_string())?;
     let serving = node.clone();

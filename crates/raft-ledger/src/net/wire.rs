@@ -25,6 +25,10 @@ pub struct ShardMsg<T> {
 }
 
 /// Why a peer could not handle a Raft message.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
 pub enum PeerError {
     /// The peer hosts no replica of the shard.
@@ -58,6 +62,10 @@ pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, PeerEr
 pub type SnapshotReply = Result<SnapshotResponse<TypeConfig>, PeerError>;
 
 /// One message of a snapshot stream: a header, then the journal in chunks.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SnapshotChunk {
     /// Sent first.

@@ -9,10 +9,11 @@ use std::time::Duration;
 use openraft::Instant as _;
 use openraft::rt::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use super::{BATCHES_IN_FLIGHT_MAX, NodeInner, Shard, Waiter, write_error};
 use crate::api::BATCH_COMMANDS_MAX;
+use crate::batch::{Batches, answer};
 use crate::decide::{HomeView, decide_home};
 use crate::raft::{NodeId, Proposal, Reply, Request, TypeConfig};
 use ledger_core::Command;
@@ -20,22 +21,14 @@ use ledger_core::Command;
 /// Turns queued commands into log entries: whatever queued while earlier batches were in
 /// flight rides the next entry. Batching here is what lets one fsync and one replication round
 /// serve many clients.
-pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx: mpsc::Receiver<(Command, Waiter)>) {
+pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mpsc::Receiver<(Command, Waiter)>) {
     let mut stop = node.stop.subscribe();
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let mut batches = Batches::new(rx, BATCHES_IN_FLIGHT_MAX, BATCH_COMMANDS_MAX);
     loop {
-        let first = tokio::select! {
-            item = rx.recv() => match item { Some(i) => i, None => return },
+        let (permit, mut batch) = tokio::select! {
+            next = batches.next() => match next { Some(b) => b, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
         // A caller that gave up (deadline) already got an answer; proposing its command now
         // would only make that answer's "may still apply" come true later.
         batch.retain(|(_, waiter)| !waiter.is_closed());
@@ -52,23 +45,16 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, mut rx
             let written = raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
-            match written {
+            let result = match written {
                 Ok(resp) => {
                     let Reply::Outcomes(outcomes) = resp.data else {
                         unreachable!("a command batch applies as commands")
                     };
-                    assert_eq!(outcomes.len(), waiters.len(), "one outcome per command");
-                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                        let _ = waiter.send(Ok(outcome));
-                    }
+                    Ok(outcomes)
                 }
-                Err(e) => {
-                    let error = write_error(shard_id, &e);
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(error.clone()));
-                    }
-                }
-            }
+                Err(e) => Err(write_error(shard_id, &e)),
+            };
+            answer(waiters, result);
         });
     }
 }

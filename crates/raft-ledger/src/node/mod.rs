@@ -97,6 +97,20 @@ impl NodeConfig {
             election_slots: BTreeMap::new(),
         }
     }
+
+    /// Takes placement and timing from `topology`, the one place a topology becomes node
+    /// settings (for `walletd start`, the demo and the simulator alike): the shard count, this
+    /// node's region, each shard's home region, this node's slot in each shard's succession,
+    /// and Raft timing from the quorum round-trip time.
+    pub fn place(&mut self, topology: &ledger_core::placement::Topology) {
+        self.shards = topology.shards;
+        if let Some(region) = topology.region_of(self.node_id) {
+            self.info.region = region.to_string();
+        }
+        self.home_regions = topology.homes();
+        self.election_slots = topology.election_slots(self.node_id);
+        self.rtt_ms = topology.quorum_rtt_ms();
+    }
 }
 
 /// The outside world of a node.

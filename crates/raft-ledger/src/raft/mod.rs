@@ -15,6 +15,10 @@ pub use runtime::{LedgerRuntime, seed_thread_rng};
 pub use ledger_core::{NodeId, NodeInfo};
 
 /// What one Raft log entry asks the state machine to do.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Apply client commands, in order. Commands that arrive together ride one log entry: one
@@ -48,6 +52,10 @@ impl fmt::Display for Proposal {
 }
 
 /// What applying a proposal produced.
+///
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The commands' outcomes, in the order of the request.

@@ -60,6 +60,9 @@ pub(crate) struct ShardMeta {
     pub(crate) purged: Option<LogId>,
 }
 
+/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
+/// pinned by `format_tests` below.
+/// Add variants at the end; never reorder or remove one.
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
     /// `last`, the index of the last entry, precedes the entries so that recovery can skip
@@ -749,6 +752,46 @@ fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: R
 #[cfg(test)]
 mod format_tests {
     use super::*;
+    use crate::formats::{log_id, pinned, raft_entries, vote};
+
+    fn record_tag(r: &Record) -> u8 {
+        match r {
+            Record::Entries { .. } => 0,
+            Record::Vote { .. } => 1,
+            Record::Committed { .. } => 2,
+            Record::TruncateAfter { .. } => 3,
+            Record::Purge { .. } => 4,
+            Record::Checkpoint { .. } => 5,
+        }
+    }
+
+    /// A frame of every record kind, byte for byte. Failing means segments written before the
+    /// change no longer read back: bump `DATA_FORMAT` (node.json) or make the change additive.
+    #[test]
+    fn every_record_kind_encodes_as_pinned() {
+        let meta = ShardMeta { vote: Some(vote()), committed: Some(log_id(1, 3)), purged: Some(log_id(1, 1)) };
+        let all = [
+            (
+                Record::Entries { shard: 3, last: 4, entries: raft_entries() },
+                "574c000000c946dd01ea0003040401010001020180d095ffbc3100010102643105616c69636503455552904e01030180d095ffbc3101010402010301020304010d31302e302e302e313a373030300265750465752d310d31302e302e302e313a38303030020d31302e302e302e323a373030300265750465752d320d31302e302e302e323a38303030030d31302e302e302e333a373030300265750465752d330d31302e302e302e333a38303030040d31302e302e302e343a373030300265750465752d340d31302e302e302e343a38303030",
+            ),
+            (Record::Vote { shard: 3, vote: vote() }, "574c000000060bc60dec010302010101"),
+            (Record::Committed { shard: 3, committed: Some(log_id(1, 3)) }, "574c00000005f2c1d9a90203010103"),
+            (Record::TruncateAfter { shard: 3, after: Some(log_id(1, 1)) }, "574c000000052bebc6f20303010101"),
+            (Record::Purge { shard: 3, upto: log_id(1, 2) }, "574c000000042bf252c704030102"),
+            (
+                Record::Checkpoint { shards: vec![(3, meta), (4, ShardMeta::default())] },
+                "574c000000122ea760fd050203010201010101010301010104000000",
+            ),
+        ];
+        for (record, expected) in &all {
+            let frame = encode_frame(record);
+            assert_eq!(frame[FRAME_HEADER_BYTES], record_tag(record), "the payload starts with the tag");
+            pinned(&format!("{record:?}"), &frame, expected);
+            let (back, len) = decode_frame(&frame, 0).unwrap();
+            assert_eq!((encode_frame(&back), len), (frame.clone(), frame.len()));
+        }
+    }
 
     #[test]
     fn the_entries_head_is_read_without_decoding_the_entries() {
