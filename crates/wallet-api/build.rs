@@ -1,4 +1,4 @@
-//! Compiles `proto/casino/wallet/v1/wallet.proto` into the wallet's tonic client and server, and
+//! Compiles `proto/casino/wallet/v1/wallet.proto` (and `routing.proto`, the routers' feed) into the wallet's tonic client and server, and
 //! writes its encoded descriptor set, which server reflection serves to `grpcurl`.
 //!
 //! protox parses the file in pure Rust, so building needs no `protoc` on the machine.
@@ -7,9 +7,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = root.join("casino/wallet/v1/wallet.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let fds = protox::compile([&file], [&root])?;
+    let files = [root.join("casino/wallet/v1/wallet.proto"), root.join("casino/wallet/v1/routing.proto")];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("wallet_descriptor.bin"), fds.encode_to_vec())?;
     // Our codec: prost's, with decode failures answered as MALFORMED_REQUEST (src/api/codec.rs).

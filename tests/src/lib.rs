@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests that run real `walletd` processes.
 
 pub mod api;
+pub mod router;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,12 @@ fn release_bin(name: &str) -> PathBuf {
 pub fn walletd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| release_bin("walletd")).clone()
+}
+
+/// The `geo-router` binary.
+pub fn geo_router_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| release_bin("geo-router")).clone()
 }
 
 /// The `walletctl` binary.
@@ -84,6 +91,8 @@ pub struct Walletd {
     pub dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// The network namespace the process runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Walletd {
@@ -94,6 +103,22 @@ impl Walletd {
 
     /// Like [`Walletd::start`], with more `walletd start` flags (the wallet API's, for example).
     pub fn start_with(
+        id: u64,
+        addr: &str,
+        dir: &Path,
+        shards: u32,
+        peers: &[(u64, String)],
+        bootstrap: bool,
+        extra: &[String],
+    ) -> Self {
+        Self::start_in(None, id, addr, dir, shards, peers, bootstrap, extra)
+    }
+
+    /// Like [`Walletd::start_with`], in network namespace `netns` (`ip netns exec`, which
+    /// execs walletd in place, so signals reach walletd itself).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_in(
+        netns: Option<&str>,
         id: u64,
         addr: &str,
         dir: &Path,
@@ -127,7 +152,8 @@ impl Walletd {
             args.push("--bootstrap".into());
         }
         args.extend(extra.iter().cloned());
-        let mut w = Walletd { id, addr: addr.to_string(), dir: dir.to_path_buf(), child: None, args };
+        let netns = netns.map(str::to_string);
+        let mut w = Walletd { id, addr: addr.to_string(), dir: dir.to_path_buf(), child: None, args, netns };
         w.spawn();
         w
     }
@@ -139,12 +165,15 @@ impl Walletd {
             .append(true)
             .open(self.dir.with_extension("log"))
             .expect("log file");
-        let mut child = Command::new(walletd_bin())
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn walletd");
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(walletd_bin());
+                c
+            }
+            None => Command::new(walletd_bin()),
+        };
+        let mut child = command.args(&self.args).stdout(Stdio::piped()).stderr(log).spawn().expect("spawn walletd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

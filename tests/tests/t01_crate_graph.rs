@@ -59,7 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("rng-beacon", &[]),
     ("raft-ledger", &["ledger-core"]),
     ("wallet-api", &["ledger-core", "raft-ledger", "session-store"]),
-    ("walletd", &["ledger-core", "raft-ledger", "wallet-api", "session-store"]),
+    ("walletd", &["ledger-core", "raft-ledger", "wallet-api", "session-store", "geo-router"]),
     ("sim", &["ledger-core", "raft-ledger"]),
     ("geo-router", &["ledger-core"]),
     ("chaos", &["ledger-core"]),

@@ -40,3 +40,16 @@ impl fmt::Display for NodeInfo {
         write!(f, "{}@{}/{}", self.addr, self.region, self.zone)
     }
 }
+
+/// What the member token is a MAC of: a fixed label, versioned so the derivation can change.
+const MEMBER_TOKEN_LABEL: &[u8] = b"walletd cluster member v1";
+
+/// The token that proves membership of a cluster: `hex(HMAC-SHA256(secret, label))`. Nodes take
+/// it in `x-cluster-auth` on their node port and on the routing feed, so the secret itself never
+/// crosses the network. Pure, so the node runtime and the geo-router derive it the same way.
+pub fn member_token(secret: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(MEMBER_TOKEN_LABEL);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -32,7 +32,7 @@ pub use account::{AccountKind, AccountRef};
 pub use codec::DecodeError;
 pub use command::{Command, CommandKind, HOLD_TIMEOUT_DEFAULT_MS, HOLD_TIMEOUT_MAX_MS, HOLD_TIMEOUT_MIN_MS};
 pub use entry::{ENTRY_FORMAT_VERSION, Entry, EntryKind, Hash, genesis_hash};
-pub use identity::{NodeId, NodeInfo};
+pub use identity::{NodeId, NodeInfo, member_token};
 pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
 pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage, Recall};
 pub use money::{AMOUNT_MAX, Amount, Balance, Currency};

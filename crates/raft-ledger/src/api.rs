@@ -181,6 +181,20 @@ impl std::fmt::Display for ReplicaRole {
     }
 }
 
+/// Who leads one shard, as a replica of it sees it: what a geo-router routes by. Not sent on
+/// the node port (the wallet API's `Routing` service carries it as protobuf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLeader {
+    /// The shard.
+    pub shard: u32,
+    /// The replica's current term.
+    pub term: u64,
+    /// The leader of that term and its addresses, if the replica knows one.
+    pub leader: Option<(NodeId, NodeInfo)>,
+    /// The shard's voters and their addresses.
+    pub voters: Vec<(NodeId, NodeInfo)>,
+}
+
 /// One shard replica's state, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStatus {

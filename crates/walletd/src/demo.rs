@@ -417,8 +417,32 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         }
     }
 
-    step("the wallet API (gRPC, casino.wallet.v1) is served by every node");
-    let api_addr = nodes[0].info.api_addr.clone();
+    step("geo-routers: one address per region, every call sent straight to its shard's leader");
+    let (routers_stop, routers_stopped) = watch::channel(false);
+    let mut router_addrs = Vec::new();
+    for (region, _) in REGIONS {
+        let router = geo_router::Router::new(geo_router::RouterConfig {
+            topology: topo.clone(),
+            region: region.to_string(),
+            member_token: geo_router::member_token(&auth.cluster_secret_hex)?,
+            policy: geo_router::health::HealthPolicy::default(),
+            in_flight_max: 20_000,
+        })?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+        let stopped = routers_stopped.clone();
+        tokio::spawn(async move {
+            if let Err(e) = geo_router::serve(router, listener, stopped).await {
+                eprintln!("geo-router stopped: {e}");
+            }
+        });
+        println!("  router {region:<9} {addr}");
+        router_addrs.push(addr);
+    }
+    println!("  (the commands below go through the eu-west router; any router takes any call)");
+
+    step("the wallet API (gRPC, casino.wallet.v1) is served by every node and every router");
+    let api_addr = router_addrs[0].clone();
     let tokens = match &auth.sessions {
         Sessions::Memory(store) => {
             store.login("alice", "demo-device", "127.0.0.1", 2).await.map_err(|e| e.to_string())?
@@ -464,6 +488,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
         println!("\nstopping");
     }
+    let _ = routers_stop.send(true);
     for n in &mut nodes {
         stop(n).await;
     }

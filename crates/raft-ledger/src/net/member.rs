@@ -16,8 +16,6 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
@@ -27,8 +25,6 @@ use tonic::{Request, Status};
 pub const CLUSTER_AUTH_HEADER: &str = "x-cluster-auth";
 /// Shortest secret accepted, in bytes.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 32;
-/// What the token is a MAC of: a fixed label, versioned so the derivation can change.
-const TOKEN_LABEL: &[u8] = b"walletd cluster member v1";
 
 /// The cluster's shared key, as a node or an operator tool holds it. Debug output never shows it.
 #[derive(Clone)]
@@ -62,9 +58,7 @@ impl ClusterKey {
         if secret.len() < CLUSTER_SECRET_BYTES_MIN {
             return Err(KeyError::TooShort);
         }
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        mac.update(TOKEN_LABEL);
-        let token = hex::encode(mac.finalize().into_bytes());
+        let token = ledger_core::member_token(secret);
         let value = AsciiMetadataValue::try_from(token.as_str()).expect("hex is ASCII");
         Ok(Self { token: Arc::new(value) })
     }

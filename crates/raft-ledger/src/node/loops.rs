@@ -59,18 +59,22 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
     }
 }
 
-/// Counts changes of the shard's leader as this replica sees them, for operators.
-pub(super) async fn count_leader_changes(shard: Arc<Shard>) {
+/// Counts changes of the shard's leader as this replica sees them, for operators, and tells
+/// the node's leadership subscribers about every change of leader, term or membership.
+pub(super) async fn watch_leadership(node: Arc<NodeInner>, shard: Arc<Shard>) {
     let mut metrics = shard.raft.metrics();
-    let mut leader = metrics.borrow_watched().current_leader;
+    let seen = |m: &RaftMetrics<TypeConfig>| (m.current_leader, m.current_term, *m.membership_config.log_id());
+    let mut last = seen(&metrics.borrow_watched());
     while metrics.changed().await.is_ok() {
-        let now = metrics.borrow_watched().current_leader;
-        if now != leader {
-            if now.is_some() {
-                shard.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            leader = now;
+        let now = seen(&metrics.borrow_watched());
+        if now == last {
+            continue;
         }
+        if now.0 != last.0 && now.0.is_some() {
+            shard.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        last = now;
+        node.leadership.send_modify(|v| *v += 1);
     }
 }
 

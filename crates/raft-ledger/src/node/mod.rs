@@ -21,8 +21,8 @@ mod membership;
 mod serve;
 
 use crate::api::{
-    BATCH_COMMANDS_MAX, BalanceView, CommitHealth, LedgerError, NodeStatus, ReadConsistency, ReplicaRole, ShardStatus,
-    VerifyReport,
+    BATCH_COMMANDS_MAX, BalanceView, CommitHealth, LedgerError, NodeStatus, ReadConsistency, ReplicaRole, ShardLeader,
+    ShardStatus, VerifyReport,
 };
 use crate::decide::{HealthView, commit_health};
 use crate::net::env::{Listener, Net};
@@ -271,6 +271,9 @@ pub(crate) struct NodeInner {
     wal: Arc<Wal>,
     shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
     stop: watch::Sender<bool>,
+    /// Bumped whenever a hosted shard's leader, term or membership changes, so subscribers
+    /// (`LedgerNode::leadership`) are pushed every leadership change instead of polling.
+    pub(crate) leadership: watch::Sender<u64>,
 }
 
 impl NodeInner {
@@ -374,11 +377,12 @@ impl LedgerNode {
             shards.insert(s, shard);
         }
         let map = ShardMap::new(config.shards, &config.home_regions);
-        let inner = Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop });
+        let (leadership, _) = watch::channel(0);
+        let inner = Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop, leadership });
         let node = Self { inner };
         for (shard, rx) in queues {
             tokio::spawn(loops::tick_loop(node.inner.clone(), shard.clone()));
-            tokio::spawn(loops::count_leader_changes(shard.clone()));
+            tokio::spawn(loops::watch_leadership(node.inner.clone(), shard.clone()));
             if let Some(home) = node.inner.config.home_regions.get(&shard.id.0) {
                 tokio::spawn(loops::home_loop(node.inner.clone(), shard.clone(), home.clone()));
             }
@@ -718,6 +722,35 @@ impl LedgerNode {
             home_regions: self.inner.config.home_regions.clone(),
             shards,
         }
+    }
+
+    /// Who leads each shard this node hosts, as this replica sees it: the term, the leader (if
+    /// it knows one) and the shard's voters with their addresses. What a geo-router routes by.
+    pub fn leaders(&self) -> Vec<ShardLeader> {
+        let me = self.inner.config.node_id;
+        self.shards()
+            .iter()
+            .filter_map(|s| {
+                let m: RaftMetrics<TypeConfig> = s.raft.metrics().borrow_watched().clone();
+                let membership = m.membership_config.membership();
+                membership.get_node(&me)?;
+                Some(ShardLeader {
+                    shard: s.id.0,
+                    term: m.current_term,
+                    leader: m.current_leader.and_then(|l| membership.get_node(&l).map(|n| (l, n.clone()))),
+                    voters: membership
+                        .voter_ids()
+                        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Changes whenever [`leaders`](Self::leaders) may answer differently (a new leader, term
+    /// or membership on any hosted shard). Await `changed()` on it, then read `leaders()`.
+    pub fn leadership(&self) -> watch::Receiver<u64> {
+        self.inner.leadership.subscribe()
     }
 
     /// Whether a write for `shard` sent to this node now can be committed; `None` if the node

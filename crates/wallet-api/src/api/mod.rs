@@ -10,9 +10,10 @@ pub mod codec;
 pub mod convert;
 pub mod edge;
 pub mod errors;
+pub mod routing;
 pub mod service;
 
-/// Code generated from `proto/casino/wallet/v1/wallet.proto`.
+/// Code generated from `proto/casino/wallet/v1/wallet.proto` and `routing.proto`.
 #[allow(unreachable_pub, missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("casino.wallet.v1");

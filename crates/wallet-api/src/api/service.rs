@@ -462,7 +462,7 @@ fn staleness_bound_ms(requested: u32) -> u64 {
 }
 
 /// Resolves once `flag` is true (or its sender is gone).
-async fn wait_true(flag: &mut watch::Receiver<bool>) {
+pub(crate) async fn wait_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|d| *d).await;
 }
 
@@ -475,12 +475,17 @@ const HEALTH_PERIOD: Duration = Duration::from_millis(200);
 /// replica leads and a quorum acknowledged it within the lease, or it follows a leader that
 /// reached it, with a quorum behind it, within the lease; see `raft_ledger::api::CommitHealth`).
 /// The service as a whole (and `""`) is SERVING when every hosted replica is.
+/// `casino.wallet.v1.Wallet/node` is SERVING while the node takes calls at all (until it
+/// drains): what geo-routers watch, since a node whose one shard lost its leader still serves
+/// the others, and still forwards.
 pub async fn report_health(
     node: LedgerNode,
     reporter: tonic_health::server::HealthReporter,
     mut draining: watch::Receiver<bool>,
 ) {
     use tonic_health::ServingStatus;
+    let node_service = format!("{}/node", super::SERVICE_NAME);
+    reporter.set_service_status(&node_service, ServingStatus::Serving).await;
     loop {
         let status = node.status();
         let mut all = true;
@@ -496,6 +501,7 @@ pub async fn report_health(
         tokio::select! {
             _ = tokio::time::sleep(HEALTH_PERIOD) => {}
             _ = wait_true(&mut draining) => {
+                reporter.set_service_status(&node_service, ServingStatus::NotServing).await;
                 reporter.set_service_status(super::SERVICE_NAME, ServingStatus::NotServing).await;
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 return;
@@ -513,6 +519,8 @@ pub async fn serve(
 ) -> Result<(), String> {
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(service.inner.node.clone(), reporter, draining.clone()));
+    let node = service.inner.node.clone();
+    let routing = super::routing::RoutingService::new(node.clone(), node.client_options().key, draining.clone());
     // Both reflection protocols (grpcurl before 1.8.8 speaks only v1alpha), with the
     // descriptors of google.rpc's error details so tools can decode every ErrorInfo.
     let descriptors =
@@ -528,6 +536,7 @@ pub async fn serve(
     raft_ledger::net::env::http2(tonic::transport::Server::builder())
         .layer(EdgeLayer { message_bytes_max: super::MESSAGE_BYTES_MAX })
         .add_service(service.into_server())
+        .add_service(routing.into_server())
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
