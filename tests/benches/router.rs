@@ -178,13 +178,15 @@ async fn failover(a: &Args) {
             let measuring = REGIONS.iter().position(|r| *r != region).expect("three regions");
             via.store(measuring, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let t0 = Instant::now();
             for v in &victims {
                 match fault {
                     Fault::Stop => cl.nodes[v].signal("-STOP"),
                     _ => cl.nodes.get_mut(v).unwrap().kill(),
                 }
             }
+            // The fault is in place once the signal is delivered (`kill -STOP` is a process
+            // of its own and takes milliseconds to run): the clock starts now.
+            let t0 = Instant::now();
             let mut rto: BTreeMap<u32, Duration> = BTreeMap::new();
             while rto.len() < affected.len() && t0.elapsed() < RTO_MAX {
                 tokio::time::sleep(Duration::from_millis(10)).await;

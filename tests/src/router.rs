@@ -50,7 +50,7 @@ impl GeoRouter {
     /// `geo-router status` as JSON.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(geo_router_bin())
-            .args(["status", "--router", &self.addr])
+            .args(["status", "--router", &self.addr, "--cluster-key-file", &cluster_key_file().display().to_string()])
             .output()
             .expect("geo-router status");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

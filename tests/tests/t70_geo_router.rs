@@ -174,6 +174,15 @@ async fn t70_routers_follow_leaders_through_a_kill_a_freeze_and_a_region_loss() 
     let us = GeoRouter::start(&cl.topology, "us");
     let routers = [&eu, &us];
     let leaders = tokio::task::block_in_place(|| cl.wait_settled(&routers, Duration::from_secs(60)));
+    // The status names the cluster's internals: another cluster's key does not read it.
+    let other_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other_key.path(), hex::encode([3u8; 32])).unwrap();
+    let refused = std::process::Command::new(e2e_tests::geo_router_bin())
+        .args(["status", "--router", &eu.addr, "--cluster-key-file", &other_key.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "status without the cluster key must be refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cluster key"), "{refused:?}");
     let load = Load::start(&ops, &routers).await;
 
     // SIGKILL the leader of shard 0: the routers move to the new leader.

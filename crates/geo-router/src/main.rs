@@ -45,6 +45,9 @@ enum Cmd {
         /// The router's address (host:port).
         #[arg(long, default_value = "127.0.0.1:7400")]
         router: String,
+        /// The cluster key file: the status names the cluster's internals, so it takes the key.
+        #[arg(long, env = "WALLETD_CLUSTER_KEY_FILE")]
+        cluster_key_file: PathBuf,
     },
 }
 
@@ -61,7 +64,7 @@ async fn main() {
         Cmd::Serve { topology, listen, region, cluster_key_file, in_flight_max } => {
             serve(topology, listen, region, cluster_key_file, in_flight_max).await
         }
-        Cmd::Status { router } => status(&router).await,
+        Cmd::Status { router, cluster_key_file } => status(&router, &cluster_key_file).await,
     };
     if let Err(e) = result {
         eprintln!("geo-router: {e:#}");
@@ -107,7 +110,7 @@ async fn serve(
     geo_router::serve(router, listener, stop).await.map_err(anyhow::Error::msg)
 }
 
-async fn status(addr: &str) -> anyhow::Result<()> {
+async fn status(addr: &str, key_file: &std::path::Path) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     use tower::Service;
     let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -115,13 +118,21 @@ async fn status(addr: &str) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("no router answers at {addr}"))?;
+    let secret = std::fs::read_to_string(key_file).with_context(|| format!("cannot read {}", key_file.display()))?;
+    let token = geo_router::member_token(&secret).map_err(anyhow::Error::msg)?;
     let req = http::Request::builder()
         .method("POST")
         .uri("/georouter.v1.Admin/Status")
+        .header("x-cluster-auth", token)
         .body(tonic::body::Body::empty())
         .expect("a valid request");
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
     let resp = channel.call(req).await.with_context(|| format!("the router at {addr} did not answer"))?;
+    if let Some(code) = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+        && code != "0"
+    {
+        bail!("the router at {addr} refused: wrong or missing cluster key");
+    }
     let body = resp.into_body().collect().await?.to_bytes();
     println!("{}", String::from_utf8_lossy(&body));
     Ok(())

@@ -1,7 +1,9 @@
 //! `geo-router status`: the routing table as operators read it, per shard the leader, its term
 //! and region, per node its health, ejections and why it last left rotation, and the last route
 //! changes with how long each failover took. Served as JSON at `/georouter.v1.Admin/Status` on
-//! the router's port (HTTP/2, any request method), so it needs no extra listener.
+//! the router's port (HTTP/2, any request method), so it needs no extra listener. It names
+//! nodes, addresses and leaders, so like the nodes' routing feed it answers only callers that
+//! present the cluster's member token in `x-cluster-auth` (compared in constant time).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -102,7 +104,17 @@ impl Service<http::Request<Body>> for AdminService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        use subtle::ConstantTimeEq;
+        let presented = req.headers().get(crate::router::CLUSTER_AUTH_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if !bool::from(presented.ct_eq(self.router.inner.token.as_bytes())) {
+            let refused = crate::proxy::refusal(
+                tonic::Code::Unauthenticated,
+                "CREDENTIALS_MISSING",
+                "the router's status is for the cluster's operators: present the cluster key",
+            );
+            return std::future::ready(Ok(refused.into_http()));
+        }
         let text = serde_json::to_string_pretty(&snapshot(&self.router)).expect("JSON");
         let resp = http::Response::builder()
             .header("content-type", "application/json")
