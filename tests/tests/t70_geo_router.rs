@@ -192,6 +192,18 @@ async fn t70_routers_follow_leaders_through_a_kill_a_freeze_and_a_region_loss() 
     let t0 = Instant::now();
     let next = wait_new_leader(&cl, &routers, 0, victim);
     eprintln!("SIGKILL of node {victim}: routers on node {next} after {:?}", t0.elapsed());
+    // One fault, one route change: each router moved shard 0 to a new leader exactly once.
+    let since_ms = t0.elapsed().as_millis() as u64;
+    for r in routers {
+        let status = r.status();
+        let moves = status["failovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["shard"] == 0 && !f["to"].is_null() && f["ago_ms"].as_u64().unwrap() <= since_ms)
+            .count();
+        assert_eq!(moves, 1, "router {} moved shard 0 {moves} times: {}", r.region, status["failovers"]);
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     cl.nodes.get_mut(&victim).unwrap().restart();
 

@@ -60,9 +60,15 @@ pub async fn serve(
         .add_service(proxy::WalletProxy::new(router.clone()))
         .add_service(status::AdminService::new(router))
         .add_service(health)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        // TCP_NODELAY on every accepted connection: without it small gRPC answers wait for
+        // Nagle's algorithm (tens of ms behind a delayed ACK), and a listener passed in does not
+        // get tonic's own setting.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
         .await
         .map_err(|e| e.to_string())
 }

@@ -106,7 +106,15 @@ enum Attempt {
     Answer(http::Response<Body>),
     /// No answer that settles the call: try elsewhere if time and budget allow.
     Retry { why: String, answer: Option<http::Response<Body>> },
+    /// The node the router believed to lead refused as not the leader (nothing was done) and
+    /// named the leader, which the table now holds: try again at once, no failure counted.
+    Redirect { why: String },
 }
+
+/// Asks a node not to forward: set when the router sends a call to the node it believes leads
+/// the call's shard, so a stale belief comes back as `NOT_LEADER` with the leader's name
+/// instead of costing a forwarding hop (walletd's `x-wallet-no-forward`).
+const NO_FORWARD_HEADER: &str = "x-wallet-no-forward";
 
 async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body> {
     let Ok(_permit) = router.inner.in_flight.clone().try_acquire_owned() else {
@@ -135,8 +143,11 @@ async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body
     router.inner.budget.lock().expect("budget").deposit();
 
     let mut last: Option<(NodeId, String, Option<http::Response<Body>>)> = None;
+    // A redirect (a NOT_LEADER that named the leader) is not a failure: the next attempt
+    // after one does not draw on the retry budget.
+    let mut redirected = false;
     for attempt in 0..ATTEMPTS_MAX {
-        if attempt > 0 && !router.inner.budget.lock().expect("budget").withdraw() {
+        if attempt > 0 && !std::mem::take(&mut redirected) && !router.inner.budget.lock().expect("budget").withdraw() {
             tracing::debug!(method, "retry budget exhausted");
             break;
         }
@@ -152,10 +163,18 @@ async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body
             break;
         }
         let left = deadline - now;
-        match forward(&router, target, &parts, body.clone(), left).await {
+        let believed_leader = shard.and_then(|s| router.inner.table.read().expect("table").shards.get(&s)?.leader);
+        let to_leader = believed_leader == Some(target) && !parts.headers.contains_key(NO_FORWARD_HEADER);
+        match forward(&router, target, &parts, body.clone(), left, shard.filter(|_| to_leader)).await {
             Attempt::Answer(resp) => {
                 router.record(target, None);
                 return resp;
+            }
+            Attempt::Redirect { why } => {
+                tracing::info!(method, node = target, "{why}");
+                router.record(target, None);
+                redirected = true;
+                continue;
             }
             Attempt::Retry { why, answer } => {
                 tracing::debug!(method, node = target, attempt, "attempt failed: {why}");
@@ -220,7 +239,16 @@ fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable)
 }
 
-async fn forward(router: &Router, node: NodeId, parts: &http::request::Parts, body: Bytes, left: Duration) -> Attempt {
+/// One attempt at `node`. `leads_shard`: the shard `node` is believed to lead, when the router
+/// asks it not to forward (and so may learn from its `NOT_LEADER`).
+async fn forward(
+    router: &Router,
+    node: NodeId,
+    parts: &http::request::Parts,
+    body: Bytes,
+    left: Duration,
+    leads_shard: Option<u32>,
+) -> Attempt {
     let addr = match router.inner.table.read().expect("table").members.get(&node) {
         Some(m) => m.api_addr.clone(),
         None => return Attempt::Retry { why: format!("node {node} is unknown"), answer: None },
@@ -236,6 +264,9 @@ async fn forward(router: &Router, node: NodeId, parts: &http::request::Parts, bo
         }
     }
     req = req.header("grpc-timeout", format!("{}m", left.as_millis().max(1)));
+    if leads_shard.is_some() {
+        req = req.header(NO_FORWARD_HEADER, "1");
+    }
     let req = req.body(Body::new(Full::new(body).map_err(|never| match never {}))).expect("a valid request");
     let mut channel = channel;
     let sent = tokio::time::timeout(left, async {
@@ -249,6 +280,11 @@ async fn forward(router: &Router, node: NodeId, parts: &http::request::Parts, bo
         Ok(Ok(r)) => r,
     };
     // A trailers-only answer carries its status in the headers.
+    if let (Some(shard), Some(leader)) = (leads_shard, not_leader_hint(resp.headers()))
+        && router.learn_hint(shard, node, leader)
+    {
+        return Attempt::Redirect { why: format!("node {node} answered NOT_LEADER naming node {leader}") };
+    }
     if let Some(code) = status_of(resp.headers()) {
         return if retryable(code) {
             Attempt::Retry { why: format!("node answered {code:?}"), answer: Some(resp.map(Body::new)) }
@@ -260,6 +296,17 @@ async fn forward(router: &Router, node: NodeId, parts: &http::request::Parts, bo
     // follow in the trailers). Answers that refuse or fail come trailers-only from walletd, so
     // this one is passed through as it streams, unread, unary or not.
     Attempt::Answer(resp.map(Body::new))
+}
+
+/// The leader a trailers-only `NOT_LEADER` answer names (`leader_id` in its `ErrorInfo`).
+fn not_leader_hint(headers: &http::HeaderMap) -> Option<NodeId> {
+    let status = Status::from_header_map(headers)?;
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    if info.reason != "NOT_LEADER" {
+        return None;
+    }
+    info.metadata.get("leader_id")?.parse().ok()
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<Code> {

@@ -93,15 +93,20 @@ impl Table {
         (route.leader != before).then_some(route.leader)
     }
 
-    /// Takes a `NOT_LEADER` hint from a node: the leader it named, in no newer term than the
-    /// router knows (a hint carries none), fills only a gap in the table.
-    pub fn hint(&mut self, shard: u32, leader: NodeId) -> bool {
+    /// Takes a `NOT_LEADER` hint: node `from` refused a call as not the leader and named
+    /// `leader`. A hint carries no term, so it only fills a gap in the table or corrects the
+    /// belief that `from` itself leads (it knows better than that); anything else is left to
+    /// the leader feeds, which carry terms.
+    pub fn hint(&mut self, shard: u32, from: NodeId, leader: NodeId) -> bool {
         let Some(route) = self.shards.get_mut(&shard) else { return false };
-        if route.leader.is_some() || !self.members.contains_key(&leader) {
+        if !self.members.contains_key(&leader) || leader == from {
             return false;
         }
-        route.leader = Some(leader);
-        true
+        if route.leader.is_none() || route.leader == Some(from) {
+            route.leader = Some(leader);
+            return true;
+        }
+        false
     }
 }
 
@@ -203,11 +208,13 @@ mod tests {
         assert_eq!(t.observe(report(4, None)), Some(None));
         assert_eq!(t.observe(report(4, Some(3))), Some(Some(3)));
         assert_eq!(t.shards[&0].leader, Some(3));
-        // A hint fills only a gap.
-        assert!(!t.hint(0, 1));
+        // A hint fills a gap, or corrects the belief that the hinting node leads; no more.
+        assert!(!t.hint(0, 2, 1), "node 2 does not speak for node 3's leadership");
+        assert!(t.hint(0, 3, 1), "node 3, believed to lead, names node 1");
+        assert_eq!(t.shards[&0].leader, Some(1));
         t.observe(report(5, None));
-        assert!(t.hint(0, 1));
-        assert!(!t.hint(0, 99), "an unknown node is not routed to");
+        assert!(t.hint(0, 2, 3));
+        assert!(!t.hint(0, 3, 99), "an unknown node is not routed to");
     }
 
     #[test]

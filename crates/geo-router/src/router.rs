@@ -195,6 +195,20 @@ impl Router {
         }
     }
 
+    /// Learns from a `NOT_LEADER` answer of `from` that names `leader` (see [`Table::hint`]);
+    /// records and logs the route change if the table took it.
+    pub(crate) fn learn_hint(&self, shard: u32, from: NodeId, leader: NodeId) -> bool {
+        let (took, term) = {
+            let mut t = self.inner.table.write().expect("table");
+            let term = t.shards.get(&shard).map_or(0, |r| r.term);
+            (t.hint(shard, from, leader), term)
+        };
+        if took {
+            self.route_changed(shard, Some(from), Some(leader), from, term);
+        }
+        took
+    }
+
     fn route_changed(&self, shard: u32, from: Option<NodeId>, to: Option<NodeId>, told_by: NodeId, term: u64) {
         let now = Instant::now();
         let took = {

@@ -214,7 +214,10 @@ impl BeaconService {
             .add_service(self.into_server())
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }

@@ -540,9 +540,15 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            let _ = draining.wait_for(|d| *d).await;
-        })
+        // TCP_NODELAY on every accepted connection: without it small gRPC answers wait for
+        // Nagle's algorithm (tens of ms behind a delayed ACK), and a listener passed in does not
+        // get tonic's own setting.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = draining.wait_for(|d| *d).await;
+            },
+        )
         .await
         .map_err(|e| e.to_string())
 }
