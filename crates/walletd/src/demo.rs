@@ -474,7 +474,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         "  # the player token is valid until {} (12 hours, a demo setting; real access tokens last 5 minutes)",
         humantime::format_rfc3339_seconds(expires)
     );
-    println!("  grpcurl -plaintext {api_addr} list");
+    // Reflection is served by the nodes (a router forwards the wallet service only).
+    println!("  grpcurl -plaintext {} list", nodes[0].info.api_addr);
     println!("  The node port, for walletd client and admin (it takes the cluster key):");
     println!("  export WALLETD_NODES={} WALLETD_CLUSTER_KEY_FILE={}", addrs.join(","), key_file.display());
     println!("  walletd client status");
