@@ -287,7 +287,12 @@ async fn forward(
     }
     if let Some(code) = status_of(resp.headers()) {
         return if retryable(code) {
-            Attempt::Retry { why: format!("node answered {code:?}"), answer: Some(resp.map(Body::new)) }
+            // An answer to a call the router asked not to forward (a NOT_LEADER without a
+            // leader to name, say) is the router's business, not the caller's: it never
+            // reaches the caller, whose call did not ask for it and must not learn node
+            // addresses from it.
+            let answer = leads_shard.is_none().then(|| resp.map(Body::new));
+            Attempt::Retry { why: format!("node answered {code:?}"), answer }
         } else {
             Attempt::Answer(resp.map(Body::new))
         };
