@@ -3,9 +3,9 @@
 //! each one is in the ledger exactly once, balances add up, no call failed with a code other
 //! than the retryable ones, and the routers' tables name the leaders the cluster reports.
 //!
-//! - t70, on loopback: a shard leader SIGKILLed, then another frozen with SIGSTOP (a gray
+//! - t80, on loopback: a shard leader SIGKILLed, then another frozen with SIGSTOP (a gray
 //!   failure: it keeps its sockets and answers nothing), then a whole region killed.
-//! - t71, with one node on a host of its own (a network namespace, root only): that node cut
+//! - t81, with one node on a host of its own (a network namespace, root only): that node cut
 //!   off (a blackhole), its TCP connections reset, and its link flapping.
 
 // Amounts are written as euros_cents: 100_00 is 100.00 EUR.
@@ -167,7 +167,7 @@ fn wait_new_leader(cl: &RouterCluster, routers: &[&GeoRouter], shard: u32, old: 
 const LOOPBACK: Layout = &[("eu", &[(1, "eu-a"), (4, "eu-b")]), ("us", &[(2, "us-a")]), ("ap", &[(3, "ap-a")])];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t70_routers_follow_leaders_through_a_kill_a_freeze_and_a_region_loss() {
+async fn t80_routers_follow_leaders_through_a_kill_a_freeze_and_a_region_loss() {
     let mut cl = RouterCluster::start(LOOPBACK, SHARDS, 10);
     let ops = cl.ops.clone();
     let eu = GeoRouter::start(&cl.topology, "eu");
@@ -251,12 +251,12 @@ async fn t70_routers_follow_leaders_through_a_kill_a_freeze_and_a_region_loss() 
 const NETNS: Layout = &[("eu", &[(1, "eu-a")]), ("us", &[(2, "us-a")]), ("ap", &[(3, "ap-a")])];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t71_routers_survive_a_blackhole_resets_and_a_flapping_link() {
+async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
     let tag = (std::process::id() % 4000) as u16 + 1;
     let ns = match Netns::create(tag) {
         Ok(ns) => ns,
         Err(e) => {
-            eprintln!("SKIPPED t71: it needs root to make a network namespace ({e})");
+            eprintln!("SKIPPED t81: it needs root to make a network namespace ({e})");
             return;
         }
     };
