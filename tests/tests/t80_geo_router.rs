@@ -25,6 +25,8 @@ use wallet_api::api::pb;
 const SHARDS: u32 = 3;
 const T: Duration = Duration::from_secs(5);
 const PLAYERS: usize = 6;
+/// Each player's deposit: enough for a bet of 1.00 every few ms for minutes, however slow the machine.
+const DEPOSIT: i64 = 1_000_000_00;
 
 /// Bets from one task per player, alternating between routers, each retried with its key.
 struct Load {
@@ -48,7 +50,7 @@ impl Load {
                 idempotency_key: format!("dep-{p}"),
                 player_id: p.clone(),
                 currency: "EUR".into(),
-                amount: 1_000_00,
+                amount: DEPOSIT,
             };
             c.deposit(ops.request(Rpc::Deposit, dep, T)).await.expect("deposit through the router");
         }
@@ -110,7 +112,7 @@ impl Load {
         for (p, bets) in &expected {
             let get = pb::GetBalanceRequest { player_id: p.clone(), currency: "EUR".into(), ..Default::default() };
             let b = c.get_balance(ops.request(Rpc::GetBalance, get, T)).await.expect("balance").into_inner();
-            assert_eq!(b.balance.unwrap().available, 1_000_00 - *bets as i64 * 1_00, "{p}: {bets} bets");
+            assert_eq!(b.balance.unwrap().available, DEPOSIT - *bets as i64 * 1_00, "{p}: {bets} bets");
             let mut seen = std::collections::BTreeSet::new();
             let mut from = 1;
             loop {
