@@ -4,7 +4,8 @@
 #
 # Tests of the session store and of SQL code talk to real Redis and PostgreSQL. This script
 # installs (Debian/Ubuntu, apt) and starts them when they are missing, and uses them when they
-# already run on 127.0.0.1:6379 and 127.0.0.1:5432. It installs Rust with rustup if cargo is
+# already run on 127.0.0.1:6379 and 127.0.0.1:5432. As root it also installs iptables, which the
+# network-fault tests use. It installs Rust with rustup if cargo is
 # missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,7 +78,16 @@ ensure_redis() {
   exit 1
 }
 
+ensure_iptables() {
+  # The network-fault tests (a node in a namespace of its own, cut off with iptables) run only as
+  # root; they say so and skip otherwise, so only root needs the tool.
+  if [ "$(id -u)" -ne 0 ] || command -v iptables >/dev/null 2>&1; then return; fi
+  say "installing iptables (network-fault tests)"
+  apt_install iptables || echo "iptables could not be installed: the network-fault tests will skip" >&2
+}
+
 ensure_rust
+ensure_iptables
 ensure_postgres
 ensure_redis
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -209,8 +209,8 @@ impl RouterCluster {
 }
 
 /// A host of its own: a network namespace joined to this one by a veth pair, so a node in it
-/// can be cut off (a blackhole: packets vanish, nothing is refused) and have its connections
-/// reset. Needs root; [`Netns::create`] says why when it cannot.
+/// can be cut off (a blackhole: packets vanish, nothing is refused), have its connections
+/// reset, and its link flap. Needs root and iptables; [`Netns::create`] says why when it cannot.
 pub struct Netns {
     /// The namespace's name.
     pub name: String,
@@ -251,24 +251,51 @@ impl Netns {
         ip(&["netns", "exec", &n.name, "ip", "addr", "add", &format!("{}/30", n.ns_ip), "dev", &n.ns_if])?;
         ip(&["netns", "exec", &n.name, "ip", "link", "set", &n.ns_if, "up"])?;
         ip(&["netns", "exec", &n.name, "ip", "link", "set", "lo", "up"])?;
+        // Faults are iptables rules inside the namespace: check it works before any node starts.
+        ip(&["netns", "exec", &n.name, "iptables", "-L", "-n"])
+            .map_err(|e| format!("iptables does not work in a namespace here: {e}"))?;
         Ok(n)
     }
 
-    /// Cuts the link from inside the namespace: this side keeps its route and sends into a
-    /// link with no carrier, so packets vanish and connections hang, as behind a dead switch.
+    /// A blackhole, made with iptables inside the namespace: every packet in or out on its
+    /// link is dropped, so packets vanish and connections hang, as behind a dead switch; the
+    /// link itself stays up and nothing is refused.
     pub fn cut(&self) {
-        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.ns_if, "down"]).expect("cut the link");
+        self.iptables("-I", &["-j", "DROP"]).expect("blackhole the namespace");
     }
 
-    /// Restores the link.
+    /// Removes the blackhole.
     pub fn heal(&self) {
-        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.ns_if, "up"]).expect("heal the link");
+        self.iptables("-D", &["-j", "DROP"]).expect("lift the blackhole");
     }
 
-    /// Resets every TCP connection from this side to the namespace (`ss -K`: the local socket
-    /// is aborted and the peer gets a RST).
-    pub fn reset_connections(&self) {
+    /// TCP resets from both ends: the namespace answers every TCP packet with a RST for
+    /// `window` (iptables `REJECT --reject-with tcp-reset`), and every socket on this side to
+    /// the namespace is aborted (`ss -K`), so established connections die at once and new ones
+    /// are refused until the window ends.
+    pub fn reset_connections(&self, window: Duration) {
+        let rst = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"];
+        self.iptables("-I", &rst).expect("reset rule");
         let _ = Command::new("ss").args(["-K", "dst", &self.ns_ip]).output();
+        std::thread::sleep(window);
+        self.iptables("-D", &rst).expect("remove the reset rule");
+    }
+
+    /// Takes the link down (no carrier) or up, from inside the namespace: what a flapping
+    /// cable or port does.
+    pub fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.ns_if, state]).expect("set the link");
+    }
+
+    /// Adds (`-I`) or deletes (`-D`) the rule `spec` on both directions of the namespace's link.
+    fn iptables(&self, op: &str, spec: &[&str]) -> Result<(), String> {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            let mut args = vec!["netns", "exec", &self.name, "iptables", op, chain, dir, &self.ns_if];
+            args.extend_from_slice(spec);
+            ip(&args)?;
+        }
+        Ok(())
     }
 }
 

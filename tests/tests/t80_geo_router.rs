@@ -5,8 +5,9 @@
 //!
 //! - t80, on loopback: a shard leader SIGKILLed, then another frozen with SIGSTOP (a gray
 //!   failure: it keeps its sockets and answers nothing), then a whole region killed.
-//! - t81, with one node on a host of its own (a network namespace, root only): that node cut
-//!   off (a blackhole), its TCP connections reset, and its link flapping.
+//! - t81, with one node on a host of its own (a network namespace; root and iptables only,
+//!   skipped with a message otherwise): that node cut off (an iptables DROP blackhole), its TCP
+//!   connections reset (iptables REJECT with tcp-reset, and `ss -K`), and its link flapping.
 
 // Amounts are written as euros_cents: 100_00 is 100.00 EUR.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -258,7 +259,7 @@ async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
     let ns = match Netns::create(tag) {
         Ok(ns) => ns,
         Err(e) => {
-            eprintln!("SKIPPED t81: it needs root to make a network namespace ({e})");
+            eprintln!("SKIPPED t81: it needs root, a network namespace and iptables ({e})");
             return;
         }
     };
@@ -280,7 +281,7 @@ async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
     let leaders = tokio::task::block_in_place(|| cl.wait_home(&routers, Duration::from_secs(60)));
     assert!(leaders.values().any(|l| *l == 3), "node 3 leads a shard: {leaders:?}");
 
-    // A blackhole: node 3's link is cut; packets vanish, nothing is refused.
+    // A blackhole: iptables drops every packet to and from node 3; nothing is refused.
     let led_by_3: Vec<u32> = leaders.iter().filter(|(_, l)| **l == 3).map(|(s, _)| *s).collect();
     ns.cut();
     let t0 = Instant::now();
@@ -299,9 +300,10 @@ async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
     });
     eprintln!("blackhole healed: node 3 back in rotation after {back:?}");
 
-    // TCP resets: every connection to node 3 is reset, five times while bets flow.
+    // TCP resets: every connection to node 3 is reset (and new ones refused for 200 ms), five
+    // times while bets flow.
     for _ in 0..5 {
-        ns.reset_connections();
+        tokio::task::block_in_place(|| ns.reset_connections(Duration::from_millis(200)));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -313,11 +315,7 @@ async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
     let flap_end = Instant::now() + Duration::from_secs(4);
     let mut down = false;
     while Instant::now() < flap_end {
-        if down {
-            ns.heal();
-        } else {
-            ns.cut();
-        }
+        ns.link(down);
         down = !down;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now_in = eu.in_rotation(3) == Some(true);
@@ -326,7 +324,7 @@ async fn t81_routers_survive_a_blackhole_resets_and_a_flapping_link() {
         }
         was_in = now_in;
     }
-    ns.heal();
+    ns.link(true);
     assert!(returns <= 1, "node 3 came back into rotation {returns} times while its link flapped");
     wait_until("node 3 returns to rotation after the flapping", Duration::from_secs(20), || {
         routers.iter().all(|r| r.in_rotation(3) == Some(true))
