@@ -7,10 +7,12 @@
 //!   fault to the first bet acknowledged whose successful attempt started after the fault.
 //!   Run with the cluster's timing set for `--rtt-ms` (50 by default; 1 for LAN timing).
 //! - **throughput**: closed-loop bets from `--clients` clients through the router, against
-//!   calling a random node (which forwards) and calling each shard's leader directly.
+//!   calling a random node (which forwards) and calling each shard's leader directly. With
+//!   `--pin`, the nodes run on CPU 0 and the routers and the load on CPU 1, so the router has
+//!   a core the nodes do not share (as deployed), for every path alike.
 //!
-//! `cargo bench -p e2e-tests --bench router -- [failover|throughput] [--trials 20] [--rtt-ms 50]
-//! [--clients 64] [--secs 8]`
+//! `cargo bench --workspace --bench router -- [failover|throughput] [--trials 20] [--rtt-ms 50]
+//! [--clients 64] [--secs 8] [--rounds 1] [--pin]`
 
 // Floats here are rates, durations and percentiles for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e_tests::pin;
 use e2e_tests::router::{GeoRouter, Layout, RouterCluster};
 use hdrhistogram::Histogram;
 use tonic::Code;
@@ -40,10 +43,15 @@ struct Args {
     rtt_ms: u64,
     clients: usize,
     secs: u64,
+    /// Nodes on CPU 0; the routers and the load on CPU 1 (a router on cores of its own, as
+    /// deployed, instead of sharing the nodes' cores).
+    pin: bool,
+    /// Rounds of the alternating paths in a throughput run.
+    rounds: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { what: "all".into(), trials: 20, rtt_ms: 50, clients: 64, secs: 8 };
+    let mut a = Args { what: "all".into(), trials: 20, rtt_ms: 50, clients: 64, secs: 8, pin: false, rounds: 1 };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(arg) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse::<u64>().ok()).expect("a number");
@@ -52,6 +60,8 @@ fn args() -> Args {
             "--rtt-ms" => a.rtt_ms = num(),
             "--clients" => a.clients = num() as usize,
             "--secs" => a.secs = num(),
+            "--pin" => a.pin = true,
+            "--rounds" => a.rounds = num() as usize,
             "failover" | "throughput" | "all" => a.what = arg,
             other => panic!("unknown argument {other}"),
         }
@@ -251,11 +261,30 @@ enum Path {
     Leader,
 }
 
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Router => "router",
+            Path::RandomNode => "random node",
+            Path::Leader => "leader",
+        }
+    }
+}
+
 async fn throughput(a: &Args) {
     let cl = RouterCluster::start(LAYOUT, SHARDS, 1);
     let routers: Vec<GeoRouter> = REGIONS.iter().map(|r| GeoRouter::start(&cl.topology, r)).collect();
     let refs: Vec<&GeoRouter> = routers.iter().collect();
     let leaders = tokio::task::block_in_place(|| cl.wait_home(&refs, Duration::from_secs(120)));
+    if a.pin {
+        for n in cl.nodes.values() {
+            pin(n.pid().expect("running"), "0");
+        }
+        for r in &routers {
+            pin(r.pid(), "1");
+        }
+        pin(std::process::id(), "1");
+    }
     let mut setup = connect(&routers[0].addr).await.unwrap();
     let players: Vec<String> = (0..a.clients).map(|i| format!("{}:p{i}", REGIONS[i % 3])).collect();
     for p in &players {
@@ -275,14 +304,18 @@ async fn throughput(a: &Args) {
     }
     let router_client = connect(&routers[0].addr).await.unwrap();
     println!(
-        "\nbets through the geo-router against a random node and the leader: 4 nodes, 3 shards, {} s per run",
-        a.secs
+        "\nbets through the geo-router against a random node and the leader: 4 nodes, 3 shards, {} s per run{}",
+        a.secs,
+        if a.pin { "; nodes on CPU 0, routers and load on CPU 1" } else { "" }
     );
     println!(
         "{:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>7}",
         "path", "clients", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
-    for path in [Path::Leader, Path::Router, Path::RandomNode, Path::Router, Path::Leader] {
+    // Rounds alternate the paths so drift shows; the summary compares medians.
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let order = [Path::Leader, Path::Router, Path::RandomNode, Path::Router, Path::Leader];
+    for path in (0..a.rounds).flat_map(|_| order) {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (i, p) in players.iter().cloned().enumerate() {
@@ -331,6 +364,7 @@ async fn throughput(a: &Args) {
             errors += e;
         }
         let secs = began.elapsed().as_secs_f64();
+        rates.entry(path.name()).or_default().push(all.len() as f64 / secs);
         let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
         println!(
             "{:<14} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}",
@@ -343,6 +377,20 @@ async fn throughput(a: &Args) {
             errors
         );
     }
+    let median = |path: Path| {
+        let mut v = rates.get(path.name()).cloned().unwrap_or_default();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let leader = median(Path::Leader).max(1.0);
+    println!(
+        "medians: leader {:.0}/s, router {:.0}/s ({:.0}% of leader), random node {:.0}/s ({:.0}%)",
+        leader,
+        median(Path::Router),
+        100.0 * median(Path::Router) / leader,
+        median(Path::RandomNode),
+        100.0 * median(Path::RandomNode) / leader
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

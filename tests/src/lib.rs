@@ -80,6 +80,19 @@ pub fn walletd_command() -> Command {
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
+/// Pins every thread of process `pid` to the CPUs in `cpus` (a `taskset` list such as "0" or
+/// "1-3"); threads it starts later inherit it. For benchmarks that give a component cores of
+/// its own.
+pub fn pin(pid: u32, cpus: &str) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run taskset")
+        .success();
+    assert!(ok, "taskset -c {cpus} of {pid} failed");
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -225,6 +238,11 @@ impl Walletd {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM and wait: the clean shutdown path.

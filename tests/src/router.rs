@@ -47,6 +47,11 @@ impl GeoRouter {
         Self { child, addr, region: region.into() }
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `geo-router status` as JSON.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(geo_router_bin())

@@ -245,6 +245,26 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, ms: u64) -> bool {
     }
 }
 
+/// Reads `stream`, handing each message to `each`, until it ends or breaks (`Some(why)`) or
+/// the router stops (`None`).
+async fn follow<T>(
+    stream: &mut tonic::Streaming<T>,
+    stop: &mut watch::Receiver<bool>,
+    mut each: impl FnMut(T),
+) -> Option<String> {
+    loop {
+        let next = tokio::select! {
+            m = stream.message() => m,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match next {
+            Ok(Some(m)) => each(m),
+            Ok(None) => return Some("the node ended it".into()),
+            Err(e) => return Some(e.message().to_string()),
+        }
+    }
+}
+
 /// Follows one node's `WatchLeaders` stream, reopening it when it breaks.
 async fn leaders_feed(router: Router, node: NodeId, addr: String, mut stop: watch::Receiver<bool>) {
     loop {
@@ -258,21 +278,10 @@ async fn leaders_feed(router: Router, node: NodeId, addr: String, mut stop: watc
         };
         match opened {
             Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    let next = tokio::select! {
-                        m = stream.message() => m,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    match next {
-                        Ok(Some(table)) => router.learn(node, table),
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(node, "leader feed broke: {}", e.message());
-                            break;
-                        }
-                    }
-                }
+                let Some(why) = follow(&mut stream.into_inner(), &mut stop, |t| router.learn(node, t)).await else {
+                    return;
+                };
+                tracing::debug!(node, "leader feed broke: {why}");
             }
             Err(e) if e.code() == tonic::Code::Unauthenticated => {
                 tracing::error!(node, "node {node} refuses the router's cluster key: {}", e.message());
@@ -299,29 +308,22 @@ async fn health_feed(router: Router, node: NodeId, addr: String, mut stop: watch
         };
         let why = match opened {
             Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    let next = tokio::select! {
-                        m = stream.message() => m,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    match next {
-                        Ok(Some(r)) => {
-                            let now = Instant::now();
-                            let t = {
-                                let mut health = router.inner.health.lock().expect("health");
-                                let h = health.entry(node).or_default();
-                                if r.status == ServingStatus::Serving as i32 {
-                                    h.serving(now, &router.inner.policy)
-                                } else {
-                                    h.not_serving()
-                                }
-                            };
-                            router.transition(node, t);
+                let each = |r: tonic_health::pb::HealthCheckResponse| {
+                    let now = Instant::now();
+                    let t = {
+                        let mut health = router.inner.health.lock().expect("health");
+                        let h = health.entry(node).or_default();
+                        if r.status == ServingStatus::Serving as i32 {
+                            h.serving(now, &router.inner.policy)
+                        } else {
+                            h.not_serving()
                         }
-                        Ok(None) => break "the node ended it".to_string(),
-                        Err(e) => break e.message().to_string(),
-                    }
+                    };
+                    router.transition(node, t);
+                };
+                match follow(&mut stream.into_inner(), &mut stop, each).await {
+                    Some(why) => why,
+                    None => return,
                 }
             }
             Err(e) => e.message().to_string(),
