@@ -62,7 +62,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("walletd", &["ledger-core", "raft-ledger", "wallet-api", "session-store", "geo-router"]),
     ("sim", &["ledger-core", "raft-ledger"]),
     ("geo-router", &["ledger-core"]),
-    ("chaos", &["ledger-core"]),
+    ("chaos", &["ledger-core", "raft-ledger", "wallet-api"]),
     ("e2e-tests", &["ledger-core", "raft-ledger", "wallet-api", "session-store", "walletd", "rng-beacon", "sim"]),
 ];
 
