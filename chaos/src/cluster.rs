@@ -64,6 +64,9 @@ impl Proc {
             None => Command::new(&self.program),
         };
         cmd.args(&self.args).stdout(Stdio::null()).stderr(log);
+        // A process group of its own: Ctrl-C in the terminal reaches the runner only, which
+        // then runs the rollbacks and the checker against a cluster that is still up.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         self.child = Some(cmd.spawn()?);
         self.paused = false;
         Ok(())
@@ -474,11 +477,25 @@ impl Cluster {
         ip(&["-n", ns, "link", "set", iface, if up { "up" } else { "down" }])
     }
 
+    /// Runs `tc` with `args` on node `name`'s link, inside its namespace (root).
+    pub fn tc(&self, name: &str, args: &[&str]) -> Result<(), String> {
+        let p = self.nodes.get(name).ok_or_else(|| format!("no node {name}"))?;
+        let (Some(ns), Some(iface)) = (p.netns.as_deref(), p.iface.as_deref()) else {
+            return Err("a bandwidth limit needs root (a namespace per node)".into());
+        };
+        let mut full = vec!["netns", "exec", ns, "tc"];
+        for a in args {
+            full.push(if *a == "DEV" { iface } else { a });
+        }
+        ip(&full)
+    }
+
     /// Removes every iptables rule and brings every link up, in every namespace.
     pub fn heal_network(&self) {
         for p in self.nodes.values() {
             if let (Some(ns), Some(iface)) = (p.netns.as_deref(), p.iface.as_deref()) {
                 let _ = ip(&["netns", "exec", ns, "iptables", "-F"]);
+                let _ = ip(&["netns", "exec", ns, "tc", "qdisc", "del", "dev", iface, "root"]);
                 let _ = ip(&["-n", ns, "link", "set", iface, "up"]);
             }
         }

@@ -683,6 +683,31 @@ async fn apply(
             });
             Ok(n)
         }
+        Fault::Loss { target, percent, .. } => {
+            let c = lock(cluster);
+            let n = resolve(target, &c, leaders)?;
+            let p = format!("{:.2}", f64::from(*percent) / 100.0);
+            for chain in ["INPUT", "OUTPUT"] {
+                c.iptables(
+                    &n,
+                    &["-I", chain, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
+                )?;
+            }
+            Ok(format!("{n} ({percent}%)"))
+        }
+        Fault::Bandwidth { target, kbit, .. } => {
+            let c = lock(cluster);
+            let n = resolve(target, &c, leaders)?;
+            let rate = format!("{kbit}kbit");
+            c.tc(
+                &n,
+                &[
+                    "qdisc", "replace", "dev", "DEV", "root", "tbf", "rate", &rate, "burst", "16kbit", "latency",
+                    "400ms",
+                ],
+            )?;
+            Ok(n)
+        }
         Fault::RollingRestart { pause_s } => {
             let names: Vec<String> = lock(cluster).nodes.keys().cloned().collect();
             let (cluster, pause, list) = (cluster.clone(), Duration::from_secs_f64(*pause_s), names.clone());
@@ -745,6 +770,20 @@ fn heal(cluster: &Mutex<Cluster>, proxy: &FaultProxy, fault: &Fault, target: Opt
         }
         Fault::Flap { .. } => {
             let _ = c.link(target, true);
+        }
+        Fault::Loss { percent, .. } => {
+            // Delete exactly the rules `apply` inserted, so an isolation in force stays.
+            let node = target.split(' ').next().unwrap_or_default();
+            let p = format!("{:.2}", f64::from(*percent) / 100.0);
+            for chain in ["INPUT", "OUTPUT"] {
+                let _ = c.iptables(
+                    node,
+                    &["-D", chain, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
+                );
+            }
+        }
+        Fault::Bandwidth { .. } => {
+            let _ = c.tc(target, &["qdisc", "del", "dev", "DEV", "root"]);
         }
         Fault::Partition { .. } | Fault::Latency { .. } | Fault::Reset { .. } | Fault::RollingRestart { .. } => {}
     }

@@ -202,6 +202,11 @@ pub enum Fault {
     Flap { target: Target, period_ms: u64, for_s: f64 },
     /// Restart every node in turn (SIGTERM, start, wait until it serves), as in an upgrade.
     RollingRestart { pause_s: f64 },
+    /// Drop this percentage of a node's packets at random, both ways (iptables `statistic`
+    /// in its namespace; root).
+    Loss { target: Target, percent: u32, for_s: f64 },
+    /// Limit a node's outgoing bandwidth (a token bucket, `tc tbf`, on its link; root).
+    Bandwidth { target: Target, kbit: u32, for_s: f64 },
 }
 
 impl Fault {
@@ -217,6 +222,8 @@ impl Fault {
             Fault::Reset { .. } => "reset",
             Fault::Flap { .. } => "flap",
             Fault::RollingRestart { .. } => "rolling_restart",
+            Fault::Loss { .. } => "loss",
+            Fault::Bandwidth { .. } => "bandwidth",
         }
     }
 
@@ -229,7 +236,9 @@ impl Fault {
             | Fault::Isolate { for_s, .. }
             | Fault::Latency { for_s, .. }
             | Fault::Reset { for_s, .. }
-            | Fault::Flap { for_s, .. } => *for_s,
+            | Fault::Flap { for_s, .. }
+            | Fault::Loss { for_s, .. }
+            | Fault::Bandwidth { for_s, .. } => *for_s,
             Fault::RollingRestart { .. } => 0.0,
         }
     }
@@ -353,6 +362,8 @@ impl Scenario {
                 | Fault::Isolate { target, .. }
                 | Fault::Reset { target, .. }
                 | Fault::Flap { target, .. } => target_ok(target),
+                Fault::Loss { target, percent, .. } => target_ok(target) && (1..=100).contains(percent),
+                Fault::Bandwidth { target, kbit, .. } => target_ok(target) && *kbit >= 8,
                 Fault::KillRegion { region, .. } => regions.contains(&region.as_str()),
                 Fault::Partition { groups, .. } => groups.len() >= 2 && groups.iter().flatten().all(|g| known(g)),
                 Fault::Latency { to, delay_ms, jitter_ms, .. } => known(to) && *delay_ms + *jitter_ms <= 5_000,

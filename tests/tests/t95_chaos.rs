@@ -47,9 +47,9 @@ fn run(scenario: &str, out: &Path) {
 }
 
 #[test]
-fn t90_short_chaos_scenarios_pass() {
+fn t95_short_chaos_scenarios_pass() {
     // Run folders are kept (under target/) so a failure can be read afterwards.
-    let out = chaos_bin().parent().unwrap().join("chaos-runs").join(format!("t90-{}", std::process::id()));
+    let out = chaos_bin().parent().unwrap().join("chaos-runs").join(format!("t95-{}", std::process::id()));
     run("leader-kill-loop.toml", &out);
     if root() {
         run("minority-partition.toml", &out);
