@@ -1,7 +1,8 @@
 //! What a run leaves in its folder: `journal.json` (shaped like a Chaos Toolkit journal:
 //! `status`, `deviated`, `steady_states` before/after/during, `run`, `rollbacks`, start, end,
 //! duration; our measurements under `measurements`), `checker.json` (the checker's verdict,
-//! every violation named), `timeline.csv` (per second), `report.md` and its plots
+//! every violation named), `timeline.csv` (per second), `attempts.csv` (every attempt: start,
+//! end, shard, error), `report.md` and its plots
 //! (`timeline.svg`: throughput, errors and p99 over time with the fault windows shaded;
 //! `rto.svg`: every fault's RTO by kind).
 
@@ -137,6 +138,11 @@ pub fn write(dir: &Path, s: &Scenario, out: &Outcome) -> std::io::Result<()> {
         let _ = writeln!(csv, "{i},{},{},{:.2}", s.acked, s.failed, s.p99_ms);
     }
     std::fs::write(dir.join("timeline.csv"), csv)?;
+    let mut raw = String::from("start_ms,end_ms,shard,error\n");
+    for a in &out.attempts {
+        let _ = writeln!(raw, "{:.1},{:.1},{},{}", a.start_ms, a.end_ms, a.shard, a.error.as_deref().unwrap_or(""));
+    }
+    std::fs::write(dir.join("attempts.csv"), raw)?;
     let plots_ok =
         plot_timeline(&dir.join("timeline.svg"), out, &seconds).is_ok() && plot_rto(&dir.join("rto.svg"), out).is_ok();
     std::fs::write(dir.join("report.md"), markdown(s, out, plots_ok))?;

@@ -273,7 +273,7 @@ impl Scenario {
     /// Parses and validates scenario text.
     pub fn parse(text: &str) -> Result<Self, ScenarioError> {
         let s: Scenario = toml::from_str(text)
-            .map_err(|e| ScenarioError::Parse { path: String::new(), message: e.message().to_string() })?;
+            .map_err(|e| ScenarioError::Parse { path: String::new(), message: e.to_string().trim().to_string() })?;
         s.validate().map_err(|message| ScenarioError::Invalid { path: String::new(), message })?;
         Ok(s)
     }

@@ -40,6 +40,9 @@ const DEADLINE_MAX_MS: u64 = 60_000;
 const ATTEMPTS_MAX: u32 = 6;
 /// Pause between rounds of attempts when every candidate failed, times the round.
 const BACKOFF_MS: u64 = 25;
+/// Longest a call waits for a shard without a usable leader to elect one (an election at
+/// 150 ms RTT timing takes up to about 2 s).
+const LEADER_WAIT_MAX_MS: u64 = 2_500;
 
 /// The router's own refusal, with `ErrorInfo` so clients branch on `reason`.
 pub(crate) fn refusal(code: Code, reason: &str, message: &str) -> Status {
@@ -150,6 +153,16 @@ async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body
         if attempt > 0 && !std::mem::take(&mut redirected) && !router.inner.budget.lock().expect("budget").withdraw() {
             tracing::debug!(method, "retry budget exhausted");
             break;
+        }
+        // A call for a shard in an election waits for the new leader (leaving part of the
+        // deadline for the call itself) rather than hanging in a follower's forward to the old
+        // one; without a leader by then it goes to a follower as before.
+        if let (Need::Leader, Some(s)) = (need, shard)
+            && !router.leader_alive(s)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.saturating_sub(left / 3).min(Duration::from_millis(LEADER_WAIT_MAX_MS));
+            router.wait_for_leader(s, Instant::now() + wait).await;
         }
         let Some(target) = pick(&router, shard, need, last.as_ref().map(|l| l.0)) else {
             return respond(refusal(

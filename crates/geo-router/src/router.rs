@@ -76,6 +76,9 @@ pub(crate) struct Inner {
     /// When each shard lost its leader (for failover durations).
     leaderless_since: Mutex<BTreeMap<u32, Instant>>,
     pub(crate) started: Instant,
+    /// Woken on every route change and every node back in rotation, for calls waiting for a
+    /// shard's leader.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 /// A router. Cheap to clone.
@@ -108,6 +111,7 @@ impl Router {
                 token,
                 failovers: Mutex::new(VecDeque::new()),
                 leaderless_since: Mutex::new(BTreeMap::new()),
+                changed: tokio::sync::Notify::new(),
                 started: Instant::now(),
             }),
         })
@@ -147,7 +151,10 @@ impl Router {
     pub(crate) fn transition(&self, node: NodeId, t: Option<Transition>) {
         match t {
             Some(Transition::Out(why)) => tracing::warn!(node, "node out of rotation: {why}"),
-            Some(Transition::In) => tracing::info!(node, "node back in rotation"),
+            Some(Transition::In) => {
+                tracing::info!(node, "node back in rotation");
+                self.inner.changed.notify_waiters();
+            }
             None => {}
         }
     }
@@ -173,6 +180,45 @@ impl Router {
     pub(crate) fn usable(&self, node: NodeId) -> bool {
         let now = Instant::now();
         self.inner.health.lock().expect("health").get(&node).is_some_and(|h| h.usable(now))
+    }
+
+    /// Whether `shard` has a known leader whose health stream says it serves. A leader only
+    /// ejected for failed calls still counts (its followers reach it; calls go to them as
+    /// before); a leader whose stream broke or that reports NOT_SERVING, or no leader at all
+    /// (an election), does not.
+    pub(crate) fn leader_alive(&self, shard: u32) -> bool {
+        let leader = self.inner.table.read().expect("table").shards.get(&shard).and_then(|r| r.leader);
+        leader.is_some_and(|l| {
+            let health = self.inner.health.lock().expect("health");
+            health.get(&l).is_some_and(|h| matches!(h.active(), crate::health::Active::Serving(_)))
+        })
+    }
+
+    /// Waits until `shard` has a live leader (see [`Router::leader_alive`]) or `until` passes;
+    /// true when it has one.
+    ///
+    /// During an election a call sent to a follower is forwarded to the leader the follower
+    /// last knew, which is dead or frozen, and hangs there until its deadline; waiting here for
+    /// the election to end (a few hundred ms) and then going straight to the new leader is
+    /// both sooner and cheaper.
+    pub(crate) async fn wait_for_leader(&self, shard: u32, until: Instant) -> bool {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.leader_alive(shard) {
+                return true;
+            }
+            let tick = tokio::time::sleep_until((Instant::now() + Duration::from_millis(TICK_MS)).min(until).into());
+            tokio::select! {
+                () = &mut notified => {}
+                // Ejections end on time, not on an event: look again every tick.
+                () = tick => {}
+            }
+            if Instant::now() >= until {
+                return self.leader_alive(shard);
+            }
+        }
     }
 
     /// Learns from a node's leader table and logs every route change with its reason.
@@ -230,6 +276,7 @@ impl Router {
                 tracing::info!(shard, term, from = ?from, told_by, "route lost: node {told_by} reports an election in term {term}")
             }
         }
+        self.inner.changed.notify_waiters();
         let mut f = self.inner.failovers.lock().expect("failovers");
         f.push_back(Failover { shard, from, to, at: now, took });
         while f.len() > FAILOVERS_KEPT {
