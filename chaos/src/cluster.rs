@@ -43,8 +43,11 @@ pub struct Proc {
     pub api_listen: Option<SocketAddr>,
     /// The proxy's address for its wallet API (nodes) or its service (routers): what clients dial.
     pub front: SocketAddr,
+    /// A node's folder in the run (its data directory, clock offset file); none for routers.
+    pub home: Option<PathBuf>,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     /// Stopped with SIGSTOP and not yet continued.
@@ -63,7 +66,7 @@ impl Proc {
             }
             None => Command::new(&self.program),
         };
-        cmd.args(&self.args).stdout(Stdio::null()).stderr(log);
+        cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(log);
         // A process group of its own: Ctrl-C in the terminal reaches the runner only, which
         // then runs the rollbacks and the checker against a cluster that is still up.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -130,6 +133,23 @@ impl Proc {
     }
 }
 
+/// Writes zeros to `path` until its file system is full; returns the bytes written.
+pub fn fill(path: &Path) -> Result<u64, String> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC: full, as wanted
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(written)
+}
+
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
@@ -184,7 +204,77 @@ pub struct Cluster {
     pub operator: (String, Vec<u8>),
     bridge: Option<String>,
     namespaces: Vec<String>,
+    /// tmpfs data directories (disk-full runs), unmounted at the end.
+    mounts: Vec<PathBuf>,
+    /// Power-cut file systems under the nodes' data directories (power-cut runs), by node.
+    lazy: BTreeMap<String, LazyMount>,
 }
+
+/// A `chaos lazyfs` process serving one node's data directory, and its command pipe.
+struct LazyMount {
+    child: Child,
+    commands: Option<std::process::ChildStdin>,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+    at: PathBuf,
+}
+
+impl LazyMount {
+    fn start(home: &Path, log: &Path) -> Result<Self, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find the chaos binary: {e}"))?;
+        let at = home.join("data");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("lazyfs").arg("--backing").arg(home.join("backing")).arg("--mount").arg(&at);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start chaos lazyfs: {e}"))?;
+        let commands = child.stdin.take();
+        let mut answers = std::io::BufReader::new(child.stdout.take().ok_or("no pipe from chaos lazyfs")?);
+        let mut line = String::new();
+        answers.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "mounted" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the power-cut file system did not mount on {} (see its log)", at.display()));
+        }
+        Ok(Self { child, commands, answers, at })
+    }
+
+    /// The cut: every unsynced write is dropped. Returns the bytes dropped.
+    fn cut(&mut self) -> Result<u64, String> {
+        use std::io::{BufRead, Write};
+        let pipe = self.commands.as_mut().ok_or("the power-cut file system is closed")?;
+        pipe.write_all(b"cut\n").and_then(|()| pipe.flush()).map_err(|e| format!("power-cut file system: {e}"))?;
+        let mut line = String::new();
+        self.answers.read_line(&mut line).map_err(|e| format!("power-cut file system: {e}"))?;
+        line.trim()
+            .strip_prefix("cut ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("power-cut file system said {line:?}"))
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        // End of input unmounts; a stuck one is killed and lazily unmounted.
+        drop(self.commands.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// The file, in a node's folder, whose number (ms) offsets its clock (clock-skew runs).
+const CLOCK_FILE: &str = "clock-offset-ms";
+/// The file that fills a node's tmpfs (disk-full runs).
+const FILLER: &str = "chaos-filler";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -193,6 +283,10 @@ impl Drop for Cluster {
                 p.pause(false);
             }
             p.kill();
+        }
+        self.lazy.clear();
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
         }
         for ns in &self.namespaces {
             let _ = ip(&["netns", "del", ns]);
@@ -242,7 +336,15 @@ impl Cluster {
             operator: ("chaos".into(), op_secret),
             bridge: None,
             namespaces: Vec::new(),
+            mounts: Vec::new(),
+            lazy: BTreeMap::new(),
         };
+        if s.uses("power_cut") && !root {
+            return Err("a power_cut fault needs root (each node's data directory is a FUSE mount of its own)".into());
+        }
+        if s.uses("disk_full") && !root {
+            return Err("a disk_full fault needs root (each node's data directory is a tmpfs of its own)".into());
+        }
         let front_ip = if root { format!("{prefix}.1") } else { "127.0.0.1".into() };
         if root {
             let bridge = format!("wcb{tag}");
@@ -325,7 +427,34 @@ impl Cluster {
             placed.into_iter().enumerate()
         {
             let dir = paths.run_dir.join(&name);
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+            let mut env = Vec::new();
+            if s.uses("clock_skew") {
+                let file = dir.join(CLOCK_FILE);
+                std::fs::write(&file, "0\n").map_err(|e| e.to_string())?;
+                env.push(("WALLETD_CLOCK_OFFSET_FILE".to_string(), file.display().to_string()));
+            }
+            if s.uses("disk_full") {
+                let size = format!("size={}m", s.cluster.disk_mb);
+                let out = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+                    .arg(&data)
+                    .output()
+                    .map_err(|e| format!("cannot run mount: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "mount a tmpfs on {}: {}",
+                        data.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                c.mounts.push(data.clone());
+            }
+            if s.uses("power_cut") {
+                let m = LazyMount::start(&dir, &paths.run_dir.join(format!("{name}-lazyfs.log")))?;
+                c.lazy.insert(name.clone(), m);
+            }
             let mut args: Vec<String> = vec![
                 "start".into(),
                 "--node-id".into(),
@@ -339,7 +468,7 @@ impl Cluster {
                 "--api-advertise".into(),
                 front_api.to_string(),
                 "--data-dir".into(),
-                dir.join("data").display().to_string(),
+                data.display().to_string(),
                 "--region".into(),
                 region.clone(),
                 "--zone".into(),
@@ -362,8 +491,10 @@ impl Cluster {
                 listen,
                 api_listen: Some(api_listen),
                 front: front_api,
+                home: Some(dir),
                 program: paths.walletd.clone(),
                 args,
+                env,
                 log: paths.run_dir.join(format!("{name}.log")),
                 child: None,
                 paused: false,
@@ -407,8 +538,10 @@ impl Cluster {
                 listen,
                 api_listen: None,
                 front,
+                home: None,
                 program: paths.geo_router.clone(),
                 args,
+                env: Vec::new(),
                 log: paths.run_dir.join(format!("{name}.log")),
                 child: None,
                 paused: false,
@@ -504,6 +637,29 @@ impl Cluster {
     /// Node-port addresses of every node (their own, not the proxy's), for the checker.
     pub fn node_addrs(&self) -> BTreeMap<u64, String> {
         self.nodes.values().map(|p| (self.ids[&p.name], p.listen.to_string())).collect()
+    }
+
+    /// Offsets a node's clock by `ms` (0 heals); the node re-reads it within 100 ms.
+    pub fn skew_clock(&self, name: &str, ms: i64) -> Result<(), String> {
+        let home = self.nodes.get(name).and_then(|p| p.home.as_ref()).ok_or("no such node")?;
+        std::fs::write(home.join(CLOCK_FILE), format!("{ms}\n")).map_err(|e| format!("{name}'s clock file: {e}"))
+    }
+
+    /// The file that fills a node's data directory (see [`fill`]).
+    pub fn filler(&self, name: &str) -> Option<PathBuf> {
+        self.nodes.get(name).and_then(|p| p.home.as_ref()).map(|h| h.join("data").join(FILLER))
+    }
+
+    /// Cuts a node's power-cut file system: what it had not fsynced is gone. Returns the bytes.
+    pub fn cut_power(&mut self, name: &str) -> Result<u64, String> {
+        self.lazy.get_mut(name).ok_or("this run has no power-cut file system")?.cut()
+    }
+
+    /// Frees what [`fill`] took.
+    pub fn free_disk(&self, name: &str) {
+        if let Some(home) = self.nodes.get(name).and_then(|p| p.home.as_ref()) {
+            let _ = std::fs::remove_file(home.join("data").join(FILLER));
+        }
     }
 
     /// The data directory of the run (logs are beside it).

@@ -7,6 +7,7 @@
 //!   blackholes, resets, timeouts, slicing; per link and direction, in layers).
 //! - [`cluster`]: nodes and routers as processes, a network namespace each when root.
 //! - [`run`]: the workload, the method, the rollbacks, the measurements.
+//! - [`lazyfs`]: a FUSE file system that loses unsynced writes at a power cut.
 //! - [`checker`]: history against the ledger, every violation named.
 //! - [`report`]: journal.json, checker.json, timeline.csv, report.md, plots.
 
@@ -16,6 +17,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod lazyfs;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -50,6 +50,17 @@ enum Cmd {
         #[arg(default_value = "chaos/scenarios")]
         dir: PathBuf,
     },
+    /// Mount the power-cut file system (used by `run` for power_cut faults; root). Prints
+    /// `mounted`, then answers `cut` on standard input; end of input unmounts.
+    #[command(hide = true)]
+    Lazyfs {
+        /// The directory that holds what is durable.
+        #[arg(long)]
+        backing: PathBuf,
+        /// Where to mount it.
+        #[arg(long)]
+        mount: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +79,13 @@ fn main() -> ExitCode {
             }
             if bad { ExitCode::from(2) } else { ExitCode::SUCCESS }
         }
+        Cmd::Lazyfs { backing, mount } => match chaos::lazyfs::serve(&backing, &mount) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chaos lazyfs: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::List { dir } => match list(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -88,7 +88,7 @@ pub fn write(dir: &Path, s: &Scenario, out: &Outcome) -> std::io::Result<()> {
                 "status": if f.error.is_none() { "succeeded" } else { "failed" },
                 "start_ms": f.at_ms,
                 "end_ms": f.healed_ms,
-                "output": {"rto_ms_per_shard": f.rto_ms, "rto_ms": f.worst_rto()},
+                "output": {"rto_ms_per_shard": f.rto_ms, "rto_ms": f.worst_rto(), "note": f.note},
                 "exception": f.error,
             })
         })
@@ -188,7 +188,8 @@ fn markdown(s: &Scenario, out: &Outcome, plots: bool) -> String {
         out.verdict.unknown, out.verdict.unknown_applied
     );
     let _ = writeln!(m, "| checker violations | {} | 0 |", out.verdict.violations.len());
-    let _ = writeln!(m, "| leader changes per shard | {:?} | |\n", out.leader_changes);
+    let changes: Vec<String> = out.leader_changes.iter().map(|(s, n)| format!("shard {s}: {n}")).collect();
+    let _ = writeln!(m, "| leader changes | {} | |\n", changes.join(", "));
     let _ = writeln!(m, "## Steady state and fault windows\n");
     let _ = writeln!(
         m,
@@ -232,6 +233,11 @@ fn markdown(s: &Scenario, out: &Outcome, plots: bool) -> String {
             f.worst_rto().map_or("never".into(), |v| format!("{v:.0}")),
             per.join(", ")
         );
+    }
+    for (i, f) in out.faults.iter().enumerate() {
+        if let Some(note) = &f.note {
+            let _ = writeln!(m, "\nFault {} at healing: {note}.", i + 1);
+        }
     }
     let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for f in &out.faults {

@@ -62,6 +62,8 @@ pub struct FaultRecord {
     pub rto_ms: BTreeMap<u32, Option<f64>>,
     /// Something went wrong applying it.
     pub error: Option<String>,
+    /// What the runner saw when it healed the fault (a node that had stopped by itself).
+    pub note: Option<String>,
 }
 
 impl FaultRecord {
@@ -107,6 +109,8 @@ pub struct Outcome {
     pub faults: Vec<FaultRecord>,
     /// Leader changes seen by the sampler, per shard.
     pub leader_changes: BTreeMap<u32, u32>,
+    /// Shards with a leader after healing (the "every shard led" probe).
+    pub led_at_end: u32,
     /// Steady state before the first fault and after the last heal, and the fault windows.
     pub windows: Vec<Window>,
     /// Each probe of the hypothesis: (window, probe, tolerance, value, ok).
@@ -330,6 +334,7 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
                         healed_ms: None,
                         rto_ms: BTreeMap::new(),
                         error: applied.as_ref().err().cloned(),
+                        note: None,
                     });
                     r.len() - 1
                 };
@@ -339,8 +344,10 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
                 let target = applied.ok();
                 heals.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(span)).await;
-                    heal(&cluster, &proxy, &fault, target.as_deref(), &layer);
-                    records.lock().expect("records")[idx].healed_ms = Some(shared.ms());
+                    let note = heal(&cluster, &proxy, &fault, target.as_deref(), &layer);
+                    let mut r = records.lock().expect("records");
+                    r[idx].healed_ms = Some(shared.ms());
+                    r[idx].note = note;
                 }));
             }
             for h in heals {
@@ -385,9 +392,12 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
     // Healed: wait until every shard is led and the replicas agree, then check.
     let healed = Instant::now();
     let mut replicas;
+    let mut led_at_end;
     loop {
         replicas = probe.replicas().await;
-        let agreed = replicas.len() == s.cluster.shards as usize
+        led_at_end = probe.leaders().await.len() as u32;
+        let agreed = led_at_end == s.cluster.shards
+            && replicas.len() == s.cluster.shards as usize
             && replicas
                 .values()
                 .all(|r| r.windows(2).all(|w| w[0].head_hash == w[1].head_hash && w[0].head_seq == w[1].head_seq));
@@ -424,6 +434,7 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
         attempts,
         faults,
         leader_changes,
+        led_at_end,
         windows: Vec::new(),
         probes: Vec::new(),
         verdict,
@@ -708,6 +719,35 @@ async fn apply(
             )?;
             Ok(n)
         }
+        Fault::PowerCut { target, .. } => {
+            let mut c = lock(cluster);
+            let n = resolve(target, &c, leaders)?;
+            // The process dies first, then its unsynced writes: nothing can write in between.
+            c.nodes.get_mut(&n).ok_or("no such node")?.kill();
+            let dropped = c.cut_power(&n)?;
+            Ok(format!("{n} ({dropped} unsynced bytes dropped)"))
+        }
+        Fault::ClockSkew { target, offset_s, .. } => {
+            let c = lock(cluster);
+            let n = resolve(target, &c, leaders)?;
+            c.skew_clock(&n, (*offset_s * 1000.0).round() as i64)?;
+            Ok(n)
+        }
+        Fault::DiskFull { target, .. } => {
+            let (n, filler) = {
+                let c = lock(cluster);
+                let n = resolve(target, &c, leaders)?;
+                let filler = c.filler(&n).ok_or("no such node")?;
+                (n, filler)
+            };
+            // Writing a few hundred MiB takes a moment: off the runtime's threads, and without
+            // the cluster's lock.
+            let mib = tokio::task::spawn_blocking(move || crate::cluster::fill(&filler))
+                .await
+                .map_err(|e| format!("filling {n}'s disk: {e}"))??
+                >> 20;
+            Ok(format!("{n} ({mib} MiB filled)"))
+        }
         Fault::RollingRestart { pause_s } => {
             let names: Vec<String> = lock(cluster).nodes.keys().cloned().collect();
             let (cluster, pause, list) = (cluster.clone(), Duration::from_secs_f64(*pause_s), names.clone());
@@ -745,10 +785,16 @@ async fn apply(
 }
 
 /// Heals one fault (what `apply` hit), leaving the others in force.
-fn heal(cluster: &Mutex<Cluster>, proxy: &FaultProxy, fault: &Fault, target: Option<&str>, layer: &str) {
+fn heal(
+    cluster: &Mutex<Cluster>,
+    proxy: &FaultProxy,
+    fault: &Fault,
+    target: Option<&str>,
+    layer: &str,
+) -> Option<String> {
     proxy.clear_layer(layer);
     let mut c = lock(cluster);
-    let Some(target) = target else { return };
+    let target = target?;
     match fault {
         Fault::Kill { .. } | Fault::KillRegion { .. } => {
             for n in target.split(',') {
@@ -785,8 +831,35 @@ fn heal(cluster: &Mutex<Cluster>, proxy: &FaultProxy, fault: &Fault, target: Opt
         Fault::Bandwidth { .. } => {
             let _ = c.tc(target, &["qdisc", "del", "dev", "DEV", "root"]);
         }
+        Fault::ClockSkew { .. } => {
+            let _ = c.skew_clock(target, 0);
+        }
+        Fault::PowerCut { .. } => {
+            let node = target.split(' ').next().unwrap_or_default();
+            if let Some(p) = c.nodes.get_mut(node)
+                && !p.running()
+            {
+                let _ = p.restart();
+            }
+        }
+        Fault::DiskFull { .. } => {
+            let target = target.split(' ').next().unwrap_or_default();
+            c.free_disk(target);
+            // The node should have stopped itself when its log could not be written; start it
+            // again. Still running means it went on without a disk: say so.
+            let p = c.nodes.get_mut(target)?;
+            if p.running() {
+                return Some(format!("{target} was still running with a full disk"));
+            }
+            let restarted = p.restart();
+            return Some(match restarted {
+                Ok(()) => format!("{target} had stopped by itself; space freed and restarted"),
+                Err(e) => format!("{target} had stopped by itself; restart failed: {e}"),
+            });
+        }
         Fault::Partition { .. } | Fault::Latency { .. } | Fault::Reset { .. } | Fault::RollingRestart { .. } => {}
     }
+    None
 }
 
 /// The rollbacks, which always run: every proxy fault removed (the emulated network kept),
@@ -798,6 +871,13 @@ fn rollback(cluster: &Mutex<Cluster>, s: &Scenario) {
     c.proxy.clear();
     c.emulate_network(s);
     c.heal_network();
+    let names: Vec<String> = c.nodes.keys().cloned().collect();
+    for n in &names {
+        c.free_disk(n);
+        if s.uses("clock_skew") {
+            let _ = c.skew_clock(n, 0);
+        }
+    }
     for p in c.nodes.values_mut().chain(c.routers.iter_mut()) {
         if p.paused {
             p.pause(false);
@@ -875,7 +955,7 @@ fn judge(out: &mut Outcome, s: &Scenario, workload_end_ms: f64) {
         ));
     }
     if ss.every_shard_led {
-        let led = out.leader_changes.len() as u32;
+        let led = out.led_at_end;
         probes.push((
             "after".into(),
             "every shard led".into(),

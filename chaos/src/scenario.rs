@@ -56,7 +56,18 @@ pub struct ClusterSpec {
     pub rtt_ms: BTreeMap<String, u64>,
     /// Regions that get a geo-router (the workload goes through them, round robin).
     pub routers: Vec<String>,
+    /// Size of each node's data directory, a tmpfs, in MiB: only when a `disk_full` fault is
+    /// in the method (root). Big enough for the run's log and snapshots.
+    #[serde(default = "default_disk_mb")]
+    pub disk_mb: u32,
 }
+
+fn default_disk_mb() -> u32 {
+    256
+}
+
+/// Most a clock may be skewed, either way, in seconds (30 days).
+pub const CLOCK_SKEW_MAX_S: f64 = 30.0 * 86_400.0;
 
 /// One region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +218,18 @@ pub enum Fault {
     Loss { target: Target, percent: u32, for_s: f64 },
     /// Limit a node's outgoing bandwidth (a token bucket, `tc tbf`, on its link; root).
     Bandwidth { target: Target, kbit: u32, for_s: f64 },
+    /// Skew a node's clock by `offset_s` (negative: behind), as after a bad NTP step. The
+    /// node's cluster-time source (what it stamps on entries when it leads) follows the offset
+    /// file the runner writes (`WALLETD_CLOCK_OFFSET_FILE`); heals to no offset.
+    ClockSkew { target: Target, offset_s: f64, for_s: f64 },
+    /// Fill a node's disk: its data directory is a tmpfs of `[cluster] disk_mb` (root), and the
+    /// runner fills what is left of it. The node must stop cleanly, the shards go on, nothing
+    /// acknowledged is lost. Heals by freeing the space and starting the node again.
+    DiskFull { target: Target, for_s: f64 },
+    /// Pull a node's power: SIGKILL it and drop every write it had not fsynced (its data
+    /// directory is a power-cut file system, `chaos lazyfs`, when the method has this fault;
+    /// root). Restart it after `restart_after_s`.
+    PowerCut { target: Target, restart_after_s: f64 },
 }
 
 impl Fault {
@@ -224,13 +247,18 @@ impl Fault {
             Fault::RollingRestart { .. } => "rolling_restart",
             Fault::Loss { .. } => "loss",
             Fault::Bandwidth { .. } => "bandwidth",
+            Fault::ClockSkew { .. } => "clock_skew",
+            Fault::DiskFull { .. } => "disk_full",
+            Fault::PowerCut { .. } => "power_cut",
         }
     }
 
     /// How long the fault lasts before it heals, in seconds.
     pub fn span_s(&self) -> f64 {
         match self {
-            Fault::Kill { restart_after_s, .. } | Fault::KillRegion { restart_after_s, .. } => *restart_after_s,
+            Fault::Kill { restart_after_s, .. }
+            | Fault::KillRegion { restart_after_s, .. }
+            | Fault::PowerCut { restart_after_s, .. } => *restart_after_s,
             Fault::Pause { for_s, .. }
             | Fault::Partition { for_s, .. }
             | Fault::Isolate { for_s, .. }
@@ -238,7 +266,9 @@ impl Fault {
             | Fault::Reset { for_s, .. }
             | Fault::Flap { for_s, .. }
             | Fault::Loss { for_s, .. }
-            | Fault::Bandwidth { for_s, .. } => *for_s,
+            | Fault::Bandwidth { for_s, .. }
+            | Fault::ClockSkew { for_s, .. }
+            | Fault::DiskFull { for_s, .. } => *for_s,
             Fault::RollingRestart { .. } => 0.0,
         }
     }
@@ -276,6 +306,11 @@ impl Scenario {
             .map_err(|e| ScenarioError::Parse { path: String::new(), message: e.to_string().trim().to_string() })?;
         s.validate().map_err(|message| ScenarioError::Invalid { path: String::new(), message })?;
         Ok(s)
+    }
+
+    /// Whether the method has a fault of this kind (see [`Fault::kind`]).
+    pub fn uses(&self, kind: &str) -> bool {
+        self.method.iter().any(|m| m.fault.kind() == kind)
     }
 
     /// Node names in order: `n1`, `n2`, … over the regions as listed.
@@ -316,6 +351,14 @@ impl Scenario {
         let nodes = self.nodes();
         if nodes.len() < 3 || nodes.len() > NODES_MAX {
             return Err(format!("the cluster has {} nodes; 3 to {NODES_MAX} are supported", nodes.len()));
+        }
+        if !(16..=65_536).contains(&c.disk_mb) {
+            return Err(format!("disk_mb = {}: 16 to 65536", c.disk_mb));
+        }
+        if self.uses("disk_full") && self.uses("power_cut") {
+            return Err("disk_full and power_cut each put the data directories on a file system of their own; \
+                        give them separate scenarios"
+                .into());
         }
         if c.shards == 0 || c.shards > 64 {
             return Err(format!("shards = {}: 1 to 64", c.shards));
@@ -361,7 +404,12 @@ impl Scenario {
                 | Fault::Pause { target, .. }
                 | Fault::Isolate { target, .. }
                 | Fault::Reset { target, .. }
-                | Fault::Flap { target, .. } => target_ok(target),
+                | Fault::Flap { target, .. }
+                | Fault::DiskFull { target, .. }
+                | Fault::PowerCut { target, .. } => target_ok(target),
+                Fault::ClockSkew { target, offset_s, .. } => {
+                    target_ok(target) && offset_s.is_finite() && offset_s.abs() <= CLOCK_SKEW_MAX_S
+                }
                 Fault::Loss { target, percent, .. } => target_ok(target) && (1..=100).contains(percent),
                 Fault::Bandwidth { target, kbit, .. } => target_ok(target) && *kbit >= 8,
                 Fault::KillRegion { region, .. } => regions.contains(&region.as_str()),

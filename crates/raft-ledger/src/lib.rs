@@ -21,4 +21,4 @@ pub mod raft;
 pub mod store;
 mod time;
 
-pub use time::{Clock, RuntimeClock, WallClock};
+pub use time::{Clock, OffsetClock, RuntimeClock, WallClock};

@@ -16,6 +16,9 @@ use crate::config::{ApiConfig, StartConfig};
 use wallet_api::api::auth::{Authenticator, load_keys, redis_sessions};
 use wallet_api::api::service::{WalletService, serve};
 
+/// Names a file holding a clock offset in milliseconds (chaos runs' clock-skew fault).
+const CLOCK_OFFSET_ENV: &str = "WALLETD_CLOCK_OFFSET_FILE";
+
 /// How long in-flight wallet calls may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -79,9 +82,14 @@ pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
     };
     let node_id = config.node.node_id;
     let advertised = config.node.info.addr.clone();
-    let node = LedgerNode::start(config.node, NodeEnv::production(config.cluster_key.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut env = NodeEnv::production(config.cluster_key.clone());
+    if let Some(file) = std::env::var_os(CLOCK_OFFSET_ENV) {
+        // A fault-injection hook for chaos runs (`chaos/`): the cluster time this node stamps
+        // when it leads is its wall clock plus the offset in the file.
+        tracing::warn!(file = %std::path::Path::new(&file).display(), "cluster time follows a clock offset file");
+        env.clock = std::sync::Arc::new(raft_ledger::OffsetClock::watching(file.into()));
+    }
+    let node = LedgerNode::start(config.node, env).await.map_err(|e| e.to_string())?;
     let serving = node.clone();
     let server = tokio::spawn(async move { serving.serve(listener).await });
     let (draining_tx, draining) = watch::channel(false);
@@ -102,19 +110,35 @@ pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
     }
     // Scripts and tests wait for this line.
     println!("walletd node {node_id} ready on {advertised}");
-    wait_for_signal().await;
-    tracing::info!("signal received; draining the wallet API");
+    let failed = tokio::select! {
+        () = wait_for_signal() => {
+            tracing::info!("signal received; draining the wallet API");
+            None
+        }
+        why = node.storage_failure() => {
+            // Nothing more can be made durable here, so nothing more may be acknowledged: stop,
+            // and let the other replicas carry the shards until this one is restarted.
+            tracing::error!("{why}; stopping this node (free the disk or fix it, then start it again)");
+            Some(why)
+        }
+    };
     draining_tx.send_replace(true);
     if let Some(api) = api_server {
-        match tokio::time::timeout(DRAIN_TIMEOUT, api).await {
+        // After a storage failure nothing in flight here can commit; do not hold the exit.
+        let drain = if failed.is_some() { Duration::from_secs(2) } else { DRAIN_TIMEOUT };
+        match tokio::time::timeout(drain, api).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!("wallet API server: {e}"),
             Ok(Err(e)) => tracing::warn!("wallet API task: {e}"),
-            Err(_) => tracing::warn!("calls still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
+            Err(_) => tracing::warn!("calls still in flight after {drain:?}; stopping anyway"),
         }
     }
     tracing::info!("shutting down the node");
     node.shutdown().await;
+    if let Some(why) = failed {
+        let _ = server.await;
+        return Err(format!("stopped: {why}"));
+    }
     match server.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

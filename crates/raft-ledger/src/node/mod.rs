@@ -490,6 +490,33 @@ impl LedgerNode {
             .map_err(|e| NodeError::Server(e.to_string()))
     }
 
+    /// Resolves when this node can no longer make anything durable: its write-ahead log failed
+    /// (a full disk, an fsync error) or a shard's Raft group stopped on a storage error or a
+    /// panic. Says why. The node then acknowledges nothing more, so the only useful thing left
+    /// is to stop: `walletd start` exits, the shard goes on with the other replicas, and a
+    /// restart after the cause is fixed catches up from them. Not resolved by [`Self::shutdown`].
+    pub async fn storage_failure(&self) -> String {
+        // Polled rather than pushed: the causes live in several places (the writer thread, each
+        // group's core), a quarter second is nothing next to an operator's reaction, and the
+        // simulator never calls this.
+        loop {
+            if let Some(why) = self.inner.wal.failure() {
+                return format!("the write-ahead log cannot be written: {why}");
+            }
+            if !*self.inner.stop.borrow() {
+                for shard in self.shards() {
+                    let m = shard.raft.metrics();
+                    let running = m.borrow_watched().running_state.clone();
+                    match running {
+                        Ok(()) | Err(openraft::errors::Fatal::Stopped) => {}
+                        Err(e) => return format!("shard {} stopped: {e}", shard.id),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Stops serving, stops every shard's Raft group, and makes the log durable and closed.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);

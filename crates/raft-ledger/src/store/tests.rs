@@ -46,7 +46,7 @@ mod wal {
     use openraft::entry::RaftEntry as _;
 
     use crate::raft::{LogId, RaftEntry, TypeConfig};
-    use crate::store::vfs::StdFs;
+    use crate::store::vfs::{StdFs, VFile, Vfs};
     use crate::store::wal::{Done, IoMode, Wal, WalError};
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -194,5 +194,89 @@ mod wal {
         let (wal, _) = open(dir.path(), 1).expect("recovery sees no hole");
         assert_eq!(indexes(&wal, 1), (8..=11).collect::<Vec<_>>());
         assert_eq!(wal.shard(1).lock().unwrap().meta.purged, Some(log_id(1, 7)));
+    }
+
+    /// The real file system, except that appends fail with "no space left" once `full` is set,
+    /// as on a full disk (the data directory on a small tmpfs in the chaos runs).
+    struct FullDisk {
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct FullFile {
+        inner: Arc<dyn VFile>,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl VFile for FullFile {
+        fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.inner.append(bytes)
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read_at(offset, buf)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.inner.sync()
+        }
+        fn truncate(&self, len: u64) -> std::io::Result<()> {
+            self.inner.truncate(len)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.inner.size()
+        }
+    }
+
+    impl Vfs for FullDisk {
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            StdFs.create_dir_all(path)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Arc<dyn VFile>> {
+            Ok(Arc::new(FullFile { inner: StdFs.open(path)?, full: self.full.clone() }))
+        }
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            StdFs.read(path)
+        }
+        fn write_atomic(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+            StdFs.write_atomic(path, bytes)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            StdFs.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            StdFs.remove(path)
+        }
+        fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            StdFs.list(dir)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            StdFs.sync_dir(dir)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_stops_the_log_says_why_and_loses_nothing_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let disk = Arc::new(FullDisk { full: full.clone() });
+            let (wal, _) = Wal::open_with(disk, dir.path(), IoMode::Thread, 1 << 20).unwrap();
+            append(&wal, 1, entries(1, 1..=3)).await;
+            assert_eq!(wal.failure(), None);
+            full.store(true, std::sync::atomic::Ordering::SeqCst);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            wal.append(1, entries(1, 4..=5), Done::Notify(tx)).unwrap();
+            assert!(rx.await.unwrap().is_err(), "an append the disk refused is never reported durable");
+            let why = wal.failure().expect("the failure is kept");
+            assert!(why.contains("No space left on device"), "{why}");
+            // Space comes back, but this log stays stopped: its file's state is unknown.
+            full.store(false, std::sync::atomic::Ordering::SeqCst);
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            assert!(wal.append(1, entries(1, 4..=5), Done::Notify(tx)).is_err());
+            wal.close().await;
+        }
+        let (wal, _) = open(dir.path(), 1 << 20).expect("a restart after the disk is freed opens the log");
+        assert_eq!(indexes(&wal, 1), vec![1, 2, 3]);
     }
 }

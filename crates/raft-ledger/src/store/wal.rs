@@ -268,7 +268,7 @@ pub(crate) struct Wal {
     /// shard plus their commit and purge records; when fsync is slow, the producers wait on their
     /// own limits, not here.
     queue: Mutex<Option<mpsc::UnboundedSender<WriteOp>>>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failed>,
     /// Resolves when the writer has drained the queue and exited.
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -346,7 +346,26 @@ struct Writer {
     active: Arc<dyn VFile>,
     active_len: u64,
     durable: BTreeMap<u32, ShardMeta>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failed>,
+}
+
+/// Whether the writer has failed, and the first error: once set, never cleared.
+#[derive(Default)]
+struct Failed {
+    flag: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Failed {
+    fn set(&self, why: &io::Error) {
+        let mut first = self.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        first.get_or_insert_with(|| why.to_string());
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
 }
 
 impl Writer {
@@ -354,9 +373,9 @@ impl Writer {
         let started = std::time::Instant::now();
         let result = self.write_frames(&batch);
         tracing::trace!(ops = batch.len(), us = started.elapsed().as_micros() as u64, "wal group commit");
-        if result.is_err() {
+        if let Err(e) = &result {
             // A failed fsync leaves the file's durable state unknown; never write again.
-            self.failed.store(true, Ordering::SeqCst);
+            self.failed.set(e);
         }
         for op in batch {
             op.done.complete(&result);
@@ -369,7 +388,7 @@ impl Writer {
     }
 
     fn write_frames(&mut self, batch: &[WriteOp]) -> io::Result<()> {
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.is_set() {
             return Err(io::Error::other("write-ahead log failed earlier; refusing further writes"));
         }
         let bytes: usize = batch.iter().map(|op| op.frame.len()).sum();
@@ -585,7 +604,7 @@ impl Wal {
                 (file, 0)
             }
         };
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Failed::default());
         let writer = Writer {
             vfs,
             dir: dir.to_path_buf(),
@@ -640,8 +659,16 @@ impl Wal {
         self.shards.lock().expect("wal lock").entry(shard).or_default().clone()
     }
 
+    /// The first error that stopped the writer, once one has.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.is_set() {
+            return None;
+        }
+        self.failed.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn check(&self) -> io::Result<()> {
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.is_set() {
             Err(io::Error::other("write-ahead log failed earlier; this node must restart"))
         } else {
             Ok(())
