@@ -160,6 +160,20 @@ impl LazyFs {
         self.attr(&st, ino, &full)
     }
 
+    /// Unlink or rmdir: at once in the backing directory; the entry's unsynced data goes too.
+    fn remove(&self, parent: INodeNo, name: &OsStr, reply: ReplyEmpty, how: impl FnOnce(&Path) -> std::io::Result<()>) {
+        let mut st = self.lock();
+        let result = self.child(&st, parent, name).and_then(|(rel, full)| {
+            how(&full).map_err(Errno::from)?;
+            st.forget_path(&rel);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Writes a file's extents to its backing file and fsyncs it.
     fn sync(&self, st: &mut State, ino: u64) -> Result<(), Errno> {
         let (_, full) = self.full(st, INodeNo(ino))?;
@@ -283,29 +297,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let result = self.child(&st, parent, name).and_then(|(rel, full)| {
-            std::fs::remove_file(full).map_err(Errno::from)?;
-            st.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let result = self.child(&st, parent, name).and_then(|(rel, full)| {
-            std::fs::remove_dir(full).map_err(Errno::from)?;
-            st.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p));
     }
 
     fn rename(
@@ -569,6 +565,10 @@ mod tests {
             t.write_all(b"snapshot")?;
             t.sync_all()?;
             std::fs::rename(&tmp, at.join("snap"))?;
+            // A removed file takes its unsynced data with it (old log segments are deleted).
+            std::fs::write(at.join("gone"), b"old")?;
+            std::fs::remove_file(at.join("gone"))?;
+            assert!(!backing.join("gone").exists());
             let dropped = state.lock().unwrap().cut();
             assert_eq!(dropped, 4);
             drop(f);

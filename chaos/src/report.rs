@@ -270,6 +270,17 @@ fn markdown(s: &Scenario, out: &Outcome, plots: bool) -> String {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Every fault's window, from the strike to the heal, as a shaded band up to `y_max`.
+fn shading(out: &Outcome, y_max: f64) -> Vec<Rectangle<(f64, f64)>> {
+    out.faults
+        .iter()
+        .map(|f| {
+            let (a, b) = (f.at_ms / 1000.0, f.healed_ms.unwrap_or(f.at_ms + 100.0) / 1000.0);
+            Rectangle::new([(a, 0.0), (b.max(a + 0.1), y_max)], RED.mix(0.12).filled())
+        })
+        .collect()
+}
+
 fn plot_timeline(path: &Path, out: &Outcome, seconds: &[Second]) -> PlotResult {
     let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -283,13 +294,7 @@ fn plot_timeline(path: &Path, out: &Outcome, seconds: &[Second]) -> PlotResult {
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
     chart.configure_mesh().x_desc("seconds").y_desc("operations/s").draw()?;
-    for f in &out.faults {
-        let (a, b) = (f.at_ms / 1000.0, f.healed_ms.unwrap_or(f.at_ms + 100.0) / 1000.0);
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(a, 0.0), (b.max(a + 0.1), y_max)],
-            RED.mix(0.12).filled(),
-        )))?;
-    }
+    chart.draw_series(shading(out, y_max))?;
     chart
         .draw_series(LineSeries::new(seconds.iter().enumerate().map(|(i, s)| (i as f64, s.acked as f64)), &BLUE))?
         .label("acknowledged")
@@ -307,10 +312,7 @@ fn plot_timeline(path: &Path, out: &Outcome, seconds: &[Second]) -> PlotResult {
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max, 0.0..p_max)?;
     lat.configure_mesh().x_desc("seconds").y_desc("ms").draw()?;
-    for f in &out.faults {
-        let (a, b) = (f.at_ms / 1000.0, f.healed_ms.unwrap_or(f.at_ms + 100.0) / 1000.0);
-        lat.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b.max(a + 0.1), p_max)], RED.mix(0.12).filled())))?;
-    }
+    lat.draw_series(shading(out, p_max))?;
     lat.draw_series(LineSeries::new(seconds.iter().enumerate().map(|(i, s)| (i as f64, s.p99_ms)), &BLACK))?;
     root.present()?;
     Ok(())

@@ -238,10 +238,10 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
     let cluster = Cluster::start(s, paths, root).await?;
     let proxy = cluster.proxy.clone();
     let creds = Credentials::Operator { key_id: cluster.operator.0.clone(), secret: cluster.operator.1.clone() };
-    // Three node-API clients: the run's, the leader sampler's and the method's.
-    let probe = Probe::new(&cluster).await?;
-    let sampler_probe = Probe::new(&cluster).await?;
-    let method_probe = Probe::new(&cluster).await?;
+    // One node-API client, shared by the run, the leader sampler and the method (its calls
+    // multiplex over one connection per node).
+    let probe = Arc::new(Probe::new(&cluster).await?);
+    let (sampler_probe, method_probe) = (probe.clone(), probe.clone());
     let fronts: Vec<String> = cluster.routers.iter().map(|r| r.front.to_string()).collect();
     let cluster = Arc::new(Mutex::new(cluster));
 
