@@ -329,7 +329,7 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
                     let mut r = records.lock().expect("records");
                     r.push(FaultRecord {
                         kind: fault.kind().into(),
-                        target: applied.as_ref().map_or_else(|e| e.clone(), |t| t.clone()),
+                        target: applied.as_ref().map_or_else(|e| e.clone(), |h| h.label.clone()),
                         at_ms,
                         healed_ms: None,
                         rto_ms: BTreeMap::new(),
@@ -341,10 +341,10 @@ pub async fn run(s: &Scenario, paths: &Paths, root: bool, interrupted: Arc<Atomi
                 let (cluster, proxy, records, shared) =
                     (cluster.clone(), proxy.clone(), records.clone(), shared.clone());
                 let span = fault.span_s();
-                let target = applied.ok();
+                let hit = applied.ok();
                 heals.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(span)).await;
-                    let note = heal(&cluster, &proxy, &fault, target.as_deref(), &layer);
+                    let note = heal(&cluster, &proxy, &fault, hit.as_ref(), &layer);
                     let mut r = records.lock().expect("records");
                     r[idx].healed_ms = Some(shared.ms());
                     r[idx].note = note;
@@ -582,6 +582,23 @@ fn lock(cluster: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
     cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a fault struck: the nodes `heal` must mend, and the label the record shows.
+struct Hit {
+    nodes: Vec<String>,
+    label: String,
+}
+
+impl Hit {
+    fn one(node: String) -> Self {
+        Self { label: node.clone(), nodes: vec![node] }
+    }
+
+    /// A fault healed by clearing its proxy layer alone: no node to mend.
+    fn label(label: String) -> Self {
+        Self { nodes: Vec::new(), label }
+    }
+}
+
 /// Applies a fault; returns what it hit, for the record and for healing. Faults that play out
 /// over time (a flapping link, a rolling restart) run in a task of their own.
 async fn apply(
@@ -590,20 +607,20 @@ async fn apply(
     fault: &Fault,
     leaders: &BTreeMap<u32, (u64, u64)>,
     layer: &str,
-) -> Result<String, String> {
+) -> Result<Hit, String> {
     let blackhole = Faults { blackhole: true, ..Faults::default() };
     match fault {
         Fault::Kill { target, .. } => {
             let mut c = lock(cluster);
             let n = resolve(target, &c, leaders)?;
             c.nodes.get_mut(&n).ok_or("no such node")?.kill();
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::Pause { target, .. } => {
             let mut c = lock(cluster);
             let n = resolve(target, &c, leaders)?;
             c.nodes.get_mut(&n).ok_or("no such node")?.pause(true);
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::KillRegion { region, .. } => {
             let mut c = lock(cluster);
@@ -612,7 +629,7 @@ async fn apply(
                 p.kill();
                 hit.push(p.name.clone());
             }
-            Ok(hit.join(","))
+            Ok(Hit { label: hit.join(","), nodes: hit })
         }
         Fault::Partition { groups, one_way, .. } => {
             let c = lock(cluster);
@@ -639,14 +656,14 @@ async fn apply(
                 }
             }
             let sep = if *one_way { " -/-> " } else { " vs " };
-            Ok(groups.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(sep))
+            Ok(Hit::label(groups.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(sep)))
         }
         Fault::Isolate { target, .. } => {
             let c = lock(cluster);
             let n = resolve(target, &c, leaders)?;
             c.iptables(&n, &["-I", "INPUT", "-j", "DROP"])?;
             c.iptables(&n, &["-I", "OUTPUT", "-j", "DROP"])?;
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::Latency { to, delay_ms, jitter_ms, .. } => {
             let c = lock(cluster);
@@ -658,14 +675,14 @@ async fn apply(
                     proxy.set(layer, sel, Dir::Backward, f.clone());
                 }
             }
-            Ok(to.clone())
+            Ok(Hit::label(to.clone()))
         }
         Fault::Reset { target, .. } => {
             let c = lock(cluster);
             let n = resolve(target, &c, leaders)?;
             proxy.reset(layer, Selector { from: None, to: Some(n.clone()) }, true);
             proxy.reset(layer, Selector { from: Some(n.clone()), to: None }, false);
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::Flap { target, period_ms, for_s } => {
             let n = {
@@ -692,7 +709,7 @@ async fn apply(
                 }
                 let _ = lock(&cluster).link(&name, true);
             });
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::Loss { target, percent, .. } => {
             let c = lock(cluster);
@@ -704,7 +721,7 @@ async fn apply(
                     &["-I", chain, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
                 )?;
             }
-            Ok(format!("{n} ({percent}%)"))
+            Ok(Hit { label: format!("{n} ({percent}%)"), nodes: vec![n] })
         }
         Fault::Bandwidth { target, kbit, .. } => {
             let c = lock(cluster);
@@ -717,7 +734,7 @@ async fn apply(
                     "400ms",
                 ],
             )?;
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::PowerCut { target, .. } => {
             let mut c = lock(cluster);
@@ -725,13 +742,13 @@ async fn apply(
             // The process dies first, then its unsynced writes: nothing can write in between.
             c.nodes.get_mut(&n).ok_or("no such node")?.kill();
             let dropped = c.cut_power(&n)?;
-            Ok(format!("{n} ({dropped} unsynced bytes dropped)"))
+            Ok(Hit { label: format!("{n} ({dropped} unsynced bytes dropped)"), nodes: vec![n] })
         }
         Fault::ClockSkew { target, offset_s, .. } => {
             let c = lock(cluster);
             let n = resolve(target, &c, leaders)?;
             c.skew_clock(&n, (*offset_s * 1000.0).round() as i64)?;
-            Ok(n)
+            Ok(Hit::one(n))
         }
         Fault::DiskFull { target, .. } => {
             let (n, filler) = {
@@ -746,7 +763,7 @@ async fn apply(
                 .await
                 .map_err(|e| format!("filling {n}'s disk: {e}"))??
                 >> 20;
-            Ok(format!("{n} ({mib} MiB filled)"))
+            Ok(Hit { label: format!("{n} ({mib} MiB filled)"), nodes: vec![n] })
         }
         Fault::RollingRestart { pause_s } => {
             let names: Vec<String> = lock(cluster).nodes.keys().cloned().collect();
@@ -779,25 +796,20 @@ async fn apply(
                     tokio::time::sleep(pause).await;
                 }
             });
-            Ok(names.join(","))
+            Ok(Hit::label(names.join(",")))
         }
     }
 }
 
-/// Heals one fault (what `apply` hit), leaving the others in force.
-fn heal(
-    cluster: &Mutex<Cluster>,
-    proxy: &FaultProxy,
-    fault: &Fault,
-    target: Option<&str>,
-    layer: &str,
-) -> Option<String> {
+/// Heals one fault (the nodes `apply` hit), leaving the others in force.
+fn heal(cluster: &Mutex<Cluster>, proxy: &FaultProxy, fault: &Fault, hit: Option<&Hit>, layer: &str) -> Option<String> {
     proxy.clear_layer(layer);
     let mut c = lock(cluster);
-    let target = target?;
+    let hit = hit?;
+    let target = hit.nodes.first().map(String::as_str).unwrap_or_default();
     match fault {
-        Fault::Kill { .. } | Fault::KillRegion { .. } => {
-            for n in target.split(',') {
+        Fault::Kill { .. } | Fault::KillRegion { .. } | Fault::PowerCut { .. } => {
+            for n in &hit.nodes {
                 if let Some(p) = c.nodes.get_mut(n)
                     && !p.running()
                 {
@@ -819,11 +831,10 @@ fn heal(
         }
         Fault::Loss { percent, .. } => {
             // Delete exactly the rules `apply` inserted, so an isolation in force stays.
-            let node = target.split(' ').next().unwrap_or_default();
             let p = format!("{:.2}", f64::from(*percent) / 100.0);
             for chain in ["INPUT", "OUTPUT"] {
                 let _ = c.iptables(
-                    node,
+                    target,
                     &["-D", chain, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
                 );
             }
@@ -834,16 +845,7 @@ fn heal(
         Fault::ClockSkew { .. } => {
             let _ = c.skew_clock(target, 0);
         }
-        Fault::PowerCut { .. } => {
-            let node = target.split(' ').next().unwrap_or_default();
-            if let Some(p) = c.nodes.get_mut(node)
-                && !p.running()
-            {
-                let _ = p.restart();
-            }
-        }
         Fault::DiskFull { .. } => {
-            let target = target.split(' ').next().unwrap_or_default();
             c.free_disk(target);
             // The node should have stopped itself when its log could not be written; start it
             // again. Still running means it went on without a disk: say so.
