@@ -565,3 +565,120 @@ async fn t44_walletctl_covers_a_players_life_with_clear_errors() {
     assert_eq!(lines.len(), 9, "{lines:?}");
     assert!(lines[8].contains("b4"), "the new bet arrives last: {lines:?}");
 }
+
+/// The outcome of one batch item: Ok(replayed) or Err(reason).
+fn item(r: &pb::BatchItemResult) -> Result<bool, String> {
+    match &r.result {
+        Some(pb::batch_item_result::Result::Ok(_)) => Ok(r.replayed),
+        Some(pb::batch_item_result::Result::Error(e)) => Err(e.reason.clone()),
+        None => panic!("an item without a result"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t45_batch_calls_answer_every_item_on_its_own_and_retry_safely() {
+    let cl = Cluster::start().await;
+    let mut c0 = cl.client(0).await;
+    // Calls go to node 2: for at least one of the two shards it is not the leader, so items are
+    // run both locally and forwarded within one call.
+    let mut c = cl.client(2).await;
+    let shard = |p: &str| ledger_core::shard_for_player(&ledger_core::PlayerId::new(p).unwrap(), SHARDS).0;
+    let p0 = (0..).map(|i| format!("batch-{i}")).find(|p| shard(p) == 0).unwrap();
+    let p1 = (0..).map(|i| format!("batch-{i}")).find(|p| shard(p) == 1).unwrap();
+    open_and_fund(&mut c0, &cl.cashier, &p0, 10_00).await;
+    open_and_fund(&mut c0, &cl.cashier, &p1, 10_00).await;
+    let bet = |key: &str, player: &str, cur: &str, amount: i64| pb::PlaceBetRequest {
+        idempotency_key: key.into(),
+        player_id: player.into(),
+        round_id: format!("round-{player}"),
+        currency: cur.into(),
+        amount,
+    };
+    let bets = pb::PlaceBetsRequest {
+        bets: vec![
+            bet("bb-1", &p0, "EUR", 3_00),
+            bet("bb-2", &p1, "EUR", 2_00),
+            bet("bb-3", &p0, "EUR", 50_00),
+            bet("bb-4", &p1, "XYZ", 1_00),
+            bet("", &p1, "EUR", 1_00),
+            bet("bb-7", "nobody", "EUR", 1_00),
+        ],
+    };
+    let refusals = [
+        Err("INSUFFICIENT_FUNDS".to_string()),
+        Err("UNKNOWN_CURRENCY".to_string()),
+        Err("IDEMPOTENCY_KEY_MISSING".to_string()),
+        Err("UNKNOWN_ACCOUNT".to_string()),
+    ];
+    let r = c.place_bets(cl.game.request(Rpc::PlaceBets, bets.clone(), T)).await.unwrap().into_inner();
+    let got: Vec<_> = r.results.iter().map(item).collect();
+    assert_eq!(got.len(), 6);
+    assert_eq!(&got[..2], &[Ok(false), Ok(false)]);
+    assert_eq!(&got[2..], &refusals);
+    let Some(pb::batch_item_result::Result::Ok(first)) = &r.results[0].result else { unreachable!() };
+    assert_eq!((first.idempotency_key.as_str(), first.shard), ("bb-1", 0));
+    assert_eq!(first.balances[0].available, 7_00);
+    let Some(pb::batch_item_result::Result::Error(e)) = &r.results[3].result else { unreachable!() };
+    assert_eq!(e.code, Code::InvalidArgument as i32);
+    assert_eq!(e.metadata.get("field").map(String::as_str), Some("currency"));
+    assert!(!e.message.is_empty());
+    assert_eq!((available(&mut c0, &cl.cashier, &p0).await, available(&mut c0, &cl.cashier, &p1).await), (7_00, 8_00));
+
+    // The whole call again: what applied answers as a replay, what was refused is refused again,
+    // and no money moves; an added item reusing a key with another amount is refused.
+    let mut bets = bets;
+    bets.bets.push(bet("bb-1", &p0, "EUR", 9_00));
+    let again = c.place_bets(cl.game.request(Rpc::PlaceBets, bets, T)).await.unwrap().into_inner();
+    let got: Vec<_> = again.results.iter().map(item).collect();
+    assert_eq!(&got[..2], &[Ok(true), Ok(true)]);
+    assert_eq!(&got[2..6], &refusals);
+    assert_eq!(got[6], Err("IDEMPOTENCY_KEY_REUSED".to_string()));
+    assert_eq!((available(&mut c0, &cl.cashier, &p0).await, available(&mut c0, &cl.cashier, &p1).await), (7_00, 8_00));
+
+    // Wins for both rounds in one call; one for a round the player never bet in.
+    let win = |key: &str, player: &str, round: &str, amount: i64| pb::SettleWinRequest {
+        idempotency_key: key.into(),
+        player_id: player.into(),
+        round_id: round.into(),
+        currency: "EUR".into(),
+        amount,
+    };
+    let wins = pb::SettleWinsRequest {
+        wins: vec![
+            win("bw-1", &p0, &format!("round-{p0}"), 6_00),
+            win("bw-2", &p1, &format!("round-{p1}"), 1_00),
+            win("bw-3", &p1, "no-such-round", 1_00),
+        ],
+    };
+    let r = c.settle_wins(cl.game.request(Rpc::SettleWins, wins, T)).await.unwrap().into_inner();
+    let got: Vec<_> = r.results.iter().map(item).collect();
+    assert_eq!(got, [Ok(false), Ok(false), Err("UNKNOWN_ROUND".to_string())]);
+    assert_eq!((available(&mut c0, &cl.cashier, &p0).await, available(&mut c0, &cl.cashier, &p1).await), (13_00, 9_00));
+
+    // Refused as a whole, with nothing attempted: no items, too many, the wrong role.
+    let empty = pb::PlaceBetsRequest { bets: vec![] };
+    assert_eq!(
+        code_reason(c.place_bets(cl.game.request(Rpc::PlaceBets, empty, T)).await),
+        (Code::InvalidArgument, "INVALID_ARGUMENT".to_string())
+    );
+    let many = pb::PlaceBetsRequest { bets: (0..1001).map(|i| bet(&format!("m{i}"), &p0, "EUR", 1)).collect() };
+    assert_eq!(
+        code_reason(c.place_bets(cl.game.request(Rpc::PlaceBets, many, T)).await),
+        (Code::InvalidArgument, "INVALID_ARGUMENT".to_string())
+    );
+    let one = pb::PlaceBetsRequest { bets: vec![bet("bb-9", &p0, "EUR", 1_00)] };
+    assert_eq!(
+        code_reason(c.place_bets(cl.cashier.request(Rpc::PlaceBets, one, T)).await),
+        (Code::PermissionDenied, "ROLE_FORBIDDEN".to_string())
+    );
+    assert_eq!(available(&mut c0, &cl.cashier, &p0).await, 13_00);
+
+    // walletctl sends a batch as JSON and prints one result per item.
+    let json = format!(
+        "{{\"bets\":[{{\"idempotencyKey\":\"bb-10\",\"playerId\":\"{p0}\",\"roundId\":\"r10\",\"currency\":\"EUR\",\"amount\":\"100\"}}]}}"
+    );
+    let (code, out, err) = ctl(&cl, 0, &["call", "PlaceBets", &json]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"results\"") && out.contains("bb-10"), "{out}");
+    assert_eq!(available(&mut c0, &cl.cashier, &p0).await, 12_00);
+}

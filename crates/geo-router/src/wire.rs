@@ -36,6 +36,8 @@ const METHODS: &[(&str, bool, bool)] = &[
     ("ListEntries", false, false),
     ("WatchEntries", false, true),
     ("GetEntryProof", false, false),
+    ("PlaceBets", true, false),
+    ("SettleWins", true, false),
 ];
 
 /// `READ_CONSISTENCY_STALE` in the proto.
@@ -49,6 +51,9 @@ pub fn classify(method: &str, message: &[u8]) -> Option<Call> {
     let fields = Fields::parse(message)?;
     let mut call = Call { mutation, streaming, player: None, shard: None, stale_ok: false };
     match name {
+        // A batch goes where its first item's player lives; the node forwards the others' items
+        // to their own leaders.
+        "PlaceBets" | "SettleWins" => call.player = fields.first(1).and_then(Fields::parse).and_then(|i| i.string(2)),
         // Mutations name the player (the payer for a transfer) in field 2.
         _ if mutation => call.player = fields.string(2),
         "GetBalance" => {
@@ -106,6 +111,11 @@ impl<'a> Fields<'a> {
         String::from_utf8(bytes.to_vec()).ok()
     }
 
+    /// The first value of a repeated length-delimited field.
+    fn first(&self, field: u64) -> Option<&'a [u8]> {
+        self.strings.iter().find(|(n, _)| *n == field).map(|(_, b)| *b)
+    }
+
     fn varint(&self, field: u64) -> Option<u64> {
         self.varints.iter().rev().find(|(n, _)| *n == field).map(|(_, v)| *v)
     }
@@ -147,6 +157,28 @@ mod tests {
         );
         let transfer = classify("Transfer", &msg).unwrap();
         assert_eq!(transfer.player.as_deref(), Some("eu:alice"), "the payer routes a transfer");
+    }
+
+    #[test]
+    fn a_batch_routes_by_its_first_items_player() {
+        // PlaceBetsRequest { repeated PlaceBetRequest bets = 1 }
+        let item = |key: &str, player: &str| {
+            let mut i = string_field(1, key);
+            i.extend(string_field(2, player));
+            string_field(1, std::str::from_utf8(&i).unwrap())
+        };
+        let mut msg = item("b-1", "eu:alice");
+        msg.extend(item("b-2", "us:bob"));
+        for method in ["PlaceBets", "SettleWins"] {
+            let call = classify(method, &msg).unwrap();
+            assert!(call.mutation && !call.streaming);
+            assert_eq!(call.player.as_deref(), Some("eu:alice"), "{method}");
+        }
+        assert!(classify("PlaceBets", &[]).unwrap().player.is_none(), "an empty batch has no player");
+        assert!(
+            classify("PlaceBets", &string_field(1, "\u{7}")).unwrap().player.is_none(),
+            "an item that is not protobuf"
+        );
     }
 
     #[test]

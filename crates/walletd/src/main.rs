@@ -12,6 +12,11 @@ mod start;
 
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc malloc: under many concurrent calls glibc's allocator cost about a
+/// quarter of the wallet API's throughput (BENCHMARKS.md, "Front door").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use config::{FileConfig, PeerConfig};
 

@@ -75,11 +75,13 @@ pub enum Rpc {
     ListEntries,
     WatchEntries,
     GetEntryProof,
+    PlaceBets,
+    SettleWins,
 }
 
 impl Rpc {
     /// Every call, for lookups by name.
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 15] = [
         Rpc::OpenWallet,
         Rpc::Deposit,
         Rpc::ReserveWithdrawal,
@@ -93,6 +95,8 @@ impl Rpc {
         Rpc::ListEntries,
         Rpc::WatchEntries,
         Rpc::GetEntryProof,
+        Rpc::PlaceBets,
+        Rpc::SettleWins,
     ];
 
     /// The method's name in the proto.
@@ -111,6 +115,8 @@ impl Rpc {
             Rpc::ListEntries => "ListEntries",
             Rpc::WatchEntries => "WatchEntries",
             Rpc::GetEntryProof => "GetEntryProof",
+            Rpc::PlaceBets => "PlaceBets",
+            Rpc::SettleWins => "SettleWins",
         }
     }
 
@@ -137,7 +143,7 @@ impl Rpc {
             OpenWallet | Deposit | ReserveWithdrawal | CommitWithdrawal | CancelWithdrawal | Transfer => {
                 Some(Role::Cashier)
             }
-            PlaceBet | SettleWin | RollbackBet => Some(Role::Game),
+            PlaceBet | SettleWin | RollbackBet | PlaceBets | SettleWins => Some(Role::Game),
             ListEntries | WatchEntries | GetEntryProof => Some(Role::Audit),
             GetBalance => None,
         }

@@ -99,16 +99,40 @@ fn client_status(e: ClientError) -> Status {
     }
 }
 
-fn respond(key: &str, shard: u32, outcome: Outcome) -> Result<Response<pb::TransactionResponse>, Status> {
+/// A decided command as the API answers it, and whether it is the replay of an earlier call.
+fn answer(key: &str, shard: u32, outcome: Outcome) -> Result<(pb::TransactionResponse, bool), Status> {
     match outcome {
-        Outcome::Applied(r) => Ok(Response::new(convert::transaction(key, shard, &r))),
-        Outcome::Duplicate(r) => {
-            let mut resp = Response::new(convert::transaction(key, shard, &r));
-            resp.metadata_mut().insert(REPLAYED_HEADER, "true".parse().expect("ascii"));
-            Ok(resp)
-        }
+        Outcome::Applied(r) => Ok((convert::transaction(key, shard, &r), false)),
+        Outcome::Duplicate(r) => Ok((convert::transaction(key, shard, &r), true)),
         Outcome::Rejected(r) | Outcome::AlreadyFailed(r) => Err(errors::rejection(r, None)),
         Outcome::Conflict => Err(errors::key_reused(key)),
+    }
+}
+
+fn respond(key: &str, shard: u32, outcome: Outcome) -> Result<Response<pb::TransactionResponse>, Status> {
+    let (msg, replayed) = answer(key, shard, outcome)?;
+    let mut resp = Response::new(msg);
+    if replayed {
+        resp.metadata_mut().insert(REPLAYED_HEADER, "true".parse().expect("ascii"));
+    }
+    Ok(resp)
+}
+
+/// Most items in one batch call (`PlaceBets`, `SettleWins`).
+pub const BATCH_ITEMS_MAX: usize = 1000;
+
+/// One batch item's answer: the single call's response, or its status flattened.
+fn item_result(r: Result<(pb::TransactionResponse, bool), Status>) -> pb::BatchItemResult {
+    use pb::batch_item_result::Result as Item;
+    match r {
+        Ok((msg, replayed)) => pb::BatchItemResult { result: Some(Item::Ok(msg)), replayed },
+        Err(s) => {
+            let info = tonic_types::StatusExt::get_details_error_info(&s);
+            let (reason, metadata) = info.map(|i| (i.reason, i.metadata)).unwrap_or_default();
+            let error =
+                pb::BatchItemError { code: s.code() as i32, reason, message: s.message().to_string(), metadata };
+            pb::BatchItemResult { result: Some(Item::Error(error)), replayed: false }
+        }
     }
 }
 
@@ -168,6 +192,37 @@ impl WalletService {
         let shard = self.inner.node.route(None, &cmd).map_err(errors::ledger)?;
         let outcome = self.run(shard, cmd, deadline, forward).await?;
         respond(key(&msg), shard, outcome)
+    }
+
+    /// A batch call: every item checked and run on its own, concurrently, so the node packs
+    /// them into shared log entries per shard; one result per item, in the request's order.
+    #[allow(clippy::too_many_arguments)]
+    async fn batch<B, M>(
+        &self,
+        req: Request<B>,
+        rpc: Rpc,
+        items: fn(B) -> Vec<M>,
+        field: &str,
+        build: fn(&M) -> Result<Command, Status>,
+        owner: fn(&M) -> &str,
+        key: fn(&M) -> &str,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let deadline = deadline_of(&req);
+        let caller = &self.caller(&req, rpc).await?;
+        let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
+        let items = items(req.into_inner());
+        if items.is_empty() || items.len() > BATCH_ITEMS_MAX {
+            return Err(errors::invalid_field(field, format!("a batch holds 1 to {BATCH_ITEMS_MAX} items")));
+        }
+        let one = |m| async move {
+            caller.must_own(owner(m))?;
+            let cmd = build(m)?;
+            let shard = self.inner.node.route(None, &cmd).map_err(errors::ledger)?;
+            let outcome = self.run(shard, cmd, deadline, forward).await?;
+            answer(key(m), shard, outcome)
+        };
+        let results = futures_util::future::join_all(items.iter().map(one)).await;
+        Ok(Response::new(pb::BatchResponse { results: results.into_iter().map(item_result).collect() }))
     }
 
     fn shard_count(&self) -> u32 {
@@ -393,6 +448,16 @@ impl Wallet for WalletService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn place_bets(&self, req: Request<pb::PlaceBetsRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        self.batch(req, Rpc::PlaceBets, |m| m.bets, "bets", convert::bet, |m| &m.player_id, |m| &m.idempotency_key)
+            .await
+    }
+
+    async fn settle_wins(&self, req: Request<pb::SettleWinsRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        self.batch(req, Rpc::SettleWins, |m| m.wins, "wins", convert::win, |m| &m.player_id, |m| &m.idempotency_key)
+            .await
     }
 
     async fn get_entry_proof(
