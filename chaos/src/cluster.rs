@@ -433,7 +433,7 @@ impl Cluster {
             if s.uses("clock_skew") {
                 let file = dir.join(CLOCK_FILE);
                 std::fs::write(&file, "0\n").map_err(|e| e.to_string())?;
-                env.push(("WALLETD_CLOCK_OFFSET_FILE".to_string(), file.display().to_string()));
+                env.push((raft_ledger::OffsetClock::ENV.to_string(), file.display().to_string()));
             }
             if s.uses("disk_full") {
                 let size = format!("size={}m", s.cluster.disk_mb);

@@ -62,6 +62,10 @@ pub struct OffsetClock {
 }
 
 impl OffsetClock {
+    /// The environment variable naming the offset file, for the process that runs a node
+    /// (`walletd start`) and the one that skews it (the chaos runner).
+    pub const ENV: &'static str = "WALLETD_CLOCK_OFFSET_FILE";
+
     /// A clock that follows the offset in `path`. Spawns the re-reading task on the current
     /// tokio runtime; it ends when the last clone of the clock is dropped.
     pub fn watching(path: PathBuf) -> Self {

@@ -16,9 +16,6 @@ use crate::config::{ApiConfig, StartConfig};
 use wallet_api::api::auth::{Authenticator, load_keys, redis_sessions};
 use wallet_api::api::service::{WalletService, serve};
 
-/// Names a file holding a clock offset in milliseconds (chaos runs' clock-skew fault).
-const CLOCK_OFFSET_ENV: &str = "WALLETD_CLOCK_OFFSET_FILE";
-
 /// How long in-flight wallet calls may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -83,7 +80,7 @@ pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
     let node_id = config.node.node_id;
     let advertised = config.node.info.addr.clone();
     let mut env = NodeEnv::production(config.cluster_key.clone());
-    if let Some(file) = std::env::var_os(CLOCK_OFFSET_ENV) {
+    if let Some(file) = std::env::var_os(raft_ledger::OffsetClock::ENV) {
         // A fault-injection hook for chaos runs (`chaos/`): the cluster time this node stamps
         // when it leads is its wall clock plus the offset in the file.
         tracing::warn!(file = %std::path::Path::new(&file).display(), "cluster time follows a clock offset file");
