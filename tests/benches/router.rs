@@ -9,10 +9,11 @@
 //! - **throughput**: closed-loop bets from `--clients` clients through the router, against
 //!   calling a random node (which forwards) and calling each shard's leader directly. With
 //!   `--pin`, the nodes run on CPU 0 and the routers and the load on CPU 1, so the router has
-//!   a core the nodes do not share (as deployed), for every path alike.
+//!   a core the nodes do not share (as deployed), for every path alike. With `--batch N`, a last
+//!   run sends `PlaceBets` calls of N bets each through the router.
 //!
 //! `cargo bench --workspace --bench router -- [failover|throughput] [--trials 20] [--rtt-ms 50]
-//! [--clients 64] [--secs 8] [--rounds 1] [--pin]`
+//! [--clients 64] [--secs 8] [--rounds 1] [--pin] [--batch 100]`
 
 // Floats here are rates, durations and percentiles for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -48,10 +49,13 @@ struct Args {
     pin: bool,
     /// Rounds of the alternating paths in a throughput run.
     rounds: usize,
+    /// Bets per `PlaceBets` call in a last throughput run through the router (0: none).
+    batch: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { what: "all".into(), trials: 20, rtt_ms: 50, clients: 64, secs: 8, pin: false, rounds: 1 };
+    let mut a =
+        Args { what: "all".into(), trials: 20, rtt_ms: 50, clients: 64, secs: 8, pin: false, rounds: 1, batch: 0 };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(arg) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse::<u64>().ok()).expect("a number");
@@ -62,6 +66,7 @@ fn args() -> Args {
             "--secs" => a.secs = num(),
             "--pin" => a.pin = true,
             "--rounds" => a.rounds = num() as usize,
+            "--batch" => a.batch = num() as usize,
             "failover" | "throughput" | "all" => a.what = arg,
             other => panic!("unknown argument {other}"),
         }
@@ -259,6 +264,8 @@ enum Path {
     Router,
     RandomNode,
     Leader,
+    /// `PlaceBets` of this many bets through the router.
+    RouterBatch(usize),
 }
 
 impl Path {
@@ -267,6 +274,7 @@ impl Path {
             Path::Router => "router",
             Path::RandomNode => "random node",
             Path::Leader => "leader",
+            Path::RouterBatch(_) => "router, batches",
         }
     }
 }
@@ -315,7 +323,8 @@ async fn throughput(a: &Args) {
     // Rounds alternate the paths so drift shows; the summary compares medians.
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let order = [Path::Leader, Path::Router, Path::RandomNode, Path::Router, Path::Leader];
-    for path in (0..a.rounds).flat_map(|_| order) {
+    let batch = (a.batch > 0).then_some(Path::RouterBatch(a.batch));
+    for path in (0..a.rounds).flat_map(|_| order).chain(batch) {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (i, p) in players.iter().cloned().enumerate() {
@@ -324,10 +333,31 @@ async fn throughput(a: &Args) {
             let (mut nodes, mut router) = (node_clients.clone(), router_client.clone());
             tasks.push(tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let (mut n, mut errors) = (0u64, 0u64);
+                let (mut n, mut errors, mut bets) = (0u64, 0u64, 0u64);
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    if let Path::RouterBatch(size) = path {
+                        let items = (0..size).map(|k| bet(&p, format!("batch-{i}-{n}-{k}-{rng}"))).collect();
+                        let req =
+                            ops.request(Rpc::PlaceBets, pb::PlaceBetsRequest { bets: items }, Duration::from_secs(5));
+                        let started = Instant::now();
+                        match router.place_bets(req).await {
+                            Ok(r) => {
+                                let ok = r
+                                    .get_ref()
+                                    .results
+                                    .iter()
+                                    .filter(|x| matches!(x.result, Some(pb::batch_item_result::Result::Ok(_))));
+                                let ok = ok.count() as u64;
+                                bets += ok;
+                                errors += size as u64 - ok;
+                                h.record(started.elapsed().as_micros() as u64).unwrap();
+                            }
+                            Err(_) => errors += size as u64,
+                        }
+                        continue;
+                    }
                     let req = ops.request(
                         Rpc::PlaceBet,
                         bet(&p, format!("{path:?}-{i}-{n}-{}", rng)),
@@ -336,6 +366,7 @@ async fn throughput(a: &Args) {
                     let started = Instant::now();
                     let r = match path {
                         Path::Router => router.place_bet(req).await,
+                        Path::RouterBatch(_) => unreachable!("batches are sent above"),
                         Path::Leader => nodes[leader_idx].place_bet(req).await,
                         Path::RandomNode => {
                             rng ^= rng << 13;
@@ -346,31 +377,36 @@ async fn throughput(a: &Args) {
                         }
                     };
                     match r {
-                        Ok(_) => h.record(started.elapsed().as_micros() as u64).unwrap(),
+                        Ok(_) => {
+                            bets += 1;
+                            h.record(started.elapsed().as_micros() as u64).unwrap();
+                        }
                         Err(_) => errors += 1,
                     }
                 }
-                (h, errors)
+                (h, errors, bets)
             }));
         }
         let began = Instant::now();
         tokio::time::sleep(Duration::from_secs(a.secs)).await;
         stop.store(true, Ordering::Relaxed);
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let mut errors = 0;
+        let (mut errors, mut bets) = (0, 0);
         for t in tasks {
-            let (h, e) = t.await.unwrap();
+            let (h, e, b) = t.await.unwrap();
             all.add(h).unwrap();
             errors += e;
+            bets += b;
         }
         let secs = began.elapsed().as_secs_f64();
-        rates.entry(path.name()).or_default().push(all.len() as f64 / secs);
+        // Rates are bets per second; a batch run's latency is per call.
+        rates.entry(path.name()).or_default().push(bets as f64 / secs);
         let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
         println!(
             "{:<14} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}",
             format!("{path:?}"),
             a.clients,
-            all.len() as f64 / secs,
+            bets as f64 / secs,
             ms(0.5),
             ms(0.99),
             ms(0.999),
@@ -391,6 +427,9 @@ async fn throughput(a: &Args) {
         median(Path::RandomNode),
         100.0 * median(Path::RandomNode) / leader
     );
+    if let Some(b) = batch {
+        println!("router, PlaceBets of {}: {:.0} bets/s", a.batch, median(b));
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
