@@ -12,13 +12,13 @@ mod start;
 
 use std::path::PathBuf;
 
+use clap::{Parser, Subcommand};
+use config::{FileConfig, PeerConfig};
+
 /// mimalloc instead of glibc malloc: under many concurrent calls glibc's allocator cost about a
 /// quarter of the wallet API's throughput (BENCHMARKS.md, "Front door").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{Parser, Subcommand};
-use config::{FileConfig, PeerConfig};
 
 #[derive(Parser)]
 #[command(name = "walletd", version, about = "Raft-replicated wallet ledger node")]

@@ -109,13 +109,20 @@ fn answer(key: &str, shard: u32, outcome: Outcome) -> Result<(pb::TransactionRes
     }
 }
 
-fn respond(key: &str, shard: u32, outcome: Outcome) -> Result<Response<pb::TransactionResponse>, Status> {
-    let (msg, replayed) = answer(key, shard, outcome)?;
+/// A single call's response; a replay says so in its metadata.
+fn respond(msg: pb::TransactionResponse, replayed: bool) -> Response<pb::TransactionResponse> {
     let mut resp = Response::new(msg);
     if replayed {
         resp.metadata_mut().insert(REPLAYED_HEADER, "true".parse().expect("ascii"));
     }
-    Ok(resp)
+    resp
+}
+
+/// How a mutating request becomes a command: what a single call and a batch item share.
+struct Mutation<M> {
+    build: fn(&M) -> Result<Command, Status>,
+    owner: fn(&M) -> &str,
+    key: fn(&M) -> &str,
 }
 
 /// Most items in one batch call (`PlaceBets`, `SettleWins`).
@@ -187,25 +194,36 @@ impl WalletService {
         let caller = self.caller(&req, rpc).await?;
         let forward = !req.metadata().contains_key(NO_FORWARD_HEADER);
         let msg = req.into_inner();
-        caller.must_own(owner(&msg))?;
-        let cmd = build(&msg)?;
+        let (resp, replayed) = self.decide(&caller, &Mutation { build, owner, key }, &msg, deadline, forward).await?;
+        Ok(respond(resp, replayed))
+    }
+
+    /// One mutating request, checked and run on its shard's leader: a single call's whole work,
+    /// and a batch item's.
+    async fn decide<M>(
+        &self,
+        caller: &Caller,
+        how: &Mutation<M>,
+        m: &M,
+        deadline: Instant,
+        forward: bool,
+    ) -> Result<(pb::TransactionResponse, bool), Status> {
+        caller.must_own((how.owner)(m))?;
+        let cmd = (how.build)(m)?;
         let shard = self.inner.node.route(None, &cmd).map_err(errors::ledger)?;
         let outcome = self.run(shard, cmd, deadline, forward).await?;
-        respond(key(&msg), shard, outcome)
+        answer((how.key)(m), shard, outcome)
     }
 
     /// A batch call: every item checked and run on its own, concurrently, so the node packs
     /// them into shared log entries per shard; one result per item, in the request's order.
-    #[allow(clippy::too_many_arguments)]
     async fn batch<B, M>(
         &self,
         req: Request<B>,
         rpc: Rpc,
         items: fn(B) -> Vec<M>,
         field: &str,
-        build: fn(&M) -> Result<Command, Status>,
-        owner: fn(&M) -> &str,
-        key: fn(&M) -> &str,
+        how: Mutation<M>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let deadline = deadline_of(&req);
         let caller = &self.caller(&req, rpc).await?;
@@ -214,14 +232,8 @@ impl WalletService {
         if items.is_empty() || items.len() > BATCH_ITEMS_MAX {
             return Err(errors::invalid_field(field, format!("a batch holds 1 to {BATCH_ITEMS_MAX} items")));
         }
-        let one = |m| async move {
-            caller.must_own(owner(m))?;
-            let cmd = build(m)?;
-            let shard = self.inner.node.route(None, &cmd).map_err(errors::ledger)?;
-            let outcome = self.run(shard, cmd, deadline, forward).await?;
-            answer(key(m), shard, outcome)
-        };
-        let results = futures_util::future::join_all(items.iter().map(one)).await;
+        let results =
+            futures_util::future::join_all(items.iter().map(|m| self.decide(caller, &how, m, deadline, forward))).await;
         Ok(Response::new(pb::BatchResponse { results: results.into_iter().map(item_result).collect() }))
     }
 
@@ -451,13 +463,13 @@ impl Wallet for WalletService {
     }
 
     async fn place_bets(&self, req: Request<pb::PlaceBetsRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        self.batch(req, Rpc::PlaceBets, |m| m.bets, "bets", convert::bet, |m| &m.player_id, |m| &m.idempotency_key)
-            .await
+        let how = Mutation { build: convert::bet, owner: |m| &m.player_id, key: |m| &m.idempotency_key };
+        self.batch(req, Rpc::PlaceBets, |m| m.bets, "bets", how).await
     }
 
     async fn settle_wins(&self, req: Request<pb::SettleWinsRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        self.batch(req, Rpc::SettleWins, |m| m.wins, "wins", convert::win, |m| &m.player_id, |m| &m.idempotency_key)
-            .await
+        let how = Mutation { build: convert::win, owner: |m| &m.player_id, key: |m| &m.idempotency_key };
+        self.batch(req, Rpc::SettleWins, |m| m.wins, "wins", how).await
     }
 
     async fn get_entry_proof(
