@@ -96,11 +96,9 @@ impl Proc {
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "-TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            if !exited_within(&mut c, Duration::from_secs(10)) {
+                let _ = c.kill();
             }
-            let _ = c.kill();
             let _ = c.wait();
         }
     }
@@ -259,14 +257,23 @@ impl Drop for LazyMount {
     fn drop(&mut self) {
         // End of input unmounts; a stuck one is killed and lazily unmounted.
         drop(self.commands.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
+        if !exited_within(&mut self.child, Duration::from_secs(5)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
             let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// Waits up to `grace` for `child` to exit by itself; whether it did.
+fn exited_within(child: &mut std::process::Child, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return false,
+            // Exited, or it cannot be waited for (already reaped): nothing left to wait on.
+            Ok(Some(_)) | Err(_) => return true,
         }
     }
 }

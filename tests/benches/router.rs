@@ -344,12 +344,7 @@ async fn throughput(a: &Args) {
                         let started = Instant::now();
                         match router.place_bets(req).await {
                             Ok(r) => {
-                                let ok = r
-                                    .get_ref()
-                                    .results
-                                    .iter()
-                                    .filter(|x| matches!(x.result, Some(pb::batch_item_result::Result::Ok(_))));
-                                let ok = ok.count() as u64;
+                                let ok = r.get_ref().succeeded() as u64;
                                 bets += ok;
                                 errors += size as u64 - ok;
                                 h.record(started.elapsed().as_micros() as u64).unwrap();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountRef;
 use crate::command::{Command, CommandKind, HOLD_TIMEOUT_MAX_MS};
 use crate::entry::{Entry, EntryKind, Hash, genesis_hash};
-use crate::ids::{PlayerId, Reason, RoundId, TxId};
+use crate::ids::{ID_LEN_MAX, PlayerId, Reason, RoundId, TxId};
 use crate::money::{Amount, Balance, Currency};
 use crate::outcome::{Outcome, Receipt};
 use crate::rejection::Rejection;
@@ -55,13 +55,18 @@ fn first_128_bits(digest: [u8; 32]) -> Key {
 }
 
 fn digest16(parts: &[&[u8]]) -> Key {
-    first_128_bits(crate::codec::sha256(|w| {
-        for p in parts {
-            // Length-prefix each part so ("ab","c") and ("a","bc") differ.
-            w.u64(p.len() as u64);
-            w.raw(p);
-        }
-    }))
+    // Ids are at most 64 bytes, so every key's input fits on the stack: no buffer to borrow, no
+    // capacity checks, one call into the hash. The bytes are the same as the codec would write
+    // (each part prefixed by its length as a big-endian u64), so keys never change.
+    let mut buf = [0u8; 3 * (8 + ID_LEN_MAX)];
+    let mut n = 0;
+    for p in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        buf[n..n + 8].copy_from_slice(&(p.len() as u64).to_be_bytes());
+        buf[n + 8..n + 8 + p.len()].copy_from_slice(p);
+        n += 8 + p.len();
+    }
+    first_128_bits(<sha2::Sha256 as sha2::Digest>::digest(&buf[..n]).into())
 }
 
 fn id_key(tx: &TxId) -> Key {
@@ -70,6 +75,31 @@ fn id_key(tx: &TxId) -> Key {
 
 fn round_key(player: &PlayerId, round: &RoundId) -> Key {
     digest16(&[b"round", player.as_str().as_bytes(), round.as_str().as_bytes()])
+}
+
+/// The digests a command is looked up by, computed once per command: a bet's round key is
+/// needed by both the round check and the bet's record, a rollback's by the round and the bet.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    id: Key,
+    fingerprint: Key,
+    /// The round a bet, win or rollback names.
+    round: Option<Key>,
+    /// The bet a rollback names.
+    bet: Option<Key>,
+}
+
+impl Prepared {
+    fn of(cmd: &Command) -> Self {
+        let (round, bet) = match cmd {
+            Command::Bet { player, round, .. } | Command::Win { player, round, .. } => {
+                (Some(round_key(player, round)), None)
+            }
+            Command::Rollback { player, round, bet, .. } => (Some(round_key(player, round)), Some(id_key(bet))),
+            _ => (None, None),
+        };
+        Self { id: id_key(cmd.tx()), fingerprint: first_128_bits(cmd.fingerprint()), round, bet }
+    }
 }
 
 /// What an applied command produced, compactly: the accounts can be rebuilt from the command
@@ -293,9 +323,12 @@ impl Ledger {
     /// Applies one command at cluster time `at`, appending its entries (and those of any holds
     /// that expired first) to `sink`. Never fails: business results are in the [`Outcome`].
     pub fn apply(&mut self, cmd: &Command, at: ClusterTime, sink: &mut Vec<Entry>) -> Outcome {
+        self.apply_prepared(cmd, &Prepared::of(cmd), at, sink)
+    }
+
+    fn apply_prepared(&mut self, cmd: &Command, p: &Prepared, at: ClusterTime, sink: &mut Vec<Entry>) -> Outcome {
         let at = self.advance(at, sink);
-        let fingerprint = first_128_bits(cmd.fingerprint());
-        let key = id_key(cmd.tx());
+        let (fingerprint, key) = (p.fingerprint, p.id);
         let known = self.ids.get(&key);
         let result = match known.map(|r| &r.state) {
             Some(IdState::Ran { fingerprint: f, result, .. }) => {
@@ -308,11 +341,11 @@ impl Ledger {
             // The bet arrives after a rollback that named it: refuse it, as aggregators require.
             // (A non-bet command under a tombstoned id was never the rolled-back bet; it runs.)
             Some(IdState::RolledBackBeforeArrival) if cmd.kind() == CommandKind::Bet => Err(Rejection::BetRolledBack),
-            _ => cmd.validate().and_then(|()| self.execute(cmd, at, sink)),
+            _ => cmd.validate().and_then(|()| self.execute(cmd, p, at, sink)),
         };
-        let bet = match (cmd, &result) {
-            (Command::Bet { player, round, currency, amount, .. }, Ok(_)) => {
-                Some(Bet { round: round_key(player, round), currency: *currency, amount: *amount, rolled_back: false })
+        let bet = match (cmd, &result, p.round) {
+            (Command::Bet { currency, amount, .. }, Ok(_), Some(round)) => {
+                Some(Bet { round, currency: *currency, amount: *amount, rolled_back: false })
             }
             _ => None,
         };
@@ -390,7 +423,14 @@ impl Ledger {
         }
     }
 
-    fn execute(&mut self, cmd: &Command, at: ClusterTime, sink: &mut Vec<Entry>) -> Result<Receipt, Rejection> {
+    fn execute(
+        &mut self,
+        cmd: &Command,
+        p: &Prepared,
+        at: ClusterTime,
+        sink: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        let round_key = || p.round.expect("bets, wins and rollbacks have their round's key prepared");
         match cmd {
             Command::OpenAccount { tx, player, currency } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
@@ -485,7 +525,7 @@ impl Ledger {
                 Ok(self.release_hold(hold, EntryKind::WithdrawalCancel, tx, Some(hold), at, sink))
             }
             Command::Bet { tx, player, round, currency, amount } => {
-                let rkey = round_key(player, round);
+                let rkey = round_key();
                 if let Some(r) = self.rounds.get(&rkey)
                     && r.currency != *currency
                 {
@@ -508,7 +548,7 @@ impl Ledger {
                 Ok(receipt)
             }
             Command::Win { tx, player, round, currency, amount } => {
-                let rkey = round_key(player, round);
+                let rkey = round_key();
                 let r = self.rounds.get(&rkey).ok_or(Rejection::UnknownRound)?;
                 if r.currency != *currency {
                     return Err(Rejection::CurrencyMismatch);
@@ -523,7 +563,10 @@ impl Ledger {
                 self.rounds.get_mut(&rkey).expect("checked above").last_at = at;
                 Ok(receipt)
             }
-            Command::Rollback { tx, player, round, bet } => self.rollback(tx, player, round, bet, at, sink),
+            Command::Rollback { tx, player, round, bet } => {
+                let bet_key = p.bet.expect("a rollback has its bet's key prepared");
+                self.rollback(tx, player, round, (bet, bet_key), round_key(), at, sink)
+            }
             Command::Transfer { tx, from, to, currency, amount } => {
                 let from = AccountRef::player(from.clone(), *currency);
                 let to = AccountRef::player(to.clone(), *currency);
@@ -538,17 +581,18 @@ impl Ledger {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rollback(
         &mut self,
         tx: &TxId,
         player: &PlayerId,
         round: &RoundId,
-        bet_id: &TxId,
+        (bet_id, bet_key): (&TxId, Key),
+        rkey: Key,
         at: ClusterTime,
         sink: &mut Vec<Entry>,
     ) -> Result<Receipt, Rejection> {
         let no_entry = Receipt { seq: None, at, balances: Vec::new() };
-        let bet_key = id_key(bet_id);
         let bet = match self.ids.get(&bet_key).map(|r| &r.state) {
             Some(IdState::Ran { bet: Some(bet), .. }) => *bet,
             // The bet failed, so there is nothing to reverse.
@@ -563,7 +607,6 @@ impl Ledger {
                 return Ok(no_entry);
             }
         };
-        let rkey = round_key(player, round);
         if bet.round != rkey {
             return Err(Rejection::BetMismatch);
         }

@@ -223,12 +223,7 @@ impl Bench {
         let req = self.creds.request(Rpc::PlaceBets, pb::PlaceBetsRequest { bets }, Duration::from_secs(10));
         match client.place_bets(req).await {
             Ok(r) => {
-                let ok = r
-                    .get_ref()
-                    .results
-                    .iter()
-                    .filter(|x| matches!(x.result, Some(pb::batch_item_result::Result::Ok(_))))
-                    .count();
+                let ok = r.get_ref().succeeded();
                 (ok as u64, (n - ok) as u64)
             }
             Err(_) => (0, n as u64),

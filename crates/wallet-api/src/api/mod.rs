@@ -20,6 +20,13 @@ pub mod pb {
 
     /// The encoded descriptor set of `wallet.proto`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wallet_descriptor.bin"));
+
+    impl BatchResponse {
+        /// How many items succeeded (applied now or replayed); the rest carry an error each.
+        pub fn succeeded(&self) -> usize {
+            self.results.iter().filter(|r| matches!(r.result, Some(batch_item_result::Result::Ok(_)))).count()
+        }
+    }
 }
 
 /// Every message of the wallet API and of `google.rpc`'s error details, for JSON in and out.
