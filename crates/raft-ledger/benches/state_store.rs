@@ -22,7 +22,8 @@
 //! commands with the window full, so the index neither grows nor shrinks. Each engine runs in a
 //! process of its own (the benchmark starts itself again per engine), so its peak resident
 //! memory (`VmHWM`) is its own. The engines' caches are bounded by `--cache-mb`; the memory
-//! baseline has no bound, which is the point.
+//! baseline has no bound, which is the point. The engines' files go to a temporary folder in
+//! `target/tmp` (or under `$BENCH_DIR`), removed afterwards.
 
 // Floats here are rates, sizes and durations for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -274,7 +275,9 @@ fn phase(store: &mut dyn Store, from: u64, to: u64, forget: bool, name: &str) {
 }
 
 fn run(engine: &str, args: &Args) {
-    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
+    // Cargo's scratch folder for benchmarks is under `target/`, on the same disk as a node's data.
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()))
+        .unwrap();
     let cache = args.cache_mb << 20;
     let mut store: Box<dyn Store> = match engine {
         "memory" => Box::new(Memory { ids: HashMap::default(), queue: VecDeque::new() }),
