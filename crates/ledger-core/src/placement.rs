@@ -229,7 +229,7 @@ impl Topology {
     }
 
     /// This node's place in each shard's succession (the node shell's Raft timing staggers elections by it):
-    /// slot 0 campaigns first when the shard's leader is lost, slot 1 one heartbeat later, and
+    /// slot 0 campaigns first when the shard's leader is lost, slot 1 two heartbeats later, and
     /// so on, so survivors do not split the vote. The order is the shard's planned voters, home
     /// region first and then by round-trip time from home (ids break ties), with the first
     /// planned voter (the usual leader) last: after a leader is lost, the nearest survivor

@@ -100,6 +100,61 @@ pub(crate) fn decide_home(healthy: &mut u32, view: &HomeView, cooldown: Duration
     Some(*target)
 }
 
+/// What a voter with a place in the shard's succession sees when deciding whether to ask for
+/// an election now rather than wait for openraft's own timer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SuccessionView {
+    /// This replica is a follower (not leading, not already campaigning).
+    pub(crate) follower: bool,
+    /// Its place in the shard's succession (0 campaigns first).
+    pub(crate) slot: u32,
+    /// Since it last heard anything that shows a leader or an election alive: the leader's last
+    /// accepted AppendEntries, the last change of its own term or vote, or its start.
+    pub(crate) silent: Duration,
+    /// It has heard from a leader since it started. Until then no lease can be running on it
+    /// (openraft starts with none), so a fresh cluster elects in succession order at once
+    /// rather than every voter's timer firing together and splitting the vote.
+    pub(crate) heard_leader: bool,
+    /// Since it last asked for an election, if it has.
+    pub(crate) since_asked: Option<Duration>,
+    /// An earlier slot with a shorter log has just asked for this replica's vote and been
+    /// refused: it cannot win, so waiting out the stagger behind it only costs time.
+    pub(crate) outranks: bool,
+}
+
+/// Succession timing, from the shard's Raft timing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Succession {
+    /// How long every voter keeps believing in a silent leader (openraft's lease, the same on
+    /// every voter of a succession): no vote is granted before it runs out.
+    pub(crate) lease: Duration,
+    /// How much later each next slot asks: long enough for the slot before it to win an
+    /// election and be heard.
+    pub(crate) stagger: Duration,
+    /// How soon a refused request is repeated.
+    pub(crate) retry: Duration,
+}
+
+/// Whether a voter should ask for an election now (a pre-vote, so a leader the others still
+/// hear is never disturbed). openraft alone campaigns a lease plus a random timeout after the
+/// leader goes silent; the first successor asks as soon as the lease has run out on every
+/// voter, the next one a stagger later if nobody has won by then, or at once if the one before
+/// it cannot win for a shorter log. Returns when to look again if not now.
+pub(crate) fn succession(view: SuccessionView, t: Succession) -> Result<(), Duration> {
+    if !view.follower {
+        return Err(t.retry);
+    }
+    let lease = if view.heard_leader { t.lease } else { Duration::ZERO };
+    let due = if view.outranks { lease } else { lease + t.stagger * view.slot };
+    if view.silent < due {
+        return Err(due - view.silent);
+    }
+    match view.since_asked {
+        Some(asked) if asked < t.retry => Err(t.retry - asked),
+        _ => Ok(()),
+    }
+}
+
 /// The shard a command runs in: the requested one, checked against the command's player, or
 /// the player's. A transfer's two players must share a shard.
 pub(crate) fn route(map: &ShardMap, shard: Option<u32>, cmd: &Command) -> Result<u32, LedgerError> {
@@ -192,6 +247,33 @@ mod tests {
             assert_eq!(decide_home(&mut healthy, &home, cooldown), None);
             assert_eq!(decide_home(&mut healthy, &follower, cooldown), None);
         }
+    }
+
+    #[test]
+    fn the_first_successor_asks_when_the_lease_runs_out_the_next_a_stagger_later() {
+        let ms = Duration::from_millis;
+        let t = Succession { lease: ms(270), stagger: ms(200), retry: ms(50) };
+        let view = |slot, silent, asked: Option<u64>| SuccessionView {
+            follower: true,
+            slot,
+            silent: ms(silent),
+            since_asked: asked.map(ms),
+            outranks: false,
+            heard_leader: true,
+        };
+        assert_eq!(succession(view(0, 100, None), t), Err(ms(170)), "the leader may still be alive");
+        assert_eq!(succession(view(0, 270, None), t), Ok(()), "every voter's lease has run out");
+        assert_eq!(succession(view(1, 300, None), t), Err(ms(170)), "the first successor has its turn");
+        assert_eq!(succession(view(1, 470, None), t), Ok(()), "nobody won: the next one asks");
+        assert_eq!(succession(view(0, 300, Some(20)), t), Err(ms(30)), "a refused request is repeated, not spammed");
+        assert_eq!(succession(view(0, 300, Some(50)), t), Ok(()));
+        let outranks = SuccessionView { outranks: true, ..view(1, 300, None) };
+        assert_eq!(succession(outranks, t), Ok(()), "the first successor's log is shorter: no point waiting for it");
+        let fresh = |slot, silent| SuccessionView { heard_leader: false, ..view(slot, silent, None) };
+        assert_eq!(succession(fresh(0, 0), t), Ok(()), "a new cluster: the first successor asks at once");
+        assert_eq!(succession(fresh(1, 100), t), Err(ms(100)), "and the next one a stagger later");
+        let campaigning = SuccessionView { follower: false, ..view(0, 900, None) };
+        assert_eq!(succession(campaigning, t), Err(ms(50)), "a leader or candidate never asks");
     }
 
     #[test]

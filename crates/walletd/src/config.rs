@@ -143,20 +143,19 @@ pub(crate) fn load_topology(path: &std::path::Path) -> Result<Topology, ConfigEr
 pub(crate) fn describe_placement(t: &Topology) -> String {
     use std::fmt::Write;
     let rtt = t.quorum_rtt_ms();
-    let timing = |slot| raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000, Some(slot));
-    let (first, second) = (timing(0), timing(1));
+    let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{} shards, replication {}, quorum RTT {rtt} ms: heartbeat {} ms; when a leader is lost its first successor \
-         campaigns {}-{} ms after the last heartbeat, the next {}-{} ms",
+         asks for an election {} ms after the last heartbeat, the next {} ms (failing both, any voter at {}-{} ms)",
         t.shards,
         t.replication,
-        first.heartbeat_interval,
-        first.election_timeout_min + first.election_timeout_max,
-        2 * first.election_timeout_max,
-        second.election_timeout_min + second.election_timeout_max,
-        2 * second.election_timeout_max
+        timing.heartbeat_interval,
+        timing.election_timeout_max,
+        timing.election_timeout_max + 2 * timing.heartbeat_interval,
+        timing.election_timeout_min + timing.election_timeout_max,
+        2 * timing.election_timeout_max
     );
     let zone = |id| t.regions.iter().flat_map(|r| &r.nodes).find(|n| n.id == id).map_or("?", |n| n.zone.as_str());
     let mut leads: BTreeMap<&str, u32> = BTreeMap::new();

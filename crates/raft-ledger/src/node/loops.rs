@@ -1,6 +1,7 @@
 //! The node's background work, one set of tasks per shard: the proposer that batches queued
 //! commands into log entries, the ticker that lets withdrawal holds expire, the watcher that
-//! counts leader changes, and the loop that moves leadership home. Each gathers what it needs
+//! counts leader changes, the loop that moves leadership home, and the one that asks for an
+//! election as soon as a dead leader's lease has run out. Each gathers what it needs
 //! and acts; the decisions themselves are `crate::decide`'s.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use super::{BATCHES_IN_FLIGHT_MAX, NodeInner, Shard, Waiter, write_error};
 use crate::api::BATCH_COMMANDS_MAX;
 use crate::batch::{Batches, answer};
-use crate::decide::{HomeView, decide_home};
+use crate::decide::{HomeView, Succession, SuccessionView, decide_home, succession};
 use crate::raft::{NodeId, Proposal, Reply, Request, TypeConfig};
 use ledger_core::Command;
 
@@ -42,6 +43,7 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
         tokio::spawn(async move {
             let _permit = permit;
             let started = tokio::time::Instant::now();
+            quorum_lease(&raft).await;
             let written = raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
@@ -56,6 +58,32 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
             };
             answer(waiters, result);
         });
+    }
+}
+
+/// Waits (at most one heartbeat) while this replica leads without a quorum lease. openraft
+/// refuses a write on such a leader as if it did not lead, and a leader just elected has no
+/// lease until a quorum acknowledges its first entry, a round trip later: the calls that
+/// reached the new leader first would be told to go elsewhere (and a router would eject it for
+/// failing them). Nothing has been proposed yet, so waiting is safe. The wait is short so that
+/// a leader cut off from its quorum, or still searching a follower's log, answers before a
+/// client's per-call timeout and the client looks elsewhere.
+async fn quorum_lease(raft: &super::LedgerRaft) {
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let patience = Duration::from_millis(raft.config().heartbeat_interval);
+    let lapsed = |m: &RaftMetrics<TypeConfig>| {
+        m.state == ServerState::Leader && m.last_quorum_acked.as_ref().is_none_or(|a| a.elapsed() >= lease)
+    };
+    let mut metrics = raft.metrics();
+    if !lapsed(&metrics.borrow_watched()) {
+        return;
+    }
+    let until = tokio::time::Instant::now() + patience;
+    while lapsed(&metrics.borrow_watched()) {
+        match tokio::time::timeout_at(until, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
     }
 }
 
@@ -127,6 +155,72 @@ pub(super) async fn home_loop(node: Arc<NodeInner>, shard: Arc<Shard>, home: Str
             tracing::warn!(shard = %shard.id, "leader transfer failed: {e}");
         }
         last_transfer = Some(tokio::time::Instant::now());
+    }
+}
+
+/// Succession (the rule is [`succession`]): on a voter with a place in the shard's
+/// succession, watch for the leader going silent and ask for an election (a pre-vote) as soon
+/// as its lease has run out everywhere, instead of openraft's lease plus a random timeout.
+/// What counts as hearing from the cluster: an accepted AppendEntries, and any change of this
+/// replica's term or vote (an election in progress, which it may have voted in).
+pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slot: u32) {
+    let mut stop = node.stop.subscribe();
+    let config = shard.raft.config().clone();
+    let heartbeat = Duration::from_millis(config.heartbeat_interval);
+    let timing = Succession {
+        lease: Duration::from_millis(config.election_timeout_max),
+        // Two heartbeats, at least four round trips: the slot before has won and been heard.
+        stagger: heartbeat * 2,
+        // A heartbeat, at least two round trips: the last request has been answered (a new one
+        // starts a new round, and an answer to the old one can be lost).
+        retry: heartbeat,
+    };
+    let metrics = shard.raft.metrics();
+    let mut voted = None;
+    let mut voted_at = tokio::time::Instant::now();
+    let mut asked: Option<tokio::time::Instant> = None;
+    let mut outranks = false;
+    loop {
+        let m: RaftMetrics<TypeConfig> = metrics.borrow_watched().clone();
+        let now = tokio::time::Instant::now();
+        let vote = Some((m.current_term, m.vote.clone()));
+        if vote != voted {
+            voted = vote;
+            voted_at = now;
+        }
+        let contact = shard.leader_contact.lock().expect("leader contact lock").back().map(|(t, _)| *t);
+        let heard = contact.map_or(voted_at, |c| c.max(voted_at));
+        let view = SuccessionView {
+            follower: m.state == ServerState::Follower
+                && m.membership_config.membership().voter_ids().any(|id| id == node.config.node_id),
+            slot,
+            silent: now - heard,
+            heard_leader: contact.is_some(),
+            since_asked: asked.map(|a| now - a),
+            outranks: std::mem::take(&mut outranks),
+        };
+        let wait = match succession(view, timing) {
+            Ok(()) => {
+                let silent_ms = view.silent.as_millis() as u64;
+                if view.heard_leader {
+                    tracing::info!(shard = %shard.id, slot, silent_ms, "leader silent past its lease: asking for an election");
+                } else {
+                    tracing::debug!(shard = %shard.id, slot, silent_ms, "no leader heard since start: asking for an election");
+                }
+                asked = Some(now);
+                if let Err(e) = shard.raft.trigger().elect(true).await {
+                    tracing::warn!(shard = %shard.id, "election request failed: {e}");
+                }
+                timing.retry
+            }
+            Err(wait) => wait,
+        };
+        tokio::select! {
+            // Otherwise woken by time only: a vote seen late only makes the wait longer.
+            _ = tokio::time::sleep(wait) => {}
+            _ = shard.outranks_candidate.notified() => outranks = true,
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -234,6 +234,9 @@ pub(crate) struct Shard {
     /// The latest moment this replica knows its leader had heard from a quorum (from the
     /// quorum age AppendEntries carry). What a follower's health rests on.
     leader_quorum_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Rung when this replica refuses a pre-vote because the asker's log is shorter than its
+    /// own: the succession loop need not wait behind a successor that cannot win.
+    pub(crate) outranks_candidate: tokio::sync::Notify,
 }
 
 /// Leader contacts kept per shard. A replica that lags further behind than this many distinct
@@ -355,7 +358,6 @@ impl LedgerNode {
                 config.rtt_ms,
                 config.snapshot_every,
                 config.logs_kept_after_snapshot,
-                config.election_slots.get(&s).copied(),
             );
             let raft = LedgerRaft::new(config.node_id, raft_config, network, log, sm)
                 .await
@@ -371,6 +373,7 @@ impl LedgerNode {
                 leader_changes: std::sync::atomic::AtomicU64::new(0),
                 leader_contact: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 leader_quorum_at: std::sync::Mutex::new(None),
+                outranks_candidate: tokio::sync::Notify::new(),
             });
             router.watch_shard(s, shard.raft.metrics());
             queues.push((shard.clone(), rx));
@@ -385,6 +388,9 @@ impl LedgerNode {
             tokio::spawn(loops::watch_leadership(node.inner.clone(), shard.clone()));
             if let Some(home) = node.inner.config.home_regions.get(&shard.id.0) {
                 tokio::spawn(loops::home_loop(node.inner.clone(), shard.clone(), home.clone()));
+            }
+            if let Some(slot) = node.inner.config.election_slots.get(&shard.id.0) {
+                tokio::spawn(loops::succession_loop(node.inner.clone(), shard.clone(), *slot));
             }
             tokio::spawn(loops::propose_loop(node.inner.clone(), shard, rx));
         }

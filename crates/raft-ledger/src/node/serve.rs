@@ -108,7 +108,17 @@ impl RaftTransport for Transport {
     async fn pre_vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {
         let ShardMsg { shard, msg } = request.into_inner();
         let reply = match self.shard(shard) {
-            Ok(s) => s.raft.pre_vote(msg).await.map_err(PeerError::Raft),
+            Ok(s) => {
+                let asker_log = msg.last_log_id;
+                let reply = s.raft.pre_vote(msg).await.map_err(PeerError::Raft);
+                if let Ok(r) = &reply
+                    && !r.vote_granted
+                    && r.last_log_id > asker_log
+                {
+                    s.outranks_candidate.notify_one();
+                }
+                reply
+            }
             Err(e) => Err(e),
         };
         Ok(Response::new(reply))

@@ -102,30 +102,22 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 ///
 /// Survivors that campaign within a round trip of each other split the vote and both wait
 /// another timeout, which is what made failover slow and erratic. So a replica with an
-/// `election_slot` (its place in the shard's succession, from
-/// [`ledger_core::placement::Topology::election_slots`]) gets `min = base + slot heartbeats` and a
-/// small jitter: the first survivor campaigns alone and the next one only if it has not
-/// heard from a new leader by then. At 50 ms RTT the first successor campaigns 520–540 ms
-/// after the last heartbeat. Without a slot: `[base, base + 1 heartbeat]`, left to chance.
+/// election slot (its place in the shard's succession, from
+/// [`ledger_core::placement::Topology::election_slots`]) does not wait for this timer: the
+/// node's succession loop asks for an election as soon as the lease has run out (at once in a
+/// new cluster, where no lease runs), slot 0 first and each next slot two heartbeats later.
+/// For that, every voter has the same lease (openraft makes the lease `election_timeout_max`,
+/// and a voter refuses votes while it runs), so the first successor is not held back by the
+/// next one's, and openraft's own timer (`[base, base + 1 heartbeat]` after the lease, a
+/// jitter of two round trips or more) is only the fallback. At 50 ms RTT the first successor
+/// asks 350 ms after the last heartbeat.
 /// Pre-vote keeps one stalled follower from deposing a leader the others still hear.
 /// A snapshot is taken every `snapshot_every` applied entries, keeping `logs_kept` entries.
-pub fn raft_config(
-    cluster_name: &str,
-    rtt_ms: u64,
-    snapshot_every: u64,
-    logs_kept: u64,
-    election_slot: Option<u32>,
-) -> Arc<openraft::Config> {
-    const SLOT_JITTER_MS: u64 = 20;
+pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_kept: u64) -> Arc<openraft::Config> {
     let heartbeat_ms = (2 * rtt_ms).max(100);
     let base_ms = (2 * heartbeat_ms + rtt_ms).max(250);
-    let (election_min_ms, election_max_ms) = match election_slot {
-        Some(slot) => {
-            let min = base_ms + u64::from(slot) * heartbeat_ms;
-            (min, min + SLOT_JITTER_MS)
-        }
-        None => (base_ms, base_ms + heartbeat_ms),
-    };
+    // The same for every voter, slot or not: see above.
+    let (election_min_ms, election_max_ms) = (base_ms, base_ms + heartbeat_ms);
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: heartbeat_ms,
@@ -162,15 +154,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raft_timing_staggers_successors_by_a_heartbeat() {
-        let t = |slot| raft_config("t", 50, 100, 10, slot);
-        assert_eq!(
-            (t(None).heartbeat_interval, t(None).election_timeout_min, t(None).election_timeout_max),
-            (100, 250, 350)
-        );
-        assert_eq!((t(Some(0)).election_timeout_min, t(Some(0)).election_timeout_max), (250, 270));
-        assert_eq!((t(Some(1)).election_timeout_min, t(Some(1)).election_timeout_max), (350, 370));
-        let slow = raft_config("t", 150, 100, 10, Some(0));
+    fn raft_timing_gives_every_voter_one_lease() {
+        let t = raft_config("t", 50, 100, 10);
+        // One lease for the whole succession: the first successor waits for no one else's.
+        assert_eq!((t.heartbeat_interval, t.election_timeout_min, t.election_timeout_max), (100, 250, 350));
+        let slow = raft_config("t", 150, 100, 10);
         assert_eq!((slow.heartbeat_interval, slow.election_timeout_min), (300, 750));
     }
 }
