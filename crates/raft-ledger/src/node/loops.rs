@@ -183,7 +183,7 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
     loop {
         let m: RaftMetrics<TypeConfig> = metrics.borrow_watched().clone();
         let now = tokio::time::Instant::now();
-        let vote = Some((m.current_term, m.vote.clone()));
+        let vote = Some((m.current_term, m.vote));
         if vote != voted {
             voted = vote;
             voted_at = now;
