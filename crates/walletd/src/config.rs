@@ -144,6 +144,7 @@ pub(crate) fn describe_placement(t: &Topology) -> String {
     use std::fmt::Write;
     let rtt = t.quorum_rtt_ms();
     let timing = raft_ledger::raft::raft_config("placement", rtt, 10_000, 2_000);
+    let stagger = raft_ledger::raft::succession_stagger(&timing).as_millis() as u64;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -153,7 +154,7 @@ pub(crate) fn describe_placement(t: &Topology) -> String {
         t.replication,
         timing.heartbeat_interval,
         timing.election_timeout_max,
-        timing.election_timeout_max + 2 * timing.heartbeat_interval,
+        timing.election_timeout_max + stagger,
         timing.election_timeout_min + timing.election_timeout_max,
         2 * timing.election_timeout_max
     );

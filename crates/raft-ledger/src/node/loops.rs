@@ -12,8 +12,9 @@ use openraft::rt::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::mpsc;
 
-use super::{BATCHES_IN_FLIGHT_MAX, NodeInner, Shard, Waiter, write_error};
+use super::{BATCHES_IN_FLIGHT_MAX, NodeInner, Shard, Waiter, health_of, health_view, write_error};
 use crate::api::BATCH_COMMANDS_MAX;
+use crate::api::CommitHealth;
 use crate::batch::{Batches, answer};
 use crate::decide::{HomeView, Succession, SuccessionView, decide_home, succession};
 use crate::raft::{NodeId, Proposal, Reply, Request, TypeConfig};
@@ -38,13 +39,13 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
         }
         let (cmds, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
         let proposal = Proposal { at: node.env.clock.now(), request: Request::Commands(cmds) };
-        let raft = shard.raft.clone();
-        let shard_id = shard.id.0;
+        let shard = shard.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let shard_id = shard.id.0;
             let started = tokio::time::Instant::now();
-            quorum_lease(&raft).await;
-            let written = raft.client_write(proposal).await;
+            quorum_lease(&shard).await;
+            let written = shard.raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
             let result = match written {
@@ -68,17 +69,16 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
 /// failing them). Nothing has been proposed yet, so waiting is safe. The wait is short so that
 /// a leader cut off from its quorum, or still searching a follower's log, answers before a
 /// client's per-call timeout and the client looks elsewhere.
-async fn quorum_lease(raft: &super::LedgerRaft) {
-    let lease = Duration::from_millis(raft.config().election_timeout_max);
-    let patience = Duration::from_millis(raft.config().heartbeat_interval);
+async fn quorum_lease(shard: &Shard) {
+    // Leading, but not serving by the health rule: no quorum acknowledgement within the lease.
     let lapsed = |m: &RaftMetrics<TypeConfig>| {
-        m.state == ServerState::Leader && m.last_quorum_acked.as_ref().is_none_or(|a| a.elapsed() >= lease)
+        m.state == ServerState::Leader && health_of(shard, health_view(shard, m)) != CommitHealth::Leader
     };
-    let mut metrics = raft.metrics();
-    if !lapsed(&metrics.borrow_watched()) {
+    if !lapsed(&shard.raft.metrics().borrow_watched()) {
         return;
     }
-    let until = tokio::time::Instant::now() + patience;
+    let mut metrics = shard.raft.metrics();
+    let until = tokio::time::Instant::now() + Duration::from_millis(shard.raft.config().heartbeat_interval);
     while lapsed(&metrics.borrow_watched()) {
         match tokio::time::timeout_at(until, metrics.changed()).await {
             Ok(Ok(())) => {}
@@ -169,8 +169,7 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
     let heartbeat = Duration::from_millis(config.heartbeat_interval);
     let timing = Succession {
         lease: Duration::from_millis(config.election_timeout_max),
-        // Two heartbeats, at least four round trips: the slot before has won and been heard.
-        stagger: heartbeat * 2,
+        stagger: crate::raft::succession_stagger(&config),
         // A heartbeat, at least two round trips: the last request has been answered (a new one
         // starts a new round, and an answer to the old one can be lost).
         retry: heartbeat,
@@ -181,9 +180,13 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
     let mut asked: Option<tokio::time::Instant> = None;
     let mut outranks = false;
     loop {
-        let m: RaftMetrics<TypeConfig> = metrics.borrow_watched().clone();
+        // Read in place: the watch holds a lock while borrowed, and nothing here awaits.
+        let (vote, follower) = {
+            let m = metrics.borrow_watched();
+            let voter = m.membership_config.membership().voter_ids().any(|id| id == node.config.node_id);
+            (Some((m.current_term, m.vote)), m.state == ServerState::Follower && voter)
+        };
         let now = tokio::time::Instant::now();
-        let vote = Some((m.current_term, m.vote));
         if vote != voted {
             voted = vote;
             voted_at = now;
@@ -191,8 +194,7 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
         let contact = shard.leader_contact.lock().expect("leader contact lock").back().map(|(t, _)| *t);
         let heard = contact.map_or(voted_at, |c| c.max(voted_at));
         let view = SuccessionView {
-            follower: m.state == ServerState::Follower
-                && m.membership_config.membership().voter_ids().any(|id| id == node.config.node_id),
+            follower,
             slot,
             silent: now - heard,
             heard_leader: contact.is_some(),

@@ -149,6 +149,13 @@ pub fn raft_config(cluster_name: &str, rtt_ms: u64, snapshot_every: u64, logs_ke
     Arc::new(config.validate().expect("derived raft config is valid"))
 }
 
+/// How much later each next slot of a shard's succession asks for an election than the slot
+/// before it: two heartbeats, at least four round trips, so the slot before has had time to
+/// win and be heard. The succession loop and `walletd placement` both take it from here.
+pub fn succession_stagger(config: &openraft::Config) -> std::time::Duration {
+    std::time::Duration::from_millis(2 * config.heartbeat_interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
