@@ -11,7 +11,11 @@ use sim::geo::{GeoConfig, GeoFault, GeoReport, run_geo};
 const RTT_MS: [u64; 3] = [30, 80, 150];
 
 fn run(seed: u64, fault: GeoFault, shards: u32) -> (GeoConfig, GeoReport) {
-    let cfg = GeoConfig { seed, rtt_ms: RTT_MS, shards, writes: 5, fault };
+    run_with(seed, fault, shards, 5)
+}
+
+fn run_with(seed: u64, fault: GeoFault, shards: u32, writes: u32) -> (GeoConfig, GeoReport) {
+    let cfg = GeoConfig { seed, rtt_ms: RTT_MS, shards, writes, fault };
     let report = run_geo(&cfg);
     assert!(report.error.is_none(), "seed {seed} {fault:?}: {:?}", report.error);
     (cfg, report)
@@ -59,4 +63,27 @@ fn t72_a_geo_run_is_reproducible_from_its_seed() {
     let (_, a) = run(4, GeoFault::LeaderCrash, 3);
     let (_, b) = run(4, GeoFault::LeaderCrash, 3);
     assert_eq!((a.rto_ms, a.elected_ms, a.home_again_ms, a.acked), (b.rto_ms, b.elected_ms, b.home_again_ms, b.acked));
+}
+
+#[test]
+fn t73_clients_find_each_new_leader_within_its_first_commits() {
+    // `sim geo --fault region --shards 6 --rtt 30,80,150` trials (30 writes per shard first),
+    // seeds where, before the fix, the client searching for shard 0's new leader and the one
+    // searching for shard 3's shared one rotation counter, each stepped by two over the six
+    // nodes and never asked the new leaders (RTO 1694 and 3246 ms with leaders elected by
+    // 1030 ms). A new leader commits its term's first entry one round trip after the election
+    // and the client's write one round trip later (the slowest surviving link is 150 ms); one
+    // more round trip of slack covers the client's retry pause. Simulated time: exact.
+    let slowest = *RTT_MS.iter().max().unwrap();
+    for seed in [3, 4, 12] {
+        let (cfg, r) = run_with(seed, GeoFault::RegionLoss, 6, 30);
+        check_recovery(&cfg, &r);
+        for (shard, rto) in &r.rto_ms {
+            let elected = r.elected_ms[shard];
+            assert!(
+                rto - elected <= 3 * slowest,
+                "seed {seed} shard {shard}: leader elected at {elected} ms, first write at {rto} ms: {r:?}"
+            );
+        }
+    }
 }

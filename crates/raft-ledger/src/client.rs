@@ -240,9 +240,12 @@ impl Inner {
             .insert(addr.to_string(), tokio::time::Instant::now() + SUSPECT_FOR);
     }
 
-    /// The shard's known leader, else the next node in turn that is not under suspicion (or
-    /// simply the next one, if all are).
-    fn pick(&self, shard: u32) -> String {
+    /// The shard's known leader, else the next node in this call's turn (`turn`) that is not
+    /// under suspicion (or simply the next one, if all are). The turn is the call's own: calls
+    /// searching at the same time for the leaders of different shards, each advancing one
+    /// shared counter, step by two each and (with an even node count) never ask half the
+    /// nodes, possibly every survivor holding the leader they look for.
+    fn pick(&self, shard: u32, turn: &mut usize) -> String {
         if let Some(leader) = self.leaders.lock().expect("leaders lock").get(&shard)
             && !self.suspected(leader)
         {
@@ -250,7 +253,8 @@ impl Inner {
         }
         let mut addr = String::new();
         for _ in 0..self.nodes.len() {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let i = *turn;
+            *turn = turn.wrapping_add(1);
             addr = self.nodes[i % self.nodes.len()].clone();
             if !self.suspected(&addr) {
                 break;
@@ -278,8 +282,10 @@ impl Inner {
         // on to the next one, and only a whole round without one pauses, so a client finds a
         // new leader as soon as any node knows it, without hammering a cluster that has none.
         let mut asked = 0usize;
+        // Where this call's search starts: spread over the nodes, call by call.
+        let mut turn = self.next.fetch_add(1, Ordering::Relaxed);
         loop {
-            let addr = self.pick(shard);
+            let addr = self.pick(shard, &mut turn);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // A replica change may wait for a newcomer to catch up: one call may take it all.
             let per_call = if patient { left } else { self.options.request_timeout.min(left) };

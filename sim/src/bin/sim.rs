@@ -139,7 +139,29 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// Log lines stamped with the simulation's clock (the wall clock means nothing in a run),
+/// where there is one; outside a simulation (the driver) the field is empty.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>10.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>11}", "-"),
+        }
+    }
+}
+
 fn main() {
+    // Only when asked: the nodes' own tracing (elections, succession, client retries) in
+    // simulated time, for reading one seed's run. Logging never feeds back into a decision.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let code = match real_main() {
         Ok(code) => code,
         Err(e) => {

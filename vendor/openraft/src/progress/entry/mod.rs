@@ -254,7 +254,10 @@ where C: RaftTypeConfig
             // and `purge_upto_next <= searching_end` by snapshot condition 1 above.
             let mid = if std::mem::take(&mut self.data.optimistic_probe) {
                 // PATCHED: probe the tail first (see `ProgressData::optimistic_probe`).
-                std::cmp::max(self.data.searching_end.saturating_sub(max_entries), matching_next)
+                // The window ends at the log's end, not at `searching_end` (the log's end when the
+                // progress was created): a new leader's blank entry, appended since, rides in the
+                // same round trip and commits with it. `start <= searching_end` still holds.
+                std::cmp::max(last_next.saturating_sub(max_entries), matching_next).min(self.data.searching_end)
             } else {
                 Self::calc_mid(matching_next, self.data.searching_end)
             };
