@@ -557,6 +557,7 @@ impl LedgerNode {
         cmd.validate().map_err(LedgerError::Invalid)?;
         let shard_id = self.route(shard, &cmd)?;
         let shard = self.shard_or_err(shard_id)?;
+        refuse_on_follower(&shard)?;
         let waiting = enqueue(&shard, cmd)?;
         match tokio::time::timeout(timeout, waiting).await {
             Err(_) => Err(LedgerError::Timeout),
@@ -582,6 +583,7 @@ impl LedgerNode {
             self.route(Some(shard), cmd)?;
         }
         let shard = self.shard_or_err(shard)?;
+        refuse_on_follower(&shard)?;
         let mut waiting = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             waiting.push(enqueue(&shard, cmd)?);
@@ -891,6 +893,21 @@ fn check_identity(vfs: &dyn Vfs, config: &NodeConfig) -> Result<(), NodeError> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A follower that knows another leader says so at once, as openraft would a batch later: a
+/// command queued here would only be proposed, refused and answered `NotLeader` behind whatever
+/// else is queued (the caller, often the wallet API, then forwards it). With no leader known
+/// (an election) the command queues as before: this replica may be about to lead.
+fn refuse_on_follower(shard: &Shard) -> Result<(), LedgerError> {
+    let metrics = shard.raft.metrics();
+    let m = metrics.borrow_watched();
+    match m.current_leader {
+        Some(leader) if m.state != ServerState::Leader && leader != m.id => {
+            Err(LedgerError::not_leader(shard.id.0, Some(leader), m.membership_config.membership().get_node(&leader)))
+        }
+        _ => Ok(()),
     }
 }
 
