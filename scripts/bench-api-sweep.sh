@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the wallet API's cost grows (issue 17): throughput and p99 against clients, shards and
-# players, one benchmark run per point, then the plots (SVG) under docs/bench/.
+# players, one benchmark run per point, then the plots (SVG and PNG) under docs/bench/.
 # Usage: scripts/bench-api-sweep.sh [seconds per run, default 4]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -539,11 +539,38 @@ mod plot {
         Ok(out)
     }
 
+    /// The system's fonts, with a sans-serif family the plots' text can use (fontdb assumes
+    /// Arial, which a Debian machine does not have).
+    fn fonts() -> resvg::usvg::Options<'static> {
+        let mut options = resvg::usvg::Options::default();
+        let db = options.fontdb_mut();
+        db.load_system_fonts();
+        let sans = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
+            .into_iter()
+            .find(|family| db.faces().any(|f| f.families.iter().any(|(name, _)| name == family)));
+        match sans {
+            Some(family) => db.set_sans_serif_family(family),
+            None => eprintln!("no sans-serif font found: the PNG plots will have no text (the SVGs do)"),
+        }
+        options
+    }
+
+    /// Renders one of our SVG plots to PNG at its own size.
+    fn to_png(svg: &Path, png: &Path, options: &resvg::usvg::Options) -> Result<(), Error> {
+        let tree = resvg::usvg::Tree::from_data(&std::fs::read(svg)?, options)?;
+        let size = tree.size().to_int_size();
+        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("an SVG plot of no size")?;
+        resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
+        pixmap.save_png(png)?;
+        Ok(())
+    }
+
     /// For each sweep named `clients`, `shards` or `players`: throughput and p99 against that
     /// column, one line per path measured (closed-loop runs only).
     pub(crate) fn draw(csv: &Path, dir: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(dir)?;
         let rows = rows(csv)?;
+        let fonts = fonts();
         for sweep in ["clients", "shards", "players"] {
             let mut lines: BTreeMap<&str, BTreeMap<u64, (f64, f64)>> = BTreeMap::new();
             for r in rows.iter().filter(|r| r.sweep == sweep && !r.series.starts_with("open")) {
@@ -589,7 +616,12 @@ mod plot {
                 }
                 chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
                 root.present()?;
+                drop(chart);
+                drop(root);
                 println!("wrote {}", path.display());
+                let png = path.with_extension("png");
+                to_png(&path, &png, &fonts)?;
+                println!("wrote {}", png.display());
             }
         }
         Ok(())

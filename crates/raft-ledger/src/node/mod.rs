@@ -67,7 +67,8 @@ pub struct NodeConfig {
     pub ledger: LedgerConfig,
     /// How often each shard checks whether a withdrawal hold is due to expire.
     pub tick_interval: Duration,
-    /// A snapshot is taken every this many applied log entries.
+    /// A snapshot is taken every this many applied log entries, plus a fixed offset of up to
+    /// half as many again that differs between replicas, so they do not all snapshot at once.
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
     pub logs_kept_after_snapshot: u64,
@@ -215,6 +216,20 @@ const QUEUE_COMMANDS_MAX: usize = 65_536;
 /// Batches proposed but not yet applied, per shard. Bounds memory and keeps latency in check.
 pub(crate) const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
+/// One replica's snapshot interval: `every` plus an offset in `[0, every / 2]` fixed by the
+/// node and shard. With one interval for all, every shard of a node and every replica of a
+/// shard under even load reached it at the same moment, and a dozen state copies and builds
+/// landed together (a one- to two-second stall of commits on a busy node, issue 17). The offset
+/// is a hash, not a random draw, so a simulated run still replays from its seed.
+fn snapshot_interval(every: u64, node: NodeId, shard: u32) -> u64 {
+    // splitmix64's finaliser: a well-spread function of (node, shard).
+    let mut z = ((node << 32) ^ u64::from(shard)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    every + z % (every / 2 + 1)
+}
+
 pub(crate) type Waiter = oneshot::Sender<Result<Outcome, LedgerError>>;
 
 pub(crate) struct Shard {
@@ -356,7 +371,7 @@ impl LedgerNode {
             let raft_config = raft_config(
                 &config.cluster_name,
                 config.rtt_ms,
-                config.snapshot_every,
+                snapshot_interval(config.snapshot_every, config.node_id, s),
                 config.logs_kept_after_snapshot,
             );
             let raft = LedgerRaft::new(config.node_id, raft_config, network, log, sm)
@@ -927,5 +942,25 @@ pub(crate) fn write_error(
     match e.forward_to_leader() {
         Some(f) => LedgerError::not_leader(shard, f.leader_id, f.leader_node.as_ref()),
         None => LedgerError::Unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_interval;
+
+    #[test]
+    fn snapshot_intervals_are_fixed_bounded_and_spread_over_replicas() {
+        let every = 10_000;
+        let intervals: Vec<u64> =
+            (1..=3).flat_map(|node| (0..4).map(move |shard| snapshot_interval(every, node, shard))).collect();
+        assert!(intervals.iter().all(|i| (every..=every + every / 2).contains(i)), "{intervals:?}");
+        assert_eq!(intervals[5], snapshot_interval(every, 2, 1), "a function of node and shard only");
+        let mut distinct = intervals.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), intervals.len(), "no two replicas snapshot in step: {intervals:?}");
+        // The smallest setting still snapshots, at most half as late again.
+        assert_eq!(snapshot_interval(1, 7, 0), 1);
     }
 }

@@ -222,8 +222,9 @@ impl LedgerStateMachine {
     /// Captures the state between two apply batches. This runs on the apply path, so it only
     /// copies; the expensive work happens in [`LedgerSnapshotBuilder::build_snapshot`].
     fn builder(&self) -> LedgerSnapshotBuilder {
+        let started = std::time::Instant::now();
         let st = self.cell.read();
-        LedgerSnapshotBuilder {
+        let builder = LedgerSnapshotBuilder {
             vfs: self.vfs.clone(),
             io: self.io,
             path: snapshot_path(&self.dir),
@@ -231,7 +232,9 @@ impl LedgerStateMachine {
             ledger: Some(st.ledger.clone()),
             journal: st.journal.whole(),
             journal_head: st.journal.head(),
-        }
+        };
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "snapshot state copied");
+        builder
     }
 }
 
@@ -276,7 +279,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
         // Sorting, encoding and fsyncing a large state takes a while; keep it off the runtime's
         // worker threads in production. The simulator's disk must be used from its own tasks.
         let bytes = match self.io {
-            IoMode::Thread => tokio::task::spawn_blocking(work).await.map_err(io::Error::other)??,
+            IoMode::Thread => in_background(work).await?,
             IoMode::Task => work()?,
         };
         tracing::debug!(
@@ -290,6 +293,30 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: LedgerSnapshot { state: Arc::new(bytes), journal: self.journal.clone(), received_at: None },
         })
+    }
+}
+
+/// Runs a snapshot's work on a thread of its own at the lowest CPU priority. Every replica of
+/// every shard reaches its snapshot point at about the same log index, so on a busy node a
+/// dozen builds of hundreds of milliseconds each land together; at normal priority they took
+/// the cores from the commit path and stalled commits for one to two seconds (issue 17's
+/// open-loop tail). A snapshot is never urgent: until it exists the log is simply kept longer.
+async fn in_background<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("snapshot".to_string()).spawn(move || {
+        lower_own_priority();
+        let _ = tx.send(work());
+    })?;
+    rx.await.map_err(|_| io::Error::other("the snapshot thread panicked"))?
+}
+
+/// Sets the calling thread's nice value to 19. On Linux the nice value belongs to the thread,
+/// so this leaves the rest of the process alone; the thread is used for one snapshot only
+/// because an unprivileged thread cannot raise its priority back.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
     }
 }
 
