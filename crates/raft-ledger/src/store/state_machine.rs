@@ -296,11 +296,11 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
     }
 }
 
-/// Runs a snapshot's work on a thread of its own at the lowest CPU priority. Every replica of
-/// every shard reaches its snapshot point at about the same log index, so on a busy node a
-/// dozen builds of hundreds of milliseconds each land together; at normal priority they took
-/// the cores from the commit path and stalled commits for one to two seconds (issue 17's
-/// open-loop tail). A snapshot is never urgent: until it exists the log is simply kept longer.
+/// Runs a snapshot's work on a thread of its own at the lowest CPU priority. A build costs
+/// hundreds of milliseconds of CPU for a large state, and a node builds one per shard it
+/// hosts; at normal priority the builds took the cores from the commit path and stalled
+/// commits for one to two seconds (issue 17's open-loop tail). A snapshot is never urgent:
+/// until it exists the log is simply kept longer.
 async fn in_background<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("snapshot".to_string()).spawn(move || {
