@@ -222,12 +222,7 @@ pub(crate) const BATCHES_IN_FLIGHT_MAX: usize = 64;
 /// landed together (a one- to two-second stall of commits on a busy node, issue 17). The offset
 /// is a hash, not a random draw, so a simulated run still replays from its seed.
 fn snapshot_interval(every: u64, node: NodeId, shard: u32) -> u64 {
-    // splitmix64's finaliser: a well-spread function of (node, shard).
-    let mut z = ((node << 32) ^ u64::from(shard)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    every + z % (every / 2 + 1)
+    every + crate::raft::runtime::splitmix64((node << 32) ^ u64::from(shard)) % (every / 2 + 1)
 }
 
 pub(crate) type Waiter = oneshot::Sender<Result<Outcome, LedgerError>>;

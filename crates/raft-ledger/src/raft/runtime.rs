@@ -28,7 +28,8 @@ pub fn seed_thread_rng(seed: u64) {
     SEED.with(|s| s.set(Some(seed)));
 }
 
-fn splitmix64(x: u64) -> u64 {
+/// splitmix64's step and finaliser: a well-spread function of `x` (also the snapshot offset's hash).
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
