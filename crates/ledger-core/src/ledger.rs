@@ -5,12 +5,12 @@
 //! Invariants are asserted on every apply, in release builds too: a broken invariant means the
 //! code is wrong, and stopping is safer than moving money on a corrupt state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+mod state;
 
-/// Hash maps on the apply path: looked up, never iterated where iteration could decide an
-/// outcome. foldhash is several times faster than SipHash on short ids and is still seeded per
-/// process against collision flooding; snapshots sort their contents.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use std::collections::{BTreeMap, BTreeSet};
+
+use state::FastMap;
+pub use state::{IdRecord, LedgerState, MemState, Retained, Round, StateKey};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,12 @@ fn id_key(tx: &TxId) -> Key {
     digest16(&[b"tx", tx.as_str().as_bytes()])
 }
 
+/// The key a transaction id is remembered under in a [`LedgerState`], for shells that inspect or
+/// check their state (the ledger itself computes it once per command).
+pub fn state_key_of(tx: &TxId) -> StateKey {
+    id_key(tx)
+}
+
 fn round_key(player: &PlayerId, round: &RoundId) -> Key {
     digest16(&[b"round", player.as_str().as_bytes(), round.as_str().as_bytes()])
 }
@@ -121,17 +127,9 @@ pub enum Recall {
     Refused(Rejection),
 }
 
-/// What the ledger remembers under a transaction id, for the retention window.
+/// What an [`IdRecord`] says. Bets and rollback tombstones live here too rather than in maps of
+/// their own: they are keyed by the same id, and one lookup costs one cache miss instead of three.
 ///
-/// Bets and rollback tombstones live here too rather than in maps of their own: they are keyed
-/// by the same id, and one lookup in one table costs one cache miss instead of three.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct IdRecord {
-    /// When it was remembered; it is forgotten one retention window later.
-    at: ClusterTime,
-    state: IdState,
-}
-
 /// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
 /// pinned by the snapshot image test (`crates/ledger-core/tests/formats.rs`).
 /// Add variants at the end; never reorder or remove one.
@@ -201,25 +199,6 @@ struct Bet {
     rolled_back: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Round {
-    currency: Currency,
-    /// Bets in the round not rolled back.
-    live_bets: u32,
-    last_at: ClusterTime,
-}
-
-/// Something remembered only for the retention window.
-///
-/// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
-/// pinned by the snapshot image test (`crates/ledger-core/tests/formats.rs`).
-/// Add variants at the end; never reorder or remove one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum Retained {
-    Id(Key),
-    Round(Key),
-}
-
 /// A ledger entry about to be appended.
 struct Posting<'a> {
     kind: EntryKind,
@@ -233,43 +212,61 @@ struct Posting<'a> {
     reason: Option<&'a Reason>,
 }
 
-/// One shard's ledger.
+/// One shard's ledger. The retained ids, rounds and their forgetting queue are in `S`
+/// ([`MemState`] unless a shell gives it another [`LedgerState`]); accounts, pending holds and
+/// the chain's head are here.
 #[derive(Debug, Clone)]
-pub struct Ledger {
+pub struct Ledger<S = MemState> {
     shard: ShardId,
     config: LedgerConfig,
     accounts: FastMap<AccountRef, Balance>,
-    ids: FastMap<Key, IdRecord>,
-    rounds: FastMap<Key, Round>,
+    state: S,
     holds: BTreeMap<TxId, Hold>,
     hold_expiry: BTreeSet<(ClusterTime, TxId)>,
-    /// In the order things were remembered, which is cluster-time order.
-    retention: VecDeque<(ClusterTime, Retained)>,
     head_seq: u64,
     head_hash: Hash,
     last_at: ClusterTime,
 }
 
-impl Ledger {
-    /// An empty ledger for `shard`.
+impl Ledger<MemState> {
+    /// An empty ledger for `shard`, its retained state in memory.
     pub fn new(shard: ShardId, config: LedgerConfig) -> Self {
+        Self::with_state(shard, config, MemState::default())
+    }
+}
+
+impl<S: LedgerState> Ledger<S> {
+    /// An empty ledger for `shard` keeping its retained state in `state`, which must be empty.
+    pub fn with_state(shard: ShardId, config: LedgerConfig, state: S) -> Self {
         assert!(
             config.id_retention_ms >= HOLD_TIMEOUT_MAX_MS,
             "ids must outlive the longest hold, or a live hold could lose its reserve id"
+        );
+        assert!(
+            state.remembered_ids() == 0 && state.first_retained().is_none(),
+            "a new ledger starts from empty retained state"
         );
         Self {
             shard,
             config,
             accounts: FastMap::default(),
-            ids: FastMap::default(),
-            rounds: FastMap::default(),
+            state,
             holds: BTreeMap::new(),
             hold_expiry: BTreeSet::new(),
-            retention: VecDeque::new(),
             head_seq: 0,
             head_hash: genesis_hash(shard),
             last_at: ClusterTime::default(),
         }
+    }
+
+    /// The retained state, for the shell that keeps it (to flush or checkpoint it).
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The retained state, mutably, for the shell that keeps it.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.state
     }
 
     /// The shard this ledger belongs to.
@@ -317,7 +314,7 @@ impl Ledger {
 
     /// How many ids are currently remembered.
     pub fn remembered_ids(&self) -> usize {
-        self.ids.len()
+        self.state.remembered_ids()
     }
 
     /// Applies one command at cluster time `at`, appending its entries (and those of any holds
@@ -329,8 +326,8 @@ impl Ledger {
     fn apply_prepared(&mut self, cmd: &Command, p: &Prepared, at: ClusterTime, sink: &mut Vec<Entry>) -> Outcome {
         let at = self.advance(at, sink);
         let (fingerprint, key) = (p.fingerprint, p.id);
-        let known = self.ids.get(&key);
-        let result = match known.map(|r| &r.state) {
+        let known = self.state.id(key);
+        let result = match known.as_ref().map(|r| &r.state) {
             Some(IdState::Ran { fingerprint: f, result, .. }) => {
                 return match (result, *f == fingerprint) {
                     (_, false) => Outcome::Conflict,
@@ -354,8 +351,17 @@ impl Ledger {
             debug_assert_eq!(&applied.receipt(cmd), receipt, "a duplicate must get the original receipt");
         }
         let state = IdState::Ran { fingerprint, kind: cmd.kind(), result: stored, bet };
-        self.ids.insert(key, IdRecord { at, state });
-        self.retention.push_back((at, Retained::Id(key)));
+        // `known` is absent or a tombstone here: every other case returned above. A replaced
+        // tombstone is remembered from now and queued again; its old queue entry is skipped.
+        // A rollback naming its own id as the bet may just have left a tombstone under it.
+        let present = if p.bet == Some(key) { self.state.id(key).is_some() } else { known.is_some() };
+        let record = IdRecord { at, state };
+        if present {
+            self.state.requeue_id(key, record);
+        } else {
+            self.state.insert_id(key, record);
+        }
+        self.state.push_retained(at, Retained::Id(key));
         match result {
             Ok(receipt) => Outcome::Applied(receipt),
             Err(rejection) => Outcome::Rejected(rejection),
@@ -365,9 +371,9 @@ impl Ledger {
     /// What the ledger remembers of a transaction id; `None` when the id is unknown (or its
     /// retention window has passed).
     pub fn recall(&self, tx: &TxId) -> Option<Recall> {
-        match self.ids.get(&id_key(tx)).map(|r| &r.state) {
+        match self.state.id(id_key(tx)).map(|r| r.state) {
             Some(IdState::Ran { result: Ok(a), .. }) => Some(Recall::Applied(a.seq)),
-            Some(IdState::Ran { result: Err(r), .. }) => Some(Recall::Refused(*r)),
+            Some(IdState::Ran { result: Err(r), .. }) => Some(Recall::Refused(r)),
             _ => None,
         }
     }
@@ -389,35 +395,34 @@ impl Ledger {
             self.release_hold(&hold_id, EntryKind::WithdrawalExpire, &hold_id, None, at, sink);
         }
         let horizon = at.minus_millis(self.config.id_retention_ms);
-        while let Some((when, _)) = self.retention.front() {
-            if *when > horizon {
+        while let Some((when, _)) = self.state.first_retained() {
+            if when > horizon {
                 break;
             }
-            let (_, item) = self.retention.pop_front().expect("front exists");
-            self.forget(item, at);
+            let (when, item) = self.state.pop_retained().expect("front exists");
+            self.forget(when, item, at);
         }
         at
     }
 
-    fn forget(&mut self, item: Retained, at: ClusterTime) {
+    fn forget(&mut self, queued_at: ClusterTime, item: Retained, at: ClusterTime) {
+        let retention = self.config.id_retention_ms;
         match item {
             Retained::Id(key) => {
                 // A tombstone replaced by its late command is remembered from the later time;
                 // only forget what is as old as this queue entry.
-                if self.ids.get(&key).is_some_and(|r| r.at.plus_millis(self.config.id_retention_ms) <= at) {
-                    self.ids.remove(&key);
-                }
+                self.state.forget_id(key, queued_at, |remembered| remembered.plus_millis(retention) <= at);
             }
             Retained::Round(key) => {
-                let Some(r) = self.rounds.get(&key) else {
+                let Some(r) = self.state.round(key) else {
                     return;
                 };
                 if r.last_at.plus_millis(self.config.id_retention_ms) <= at {
-                    self.rounds.remove(&key);
+                    self.state.remove_round(key);
                 } else {
                     // Still active: look at it again one window from now. Pushing `at` (not the
                     // round's last activity) keeps the queue in time order.
-                    self.retention.push_back((at, Retained::Round(key)));
+                    self.state.push_retained(at, Retained::Round(key));
                 }
             }
         }
@@ -526,7 +531,8 @@ impl Ledger {
             }
             Command::Bet { tx, player, round, currency, amount } => {
                 let rkey = round_key();
-                if let Some(r) = self.rounds.get(&rkey)
+                let existing = self.state.round(rkey);
+                if let Some(r) = existing
                     && r.currency != *currency
                 {
                     return Err(Rejection::CurrencyMismatch);
@@ -535,21 +541,18 @@ impl Ledger {
                 let house = AccountRef::House(*currency);
                 let receipt =
                     self.transfer(EntryKind::Bet, tx, &wallet, &house, *amount, Some(round), None, None, at, sink)?;
-                match self.rounds.get_mut(&rkey) {
-                    Some(r) => {
-                        r.live_bets += 1;
-                        r.last_at = at;
-                    }
+                match existing {
+                    Some(r) => self.state.put_round(rkey, Round { live_bets: r.live_bets + 1, last_at: at, ..r }),
                     None => {
-                        self.rounds.insert(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
-                        self.retention.push_back((at, Retained::Round(rkey)));
+                        self.state.put_round(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
+                        self.state.push_retained(at, Retained::Round(rkey));
                     }
                 }
                 Ok(receipt)
             }
             Command::Win { tx, player, round, currency, amount } => {
                 let rkey = round_key();
-                let r = self.rounds.get(&rkey).ok_or(Rejection::UnknownRound)?;
+                let r = self.state.round(rkey).ok_or(Rejection::UnknownRound)?;
                 if r.currency != *currency {
                     return Err(Rejection::CurrencyMismatch);
                 }
@@ -560,7 +563,7 @@ impl Ledger {
                 let house = AccountRef::House(*currency);
                 let receipt =
                     self.transfer(EntryKind::Win, tx, &house, &wallet, *amount, Some(round), None, None, at, sink)?;
-                self.rounds.get_mut(&rkey).expect("checked above").last_at = at;
+                self.state.put_round(rkey, Round { last_at: at, ..r });
                 Ok(receipt)
             }
             Command::Rollback { tx, player, round, bet } => {
@@ -593,8 +596,9 @@ impl Ledger {
         sink: &mut Vec<Entry>,
     ) -> Result<Receipt, Rejection> {
         let no_entry = Receipt { seq: None, at, balances: Vec::new() };
-        let bet = match self.ids.get(&bet_key).map(|r| &r.state) {
-            Some(IdState::Ran { bet: Some(bet), .. }) => *bet,
+        let record = self.state.id(bet_key);
+        let bet = match record.map(|r| r.state) {
+            Some(IdState::Ran { bet: Some(bet), .. }) => bet,
             // The bet failed, so there is nothing to reverse.
             Some(IdState::Ran { kind: CommandKind::Bet, .. }) => return Ok(no_entry),
             Some(IdState::Ran { .. }) => return Err(Rejection::NotABet),
@@ -602,8 +606,8 @@ impl Ledger {
             Some(IdState::RolledBackBeforeArrival) => return Ok(no_entry),
             None => {
                 // The rollback overtook its bet. Remember it so the bet is refused later.
-                self.ids.insert(bet_key, IdRecord { at, state: IdState::RolledBackBeforeArrival });
-                self.retention.push_back((at, Retained::Id(bet_key)));
+                self.state.insert_id(bet_key, IdRecord { at, state: IdState::RolledBackBeforeArrival });
+                self.state.push_retained(at, Retained::Id(bet_key));
                 return Ok(no_entry);
             }
         };
@@ -618,13 +622,16 @@ impl Ledger {
         let house = AccountRef::House(currency);
         let receipt =
             self.transfer(EntryKind::Rollback, tx, &house, &wallet, amount, Some(round), Some(bet_id), None, at, sink)?;
-        match self.ids.get_mut(&bet_key).map(|r| &mut r.state) {
-            Some(IdState::Ran { bet: Some(b), .. }) => b.rolled_back = true,
+        let mut record = record.expect("the bet was found above");
+        match &mut record.state {
+            IdState::Ran { bet: Some(b), .. } => b.rolled_back = true,
             _ => unreachable!("the bet was found above"),
         }
-        if let Some(r) = self.rounds.get_mut(&rkey) {
-            r.live_bets = r.live_bets.checked_sub(1).expect("a live bet was counted in its round");
-            r.last_at = at;
+        // Same `at`: the bet is still forgotten one window after it was placed.
+        self.state.update_id(bet_key, record);
+        if let Some(r) = self.state.round(rkey) {
+            let live_bets = r.live_bets.checked_sub(1).expect("a live bet was counted in its round");
+            self.state.put_round(rkey, Round { live_bets, last_at: at, ..r });
         }
         Ok(receipt)
     }
@@ -639,7 +646,7 @@ impl Ledger {
             Some(h) if h.player == *player => Ok(h.clone()),
             // Another player's hold is reported as unknown, not as someone else's.
             Some(_) => Err(Rejection::UnknownHold),
-            None => match self.ids.get(&id_key(hold)).map(|r| &r.state) {
+            None => match self.state.id(id_key(hold)).map(|r| r.state) {
                 Some(IdState::Ran { kind: CommandKind::ReserveWithdrawal, result: Ok(_), .. }) => {
                     Err(Rejection::HoldSettled)
                 }
@@ -802,18 +809,16 @@ impl Ledger {
             let held = held_by_player.get(account).copied().unwrap_or(0);
             assert_eq!(balance.held, held, "{account}: held differs from its pending holds");
         }
-        let mut last = ClusterTime::default();
-        for (when, _) in &self.retention {
-            assert!(*when >= last, "retention queue out of time order");
-            last = *when;
-        }
+        self.state.check_invariants();
     }
+}
 
+impl Ledger<MemState> {
     /// The state as a plain value with every collection in a canonical order, for snapshots.
     pub fn to_image(&self) -> LedgerImage {
-        let mut ids: Vec<_> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut ids: Vec<_> = self.state.ids.iter().map(|(k, v)| (*k, *v)).collect();
         ids.sort_by_key(|a| a.0);
-        let mut rounds: Vec<_> = self.rounds.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut rounds: Vec<_> = self.state.rounds.iter().map(|(k, v)| (*k, *v)).collect();
         rounds.sort_by_key(|a| a.0);
         LedgerImage {
             shard: self.shard,
@@ -822,7 +827,7 @@ impl Ledger {
             ids,
             rounds,
             holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            retention: self.retention.iter().cloned().collect(),
+            retention: self.state.retention.iter().cloned().collect(),
             head_seq: self.head_seq,
             head_hash: self.head_hash,
             last_at: self.last_at,
@@ -833,11 +838,11 @@ impl Ledger {
     pub fn from_image(image: LedgerImage) -> Self {
         let mut ledger = Self::new(image.shard, image.config);
         ledger.accounts = image.accounts.into_iter().collect();
-        ledger.ids = image.ids.into_iter().collect();
-        ledger.rounds = image.rounds.into_iter().collect();
+        ledger.state.ids = image.ids.into_iter().collect();
+        ledger.state.rounds = image.rounds.into_iter().collect();
         ledger.hold_expiry = image.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect();
         ledger.holds = image.holds.into_iter().collect();
-        ledger.retention = image.retention.into_iter().collect();
+        ledger.state.retention = image.retention.into_iter().collect();
         ledger.head_seq = image.head_seq;
         ledger.head_hash = image.head_hash;
         ledger.last_at = image.last_at;

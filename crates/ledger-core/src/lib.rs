@@ -34,7 +34,10 @@ pub use command::{Command, CommandKind, HOLD_TIMEOUT_DEFAULT_MS, HOLD_TIMEOUT_MA
 pub use entry::{ENTRY_FORMAT_VERSION, Entry, EntryKind, Hash, genesis_hash};
 pub use identity::{NodeId, NodeInfo, member_token};
 pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
-pub use ledger::{ID_RETENTION_DEFAULT_MS, Ledger, LedgerConfig, LedgerImage, Recall};
+pub use ledger::{
+    ID_RETENTION_DEFAULT_MS, IdRecord, Ledger, LedgerConfig, LedgerImage, LedgerState, MemState, Recall, Retained,
+    Round, StateKey, state_key_of,
+};
 pub use money::{AMOUNT_MAX, Amount, Balance, Currency};
 pub use outcome::{Outcome, Receipt};
 pub use rejection::{IdField, Rejection};

@@ -1,6 +1,8 @@
 //! Durable storage of a node: the shared write-ahead log, and per shard a journal of ledger
-//! entries and a snapshot. Everything goes through an injected [`vfs::Vfs`].
+//! entries and a snapshot. Everything goes through an injected [`vfs::Vfs`], except
+//! [`DiskState`], the retained state on disk (fjall does its own file IO).
 
+pub(crate) mod disk_state;
 pub(crate) mod journal;
 pub(crate) mod log_store;
 pub(crate) mod state_machine;
@@ -10,6 +12,7 @@ pub(crate) mod wal;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use disk_state::{DiskState, DiskStateError};
 pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
 pub use state_machine::{ApplyHook, LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};

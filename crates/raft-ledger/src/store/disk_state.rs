@@ -1,0 +1,538 @@
+//! A shard's retained state (ids, rounds and their forgetting queue) on disk, in fjall, an LSM
+//! tree, behind a write buffer: the [`LedgerState`] a ledger uses when its history must not
+//! live in RAM (issue 18).
+//!
+//! Why fjall: the `state_store` benchmark (BENCHMARKS.md, "State on disk: choosing the engine")
+//! measured it at 3–5× redb's rate on this workload with a thirtieth of its p99 and half its
+//! disk per id; ARCHITECTURE.md has the reasoning.
+//!
+//! Writes collect in memory until [`DiskState::flush`], which commits them in one atomic fjall
+//! batch together with the caller's metadata (the shell stores the applied log index there), so
+//! the on-disk state is always that of a batch boundary: after a crash it is some earlier
+//! flush's state with the metadata that names it, and the shell replays the log from there.
+//! Flushes are not fsynced; [`DiskState::persist`] makes everything flushed durable, which a
+//! checkpoint does before the log behind it may be purged. Reads look at the buffer first, so
+//! the ledger sees its own writes at once.
+//!
+//! Keys are the ledger's 128-bit digests, big-endian; values are the records' postcard
+//! encoding. The forgetting queue is stored as runs: each flush writes the items pushed since
+//! the last one as a single value, keyed by its first item's (cluster time, position) so runs
+//! read back in push order, and a run is deleted once all its items have been popped (the
+//! position of the next item to pop is in the metadata, so a run popped halfway is resumed
+//! there). One write and one delete per flush instead of per item: an LSM tree pays for each
+//! write with a search of its memtable.
+//!
+//! Most lookups are of keys that are not there (a new bet's id, a new round), and a lookup in an
+//! LSM tree that finds nothing still searches its memtables and asks each segment's filter. So
+//! the state keeps its own Bloom filters over every retained key, in memory, and answers
+//! "absent" from them. A Bloom filter cannot forget a key, so there is one per span of the queue
+//! ("bucket"): a key goes into the current bucket each time it is queued, and a bucket is
+//! dropped once every item of its span has been popped, because a remembered key's latest queue
+//! item has not been popped yet. Sealed buckets are written with the flush that seals them; the
+//! open one is rebuilt on open by scanning the queue from its start.
+//!
+//! Forgetting an id does not read it either: its queue item says when it was remembered, except
+//! for a key the ledger requeued (a tombstone replaced by its late command), whose earlier items
+//! are skipped by count ([`LedgerState::requeue_id`]; the counts are few and persisted).
+//!
+//! IO errors panic (the [`LedgerState`] contract): a state machine that cannot write its state
+//! must stop, not go on from a state it does not have.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+
+use ledger_core::{ClusterTime, IdRecord, LedgerState, Retained, Round, StateKey};
+
+/// A read-ahead brings runs into memory until it holds at least this many queue items.
+const QUEUE_READ_AHEAD: usize = 1024;
+
+/// A bucket's filter is sized for a quarter of the retained keys (so about five are alive), and
+/// never for fewer than this (in tests, few enough that short runs seal and drop many).
+const BUCKET_MIN_KEYS: u64 = if cfg!(test) { 16 } else { 1 << 16 };
+
+/// Filter bits per key: with seven hashes, about 1% false positives.
+const FILTER_BITS_PER_KEY: u64 = 10;
+const FILTER_HASHES: u32 = 7;
+
+/// The metadata key under which a flush stores the counters and the caller's bytes.
+const META_KEY: &[u8] = b"meta";
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Failure to open the on-disk state.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskStateError {
+    /// The engine could not open or recover its files.
+    #[error("cannot open the on-disk state: {0}")]
+    Engine(#[from] fjall::Error),
+    /// The files hold metadata this build cannot read.
+    #[error("the on-disk state's metadata is unreadable: {0}")]
+    Meta(#[from] postcard::Error),
+    /// A stored key has the wrong length.
+    #[error("the on-disk state is corrupt: a {0} key has the wrong length")]
+    Corrupt(&'static str),
+}
+
+/// Counters and the caller's bytes, written with every flush.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    ids: u64,
+    next_queue_seq: u64,
+    /// The open bucket: its first queue position, a lower bound of its items' times (the queue
+    /// is scanned from there on open) and the keys it is sized for.
+    open_bucket_seq: u64,
+    open_bucket_at: u64,
+    open_bucket_keys: u64,
+    /// The queue position of the next item to pop.
+    next_pop_seq: u64,
+    user: Vec<u8>,
+}
+
+/// A Bloom filter over the keys queued in a span of queue positions, from `first_seq` up to
+/// the next bucket's.
+struct Bucket {
+    first_seq: u64,
+    keys: u64,
+    sized_for: u64,
+    filter: fastbloom::BloomFilter,
+}
+
+impl Bucket {
+    fn new(first_seq: u64, sized_for: u64) -> Self {
+        let bits = usize::try_from(sized_for * FILTER_BITS_PER_KEY).expect("filter fits in memory");
+        Self {
+            first_seq,
+            keys: 0,
+            sized_for,
+            filter: fastbloom::BloomFilter::with_num_bits(bits).hashes(FILTER_HASHES),
+        }
+    }
+
+    fn insert(&mut self, key: StateKey) {
+        // Keys are SHA-256 digests: their low 64 bits are already a uniform hash.
+        self.filter.insert_hash(key as u64);
+        self.keys += 1;
+    }
+
+    fn may_hold(&self, key: StateKey) -> bool {
+        self.filter.contains_hash(key as u64)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * self.filter.as_slice().len());
+        out.extend_from_slice(&self.keys.to_be_bytes());
+        out.extend_from_slice(&self.sized_for.to_be_bytes());
+        for word in self.filter.as_slice() {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(first_seq: u64, bytes: &[u8]) -> Self {
+        assert!(bytes.len() > 16 && (bytes.len() - 16).is_multiple_of(8), "on-disk state: a stored filter is torn");
+        let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        let words: Vec<u64> =
+            bytes[16..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        Self {
+            first_seq,
+            keys: word(&bytes[..8]),
+            sized_for: word(&bytes[8..16]),
+            filter: fastbloom::BloomFilter::from_vec(words).hashes(FILTER_HASHES),
+        }
+    }
+}
+
+/// One queued item with its position.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Queued {
+    at: ClusterTime,
+    seq: u64,
+    item: Retained,
+}
+
+/// A run read into the head: its key, and the position of its last item.
+#[derive(Debug, Clone, Copy)]
+struct HeadRun {
+    key: [u8; 16],
+    last_seq: u64,
+}
+
+fn queue_key(at: ClusterTime, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&at.as_millis().to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The retained state in an fjall keyspace of its own (one directory per shard).
+pub struct DiskState {
+    keyspace: fjall::Keyspace,
+    ids: fjall::PartitionHandle,
+    rounds: fjall::PartitionHandle,
+    queue: fjall::PartitionHandle,
+    meta_part: fjall::PartitionHandle,
+    filters_part: fjall::PartitionHandle,
+    requeued_part: fjall::PartitionHandle,
+    /// Bloom filters over the queued keys, oldest span first; the last is open.
+    buckets: VecDeque<Bucket>,
+    /// Sealed since the last flush (written by it) and dropped since (deleted by it).
+    sealed: Vec<u64>,
+    dropped: Vec<u64>,
+    /// Keys requeued by the ledger, with how many of their queue items are now stale.
+    requeued: FastMap<StateKey, u32>,
+    requeued_dirty: HashSet<StateKey, foldhash::fast::RandomState>,
+    /// Written since the last flush; `None` is a removal.
+    pending_ids: FastMap<StateKey, Option<IdRecord>>,
+    pending_rounds: FastMap<StateKey, Option<Round>>,
+    /// The oldest queue items on disk, not yet popped, and the runs they came from.
+    head: VecDeque<Queued>,
+    head_runs: VecDeque<HeadRun>,
+    /// Whether the disk may hold queue items beyond `head`.
+    more_on_disk: bool,
+    /// The last run read into the head: the next read-ahead starts after it.
+    cursor: Option<[u8; 16]>,
+    /// Runs wholly popped since the last flush, deleted by it.
+    popped: Vec<[u8; 16]>,
+    /// Pushed since the last flush, oldest first; newer than everything on disk.
+    tail: VecDeque<Queued>,
+    meta: Meta,
+}
+
+impl std::fmt::Debug for DiskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskState").field("ids", &self.meta.ids).field("pending", &self.pending_ids.len()).finish()
+    }
+}
+
+impl DiskState {
+    /// Opens (or creates) the state in `dir`, with a block cache of `cache_bytes`, and returns it
+    /// with the bytes the last flush stored (empty for a new state).
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Self, Vec<u8>), DiskStateError> {
+        let keyspace = fjall::Config::new(dir).cache_size(cache_bytes).open()?;
+        let opts = fjall::PartitionCreateOptions::default;
+        let ids = keyspace.open_partition("ids", opts())?;
+        let rounds = keyspace.open_partition("rounds", opts())?;
+        let queue = keyspace.open_partition("queue", opts())?;
+        let meta_part = keyspace.open_partition("meta", opts())?;
+        let filters_part = keyspace.open_partition("filters", opts())?;
+        let requeued_part = keyspace.open_partition("requeued", opts())?;
+        let meta: Meta = match meta_part.get(META_KEY)? {
+            Some(bytes) => postcard::from_bytes(&bytes)?,
+            None => Meta { open_bucket_keys: BUCKET_MIN_KEYS, ..Meta::default() },
+        };
+        let user = meta.user.clone();
+        let mut buckets = VecDeque::new();
+        for kv in filters_part.iter() {
+            let (k, v) = kv?;
+            let first_seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| DiskStateError::Corrupt("filter"))?);
+            buckets.push_back(Bucket::decode(first_seq, &v));
+        }
+        let mut requeued = FastMap::default();
+        for kv in requeued_part.iter() {
+            let (k, v) = kv?;
+            let key = StateKey::from_be_bytes(k.as_ref().try_into().map_err(|_| DiskStateError::Corrupt("requeued"))?);
+            let count = v.as_ref().try_into().map_err(|_| DiskStateError::Corrupt("requeued count"))?;
+            requeued.insert(key, u32::from_be_bytes(count));
+        }
+        // The open bucket holds the keys queued since it opened: scan them back in.
+        let mut open = Bucket::new(meta.open_bucket_seq, meta.open_bucket_keys);
+        let from = queue_key(ClusterTime::from_millis(meta.open_bucket_at), meta.open_bucket_seq);
+        for kv in queue.range(from..) {
+            let (_, v) = kv?;
+            let run: Vec<Queued> = postcard::from_bytes(&v)?;
+            // The range starts at a lower bound of the bucket's times; older spans' runs that
+            // sort after it are not this bucket's.
+            for q in run.iter().filter(|q| q.seq >= meta.open_bucket_seq) {
+                open.insert(item_key(q.item));
+            }
+        }
+        buckets.push_back(open);
+        let mut state = Self {
+            keyspace,
+            ids,
+            rounds,
+            queue,
+            meta_part,
+            filters_part,
+            requeued_part,
+            buckets,
+            sealed: Vec::new(),
+            dropped: Vec::new(),
+            requeued,
+            requeued_dirty: HashSet::default(),
+            pending_ids: FastMap::default(),
+            pending_rounds: FastMap::default(),
+            head: VecDeque::new(),
+            head_runs: VecDeque::new(),
+            more_on_disk: true,
+            cursor: None,
+            popped: Vec::new(),
+            tail: VecDeque::new(),
+            meta,
+        };
+        state.read_ahead();
+        Ok((state, user))
+    }
+
+    /// Commits every write since the last flush, and `user` beside them, in one atomic batch.
+    /// Not durable until [`persist`](Self::persist).
+    pub fn flush(&mut self, user: &[u8]) {
+        let mut batch = self.keyspace.batch();
+        for (key, record) in self.pending_ids.drain() {
+            match record {
+                Some(r) => batch.insert(&self.ids, key.to_be_bytes(), encode(&r)),
+                None => batch.remove(&self.ids, key.to_be_bytes()),
+            }
+        }
+        for (key, round) in self.pending_rounds.drain() {
+            match round {
+                Some(r) => batch.insert(&self.rounds, key.to_be_bytes(), encode(&r)),
+                None => batch.remove(&self.rounds, key.to_be_bytes()),
+            }
+        }
+        for key in self.popped.drain(..) {
+            batch.remove(&self.queue, key);
+        }
+        for key in self.requeued_dirty.drain() {
+            match self.requeued.get(&key) {
+                Some(n) => batch.insert(&self.requeued_part, key.to_be_bytes(), n.to_be_bytes()),
+                None => batch.remove(&self.requeued_part, key.to_be_bytes()),
+            }
+        }
+        self.rotate_buckets();
+        for first_seq in self.dropped.drain(..) {
+            batch.remove(&self.filters_part, first_seq.to_be_bytes());
+        }
+        for first_seq in self.sealed.drain(..) {
+            if let Some(b) = self.buckets.iter().find(|b| b.first_seq == first_seq) {
+                batch.insert(&self.filters_part, first_seq.to_be_bytes(), b.encode());
+            }
+        }
+        if !self.tail.is_empty() {
+            // Everything on disk is older than the tail, so the head can be served from disk again.
+            self.more_on_disk = true;
+        }
+        if let Some(&Queued { at, seq, .. }) = self.tail.front() {
+            let run: Vec<Queued> = self.tail.drain(..).collect();
+            batch.insert(&self.queue, queue_key(at, seq), encode(&run));
+        }
+        self.meta.user = user.to_vec();
+        batch.insert(&self.meta_part, META_KEY, encode(&self.meta));
+        batch.commit().unwrap_or_else(|e| panic!("on-disk state: cannot commit a flush: {e}"));
+        if self.head.is_empty() {
+            self.read_ahead();
+        }
+    }
+
+    /// Makes every flush so far durable (fsync).
+    pub fn persist(&self) {
+        self.keyspace
+            .persist(fjall::PersistMode::SyncAll)
+            .unwrap_or_else(|e| panic!("on-disk state: cannot make it durable: {e}"));
+    }
+
+    /// Seals the open bucket once it holds what it was sized for, and drops buckets whose whole
+    /// span has been popped.
+    fn rotate_buckets(&mut self) {
+        let open = self.buckets.back().expect("there is always an open bucket");
+        if open.keys >= open.sized_for {
+            let live = self.meta.next_queue_seq - self.meta.next_pop_seq;
+            let sized_for = (live / 4).max(BUCKET_MIN_KEYS);
+            self.sealed.push(open.first_seq);
+            let last_at = self.tail.back().map_or(self.meta.open_bucket_at, |q| q.at.as_millis());
+            self.buckets.push_back(Bucket::new(self.meta.next_queue_seq, sized_for));
+            self.meta.open_bucket_seq = self.meta.next_queue_seq;
+            // Every later push is at this time or later: the queue's keys sort by time first.
+            self.meta.open_bucket_at = last_at;
+            self.meta.open_bucket_keys = sized_for;
+        }
+        while self.buckets.len() > 1 && self.buckets[1].first_seq <= self.meta.next_pop_seq {
+            let gone = self.buckets.pop_front().expect("two or more buckets");
+            self.dropped.push(gone.first_seq);
+            // Sealed and dropped between two flushes: never written, nothing to delete.
+            if let Some(i) = self.sealed.iter().position(|s| *s == gone.first_seq) {
+                self.sealed.remove(i);
+                self.dropped.pop();
+            }
+        }
+    }
+
+    /// Whether a key may be remembered on disk; `false` is certain.
+    fn may_hold(&self, key: StateKey) -> bool {
+        self.buckets.iter().rev().any(|b| b.may_hold(key))
+    }
+
+    /// Resident bytes of the filters.
+    pub fn filter_bytes(&self) -> usize {
+        self.buckets.iter().map(|b| 8 * b.filter.as_slice().len()).sum()
+    }
+
+    /// Bytes the engine's files take on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.keyspace.disk_space()
+    }
+
+    /// Refills the head from disk with the runs after the last one read. Only flushed items
+    /// are on disk, and they are all older than the tail. Items before the next position to pop
+    /// (a run popped halfway before a restart) are skipped, and a run with none left is deleted.
+    fn read_ahead(&mut self) {
+        if !self.more_on_disk {
+            return;
+        }
+        let from = self.cursor.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_vec()));
+        let mut runs = self.queue.range::<Vec<u8>, _>((from, Bound::Unbounded));
+        self.more_on_disk = false;
+        for kv in runs.by_ref() {
+            let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read the queue: {e}"));
+            let key: [u8; 16] = k.as_ref().try_into().expect("queue keys are 16 bytes");
+            let run: Vec<Queued> = decode(&v);
+            self.cursor = Some(key);
+            let last_seq = run.last().expect("runs are never empty").seq;
+            if last_seq < self.meta.next_pop_seq {
+                self.popped.push(key);
+                continue;
+            }
+            self.head.extend(run.into_iter().filter(|q| q.seq >= self.meta.next_pop_seq));
+            self.head_runs.push_back(HeadRun { key, last_seq });
+            if self.head.len() >= QUEUE_READ_AHEAD {
+                self.more_on_disk = true;
+                break;
+            }
+        }
+    }
+}
+
+fn item_key(item: Retained) -> StateKey {
+    match item {
+        Retained::Id(k) | Retained::Round(k) => k,
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("records encode")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+    postcard::from_bytes(bytes).unwrap_or_else(|e| panic!("on-disk state: a stored record does not decode: {e}"))
+}
+
+impl LedgerState for DiskState {
+    fn id(&self, key: StateKey) -> Option<IdRecord> {
+        if let Some(pending) = self.pending_ids.get(&key) {
+            return *pending;
+        }
+        if !self.may_hold(key) {
+            return None;
+        }
+        let stored =
+            self.ids.get(key.to_be_bytes()).unwrap_or_else(|e| panic!("on-disk state: cannot read an id: {e}"));
+        stored.map(|v| decode(&v))
+    }
+
+    fn insert_id(&mut self, key: StateKey, record: IdRecord) {
+        self.pending_ids.insert(key, Some(record));
+        self.meta.ids += 1;
+    }
+
+    fn requeue_id(&mut self, key: StateKey, record: IdRecord) {
+        self.pending_ids.insert(key, Some(record));
+        *self.requeued.entry(key).or_insert(0) += 1;
+        self.requeued_dirty.insert(key);
+    }
+
+    fn update_id(&mut self, key: StateKey, record: IdRecord) {
+        self.pending_ids.insert(key, Some(record));
+    }
+
+    fn forget_id(&mut self, key: StateKey, queued_at: ClusterTime, expired: impl Fn(ClusterTime) -> bool) {
+        if let Some(stale) = self.requeued.get_mut(&key) {
+            // One of the key's earlier items: its latest item, still queued, decides. (The
+            // in-memory state would forget the key here if its new record had expired too; then
+            // that latest item is due in this same pass, so the outcome is the same.)
+            *stale -= 1;
+            if *stale == 0 {
+                self.requeued.remove(&key);
+            }
+            self.requeued_dirty.insert(key);
+            return;
+        }
+        // The key's only item: its record was remembered when it was queued. (An item pops only
+        // once it has expired, except at cluster times within one window of the epoch, which
+        // only tests use.)
+        if expired(queued_at) {
+            self.pending_ids.insert(key, None);
+            self.meta.ids = self.meta.ids.checked_sub(1).expect("a queued id is remembered");
+        }
+    }
+
+    fn remembered_ids(&self) -> usize {
+        usize::try_from(self.meta.ids).expect("ids fit in memory's address space")
+    }
+
+    fn round(&self, key: StateKey) -> Option<Round> {
+        if let Some(pending) = self.pending_rounds.get(&key) {
+            return *pending;
+        }
+        if !self.may_hold(key) {
+            return None;
+        }
+        let stored =
+            self.rounds.get(key.to_be_bytes()).unwrap_or_else(|e| panic!("on-disk state: cannot read a round: {e}"));
+        stored.map(|v| decode(&v))
+    }
+
+    fn put_round(&mut self, key: StateKey, round: Round) {
+        self.pending_rounds.insert(key, Some(round));
+    }
+
+    fn remove_round(&mut self, key: StateKey) {
+        self.pending_rounds.insert(key, None);
+    }
+
+    fn push_retained(&mut self, at: ClusterTime, item: Retained) {
+        let seq = self.meta.next_queue_seq;
+        self.meta.next_queue_seq += 1;
+        self.buckets.back_mut().expect("there is always an open bucket").insert(item_key(item));
+        self.tail.push_back(Queued { at, seq, item });
+    }
+
+    fn first_retained(&self) -> Option<(ClusterTime, Retained)> {
+        self.head.front().or(self.tail.front()).map(|q| (q.at, q.item))
+    }
+
+    fn pop_retained(&mut self) -> Option<(ClusterTime, Retained)> {
+        let q = match self.head.pop_front() {
+            Some(q) => {
+                self.meta.next_pop_seq = q.seq + 1;
+                // A run wholly popped is deleted by the next flush.
+                while self.head_runs.front().is_some_and(|r| r.last_seq < self.meta.next_pop_seq) {
+                    let run = self.head_runs.pop_front().expect("checked");
+                    self.popped.push(run.key);
+                }
+                if self.head.is_empty() {
+                    self.read_ahead();
+                }
+                q
+            }
+            // Never flushed, so nothing to delete.
+            None => {
+                let q = self.tail.pop_front()?;
+                self.meta.next_pop_seq = q.seq + 1;
+                q
+            }
+        };
+        Some((q.at, q.item))
+    }
+
+    fn check_invariants(&self) {
+        let mut last = ClusterTime::default();
+        for q in self.head.iter().chain(&self.tail) {
+            assert!(q.at >= last, "retention queue out of time order");
+            last = q.at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

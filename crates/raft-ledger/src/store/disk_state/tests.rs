@@ -1,0 +1,231 @@
+//! The on-disk state against the in-memory one: the same commands give the same outcomes, the
+//! same entries and the same remembered ids, whatever the flush points; a state reopened after a
+//! crash is exactly the state of its last flush.
+
+use std::collections::BTreeSet;
+
+use ledger_core::{
+    Amount, ClusterTime, Command, Currency, HOLD_TIMEOUT_MAX_MS, Ledger, LedgerConfig, LedgerState, MemState, PlayerId,
+    RoundId, ShardId, TxId, state_key_of,
+};
+
+use super::DiskState;
+
+/// xorshift: the same seed gives the same commands.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A casino mix that reaches every path through the retained state: bets, wins and rollbacks
+/// (some naming a bet that has not arrived yet, some naming their own id), retries and reused
+/// ids with other contents, withdrawals held, committed, cancelled and left to expire.
+fn commands(seed: u64, n: usize) -> Vec<Command> {
+    let eur = Currency::new("EUR").unwrap();
+    let pid = |i: usize| PlayerId::new(format!("p{i}")).unwrap();
+    let amount = |a: i64| Amount::new(a).unwrap();
+    let mut g = Gen(seed | 1);
+    let players = 8;
+    let mut cmds = Vec::new();
+    for i in 0..players {
+        cmds.push(Command::OpenAccount { tx: TxId::new(format!("open-{i}")).unwrap(), player: pid(i), currency: eur });
+        cmds.push(Command::Deposit {
+            tx: TxId::new(format!("dep-{i}")).unwrap(),
+            player: pid(i),
+            currency: eur,
+            amount: amount(100_000),
+        });
+    }
+    let mut bets: Vec<(usize, TxId, RoundId)> = Vec::new();
+    let mut holds: Vec<(usize, TxId)> = Vec::new();
+    for k in 0..n {
+        let p = g.below(players);
+        let tx = TxId::new(format!("t{k}")).unwrap();
+        let round = RoundId::new(format!("r{}", g.below(n / 2 + 1))).unwrap();
+        let cmd = match g.below(100) {
+            0..5 => cmds[cmds.len() - 1 - g.below(cmds.len().min(400))].clone(),
+            5..8 => {
+                // An old id with different contents: a conflict while remembered, new after.
+                let old = cmds[g.below(cmds.len())].tx().clone();
+                Command::Deposit { tx: old, player: pid(p), currency: eur, amount: amount(7) }
+            }
+            8..45 => {
+                bets.push((p, tx.clone(), round.clone()));
+                Command::Bet { tx, player: pid(p), round, currency: eur, amount: amount(100) }
+            }
+            45..65 => match bets.get(g.below(bets.len().max(1))) {
+                Some((p, _, round)) => {
+                    Command::Win { tx, player: pid(*p), round: round.clone(), currency: eur, amount: amount(150) }
+                }
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: amount(5) },
+            },
+            65..72 => match bets.get(g.below(bets.len().max(1))) {
+                Some((p, bet, round)) => {
+                    Command::Rollback { tx, player: pid(*p), round: round.clone(), bet: bet.clone() }
+                }
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: amount(5) },
+            },
+            72..75 => {
+                // Names a bet id that comes later (or never): leaves a tombstone.
+                let bet = TxId::new(format!("t{}", k + 1 + g.below(5))).unwrap();
+                Command::Rollback { tx, player: pid(p), round, bet }
+            }
+            75..76 => Command::Rollback { tx: tx.clone(), player: pid(p), round, bet: tx },
+            76..84 => {
+                holds.push((p, tx.clone()));
+                Command::ReserveWithdrawal {
+                    tx,
+                    player: pid(p),
+                    currency: eur,
+                    amount: amount(30),
+                    timeout_ms: 60_000 + g.below(3) as u64 * 3_600_000,
+                }
+            }
+            84..88 => match holds.get(g.below(holds.len().max(1))) {
+                Some((p, hold)) => Command::CommitWithdrawal { tx, player: pid(*p), hold: hold.clone() },
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: amount(5) },
+            },
+            88..92 => match holds.get(g.below(holds.len().max(1))) {
+                Some((p, hold)) => Command::CancelWithdrawal { tx, player: pid(*p), hold: hold.clone() },
+                None => Command::Deposit { tx, player: pid(p), currency: eur, amount: amount(5) },
+            },
+            _ => Command::Transfer { tx, from: pid(p), to: pid((p + 1) % players), currency: eur, amount: amount(3) },
+        };
+        cmds.push(cmd);
+    }
+    cmds
+}
+
+/// The shortest window a ledger allows, and a step that crosses it every ~300 commands, so ids
+/// and rounds are forgotten many times in a run.
+const WINDOW_MS: u64 = HOLD_TIMEOUT_MAX_MS;
+const STEP_MS: u64 = WINDOW_MS / 300;
+
+fn config() -> LedgerConfig {
+    LedgerConfig { id_retention_ms: WINDOW_MS }
+}
+
+fn open(dir: &std::path::Path) -> (DiskState, Vec<u8>) {
+    DiskState::open(dir, 8 << 20).expect("opens")
+}
+
+#[test]
+fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
+    for seed in [1u64, 7, 42, 1234] {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, meta) = open(dir.path());
+        assert!(meta.is_empty(), "a new state has no metadata");
+        let mut on_disk = Ledger::with_state(ShardId(1), config(), disk);
+        let mut in_memory = Ledger::new(ShardId(1), config());
+        let mut g = Gen(seed.wrapping_mul(31) | 1);
+        let mut t = 1_700_000_000_000u64;
+        let mut seen = BTreeSet::new();
+        let cmds = commands(seed, 3_000);
+        for (i, cmd) in cmds.iter().enumerate() {
+            t += g.below(2 * STEP_MS as usize) as u64;
+            let at = ClusterTime::from_millis(t);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let got = on_disk.apply(cmd, at, &mut a);
+            let want = in_memory.apply(cmd, at, &mut b);
+            assert_eq!(got, want, "seed {seed}, command {i}: {cmd:?}");
+            assert_eq!(a, b, "seed {seed}, command {i}: entries differ");
+            seen.insert(cmd.tx().clone());
+            // Flush at irregular points, sometimes after every command, sometimes after dozens.
+            if g.below(20) == 0 {
+                on_disk.state_mut().flush(&(i as u64).to_be_bytes());
+            }
+        }
+        assert_eq!(on_disk.head(), in_memory.head(), "seed {seed}: chain heads differ");
+        assert_eq!(on_disk.accounts(), in_memory.accounts());
+        assert_eq!(on_disk.remembered_ids(), in_memory.remembered_ids());
+        assert!(in_memory.remembered_ids() < seen.len(), "seed {seed}: the run must forget ids");
+        for tx in &seen {
+            assert_eq!(on_disk.recall(tx), in_memory.recall(tx), "seed {seed}: {tx}");
+        }
+        on_disk.check_invariants();
+    }
+}
+
+/// Pops the whole queue of a state.
+fn drain_queue(state: &mut impl LedgerState) -> Vec<(ClusterTime, ledger_core::Retained)> {
+    std::iter::from_fn(|| state.pop_retained()).collect()
+}
+
+#[test]
+fn a_reopened_state_is_exactly_its_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmds = commands(99, 4_000);
+    let mut on_disk = Ledger::with_state(ShardId(2), config(), open(dir.path()).0);
+    let mut in_memory = Ledger::new(ShardId(2), config());
+    let mut checkpoint: Option<(Ledger<MemState>, Vec<u8>)> = None;
+    let mut t = 1_700_000_000_000u64;
+    for (i, cmd) in cmds.iter().enumerate() {
+        t += STEP_MS;
+        let at = ClusterTime::from_millis(t);
+        on_disk.apply(cmd, at, &mut Vec::new());
+        in_memory.apply(cmd, at, &mut Vec::new());
+        if i % 97 == 0 {
+            let meta = format!("applied {i}").into_bytes();
+            on_disk.state_mut().flush(&meta);
+            checkpoint = Some((in_memory.clone(), meta));
+        }
+    }
+    // The crash: whatever was written since the last flush is lost with the process.
+    drop(on_disk);
+    let (mut reopened, meta) = open(dir.path());
+    let (mut expected, expected_meta) = checkpoint.expect("flushed at least once");
+    assert_eq!(meta, expected_meta, "the metadata names the flush the state is at");
+    assert_eq!(reopened.remembered_ids(), expected.remembered_ids());
+    let mut present = 0;
+    for cmd in &cmds {
+        let key = state_key_of(cmd.tx());
+        assert_eq!(reopened.id(key), expected.state().id(key), "{}", cmd.tx());
+        present += usize::from(reopened.id(key).is_some());
+    }
+    assert!(present > 0, "some ids are remembered at the checkpoint");
+    // The run sealed filters and dropped old ones, and the reopened state read them back.
+    assert!(reopened.buckets.len() > 2, "sealed filters were reloaded");
+    assert!(reopened.buckets[0].first_seq > 0, "the oldest filters were dropped");
+    reopened.check_invariants();
+    let queue = drain_queue(&mut reopened);
+    assert!(!queue.is_empty());
+    assert_eq!(queue, drain_queue(expected.state_mut()), "the forgetting queue survives in order");
+}
+
+#[test]
+fn the_queue_reads_ahead_across_flushes_in_order() {
+    // More items than one read-ahead, popped while others are pushed, with flushes between.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut disk, _) = open(dir.path());
+    let mut mem = MemState::default();
+    let mut g = Gen(5);
+    let mut t = 0u64;
+    for round in 0..20 {
+        for _ in 0..g.below(3 * super::QUEUE_READ_AHEAD) {
+            t += g.below(3) as u64;
+            let item = ledger_core::Retained::Round(u128::from(g.next()));
+            disk.push_retained(ClusterTime::from_millis(t), item);
+            mem.push_retained(ClusterTime::from_millis(t), item);
+        }
+        for _ in 0..g.below(3 * super::QUEUE_READ_AHEAD) {
+            assert_eq!(disk.first_retained(), mem.first_retained(), "round {round}");
+            assert_eq!(disk.pop_retained(), mem.pop_retained(), "round {round}");
+        }
+        if g.below(2) == 0 {
+            disk.flush(b"");
+        }
+    }
+    disk.flush(b"");
+    drop(disk);
+    let (mut reopened, _) = open(dir.path());
+    assert_eq!(drain_queue(&mut reopened), drain_queue(&mut mem));
+}
