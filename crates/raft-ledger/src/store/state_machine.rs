@@ -222,7 +222,9 @@ impl LedgerStateMachine {
     /// Captures the state between two apply batches. This runs on the apply path, so it only
     /// copies; the expensive work happens in [`LedgerSnapshotBuilder::build_snapshot`].
     fn builder(&self) -> LedgerSnapshotBuilder {
-        let started = std::time::Instant::now();
+        // The runtime's clock, not the OS's: under the simulator a seed's trace must not carry
+        // wall-clock durations.
+        let started = tokio::time::Instant::now();
         let st = self.cell.read();
         let builder = LedgerSnapshotBuilder {
             vfs: self.vfs.clone(),
@@ -258,7 +260,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
         let ledger = self.ledger.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let (vfs, path, meta, journal, journal_head) =
             (self.vfs.clone(), self.path.clone(), self.meta.clone(), self.journal.clone(), self.journal_head);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let work = move || -> io::Result<Vec<u8>> {
             // Full invariant check before anything is persisted.
             ledger.check_invariants();
