@@ -358,6 +358,26 @@ impl DiskState {
         }
     }
 
+    /// A record: this batch's write if there is one, else absent if no filter may hold the key,
+    /// else whatever the partition has.
+    fn lookup<T: Copy + serde::de::DeserializeOwned>(
+        &self,
+        pending: &FastMap<StateKey, Option<T>>,
+        partition: &fjall::PartitionHandle,
+        what: &str,
+        key: StateKey,
+    ) -> Option<T> {
+        if let Some(written) = pending.get(&key) {
+            return *written;
+        }
+        if !self.may_hold(key) {
+            return None;
+        }
+        let stored =
+            partition.get(key.to_be_bytes()).unwrap_or_else(|e| panic!("on-disk state: cannot read from {what}: {e}"));
+        stored.map(|v| decode(&v))
+    }
+
     /// Whether a key may be remembered on disk; `false` is certain.
     fn may_hold(&self, key: StateKey) -> bool {
         self.buckets.iter().rev().any(|b| b.may_hold(key))
@@ -419,15 +439,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 
 impl LedgerState for DiskState {
     fn id(&self, key: StateKey) -> Option<IdRecord> {
-        if let Some(pending) = self.pending_ids.get(&key) {
-            return *pending;
-        }
-        if !self.may_hold(key) {
-            return None;
-        }
-        let stored =
-            self.ids.get(key.to_be_bytes()).unwrap_or_else(|e| panic!("on-disk state: cannot read an id: {e}"));
-        stored.map(|v| decode(&v))
+        self.lookup(&self.pending_ids, &self.ids, "ids", key)
     }
 
     fn insert_id(&mut self, key: StateKey, record: IdRecord) {
@@ -471,15 +483,7 @@ impl LedgerState for DiskState {
     }
 
     fn round(&self, key: StateKey) -> Option<Round> {
-        if let Some(pending) = self.pending_rounds.get(&key) {
-            return *pending;
-        }
-        if !self.may_hold(key) {
-            return None;
-        }
-        let stored =
-            self.rounds.get(key.to_be_bytes()).unwrap_or_else(|e| panic!("on-disk state: cannot read a round: {e}"));
-        stored.map(|v| decode(&v))
+        self.lookup(&self.pending_rounds, &self.rounds, "rounds", key)
     }
 
     fn put_round(&mut self, key: StateKey, round: Round) {
