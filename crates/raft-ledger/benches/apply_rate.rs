@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+mod common;
+
 use ledger_core::{
     Amount, ClusterTime, Command, Currency, Ledger, LedgerConfig, LedgerState, MemState, Outcome, PlayerId, RoundId,
     ShardId, TxId,
@@ -182,17 +184,25 @@ impl Workload {
     }
 }
 
-/// What a run does after each batch of commands: nothing in memory; the on-disk state commits
-/// the batch's writes, as the state machine would after applying a batch of log entries.
-trait AfterBatch {
+/// What a run does with each kind of retained state beyond applying: after each batch of
+/// commands, nothing in memory, while the on-disk state commits the batch's writes, as the
+/// state machine would after applying a batch of log entries; and what it reports of itself.
+trait BenchState {
     fn after_batch(&mut self) {}
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
-impl AfterBatch for MemState {}
+impl BenchState for MemState {}
 
-impl AfterBatch for DiskState {
+impl BenchState for DiskState {
     fn after_batch(&mut self) {
         self.flush(b"");
+    }
+
+    fn report(&self) -> Option<String> {
+        Some(format!("filters         {} MiB", self.filter_bytes() >> 20))
     }
 }
 
@@ -202,7 +212,7 @@ struct Run<S> {
     ms_per_op: u64,
 }
 
-impl<S: LedgerState + AfterBatch> Run<S> {
+impl<S: LedgerState + BenchState> Run<S> {
     /// Applies `count` commands from `work`, timing only when `report` names the phase.
     fn apply(&mut self, work: &mut Workload, count: usize, report: Option<&str>) {
         let mut sink = Vec::with_capacity(64);
@@ -232,7 +242,7 @@ impl<S: LedgerState + AfterBatch> Run<S> {
         }
         let Some(name) = report else { return };
         self.ledger.check_invariants();
-        let (rss, peak) = memory();
+        let common::Memory { resident, peak } = common::memory();
         println!("{name}");
         println!("  commands        {count}");
         println!("  applied         {applied}  rejected {rejected}  duplicate/conflict {duplicates}");
@@ -246,21 +256,11 @@ impl<S: LedgerState + AfterBatch> Run<S> {
             hist.value_at_quantile(0.999),
             hist.max()
         );
-        println!("  resident        {} MiB (peak {} MiB)", rss >> 20, peak >> 20);
+        println!("  resident        {} MiB (peak {} MiB)", resident >> 20, peak >> 20);
+        if let Some(extra) = self.ledger.state().report() {
+            println!("  {extra}");
+        }
     }
-}
-
-/// Current and peak resident memory of this process, bytes (Linux; zeros elsewhere).
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb << 10)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn main() {
@@ -276,14 +276,14 @@ fn main() {
                 let (state, _) = DiskState::open(&dir.path().join(format!("s{n}")), args.cache_mb << 20).unwrap();
                 Ledger::with_state(ShardId(0), config, state)
             });
-            println!("on disk: {} MiB", disk_bytes(dir.path()) >> 20);
+            println!("on disk: {} MiB", common::disk_bytes(dir.path()) >> 20);
         }
         other => unreachable!("clap allows no state {other}"),
     }
 }
 
 /// Runs growth, steady and hot (or only steady, with `--retain`) on ledgers made by `make`.
-fn scenarios<S: LedgerState + AfterBatch>(args: &Args, mut make: impl FnMut(LedgerConfig) -> Ledger<S>) {
+fn scenarios<S: LedgerState + BenchState>(args: &Args, mut make: impl FnMut(LedgerConfig) -> Ledger<S>) {
     println!(
         "pure state machine apply rate, 1 core, {} players, retained state {}{}",
         args.players,
@@ -321,16 +321,4 @@ fn scenarios<S: LedgerState + AfterBatch>(args: &Args, mut make: impl FnMut(Ledg
         run.apply(&mut work, warmup, None);
         run.apply(&mut work, args.ops, Some(name));
     }
-}
-
-/// Bytes of the files under `dir`.
-fn disk_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }

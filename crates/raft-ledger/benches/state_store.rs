@@ -30,9 +30,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+
+mod common;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -207,29 +208,6 @@ impl Store for Fjall {
     }
 }
 
-/// Peak and current resident memory of this process, bytes.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-fn disk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() { disk_bytes(&entry.path()) } else { meta.len() };
-    }
-    total
-}
-
 /// Applies commands `from..to`; forgets one id per command when `forget`.
 fn phase(store: &mut dyn Store, from: u64, to: u64, forget: bool, name: &str) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
@@ -259,7 +237,7 @@ fn phase(store: &mut dyn Store, from: u64, to: u64, forget: bool, name: &str) {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let (peak, rss) = memory();
+    let common::Memory { resident: rss, peak } = common::memory();
     println!(
         "  {name:<6} {:>10} commands  {:>9.0} /s  per command p50 {:>6} ns  p99 {:>7} ns  p999 {:>8} ns  \
          retries found {found}  rss {:.0} MiB  peak {:.0} MiB",
@@ -297,7 +275,7 @@ fn run(engine: &str, args: &Args) {
     println!("{engine} (cache bound {} MiB for the on-disk engines)", args.cache_mb);
     phase(store.as_mut(), 0, args.ids, false, "fill");
     phase(store.as_mut(), args.ids, args.ids + args.steady, true, "steady");
-    let disk = disk_bytes(dir.path());
+    let disk = common::disk_bytes(dir.path());
     if disk > 0 {
         println!(
             "  on disk {:.0} MiB for {} retained ids: {:.0} bytes per id (key 16 + value {VALUE_BYTES} + time queue 24)",

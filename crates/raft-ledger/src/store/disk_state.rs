@@ -383,14 +383,9 @@ impl DiskState {
         self.buckets.iter().rev().any(|b| b.may_hold(key))
     }
 
-    /// Resident bytes of the filters.
+    /// Resident bytes of the filters (the benchmark reports them).
     pub fn filter_bytes(&self) -> usize {
         self.buckets.iter().map(|b| 8 * b.filter.as_slice().len()).sum()
-    }
-
-    /// Bytes the engine's files take on disk.
-    pub fn disk_space(&self) -> u64 {
-        self.keyspace.disk_space()
     }
 
     /// Refills the head from disk with the runs after the last one read. Only flushed items
@@ -401,9 +396,8 @@ impl DiskState {
             return;
         }
         let from = self.cursor.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_vec()));
-        let mut runs = self.queue.range::<Vec<u8>, _>((from, Bound::Unbounded));
         self.more_on_disk = false;
-        for kv in runs.by_ref() {
+        for kv in self.queue.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read the queue: {e}"));
             let key: [u8; 16] = k.as_ref().try_into().expect("queue keys are 16 bytes");
             let run: Vec<Queued> = decode(&v);
