@@ -6,10 +6,10 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use ledger_core::{Command, Ledger, TxId};
+use ledger_core::{Command, TxId};
 use raft_ledger::node::NodeEnv;
-use raft_ledger::store::ApplyHook;
 use raft_ledger::store::vfs::{VFile, Vfs};
+use raft_ledger::store::{ApplyHook, ShardLedger};
 
 /// A bug that can be planted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl Vfs for NoFsync {
 struct ForgetIds;
 
 impl ApplyHook for ForgetIds {
-    fn before_apply(&self, ledger: &Ledger, cmd: &Command, index: u64) -> Option<Command> {
+    fn before_apply(&self, ledger: &ShardLedger, cmd: &Command, index: u64) -> Option<Command> {
         ledger.recall(cmd.tx())?;
         let renamed = TxId::new(format!("{}~{index}", cmd.tx().as_str())).ok()?;
         Some(cmd.with_tx(renamed))

@@ -198,6 +198,18 @@ fn model(acks: &[(Command, Result<Receipt, String>)]) -> BTreeMap<(u32, AccountR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
+    sigkilled_leaders(&[]).await;
+}
+
+/// The same with every shard's retained state on disk and a checkpoint every 40 log entries,
+/// so leaders are killed between checkpoints and restart from the last one plus the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_with_the_state_on_disk_sigkilled_leaders_lose_no_acknowledged_money() {
+    let flags = ["--state", "disk", "--state-cache-mb", "8", "--snapshot-every", "40"];
+    sigkilled_leaders(&flags.map(String::from)).await;
+}
+
+async fn sigkilled_leaders(flags: &[String]) {
     let tmp = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let peers: Vec<(u64, String)> = addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
@@ -205,7 +217,8 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
         peers
             .iter()
             .map(|(id, addr)| {
-                Walletd::start(*id, addr, &tmp.path().join(format!("node-{id}")), SHARDS, &peers, *id == 1)
+                let dir = tmp.path().join(format!("node-{id}"));
+                Walletd::start_with(*id, addr, &dir, SHARDS, &peers, *id == 1, flags)
             })
             .collect(),
     ));
@@ -332,6 +345,23 @@ async fn t30_sigkilled_leaders_lose_no_acknowledged_money() {
         for addr in &addrs {
             let report = client.verify(addr, shard).await.unwrap();
             assert!(report.ok(), "{addr} shard {shard}: {report:?}");
+        }
+    }
+
+    if flags.contains(&"disk".to_string()) {
+        // The run crossed checkpoints: every replica took one and keeps its state on disk.
+        for addr in &addrs {
+            let status = client.status(addr).await.unwrap();
+            for s in &status.shards {
+                assert!(s.snapshot.is_some(), "{addr} shard {}: no checkpoint", s.shard);
+            }
+        }
+        for id in 1..=3 {
+            for s in 0..SHARDS {
+                let shard = tmp.path().join(format!("node-{id}/shards/{s}"));
+                assert!(shard.join("state").is_dir(), "node {id} shard {s}: no on-disk state");
+                assert!(!shard.join("snapshot.bin").exists(), "node {id} shard {s}: an image was written");
+            }
         }
     }
 

@@ -813,6 +813,41 @@ impl<S: LedgerState> Ledger<S> {
     }
 }
 
+impl<S: LedgerState> Ledger<S> {
+    /// Everything but the retained state, in canonical order: what a checkpoint of a ledger
+    /// whose retained state is kept elsewhere (on disk) stores beside it.
+    pub fn core_image(&self) -> CoreImage {
+        CoreImage {
+            shard: self.shard,
+            config: self.config,
+            accounts: self.accounts(),
+            holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            head_seq: self.head_seq,
+            head_hash: self.head_hash,
+            last_at: self.last_at,
+        }
+    }
+
+    /// Rebuilds a ledger from a core image and the retained state that was checkpointed with it
+    /// (unlike [`with_state`](Self::with_state), `state` need not be empty), and checks its
+    /// invariants.
+    pub fn from_core_image(core: CoreImage, state: S) -> Self {
+        let ledger = Self {
+            shard: core.shard,
+            config: core.config,
+            accounts: core.accounts.into_iter().collect(),
+            state,
+            hold_expiry: core.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect(),
+            holds: core.holds.into_iter().collect(),
+            head_seq: core.head_seq,
+            head_hash: core.head_hash,
+            last_at: core.last_at,
+        };
+        ledger.check_invariants();
+        ledger
+    }
+}
+
 impl Ledger<MemState> {
     /// The state as a plain value with every collection in a canonical order, for snapshots.
     pub fn to_image(&self) -> LedgerImage {
@@ -866,7 +901,77 @@ pub struct LedgerImage {
     last_at: ClusterTime,
 }
 
+/// A ledger's state without its retained state ([`Ledger::core_image`]): shard, settings,
+/// accounts, pending holds, the chain's head and the latest time applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreImage {
+    shard: ShardId,
+    config: LedgerConfig,
+    accounts: Vec<(AccountRef, Balance)>,
+    holds: Vec<(TxId, Hold)>,
+    head_seq: u64,
+    head_hash: Hash,
+    last_at: ClusterTime,
+}
+
+impl CoreImage {
+    /// Sequence number and hash of the last entry the image includes.
+    pub fn head(&self) -> (u64, Hash) {
+        (self.head_seq, self.head_hash)
+    }
+
+    /// The shard the image belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+}
+
+/// The retained state of a [`LedgerImage`], in the image's order: ids and rounds by key, the
+/// forgetting queue oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetainedImage {
+    /// Remembered ids.
+    pub ids: Vec<(StateKey, IdRecord)>,
+    /// Remembered rounds.
+    pub rounds: Vec<(StateKey, Round)>,
+    /// The forgetting queue.
+    pub retention: Vec<(ClusterTime, Retained)>,
+}
+
 impl LedgerImage {
+    /// Splits the image into what a ledger keeps itself and its retained state.
+    pub fn into_parts(self) -> (CoreImage, RetainedImage) {
+        let core = CoreImage {
+            shard: self.shard,
+            config: self.config,
+            accounts: self.accounts,
+            holds: self.holds,
+            head_seq: self.head_seq,
+            head_hash: self.head_hash,
+            last_at: self.last_at,
+        };
+        (core, RetainedImage { ids: self.ids, rounds: self.rounds, retention: self.retention })
+    }
+
+    /// Joins the two parts [`into_parts`](Self::into_parts) split. The retained state must be in
+    /// the image's order (ids and rounds by key).
+    pub fn from_parts(core: CoreImage, retained: RetainedImage) -> Self {
+        assert!(retained.ids.is_sorted_by_key(|r| r.0), "an image's ids are in key order");
+        assert!(retained.rounds.is_sorted_by_key(|r| r.0), "an image's rounds are in key order");
+        Self {
+            shard: core.shard,
+            config: core.config,
+            accounts: core.accounts,
+            ids: retained.ids,
+            rounds: retained.rounds,
+            holds: core.holds,
+            retention: retained.retention,
+            head_seq: core.head_seq,
+            head_hash: core.head_hash,
+            last_at: core.last_at,
+        }
+    }
+
     /// Sequence number and hash of the last entry the image includes.
     pub fn head(&self) -> (u64, Hash) {
         (self.head_seq, self.head_hash)

@@ -523,3 +523,141 @@ async fn t28_the_node_port_refuses_callers_without_the_cluster_key() {
     raw::call(&addr, "Submit", deposit).await.expect("with the key the same call is served");
     cluster.shutdown().await;
 }
+
+fn state_on_disk(config: &mut raft_ledger::node::NodeConfig) {
+    small_snapshots(config);
+    config.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 8 << 20 };
+}
+
+/// The generations of a shard's on-disk state in a node's data directory.
+fn state_generations(dir: &std::path::Path, shard: u32) -> Vec<String> {
+    let root = dir.join("shards").join(shard.to_string()).join("state");
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t29_with_the_state_on_disk_nodes_checkpoint_restart_from_it_and_a_new_replica_catches_up() {
+    let mut cluster = Cluster::start_with(3, 1, state_on_disk).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    for i in 0..60 {
+        client.submit(deposit(&format!("d{i}"), "alice", 5)).await.unwrap();
+        client.submit(bet(&format!("b{i}"), "alice", &format!("r{i}"), 1)).await.unwrap();
+    }
+    let leader = cluster.wait_leader(0).await;
+    wait_for(Duration::from_secs(10), || cluster.replica(leader, 0).purged.filter(|i| *i >= 60).map(|_| ()))
+        .await
+        .expect("the leader checkpoints and purges its log");
+    // Written after the last checkpoint: a restart finds them only by replaying the log.
+    let late = ["late-1", "late-2", "late-3"];
+    for t in late {
+        assert!(applied(&client.submit(deposit(t, "alice", 1)).await.unwrap()));
+    }
+    let before = cluster.wait_converged(0).await;
+    let balances = cluster.node(leader).balances(0).unwrap();
+    drop(client);
+    for id in [1, 2, 3] {
+        let dir = &cluster.members[&id].dir;
+        assert_eq!(state_generations(dir, 0), ["0"], "node {id}: the state is on disk");
+        assert!(!dir.join("shards/0/snapshot.bin").exists(), "node {id}: no image is written");
+    }
+
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    cluster.wait_leader(0).await;
+    assert_eq!(cluster.wait_converged(0).await, before, "the head changed across the restart");
+    for node in cluster.running() {
+        assert_eq!(node.balances(0).unwrap(), balances, "node {}", node.id());
+        assert!(node.verify(0).unwrap().ok());
+        for t in ["d0", "b0", "d59", "late-1", "late-3"] {
+            let (_, recall) = node.recall(0, &tx(t)).unwrap();
+            assert!(recall.is_some(), "node {} forgot {t} across the restart", node.id());
+        }
+    }
+    let client = cluster.client().await;
+    let again = client.submit(deposit("d0", "alice", 5)).await.unwrap();
+    assert!(matches!(again, Outcome::Duplicate(_)), "{again:?}");
+    let again = client.submit(deposit("late-2", "alice", 1)).await.unwrap();
+    assert!(matches!(again, Outcome::Duplicate(_)), "{again:?}");
+
+    // A replica that lost its disk comes back under a new id and is sent a checkpoint.
+    let leader = cluster.wait_leader(0).await;
+    let purged = cluster.replica(leader, 0).purged.unwrap_or(0);
+    for i in 0..30 {
+        client.submit(deposit(&format!("e{i}"), "alice", 1)).await.unwrap();
+    }
+    wait_for(Duration::from_secs(10), || cluster.replica(leader, 0).purged.filter(|i| *i > purged).map(|_| ()))
+        .await
+        .expect("the leader checkpoints again");
+    let wiped = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
+    cluster.stop(wiped).await;
+    std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
+    let raft = cluster.node(leader).raft(0).unwrap();
+    let survivors: BTreeSet<u64> = cluster.members.keys().copied().filter(|id| *id != wiped).collect();
+    raft.change_membership(survivors.clone(), false).await.unwrap();
+    let info = cluster.add_member(4).await.info.clone();
+    raft.add_learner(4, info, true).await.unwrap();
+    let mut voters = survivors;
+    voters.insert(4);
+    raft.change_membership(voters, false).await.unwrap();
+    assert!(applied(&client.submit(deposit("after", "alice", 1)).await.unwrap()));
+    wait_for(Duration::from_secs(20), || (cluster.node(4).head(0) == cluster.node(leader).head(0)).then_some(()))
+        .await
+        .expect("the new replica converges");
+    assert!(cluster.replica(4, 0).snapshot.is_some(), "node 4 installed a snapshot");
+    assert_eq!(state_generations(&cluster.members[&4].dir, 0), ["1"], "installed into a new generation");
+    assert!(cluster.node(4).verify(0).unwrap().ok());
+    assert_eq!(cluster.node(4).balances(0).unwrap(), cluster.node(leader).balances(0).unwrap());
+    for t in ["d0", "b59", "late-1", "e0", "e29"] {
+        let (_, recall) = cluster.node(4).recall(0, &tx(t)).unwrap();
+        assert!(recall.is_some(), "the new replica does not remember {t}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_a_node_that_kept_its_state_in_memory_moves_it_onto_disk_and_back_is_refused() {
+    let mut cluster = Cluster::start_with(3, 1, small_snapshots).await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    for i in 0..40 {
+        client.submit(deposit(&format!("d{i}"), "alice", 5)).await.unwrap();
+    }
+    let leader = cluster.wait_leader(0).await;
+    wait_for(Duration::from_secs(10), || cluster.replica(leader, 0).purged.filter(|i| *i >= 20).map(|_| ()))
+        .await
+        .expect("a snapshot in memory");
+    let before = cluster.wait_converged(0).await;
+    drop(client);
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    cluster.tune = state_on_disk;
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    cluster.wait_leader(0).await;
+    assert_eq!(cluster.wait_converged(0).await, before);
+    for node in cluster.running() {
+        assert!(node.verify(0).unwrap().ok());
+        let (_, recall) = node.recall(0, &tx("d0")).unwrap();
+        assert!(recall.is_some(), "node {} forgot d0 moving onto disk", node.id());
+    }
+    for id in [1, 2, 3] {
+        assert!(!cluster.members[&id].dir.join("shards/0/snapshot.bin").exists(), "the image is retired");
+    }
+    // Back to memory would start from nothing: refused, with a reason.
+    cluster.stop(1).await;
+    cluster.tune = small_snapshots;
+    let err = cluster.try_restart(1).await.unwrap_err().to_string();
+    assert!(err.contains("kept on disk"), "{err}");
+    cluster.shutdown().await;
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ledger_core::placement::Topology;
 use raft_ledger::net::member::ClusterKey;
-use raft_ledger::node::NodeConfig;
+use raft_ledger::node::{NodeConfig, StateStorage};
 use raft_ledger::raft::{NodeId, NodeInfo};
 use serde::Deserialize;
 use thiserror::Error;
@@ -85,6 +85,12 @@ pub(crate) struct FileConfig {
     pub(crate) cluster_name: Option<String>,
     /// Round-trip time of the slowest link in a quorum, in ms.
     pub(crate) rtt_ms: Option<u64>,
+    /// Where each shard keeps its retained ids and rounds: `memory` (the default) or `disk`.
+    pub(crate) state: Option<String>,
+    /// With `state = "disk"`: the block cache of each shard's on-disk state, in MiB.
+    pub(crate) state_cache_mb: Option<u64>,
+    /// A snapshot (with the state on disk: a checkpoint) every this many log entries.
+    pub(crate) snapshot_every: Option<u64>,
     /// Form a new cluster from `peers` if the shards are not initialized yet.
     pub(crate) bootstrap: Option<bool>,
     /// The cluster's members, this node included, for bootstrap.
@@ -110,6 +116,9 @@ pub(crate) struct FileConfig {
     /// `--bootstrap` takes its members from the file.
     pub(crate) topology: Option<PathBuf>,
 }
+
+/// Each shard's block cache for its on-disk state unless `state_cache_mb` says otherwise.
+const STATE_CACHE_MB_DEFAULT: u64 = 64;
 
 /// A configuration problem, reported before anything starts.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -244,6 +253,9 @@ impl FileConfig {
             shards,
             cluster_name,
             rtt_ms,
+            state,
+            state_cache_mb,
+            snapshot_every,
             bootstrap,
             api_listen,
             api_advertise,
@@ -330,6 +342,25 @@ impl FileConfig {
             node.rtt_ms = rtt;
         }
         node.tick_interval = Duration::from_millis(500);
+        let cache_bytes = self.state_cache_mb.unwrap_or(STATE_CACHE_MB_DEFAULT) << 20;
+        node.state = match self.state.as_deref() {
+            None | Some("memory") => {
+                if self.state_cache_mb.is_some() {
+                    return Err(ConfigError::Invalid("state_cache_mb", "only with `state = \"disk\"`".into()));
+                }
+                StateStorage::Memory
+            }
+            Some("disk") => StateStorage::Disk { cache_bytes },
+            Some(other) => {
+                return Err(ConfigError::Invalid("state", format!("`{other}`: expected `memory` or `disk`")));
+            }
+        };
+        if let Some(every) = self.snapshot_every {
+            if every == 0 {
+                return Err(ConfigError::Invalid("snapshot_every", "must be at least 1".into()));
+            }
+            node.snapshot_every = every;
+        }
         let mut seeds = vec![info.addr.clone()];
         let mut peers = BTreeMap::new();
         for p in self.peers {
@@ -488,6 +519,32 @@ mod tests {
         assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
         let c = FileConfig { api_listen: Some("10.0.0.1:8001".into()), ..keyed }.resolve().unwrap();
         assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
+    }
+
+    #[test]
+    fn the_state_is_kept_in_memory_unless_told_disk_with_its_cache_and_checkpoint_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = FileConfig {
+            node_id: Some(1),
+            listen: Some("10.0.0.1:7001".into()),
+            data_dir: Some("d".into()),
+            cluster_key_file: Some(key_file(dir.path())),
+            ..Default::default()
+        };
+        assert_eq!(base.clone().resolve().unwrap().node.state, StateStorage::Memory);
+        let file: FileConfig = toml::from_str("state = \"disk\"\nstate_cache_mb = 16\nsnapshot_every = 500").unwrap();
+        let c = base.clone().overlay(file).resolve().unwrap();
+        assert_eq!(c.node.state, StateStorage::Disk { cache_bytes: 16 << 20 });
+        assert_eq!(c.node.snapshot_every, 500);
+        let c = FileConfig { state: Some("disk".into()), ..base.clone() }.resolve().unwrap();
+        assert_eq!(c.node.state, StateStorage::Disk { cache_bytes: STATE_CACHE_MB_DEFAULT << 20 });
+        for (bad, key) in [
+            (FileConfig { state: Some("tape".into()), ..base.clone() }, "state"),
+            (FileConfig { state_cache_mb: Some(8), ..base.clone() }, "state_cache_mb"),
+            (FileConfig { snapshot_every: Some(0), ..base }, "snapshot_every"),
+        ] {
+            assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(k, _)) if k == key), "{key}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node. Settings come from --config and/or flags (flags win).
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Send a command or query to a cluster.
     Client(crate::cli::ClientArgs),
     /// Change which nodes replicate each shard (add, remove, replace, move), or show them.
@@ -72,6 +72,15 @@ struct StartArgs {
     /// Round-trip time of the slowest quorum link, in ms.
     #[arg(long)]
     rtt_ms: Option<u64>,
+    /// Where shards keep their retained ids and rounds: memory (default) or disk.
+    #[arg(long, value_parser = ["memory", "disk"])]
+    state: Option<String>,
+    /// With --state disk: each shard's block cache, in MiB (default 64).
+    #[arg(long)]
+    state_cache_mb: Option<u64>,
+    /// Take a snapshot (on disk: a checkpoint) every this many log entries (default 10000).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).
     #[arg(long)]
     bootstrap: bool,
@@ -129,6 +138,7 @@ fn main() -> anyhow::Result<()> {
     let code = runtime.block_on(async move {
         match cli.command {
             Cmd::Start(args) => {
+                let args = *args;
                 let file = match &args.config {
                     Some(path) => FileConfig::load(path)?,
                     None => FileConfig::default(),
@@ -143,6 +153,9 @@ fn main() -> anyhow::Result<()> {
                     shards: args.shards,
                     cluster_name: args.cluster_name,
                     rtt_ms: args.rtt_ms,
+                    state: args.state,
+                    state_cache_mb: args.state_cache_mb,
+                    snapshot_every: args.snapshot_every,
                     bootstrap: args.bootstrap.then_some(true),
                     peers: args.peers,
                     api_listen: args.api_listen,

@@ -199,12 +199,17 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client(target)?;
         let data = snapshot.snapshot;
+        // A checkpoint on disk is read out here, off the apply path.
+        let state = data.encoded_state().await.map_err(|e| {
+            tracing::warn!("cannot read the snapshot to send: {e}");
+            StreamingError::Unreachable(Unreachable::from_string(format!("cannot read the snapshot to send: {e}")))
+        })?;
         let journal = data.journal.clone();
         let header = SnapshotChunk::Header {
             shard,
             vote,
             meta: snapshot.meta,
-            state: data.state.to_vec(),
+            state: state.to_vec(),
             journal_entries: journal.entries,
             journal_bytes: journal.bytes,
         };

@@ -30,6 +30,7 @@ use crate::net::member::{ClusterKey, MemberCheck};
 use crate::net::peer::{PeerRouter, ShardNetworkFactory};
 use crate::raft::{NodeId, NodeInfo, TypeConfig, raft_config};
 use crate::store::LogStore;
+pub use crate::store::StateStorage;
 use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, StoreError};
 use crate::store::vfs::{StdFs, Vfs};
 use crate::store::wal::{IoMode, Wal, WalError};
@@ -65,6 +66,8 @@ pub struct NodeConfig {
     pub rtt_ms: u64,
     /// Settings every replica of a shard must share.
     pub ledger: LedgerConfig,
+    /// Where each shard keeps its retained state (ids, rounds): in memory or on disk.
+    pub state: StateStorage,
     /// How often each shard checks whether a withdrawal hold is due to expire.
     pub tick_interval: Duration,
     /// A snapshot is taken every this many applied log entries, plus a fixed offset of up to
@@ -91,6 +94,7 @@ impl NodeConfig {
             cluster_name: "casino-ledger".to_string(),
             rtt_ms: 1,
             ledger: LedgerConfig::default(),
+            state: StateStorage::Memory,
             tick_interval: Duration::from_millis(500),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
@@ -358,9 +362,16 @@ impl LedgerNode {
         let mut queues = Vec::new();
         for s in 0..config.shards {
             let dir = config.data_dir.join("shards").join(s.to_string());
-            let (sm, cell) =
-                LedgerStateMachine::open(vfs.clone(), env.io, &dir, ShardId(s), config.ledger, env.apply_hook.clone())
-                    .map_err(|source| NodeError::Shard { shard: s, source })?;
+            let (sm, cell) = LedgerStateMachine::open(
+                vfs.clone(),
+                env.io,
+                &dir,
+                ShardId(s),
+                config.ledger,
+                config.state,
+                env.apply_hook.clone(),
+            )
+            .map_err(|source| NodeError::Shard { shard: s, source })?;
             let log = LogStore::new(wal.clone(), s);
             let network = ShardNetworkFactory::new(router.clone(), s);
             let raft_config = raft_config(

@@ -42,7 +42,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 
-use ledger_core::{ClusterTime, IdRecord, LedgerState, Retained, Round, StateKey};
+use ledger_core::{ClusterTime, IdRecord, LedgerState, Retained, RetainedImage, Round, StateKey};
 
 /// A read-ahead brings runs into memory until it holds at least this many queue items.
 const QUEUE_READ_AHEAD: usize = 1024;
@@ -197,6 +197,9 @@ pub struct DiskState {
     /// Pushed since the last flush, oldest first; newer than everything on disk.
     tail: VecDeque<Queued>,
     meta: Meta,
+    /// The position of the next item to pop as of the last flush: where a view of the flushed
+    /// state starts its queue.
+    flushed_pop_seq: u64,
 }
 
 impl std::fmt::Debug for DiskState {
@@ -269,6 +272,7 @@ impl DiskState {
             cursor: None,
             popped: Vec::new(),
             tail: VecDeque::new(),
+            flushed_pop_seq: meta.next_pop_seq,
             meta,
         };
         state.read_ahead();
@@ -320,6 +324,7 @@ impl DiskState {
         self.meta.user = user.to_vec();
         batch.insert(&self.meta_part, META_KEY, encode(&self.meta));
         batch.commit().unwrap_or_else(|e| panic!("on-disk state: cannot commit a flush: {e}"));
+        self.flushed_pop_seq = self.meta.next_pop_seq;
         if self.head.is_empty() {
             self.read_ahead();
         }
@@ -327,9 +332,64 @@ impl DiskState {
 
     /// Makes every flush so far durable (fsync).
     pub fn persist(&self) {
-        self.keyspace
-            .persist(fjall::PersistMode::SyncAll)
-            .unwrap_or_else(|e| panic!("on-disk state: cannot make it durable: {e}"));
+        self.persister().persist();
+    }
+
+    /// A handle that makes flushes durable from another thread, so a checkpoint's fsync need
+    /// not hold up the thread applying commands.
+    pub fn persister(&self) -> Persister {
+        Persister(self.keyspace.clone())
+    }
+
+    /// Whether nothing is remembered and nothing queued, flushed or not.
+    pub fn is_empty(&self) -> bool {
+        self.meta.ids == 0 && self.meta.next_pop_seq == self.meta.next_queue_seq
+    }
+
+    /// A consistent read-only view of the state as of the last flush, for reading it out while
+    /// the ledger goes on applying (its later writes are buffered until the next flush, and a
+    /// later flush does not change what the view sees).
+    pub fn checkpoint_view(&self) -> CheckpointView {
+        let at = self.keyspace.instant();
+        CheckpointView {
+            ids: self.ids.snapshot_at(at),
+            rounds: self.rounds.snapshot_at(at),
+            queue: self.queue.snapshot_at(at),
+            meta: self.meta_part.snapshot_at(at),
+            next_pop_seq: self.flushed_pop_seq,
+        }
+    }
+
+    /// Fills an empty state with a retained image (a snapshot received from a peer, or the
+    /// in-memory state of a node switching to disk), flushing as it goes so the filters stay
+    /// sized for their spans. The intermediate flushes store empty metadata: a state whose
+    /// metadata is empty is not a checkpoint, and the caller discards it if the import is cut
+    /// short. The caller flushes its metadata at the end.
+    pub fn import(&mut self, retained: RetainedImage) {
+        assert!(self.is_empty(), "import into an empty state");
+        const FLUSH_EVERY: usize = 1 << 16;
+        let ids: FastMap<StateKey, IdRecord> = retained.ids.into_iter().collect();
+        let mut queued: HashSet<StateKey, foldhash::fast::RandomState> = HashSet::default();
+        for (n, (at, item)) in retained.retention.into_iter().enumerate() {
+            if let Retained::Id(key) = item {
+                // An id's first item remembers it; each later one is a requeue (the earlier items
+                // are then stale). An item whose id is gone is one whose pop would do nothing.
+                let Some(record) = ids.get(&key) else { continue };
+                if queued.insert(key) {
+                    self.insert_id(key, *record);
+                } else {
+                    self.requeue_id(key, *record);
+                }
+            }
+            self.push_retained(at, item);
+            if n % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                self.flush(&[]);
+            }
+        }
+        assert_eq!(queued.len(), ids.len(), "every remembered id has a queue item");
+        for (key, round) in retained.rounds {
+            self.put_round(key, round);
+        }
     }
 
     /// Seals the open bucket once it holds what it was sized for, and drops buckets whose whole
@@ -414,6 +474,58 @@ impl DiskState {
                 break;
             }
         }
+    }
+}
+
+/// Makes a [`DiskState`]'s flushes durable; see [`DiskState::persister`].
+#[derive(Clone)]
+pub struct Persister(fjall::Keyspace);
+
+impl Persister {
+    /// Makes every flush so far durable (fsync).
+    pub fn persist(&self) {
+        self.0
+            .persist(fjall::PersistMode::SyncAll)
+            .unwrap_or_else(|e| panic!("on-disk state: cannot make it durable: {e}"));
+    }
+}
+
+/// The state as of one flush; see [`DiskState::checkpoint_view`].
+pub struct CheckpointView {
+    ids: fjall::Snapshot,
+    rounds: fjall::Snapshot,
+    queue: fjall::Snapshot,
+    meta: fjall::Snapshot,
+    next_pop_seq: u64,
+}
+
+impl CheckpointView {
+    /// The bytes that flush stored.
+    pub fn user(&self) -> Vec<u8> {
+        let meta = self.meta.get(META_KEY).unwrap_or_else(|e| panic!("on-disk state: cannot read its metadata: {e}"));
+        meta.map_or_else(Vec::new, |m| decode::<Meta>(&m).user)
+    }
+
+    /// Everything retained, in an image's order (ids and rounds by key, the queue oldest
+    /// first). Reads the whole state: for sending it to a peer, off the apply path.
+    pub fn export(&self) -> RetainedImage {
+        fn all<T: serde::de::DeserializeOwned>(part: &fjall::Snapshot) -> Vec<(StateKey, T)> {
+            part.iter()
+                .map(|kv| {
+                    let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read it: {e}"));
+                    let key = StateKey::from_be_bytes(k.as_ref().try_into().expect("keys are 16 bytes"));
+                    (key, decode(&v))
+                })
+                .collect()
+        }
+        let mut retention = Vec::new();
+        for kv in self.queue.iter() {
+            let (_, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read the queue: {e}"));
+            let run: Vec<Queued> = decode(&v);
+            retention.extend(run.into_iter().filter(|q| q.seq >= self.next_pop_seq).map(|q| (q.at, q.item)));
+        }
+        // Big-endian keys iterate in the keys' numeric order.
+        RetainedImage { ids: all(&self.ids), rounds: all(&self.rounds), retention }
     }
 }
 

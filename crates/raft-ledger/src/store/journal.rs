@@ -311,7 +311,6 @@ impl Journal {
     }
 
     /// Where the journal ends now.
-    #[cfg(test)]
     pub(crate) fn point(&self) -> JournalPoint {
         JournalPoint { entries: self.len, bytes: self.end, head: self.head }
     }
@@ -347,7 +346,6 @@ impl Journal {
     }
 
     /// Makes every appended entry durable.
-    #[cfg(test)]
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync()
     }

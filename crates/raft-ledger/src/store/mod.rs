@@ -1,10 +1,12 @@
 //! Durable storage of a node: the shared write-ahead log, and per shard a journal of ledger
 //! entries and a snapshot. Everything goes through an injected [`vfs::Vfs`], except
-//! [`DiskState`], the retained state on disk (fjall does its own file IO).
+//! [`DiskState`], the retained state on disk (fjall does its own file IO), used when a node keeps
+//! its state on disk ([`StateStorage::Disk`]).
 
 pub(crate) mod disk_state;
 pub(crate) mod journal;
 pub(crate) mod log_store;
+pub(crate) mod shard_ledger;
 pub(crate) mod state_machine;
 pub mod vfs;
 pub(crate) mod wal;
@@ -12,9 +14,10 @@ pub(crate) mod wal;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use disk_state::{DiskState, DiskStateError};
+pub use disk_state::{CheckpointView, DiskState, DiskStateError, Persister};
 pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
+pub use shard_ledger::{ShardLedger, StateStorage};
 pub use state_machine::{ApplyHook, LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};
 pub use wal::{IoMode, RecoveryReport, WalError};
 

@@ -11,6 +11,24 @@
 //!
 //! File `snapshot.bin`: `"LSNP" | version 2 | SHA-256 of body | body (postcard SnapshotState)`,
 //! replaced atomically.
+//!
+//! # Checkpoints, when the retained state is on disk
+//!
+//! With [`StateStorage::Disk`] the retained state lives in a [`DiskState`] under
+//! `state/<generation>/`, and a snapshot is a checkpoint of it instead of an image: between two
+//! apply batches the journal is fsynced and the state's buffered writes are flushed together with
+//! a [`Checkpoint`] (the snapshot's metadata, the ledger's accounts, holds and head, and the
+//! journal's length); the fsync of the state's files then runs off the apply path, and only then
+//! does openraft learn of the snapshot (and may purge the log behind it). Until the next
+//! checkpoint the state's writes stay in memory, and the Raft log since the checkpoint is their
+//! write-ahead log: a restart opens the files at the last checkpoint, cuts the journal there, and
+//! openraft re-applies the log since. Nothing is copied at a checkpoint but the accounts.
+//!
+//! A peer that needs the snapshot gets the checkpoint read out as an image (from a read-only view
+//! of the files as of that flush, off the apply path, in the same wire format as an in-memory
+//! node's), and a node on disk installs an image by importing it into a fresh generation
+//! directory, checkpointing it, and only then dropping the old one; a crash halfway leaves the
+//! old generation, which the next open uses.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,12 +42,14 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use super::disk_state::{CheckpointView, DiskState, DiskStateError, Persister};
 use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
+use super::shard_ledger::{Inner, ShardLedger, StateStorage};
 use super::vfs::{VFile, Vfs};
 use super::wal::IoMode;
 use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger_core::ShardId;
-use ledger_core::{Command, Ledger, LedgerConfig, LedgerImage};
+use ledger_core::{Command, CoreImage, Ledger, LedgerConfig, LedgerImage, LedgerState as _};
 use ledger_core::{Entry, Hash};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
@@ -53,6 +73,18 @@ pub enum StoreError {
     /// The journal is damaged.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The on-disk state cannot be opened.
+    #[error(transparent)]
+    Disk(#[from] DiskStateError),
+    /// The shard's state is on disk but the node was started to keep it in memory.
+    #[error(
+        "the state of the shard in {path} is kept on disk, but the node was started with its state in memory; \
+         start it with its state on disk"
+    )]
+    StateOnDisk {
+        /// The shard's directory.
+        path: String,
+    },
 }
 
 /// What a snapshot stores besides the journal.
@@ -74,11 +106,54 @@ impl SnapshotState {
     }
 }
 
-/// A snapshot's data: the encoded state and the journal prefix it covers.
+/// What a checkpoint of a shard whose retained state is on disk stores with it, as the state's
+/// flush metadata (`CHECKPOINT_VERSION | postcard`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    meta: SnapshotMeta,
+    core: CoreImage,
+    journal_entries: u64,
+    journal_bytes: u64,
+    journal_head: Hash,
+}
+
+const CHECKPOINT_VERSION: u8 = 1;
+
+impl Checkpoint {
+    fn journal_point(&self) -> JournalPoint {
+        JournalPoint { entries: self.journal_entries, bytes: self.journal_bytes, head: self.journal_head }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CHECKPOINT_VERSION];
+        out.extend(postcard::to_allocvec(self).expect("a checkpoint serialises"));
+        out
+    }
+
+    /// `None` for a state flushed without a checkpoint (new, or an import cut short).
+    fn decode(dir: &Path, bytes: &[u8]) -> Result<Option<Self>, StoreError> {
+        let bad = |what: String| StoreError::BadSnapshot { path: dir.display().to_string(), what };
+        match bytes.split_first() {
+            None => Ok(None),
+            Some((&CHECKPOINT_VERSION, body)) => postcard::from_bytes(body).map(Some).map_err(|e| bad(e.to_string())),
+            Some((v, _)) => Err(bad(format!("unknown checkpoint version {v}"))),
+        }
+    }
+}
+
+/// A snapshot's state: encoded, or a checkpoint on disk read out when it is needed.
+#[derive(Clone)]
+pub(crate) enum SnapshotBody {
+    /// postcard-encoded [`SnapshotState`].
+    Encoded(Arc<Vec<u8>>),
+    /// The retained state as of a checkpoint; the checkpoint's record is in its metadata.
+    Checkpoint(Arc<CheckpointView>),
+}
+
+/// A snapshot's data: its state and the journal prefix it covers.
 #[derive(Clone)]
 pub struct LedgerSnapshot {
-    /// postcard-encoded [`SnapshotState`].
-    pub(crate) state: Arc<Vec<u8>>,
+    pub(crate) state: SnapshotBody,
     /// The journal entries the state includes.
     pub(crate) journal: JournalPrefix,
     /// For a snapshot received from a peer: where its journal was written.
@@ -86,14 +161,37 @@ pub struct LedgerSnapshot {
 }
 
 impl LedgerSnapshot {
-    pub(crate) fn decode_state(&self) -> io::Result<SnapshotState> {
-        postcard::from_bytes(&self.state).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    /// The state in the wire format ([`SnapshotState`], postcard). A checkpoint on disk is read
+    /// out whole on a blocking thread.
+    pub(crate) async fn encoded_state(&self) -> io::Result<Arc<Vec<u8>>> {
+        match &self.state {
+            SnapshotBody::Encoded(bytes) => Ok(bytes.clone()),
+            SnapshotBody::Checkpoint(view) => {
+                let view = view.clone();
+                let read = move || -> io::Result<Arc<Vec<u8>>> {
+                    let cp = Checkpoint::decode(Path::new("checkpoint"), &view.user())
+                        .map_err(io::Error::other)?
+                        .ok_or_else(|| io::Error::other("the on-disk state has no checkpoint"))?;
+                    let state = SnapshotState {
+                        meta: cp.meta.clone(),
+                        image: LedgerImage::from_parts(cp.core.clone(), view.export()),
+                        journal_entries: cp.journal_entries,
+                        journal_bytes: cp.journal_bytes,
+                        journal_head: cp.journal_head,
+                    };
+                    Ok(Arc::new(postcard::to_allocvec(&state).expect("snapshot state serialises")))
+                };
+                tokio::task::spawn_blocking(read)
+                    .await
+                    .map_err(|_| io::Error::other("reading a checkpoint panicked"))?
+            }
+        }
     }
 }
 
 /// A shard's live state, shared by the state machine (writer) and readers.
 pub(crate) struct ShardState {
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: ShardLedger,
     pub(crate) last_applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
     pub(crate) journal: Journal,
@@ -122,6 +220,7 @@ pub struct LedgerStateMachine {
     vfs: Arc<dyn Vfs>,
     io: IoMode,
     dir: PathBuf,
+    storage: StateStorage,
     cell: Arc<ShardCell>,
     sink: Vec<Entry>,
     hook: Option<Arc<dyn ApplyHook>>,
@@ -134,7 +233,7 @@ pub struct LedgerStateMachine {
 pub trait ApplyHook: Send + Sync {
     /// The command to apply instead of `cmd` (at Raft log index `index`), or `None` to apply
     /// `cmd` as it is.
-    fn before_apply(&self, ledger: &Ledger, cmd: &Command, index: u64) -> Option<Command>;
+    fn before_apply(&self, ledger: &ShardLedger, cmd: &Command, index: u64) -> Option<Command>;
 }
 
 fn snapshot_path(dir: &Path) -> PathBuf {
@@ -143,6 +242,62 @@ fn snapshot_path(dir: &Path) -> PathBuf {
 
 fn journal_path(dir: &Path) -> PathBuf {
     dir.join("journal.log")
+}
+
+/// Where the generations of a shard's on-disk state live.
+fn state_root(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
+/// Opens the newest generation of a shard's on-disk state that holds a checkpoint, and removes
+/// the others (older ones, and a newer one whose import was cut short). Without any, starts
+/// generation 0 afresh. fjall does its own file IO, so this uses the OS directly.
+fn open_disk_state(dir: &Path, cache_bytes: u64) -> Result<(DiskState, Option<Checkpoint>, PathBuf), StoreError> {
+    let root = state_root(dir);
+    std::fs::create_dir_all(&root)?;
+    let mut generations: Vec<u64> = Vec::new();
+    for e in std::fs::read_dir(&root)? {
+        if let Some(g) = e?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            generations.push(g);
+        }
+    }
+    generations.sort_unstable_by(|a, b| b.cmp(a));
+    let mut chosen = None;
+    for g in generations {
+        let path = root.join(g.to_string());
+        if chosen.is_none() {
+            let (state, user) = DiskState::open(&path, cache_bytes)?;
+            if let Some(cp) = Checkpoint::decode(&path, &user)? {
+                chosen = Some((state, Some(cp), path));
+                continue;
+            }
+        }
+        tracing::info!(path = %path.display(), "removing an unused generation of on-disk state");
+        std::fs::remove_dir_all(&path)?;
+    }
+    match chosen {
+        Some(c) => Ok(c),
+        None => {
+            let path = root.join("0");
+            let (state, _) = DiskState::open(&path, cache_bytes)?;
+            Ok((state, None, path))
+        }
+    }
+}
+
+/// Makes the journal durable, then flushes the on-disk state with `cp` and makes it durable, all
+/// on the calling thread (opening and installing, not the apply path).
+fn checkpoint_durably(journal: &Journal, ledger: &mut Ledger<DiskState>, cp: &Checkpoint) -> io::Result<()> {
+    journal.sync()?;
+    ledger.state_mut().flush(&cp.encode());
+    ledger.state().persist();
+    Ok(())
+}
+
+/// The directory of the generation after `current`'s.
+fn next_generation(current: &Path) -> PathBuf {
+    let g: u64 = current.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    current.with_file_name((g + 1).to_string())
 }
 
 /// Where a snapshot received from a peer is written before it is verified and installed.
@@ -176,13 +331,15 @@ fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, SnapshotS
 }
 
 impl LedgerStateMachine {
-    /// Loads a shard from `dir`: its snapshot if any, and its journal up to that snapshot.
+    /// Loads a shard from `dir`: its snapshot (or on-disk checkpoint) if any, and its journal up
+    /// to that point.
     pub(crate) fn open(
         vfs: Arc<dyn Vfs>,
         io: IoMode,
         dir: &Path,
         shard: ShardId,
         config: LedgerConfig,
+        storage: StateStorage,
         hook: Option<Arc<dyn ApplyHook>>,
     ) -> Result<(Self, Arc<ShardCell>), StoreError> {
         vfs.create_dir_all(dir)?;
@@ -193,60 +350,166 @@ impl LedgerStateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let keep = snapshot.as_ref().map_or(JournalPoint::empty(shard), SnapshotState::journal_point);
-        let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, keep)?;
-        let state = match snapshot {
-            Some(s) => {
-                assert_eq!(s.image.shard(), shard, "snapshot of another shard");
-                ShardState {
-                    ledger: Ledger::from_image(s.image),
-                    last_applied: s.meta.last_log_id,
-                    membership: s.meta.last_membership,
-                    journal,
+        if let Some(s) = &snapshot {
+            assert_eq!(s.image.shard(), shard, "snapshot of another shard");
+        }
+        let state = match storage {
+            StateStorage::Memory => {
+                if state_root(dir).exists() {
+                    return Err(StoreError::StateOnDisk { path: dir.display().to_string() });
+                }
+                let keep = snapshot.as_ref().map_or(JournalPoint::empty(shard), SnapshotState::journal_point);
+                let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, keep)?;
+                match snapshot {
+                    Some(s) => ShardState {
+                        ledger: ShardLedger::memory(Ledger::from_image(s.image)),
+                        last_applied: s.meta.last_log_id,
+                        membership: s.meta.last_membership,
+                        journal,
+                    },
+                    None => ShardState {
+                        ledger: ShardLedger::memory(Ledger::new(shard, config)),
+                        last_applied: None,
+                        membership: StoredMembership::default(),
+                        journal,
+                    },
                 }
             }
-            None => ShardState {
-                ledger: Ledger::new(shard, config),
-                last_applied: None,
-                membership: StoredMembership::default(),
-                journal,
-            },
+            StateStorage::Disk { cache_bytes } => {
+                let (mut disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
+                match (checkpoint, snapshot) {
+                    (Some(cp), _) => {
+                        let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, cp.journal_point())?;
+                        assert_eq!(cp.core.shard(), shard, "checkpoint of another shard");
+                        tracing::info!(
+                            %shard,
+                            last_log_id = ?cp.meta.last_log_id,
+                            ids = disk.remembered_ids(),
+                            "opened the on-disk state at its last checkpoint"
+                        );
+                        ShardState {
+                            last_applied: cp.meta.last_log_id,
+                            membership: cp.meta.last_membership,
+                            ledger: ShardLedger::disk(Ledger::from_core_image(cp.core, disk), &state_dir),
+                            journal,
+                        }
+                    }
+                    (None, Some(s)) => {
+                        // The node kept this shard in memory until now: move its last snapshot
+                        // onto disk, checkpoint it, and retire the image.
+                        let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, s.journal_point())?;
+                        let (core, retained) = s.image.into_parts();
+                        disk.import(retained);
+                        let mut ledger = Ledger::from_core_image(core, disk);
+                        let cp = Checkpoint {
+                            meta: s.meta.clone(),
+                            core: ledger.core_image(),
+                            journal_entries: s.journal_entries,
+                            journal_bytes: s.journal_bytes,
+                            journal_head: s.journal_head,
+                        };
+                        checkpoint_durably(&journal, &mut ledger, &cp)?;
+                        tracing::info!(%shard, last_log_id = ?s.meta.last_log_id, "moved the shard's state onto disk");
+                        ShardState {
+                            ledger: ShardLedger::disk(ledger, &state_dir),
+                            last_applied: s.meta.last_log_id,
+                            membership: s.meta.last_membership,
+                            journal,
+                        }
+                    }
+                    (None, None) => ShardState {
+                        ledger: ShardLedger::disk(Ledger::with_state(shard, config, disk), &state_dir),
+                        last_applied: None,
+                        membership: StoredMembership::default(),
+                        journal: Journal::open(vfs.as_ref(), &journal_path(dir), shard, JournalPoint::empty(shard))?,
+                    },
+                }
+            }
         };
+        if matches!(storage, StateStorage::Disk { .. }) {
+            // Retired by the checkpoint above, or left from the node's in-memory days.
+            vfs.remove(&snap_path)?;
+        }
         assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
         let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
-        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), cell: cell.clone(), sink: Vec::new(), hook };
+        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), storage, cell: cell.clone(), sink: Vec::new(), hook };
         Ok((sm, cell))
     }
 
     /// Captures the state between two apply batches. This runs on the apply path, so it only
-    /// copies; the expensive work happens in [`LedgerSnapshotBuilder::build_snapshot`].
+    /// copies (in memory) or flushes the writes buffered since the last checkpoint (on disk);
+    /// the expensive work happens in [`LedgerSnapshotBuilder::build_snapshot`].
     fn builder(&self) -> LedgerSnapshotBuilder {
         // The runtime's clock, not the OS's: under the simulator a seed's trace must not carry
         // wall-clock durations.
         let started = tokio::time::Instant::now();
-        let st = self.cell.read();
-        let builder = LedgerSnapshotBuilder {
+        let builder = match self.storage {
+            // A copy needs only a read: readers go on reading meanwhile.
+            StateStorage::Memory => {
+                let st = self.cell.read();
+                let Inner::Memory(ledger) = &st.ledger.0 else { unreachable!("the state is where it was opened") };
+                self.builder_of(&st, Work::Image(ledger.clone()))
+            }
+            StateStorage::Disk { .. } => {
+                let mut st = self.cell.write();
+                let st = &mut *st;
+                let Inner::Disk(d) = &mut st.ledger.0 else { unreachable!("the state is where it was opened") };
+                let cp = Checkpoint {
+                    meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
+                    core: d.ledger.core_image(),
+                    journal_entries: st.journal.point().entries,
+                    journal_bytes: st.journal.point().bytes,
+                    journal_head: st.journal.point().head,
+                };
+                // The checkpoint names the journal's length, so the journal must be durable
+                // before the checkpoint can be: fsync it first, here, between two batches.
+                let work = match st.journal.sync() {
+                    Ok(()) => {
+                        d.ledger.state_mut().flush(&cp.encode());
+                        let state = d.ledger.state();
+                        Work::Checkpoint(state.persister(), Arc::new(state.checkpoint_view()))
+                    }
+                    Err(e) => Work::Failed(e),
+                };
+                self.builder_of(st, work)
+            }
+        };
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "snapshot state captured");
+        builder
+    }
+
+    fn builder_of(&self, st: &ShardState, work: Work) -> LedgerSnapshotBuilder {
+        LedgerSnapshotBuilder {
             vfs: self.vfs.clone(),
             io: self.io,
             path: snapshot_path(&self.dir),
             meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
-            ledger: Some(st.ledger.clone()),
+            work: Some(work),
             journal: st.journal.whole(),
             journal_head: st.journal.head(),
-        };
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "snapshot state copied");
-        builder
+        }
     }
 }
 
-/// Builds a snapshot from a copy of the state taken between two apply batches.
+/// What a snapshot builder has left to do.
+#[allow(clippy::large_enum_variant, reason = "one per snapshot")]
+enum Work {
+    /// Check, encode and write this copy of the in-memory ledger.
+    Image(Ledger),
+    /// Make the checkpoint just flushed durable.
+    Checkpoint(Persister, Arc<CheckpointView>),
+    /// The journal could not be made durable: no checkpoint was taken.
+    Failed(io::Error),
+}
+
+/// Builds a snapshot from what was captured between two apply batches.
 pub struct LedgerSnapshotBuilder {
     vfs: Arc<dyn Vfs>,
     io: IoMode,
     path: PathBuf,
     meta: SnapshotMeta,
-    ledger: Option<Ledger>,
+    work: Option<Work>,
     journal: JournalPrefix,
     journal_head: Hash,
 }
@@ -257,43 +520,67 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>, io::Error> {
-        let ledger = self.ledger.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
-        let (vfs, path, meta, journal, journal_head) =
-            (self.vfs.clone(), self.path.clone(), self.meta.clone(), self.journal.clone(), self.journal_head);
+        let work = self.work.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let started = tokio::time::Instant::now();
-        let work = move || -> io::Result<Vec<u8>> {
-            // Full invariant check before anything is persisted.
-            ledger.check_invariants();
-            let state = SnapshotState {
-                meta,
-                image: ledger.to_image(),
-                journal_entries: journal.entries,
-                journal_bytes: journal.bytes,
-                journal_head,
-            };
-            let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
-            // The journal prefix must be durable before a snapshot that relies on it, because logs
-            // up to the snapshot are purged once it exists.
-            journal.file.sync()?;
-            vfs.write_atomic(&path, &encode_snapshot_file(&bytes))?;
-            Ok(bytes)
+        let body = match work {
+            Work::Failed(e) => return Err(e),
+            Work::Checkpoint(persister, view) => {
+                let persist = move || {
+                    persister.persist();
+                    Ok(())
+                };
+                match self.io {
+                    IoMode::Thread => in_background(persist).await?,
+                    IoMode::Task => persist()?,
+                }
+                tracing::debug!(
+                    last_log_id = ?self.meta.last_log_id,
+                    journal_entries = self.journal.entries,
+                    ms = started.elapsed().as_millis() as u64,
+                    "checkpoint made durable"
+                );
+                SnapshotBody::Checkpoint(view)
+            }
+            Work::Image(ledger) => {
+                let (vfs, path, meta, journal, journal_head) =
+                    (self.vfs.clone(), self.path.clone(), self.meta.clone(), self.journal.clone(), self.journal_head);
+                let work = move || -> io::Result<Vec<u8>> {
+                    // Full invariant check before anything is persisted.
+                    ledger.check_invariants();
+                    let state = SnapshotState {
+                        meta,
+                        image: ledger.to_image(),
+                        journal_entries: journal.entries,
+                        journal_bytes: journal.bytes,
+                        journal_head,
+                    };
+                    let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
+                    // The journal prefix must be durable before a snapshot that relies on it,
+                    // because logs up to the snapshot are purged once it exists.
+                    journal.file.sync()?;
+                    vfs.write_atomic(&path, &encode_snapshot_file(&bytes))?;
+                    Ok(bytes)
+                };
+                // Sorting, encoding and fsyncing a large state takes a while; keep it off the
+                // runtime's worker threads in production. The simulator's disk must be used
+                // from its own tasks.
+                let bytes = match self.io {
+                    IoMode::Thread => in_background(work).await?,
+                    IoMode::Task => work()?,
+                };
+                tracing::debug!(
+                    last_log_id = ?self.meta.last_log_id,
+                    journal_entries = self.journal.entries,
+                    bytes = bytes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
+                SnapshotBody::Encoded(Arc::new(bytes))
+            }
         };
-        // Sorting, encoding and fsyncing a large state takes a while; keep it off the runtime's
-        // worker threads in production. The simulator's disk must be used from its own tasks.
-        let bytes = match self.io {
-            IoMode::Thread => in_background(work).await?,
-            IoMode::Task => work()?,
-        };
-        tracing::debug!(
-            last_log_id = ?self.meta.last_log_id,
-            journal_entries = self.journal.entries,
-            bytes = bytes.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        );
         Ok(openraft::Snapshot {
             meta: self.meta.clone(),
-            snapshot: LedgerSnapshot { state: Arc::new(bytes), journal: self.journal.clone(), received_at: None },
+            snapshot: LedgerSnapshot { state: body, journal: self.journal.clone(), received_at: None },
         })
     }
 }
@@ -389,7 +676,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
-        let state = snapshot.decode_state()?;
+        let encoded = snapshot.encoded_state().await?;
+        let state: SnapshotState =
+            postcard::from_bytes(&encoded).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         if state.image.shard() != self.shard {
             return Err(invalid("snapshot belongs to another shard"));
@@ -412,8 +701,38 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     st.journal = journal;
                 }
             }
-            self.vfs.write_atomic(&snapshot_path(&self.dir), &encode_snapshot_file(&snapshot.state))?;
-            st.ledger = Ledger::from_image(state.image);
+            match self.storage {
+                StateStorage::Memory => {
+                    self.vfs.write_atomic(&snapshot_path(&self.dir), &encode_snapshot_file(&encoded))?;
+                    st.ledger = ShardLedger::memory(Ledger::from_image(state.image));
+                }
+                StateStorage::Disk { cache_bytes } => {
+                    // Into a fresh generation, checkpointed before the current one is dropped:
+                    // a crash halfway leaves the current one, which the next open uses.
+                    let Inner::Disk(current) = &st.ledger.0 else { unreachable!("the state is where it was opened") };
+                    let (old_dir, dir) = (current.dir.clone(), next_generation(&current.dir));
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)?;
+                    }
+                    let (mut disk, _) = DiskState::open(&dir, cache_bytes).map_err(io::Error::other)?;
+                    let (core, retained) = state.image.into_parts();
+                    disk.import(retained);
+                    let mut ledger = Ledger::from_core_image(core, disk);
+                    let cp = Checkpoint {
+                        meta: meta.clone(),
+                        core: ledger.core_image(),
+                        journal_entries: state.journal_entries,
+                        journal_bytes: state.journal_bytes,
+                        journal_head: state.journal_head,
+                    };
+                    checkpoint_durably(&st.journal, &mut ledger, &cp)?;
+                    st.ledger = ShardLedger::disk(ledger, &dir);
+                    if let Err(e) = std::fs::remove_dir_all(&old_dir) {
+                        // The next open removes it.
+                        tracing::warn!(path = %old_dir.display(), error = %e, "could not remove the replaced on-disk state");
+                    }
+                }
+            }
             st.last_applied = meta.last_log_id;
             st.membership = meta.last_membership.clone();
             st.journal.len()
@@ -426,6 +745,25 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::type_config::alias::SnapshotOf<TypeConfig, LedgerSnapshot>>, io::Error> {
+        if let StateStorage::Disk { .. } = self.storage {
+            let st = self.cell.read();
+            let Inner::Disk(d) = &st.ledger.0 else { unreachable!("the state is where it was opened") };
+            let view = d.ledger.state().checkpoint_view();
+            let Some(cp) = Checkpoint::decode(&d.dir, &view.user()).map_err(io::Error::other)? else {
+                return Ok(None);
+            };
+            if st.journal.len() < cp.journal_entries {
+                return Err(io::Error::other("journal is shorter than the current checkpoint"));
+            }
+            return Ok(Some(openraft::Snapshot {
+                snapshot: LedgerSnapshot {
+                    state: SnapshotBody::Checkpoint(Arc::new(view)),
+                    journal: st.journal.prefix(cp.journal_entries)?,
+                    received_at: None,
+                },
+                meta: cp.meta,
+            }));
+        }
         let path = snapshot_path(&self.dir);
         let bytes = match self.vfs.read(&path) {
             Ok(b) => b,
@@ -440,7 +778,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Ok(Some(openraft::Snapshot {
             meta: state.meta,
             snapshot: LedgerSnapshot {
-                state: Arc::new(body),
+                state: SnapshotBody::Encoded(Arc::new(body)),
                 journal: st.journal.prefix(state.journal_entries)?,
                 received_at: None,
             },
@@ -475,7 +813,7 @@ impl SnapshotReceiver {
     /// Completes the snapshot data. The journal is verified when the snapshot is installed.
     pub(crate) fn finish(self, state: Vec<u8>, journal_entries: u64) -> LedgerSnapshot {
         LedgerSnapshot {
-            state: Arc::new(state),
+            state: SnapshotBody::Encoded(Arc::new(state)),
             journal: JournalPrefix { file: self.file, entries: journal_entries, bytes: self.written },
             received_at: Some(self.path),
         }

@@ -7,6 +7,7 @@ use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 
 use super::log_store::LogStore;
+use super::shard_ledger::StateStorage;
 use super::state_machine::LedgerStateMachine;
 use super::vfs::StdFs;
 use super::wal::{IoMode, Wal};
@@ -14,7 +15,8 @@ use crate::raft::TypeConfig;
 use ledger_core::LedgerConfig;
 use ledger_core::ShardId;
 
-struct Builder;
+/// Stores where the state machine keeps its retained state as told.
+struct Builder(StateStorage);
 
 impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, LedgerStateMachine), StorageError<TypeConfig>> {
@@ -27,6 +29,7 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
             &dir.path().join("shard-0"),
             ShardId(0),
             LedgerConfig::default(),
+            self.0,
             None,
         )
         .expect("open state machine");
@@ -36,7 +39,12 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_conformance_suite() {
-    Suite::test_all(Builder).await.expect("storage suite");
+    Suite::test_all(Builder(StateStorage::Memory)).await.expect("storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_conformance_suite_with_the_state_on_disk() {
+    Suite::test_all(Builder(StateStorage::Disk { cache_bytes: 1 << 20 })).await.expect("storage suite");
 }
 
 mod wal {
