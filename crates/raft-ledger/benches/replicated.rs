@@ -1,6 +1,7 @@
 //! Replicated commit throughput and latency on a 3-node loopback cluster with fsync on.
 //!
-//! `cargo bench -p raft-ledger --bench replicated -- [--clients 1,64,1024] [--secs 10] [--shards 4]`
+//! `cargo bench -p raft-ledger --bench replicated -- [--clients 1,64,1024] [--secs 10] [--shards 4]
+//! [--state memory|disk] [--snapshot-every N]`
 //!
 //! Three real nodes run in this process, each with its own data directory, write-ahead log and
 //! fsync, talking gRPC over loopback. Clients are tasks that send bets through the node API (the
@@ -46,6 +47,13 @@ struct Args {
     /// Open-loop rates to run (ops/s); default: half of the best closed-loop rate.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
+    /// Where each shard keeps its retained ids and rounds: memory, or disk (fjall, issue 18).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "disk"])]
+    state: String,
+    /// A snapshot (on disk: a checkpoint) every this many log entries (the node's default
+    /// unless given).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -233,7 +241,13 @@ async fn main() {
         listeners.push(listener);
     }
     for (listener, (id, info)) in listeners.into_iter().zip(members.clone()) {
-        let config = NodeConfig::new(id, info, tmp.path().join(format!("node-{id}")), args.shards);
+        let mut config = NodeConfig::new(id, info, tmp.path().join(format!("node-{id}")), args.shards);
+        if args.state == "disk" {
+            config.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 64 << 20 };
+        }
+        if let Some(every) = args.snapshot_every {
+            config.snapshot_every = every;
+        }
         let node = LedgerNode::start(config, NodeEnv::production(key.clone())).await.expect("node");
         let serving = node.clone();
         tokio::spawn(async move { serving.serve(listener).await });
@@ -246,8 +260,10 @@ async fn main() {
     let players = setup_players(client.clone(), max_clients.max(64)).await;
 
     println!(
-        "replicated commit: 3 nodes on loopback, fsync on, {} shards, {} cores, {} s per run",
+        "replicated commit: 3 nodes on loopback, fsync on, {} shards, state in {}, snapshot every {} entries, {} cores, {} s per run",
         args.shards,
+        args.state,
+        nodes[0].config().snapshot_every,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.secs
     );

@@ -1,7 +1,12 @@
 //! Restart time against history: how long a node takes from start to serving again, at growing
 //! journal lengths.
 //!
-//! `cargo bench -p raft-ledger --bench restart -- [--entries 1000000,10000000] [--dir DIR]`
+//! `cargo bench -p raft-ledger --bench restart -- [--entries 1000000,10000000] [--dir DIR]
+//! [--state memory|disk] [--retain-all]`
+//!
+//! With `--retain-all` cluster time runs at the wall clock's pace, so every id written stays in
+//! the 7-day window: restart time against retained ids (issue 18), in memory (the snapshot is an
+//! image of them all) or on disk (a checkpoint of the state's files).
 //!
 //! A one-node cluster (fsync on) takes deposits in batches of 1024 until its shard's journal
 //! holds each target number of entries less a tail, takes a snapshot, writes the tail (`--tail`,
@@ -15,6 +20,8 @@
 
 // Floats here are durations for the report, never money.
 #![allow(clippy::float_arithmetic)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -43,6 +50,13 @@ struct Args {
     /// Ledger entries written after the last snapshot before each restart.
     #[arg(long, default_value_t = 50_000)]
     tail: u64,
+    /// Where the shard keeps its retained ids and rounds: memory, or disk (fjall, issue 18).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "disk"])]
+    state: String,
+    /// Retain every id written (cluster time at the wall clock's pace, the default id window)
+    /// instead of a window under a second long: restart against retained ids, not history.
+    #[arg(long)]
+    retain_all: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -50,9 +64,14 @@ struct Args {
 const PLAYERS: usize = 10_000;
 const BATCH: usize = 1024;
 
-fn config(dir: &std::path::Path, addr: &str) -> NodeConfig {
+fn config(dir: &std::path::Path, addr: &str, args: &Args) -> NodeConfig {
     let mut c = NodeConfig::new(1, NodeInfo::new(addr, "r1", "z1"), dir, 1);
-    c.ledger = LedgerConfig { id_retention_ms: ledger_core::HOLD_TIMEOUT_MAX_MS };
+    if !args.retain_all {
+        c.ledger = LedgerConfig { id_retention_ms: ledger_core::HOLD_TIMEOUT_MAX_MS };
+    }
+    if args.state == "disk" {
+        c.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 64 << 20 };
+    }
     // A snapshot every 1000 log entries (about a million ledger entries), as a busy shard
     // would take them with the default every 10,000 entries of smaller batches.
     c.snapshot_every = 1_000;
@@ -60,12 +79,12 @@ fn config(dir: &std::path::Path, addr: &str) -> NodeConfig {
     c
 }
 
-/// Cluster time at 100,000 times the wall clock's pace, from a fixed start.
-struct FastClock(Instant);
+/// Cluster time at `.1` times the wall clock's pace, from a fixed start.
+struct FastClock(Instant, u64);
 
 impl Clock for FastClock {
     fn now(&self) -> ClusterTime {
-        ClusterTime::from_millis(1_800_000_000_000 + self.0.elapsed().as_micros() as u64 * 100)
+        ClusterTime::from_millis(1_800_000_000_000 + self.0.elapsed().as_micros() as u64 * self.1 / 1000)
     }
 }
 
@@ -73,11 +92,13 @@ async fn start(
     dir: &std::path::Path,
     key: &ClusterKey,
     addr: &mut String,
+    args: &Args,
 ) -> (LedgerNode, tokio::task::JoinHandle<()>) {
     let listener = Listener::bind_tcp(if addr.is_empty() { "127.0.0.1:0" } else { addr.as_str() }).await.expect("bind");
     *addr = listener.local_addr().expect("addr").to_string();
-    let env = NodeEnv { clock: Arc::new(FastClock(*EPOCH)), ..NodeEnv::production(key.clone()) };
-    let node = LedgerNode::start(config(dir, addr), env).await.expect("start");
+    let speed = if args.retain_all { 1 } else { 100_000 };
+    let env = NodeEnv { clock: Arc::new(FastClock(*EPOCH, speed)), ..NodeEnv::production(key.clone()) };
+    let node = LedgerNode::start(config(dir, addr, args), env).await.expect("start");
     let serving = node.clone();
     let server = tokio::spawn(async move {
         serving.serve(listener).await.expect("serve");
@@ -106,7 +127,7 @@ async fn main() {
     let (key, _) = ClusterKey::generate();
     let eur = Currency::new("EUR").expect("EUR");
     let mut addr = String::new();
-    let (mut node, mut server) = start(&dir, &key, &mut addr).await;
+    let (mut node, mut server) = start(&dir, &key, &mut addr, &args).await;
     node.bootstrap(&BTreeMap::from([(1, node.config().info.clone())])).await.expect("bootstrap");
     wait_serving(&node).await;
     let players: Vec<PlayerId> = (0..PLAYERS).map(|i| PlayerId::new(format!("p{i}")).expect("id")).collect();
@@ -121,10 +142,14 @@ async fn main() {
             .collect();
         node.submit_batch(0, opens, Duration::from_secs(60)).await.expect("open");
     }
-    println!("restart time against history (one node, one shard, fsync on; journal entries of ~200 bytes)");
     println!(
-        "{:>12} {:>10} {:>12} {:>10} {:>14} {:>16} {:>18}",
-        "entries", "journal", "write s", "log tail", "start ms", "serving ms", "full replay ms"
+        "restart time against history (one node, one shard, fsync on; journal entries of ~200 bytes; state in {}; {})",
+        args.state,
+        if args.retain_all { "every id retained" } else { "an id window under a second long" }
+    );
+    println!(
+        "{:>12} {:>10} {:>10} {:>12} {:>10} {:>14} {:>16} {:>18}",
+        "entries", "journal", "state", "write s", "log tail", "start ms", "serving ms", "full replay ms"
     );
     let mut written = PLAYERS as u64;
     let mut next_tx = 0u64;
@@ -167,10 +192,16 @@ async fn main() {
         let snapshot_at = node.status().shard(0).and_then(|s| s.snapshot).unwrap_or(0);
         let log_tail = node.status().shard(0).and_then(|s| s.last_log_index).unwrap_or(0) - snapshot_at;
         let journal_mb = std::fs::metadata(dir.join("shards/0/journal.log")).map_or(0, |m| m.len()) >> 20;
+        // The snapshot image in memory mode, the state's files on disk.
+        let state_mb = (std::fs::metadata(dir.join("shards/0/snapshot.bin")).map_or(0, |m| m.len())
+            + common::disk_bytes(&dir.join("shards/0/state")))
+            >> 20;
         node.shutdown().await;
         let _ = server.await;
+        // Release the node's files (its on-disk state) before another opens them.
+        drop(node);
         let t = Instant::now();
-        let (restarted, restarted_server) = start(&dir, &key, &mut addr).await;
+        let (restarted, restarted_server) = start(&dir, &key, &mut addr, &args).await;
         let start_ms = t.elapsed().as_secs_f64() * 1e3;
         wait_serving(&restarted).await;
         let serving_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -180,11 +211,13 @@ async fn main() {
         assert_eq!(report.entries, written_now, "every entry is there");
         let replay_ms = v.elapsed().as_secs_f64() * 1e3;
         println!(
-            "{:>12} {:>8}MB {:>12.1} {:>10} {:>14.1} {:>16.1} {:>18.1}",
-            written_now, journal_mb, write_s, log_tail, start_ms, serving_ms, replay_ms
+            "{:>12} {:>8}MB {:>8}MB {:>12.1} {:>10} {:>14.1} {:>16.1} {:>18.1}",
+            written_now, journal_mb, state_mb, write_s, log_tail, start_ms, serving_ms, replay_ms
         );
         (node, server) = (restarted, restarted_server);
     }
     node.shutdown().await;
     let _ = server.await;
+    let m = common::memory();
+    println!("this process: {} MiB resident, {} MiB at peak", m.resident >> 20, m.peak >> 20);
 }

@@ -55,6 +55,9 @@ const BUCKET_MIN_KEYS: u64 = if cfg!(test) { 16 } else { 1 << 16 };
 const FILTER_BITS_PER_KEY: u64 = 10;
 const FILTER_HASHES: u32 = 7;
 
+/// The most journal fjall keeps (and replays on open); its minimum is 24 MiB.
+const JOURNALING_BYTES_MAX: u64 = 32 << 20;
+
 /// The metadata key under which a flush stores the counters and the caller's bytes.
 const META_KEY: &[u8] = b"meta";
 
@@ -212,7 +215,12 @@ impl DiskState {
     /// Opens (or creates) the state in `dir`, with a block cache of `cache_bytes`, and returns it
     /// with the bytes the last flush stored (empty for a new state).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Self, Vec<u8>), DiskStateError> {
-        let keyspace = fjall::Config::new(dir).cache_size(cache_bytes).open()?;
+        // fjall keeps a journal until every partition's memtable holding its writes is flushed,
+        // and replays the journals on open. The small partitions (metadata, filters) fill their
+        // memtables slowly and would pin up to 512 MiB of journal (3 s of replay at 1M ids);
+        // a cap of 32 MiB forces their flush and bounds the replay.
+        let keyspace =
+            fjall::Config::new(dir).cache_size(cache_bytes).max_journaling_size(JOURNALING_BYTES_MAX).open()?;
         let opts = fjall::PartitionCreateOptions::default;
         let ids = keyspace.open_partition("ids", opts())?;
         let rounds = keyspace.open_partition("rounds", opts())?;
