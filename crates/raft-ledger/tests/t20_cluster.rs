@@ -92,6 +92,23 @@ async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balance
     cluster.shutdown().await;
 }
 
+/// Stops a follower of shard 0, wipes its data directory, removes it from the shard and adds a
+/// fresh node `new` in its place (learner, then voter). Adding the learner blocks until it has
+/// caught up; with the leader's log purged, that is a snapshot install.
+async fn replace_a_wiped_follower(cluster: &mut Cluster, leader: u64, new: u64) {
+    let wiped = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
+    cluster.stop(wiped).await;
+    std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
+    let raft = cluster.node(leader).raft(0).unwrap();
+    let survivors: BTreeSet<u64> = cluster.members.keys().copied().filter(|id| *id != wiped).collect();
+    raft.change_membership(survivors.clone(), false).await.unwrap();
+    let info = cluster.add_member(new).await.info.clone();
+    raft.add_learner(new, info, true).await.unwrap();
+    let mut voters = survivors;
+    voters.insert(new);
+    raft.change_membership(voters, false).await.unwrap();
+}
+
 fn small_snapshots(config: &mut raft_ledger::node::NodeConfig) {
     config.snapshot_every = 20;
     config.logs_kept_after_snapshot = 0;
@@ -113,21 +130,8 @@ async fn t22_a_wiped_replica_rejoins_under_a_new_id_and_catches_up_by_snapshot()
     .await
     .expect("the leader snapshots and purges its log");
 
-    // Node 3 loses its disk. It may only come back under a new id.
-    let wiped = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
-    cluster.stop(wiped).await;
-    std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
-    let raft = cluster.node(leader).raft(0).unwrap();
-    let survivors: BTreeSet<u64> = cluster.members.keys().copied().filter(|id| *id != wiped).collect();
-    raft.change_membership(survivors.clone(), false).await.unwrap();
-
-    let info = cluster.add_member(4).await.info.clone();
-    // Blocks until the learner has caught up; the log it would need is purged, so this is a
-    // snapshot install.
-    raft.add_learner(4, info, true).await.unwrap();
-    let mut voters = survivors;
-    voters.insert(4);
-    raft.change_membership(voters, false).await.unwrap();
+    // A follower loses its disk. It may only come back under a new id.
+    replace_a_wiped_follower(&mut cluster, leader, 4).await;
 
     client.submit(deposit("after", "alice", 1)).await.ok();
     let client = cluster.client().await;
@@ -597,17 +601,7 @@ async fn t29_with_the_state_on_disk_nodes_checkpoint_restart_from_it_and_a_new_r
     wait_for(Duration::from_secs(10), || cluster.replica(leader, 0).purged.filter(|i| *i > purged).map(|_| ()))
         .await
         .expect("the leader checkpoints again");
-    let wiped = cluster.members.keys().copied().find(|id| *id != leader).unwrap();
-    cluster.stop(wiped).await;
-    std::fs::remove_dir_all(&cluster.members[&wiped].dir).unwrap();
-    let raft = cluster.node(leader).raft(0).unwrap();
-    let survivors: BTreeSet<u64> = cluster.members.keys().copied().filter(|id| *id != wiped).collect();
-    raft.change_membership(survivors.clone(), false).await.unwrap();
-    let info = cluster.add_member(4).await.info.clone();
-    raft.add_learner(4, info, true).await.unwrap();
-    let mut voters = survivors;
-    voters.insert(4);
-    raft.change_membership(voters, false).await.unwrap();
+    replace_a_wiped_follower(&mut cluster, leader, 4).await;
     assert!(applied(&client.submit(deposit("after", "alice", 1)).await.unwrap()));
     wait_for(Duration::from_secs(20), || (cluster.node(4).head(0) == cluster.node(leader).head(0)).then_some(()))
         .await
