@@ -158,6 +158,13 @@ fn check(script: &str) {
         assert_eq!(summary.balances, ledger_balances, "line {n}: replay disagrees with the ledger");
         let rebuilt = Ledger::from_image(ledger.to_image());
         assert_eq!(rebuilt.to_image(), ledger.to_image());
+        // What a checkpoint of an on-disk state stores (the core) and what a peer is sent (the
+        // image split in two and joined) rebuild the same ledger.
+        let (core, retained) = ledger.to_image().into_parts();
+        assert_eq!(core.head(), ledger.head());
+        assert_eq!(LedgerImage::from_parts(core.clone(), retained), ledger.to_image(), "line {n}");
+        let split = Ledger::from_core_image(core, ledger.state().clone());
+        assert_eq!(split.to_image(), ledger.to_image(), "line {n}: core image and retained state");
     }
 }
 

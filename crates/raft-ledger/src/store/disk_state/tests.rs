@@ -229,3 +229,50 @@ fn the_queue_reads_ahead_across_flushes_in_order() {
     let (mut reopened, _) = open(dir.path());
     assert_eq!(drain_queue(&mut reopened), drain_queue(&mut mem));
 }
+
+#[test]
+fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_original() {
+    // A peer's snapshot of an on-disk state: the view of its last flush read out as an image's
+    // retained part, imported into a fresh state, which then applies what the original applies.
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let cmds = commands(2024, 4_000);
+    let (first, rest) = cmds.split_at(2_500);
+    let mut on_disk = Ledger::with_state(ShardId(3), config(), open(src.path()).0);
+    let mut in_memory = Ledger::new(ShardId(3), config());
+    let mut t = 1_700_000_000_000u64;
+    for cmd in first {
+        t += STEP_MS;
+        let at = ClusterTime::from_millis(t);
+        on_disk.apply(cmd, at, &mut Vec::new());
+        in_memory.apply(cmd, at, &mut Vec::new());
+    }
+    on_disk.state_mut().flush(b"checkpoint");
+    let view = on_disk.state().checkpoint_view();
+    // Writes after the checkpoint, flushed too, do not change what the view reads.
+    on_disk.apply(&rest[0], ClusterTime::from_millis(t + 1), &mut Vec::new());
+    on_disk.state_mut().flush(b"later");
+    assert_eq!(view.user(), b"checkpoint");
+    let exported = view.export();
+    let (core, retained) = in_memory.to_image().into_parts();
+    assert_eq!(exported, retained, "the view reads out exactly the in-memory state at the checkpoint");
+    assert!(exported.ids.len() > 100 && !exported.rounds.is_empty() && !exported.retention.is_empty());
+
+    let (mut imported, _) = open(dst.path());
+    imported.import(exported);
+    imported.flush(b"installed");
+    drop(imported);
+    let (reopened, meta) = open(dst.path());
+    assert_eq!(meta, b"installed");
+    let mut installed = Ledger::from_core_image(core, reopened);
+    for (i, cmd) in rest.iter().enumerate() {
+        t += STEP_MS;
+        let at = ClusterTime::from_millis(t);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(installed.apply(cmd, at, &mut a), in_memory.apply(cmd, at, &mut b), "command {i}: {cmd:?}");
+        assert_eq!(a, b, "command {i}: entries differ");
+    }
+    assert_eq!(installed.head(), in_memory.head());
+    assert_eq!(installed.remembered_ids(), in_memory.remembered_ids());
+    installed.check_invariants();
+}
