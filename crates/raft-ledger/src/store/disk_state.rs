@@ -41,6 +41,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use ledger_core::{ClusterTime, IdRecord, LedgerState, Retained, RetainedImage, Round, StateKey};
 
@@ -168,15 +170,46 @@ fn queue_key(at: ClusterTime, seq: u64) -> [u8; 16] {
     k
 }
 
-/// The retained state in an fjall keyspace of its own (one directory per shard).
-pub struct DiskState {
+/// The keyspace and its partitions (handles, cheap to clone: a commit takes them to another
+/// thread).
+#[derive(Clone)]
+struct Parts {
     keyspace: fjall::Keyspace,
+    /// Held (last field: dropped after the keyspace) until every handle is gone.
+    _lease: Arc<DirLease>,
     ids: fjall::PartitionHandle,
     rounds: fjall::PartitionHandle,
     queue: fjall::PartitionHandle,
-    meta_part: fjall::PartitionHandle,
-    filters_part: fjall::PartitionHandle,
-    requeued_part: fjall::PartitionHandle,
+    meta: fjall::PartitionHandle,
+    filters: fjall::PartitionHandle,
+    requeued: fjall::PartitionHandle,
+}
+
+/// A flush's writes, taken out of the buffer by [`DiskState::freeze`] and read by lookups until
+/// their [`Commit`] has written them.
+struct Frozen {
+    ids: FastMap<StateKey, Option<IdRecord>>,
+    rounds: FastMap<StateKey, Option<Round>>,
+    /// The items pushed since the last flush, as one run, with its key.
+    run: Option<([u8; 16], Vec<Queued>)>,
+    popped: Vec<[u8; 16]>,
+    requeued: Vec<(StateKey, Option<u32>)>,
+    dropped: Vec<u64>,
+    sealed: Vec<(u64, Vec<u8>)>,
+    meta: Vec<u8>,
+    /// `COMMITTING`, `COMMITTED` or `FAILED`.
+    status: AtomicU8,
+}
+
+const COMMITTING: u8 = 0;
+const COMMITTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// The retained state in an fjall keyspace of its own (one directory per shard).
+pub struct DiskState {
+    parts: Parts,
+    /// The last flush's writes while their commit runs (on another thread, for a checkpoint).
+    frozen: Option<Arc<Frozen>>,
     /// Bloom filters over the queued keys, oldest span first; the last is open.
     buckets: VecDeque<Bucket>,
     /// Sealed since the last flush (written by it) and dropped since (deleted by it).
@@ -200,9 +233,6 @@ pub struct DiskState {
     /// Pushed since the last flush, oldest first; newer than everything on disk.
     tail: VecDeque<Queued>,
     meta: Meta,
-    /// The position of the next item to pop as of the last flush: where a view of the flushed
-    /// state starts its queue.
-    flushed_pop_seq: u64,
 }
 
 impl std::fmt::Debug for DiskState {
@@ -215,6 +245,7 @@ impl DiskState {
     /// Opens (or creates) the state in `dir`, with a block cache of `cache_bytes`, and returns it
     /// with the bytes the last flush stored (empty for a new state).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Self, Vec<u8>), DiskStateError> {
+        let lease = Arc::new(DirLease::take(dir));
         // fjall keeps a journal until every partition's memtable holding its writes is flushed,
         // and replays the journals on open. The small partitions (metadata, filters) fill their
         // memtables slowly and would pin up to 512 MiB of journal (3 s of replay at 1M ids);
@@ -259,14 +290,19 @@ impl DiskState {
             }
         }
         buckets.push_back(open);
-        let mut state = Self {
+        let parts = Parts {
             keyspace,
+            _lease: lease,
             ids,
             rounds,
             queue,
-            meta_part,
-            filters_part,
-            requeued_part,
+            meta: meta_part,
+            filters: filters_part,
+            requeued: requeued_part,
+        };
+        let mut state = Self {
+            parts,
+            frozen: None,
             buckets,
             sealed: Vec::new(),
             dropped: Vec::new(),
@@ -280,7 +316,6 @@ impl DiskState {
             cursor: None,
             popped: Vec::new(),
             tail: VecDeque::new(),
-            flushed_pop_seq: meta.next_pop_seq,
             meta,
         };
         state.read_ahead();
@@ -290,51 +325,73 @@ impl DiskState {
     /// Commits every write since the last flush, and `user` beside them, in one atomic batch.
     /// Not durable until [`persist`](Self::persist).
     pub fn flush(&mut self, user: &[u8]) {
-        let mut batch = self.keyspace.batch();
-        for (key, record) in self.pending_ids.drain() {
-            match record {
-                Some(r) => batch.insert(&self.ids, key.to_be_bytes(), encode(&r)),
-                None => batch.remove(&self.ids, key.to_be_bytes()),
-            }
-        }
-        for (key, round) in self.pending_rounds.drain() {
-            match round {
-                Some(r) => batch.insert(&self.rounds, key.to_be_bytes(), encode(&r)),
-                None => batch.remove(&self.rounds, key.to_be_bytes()),
-            }
-        }
-        for key in self.popped.drain(..) {
-            batch.remove(&self.queue, key);
-        }
-        for key in self.requeued_dirty.drain() {
-            match self.requeued.get(&key) {
-                Some(n) => batch.insert(&self.requeued_part, key.to_be_bytes(), n.to_be_bytes()),
-                None => batch.remove(&self.requeued_part, key.to_be_bytes()),
-            }
-        }
+        self.freeze(user).commit();
+        self.release_committed();
+    }
+
+    /// Takes every write since the last flush, and `user` beside them, out of the buffer, for
+    /// the returned [`Commit`] to write in one atomic batch, on any thread: a checkpoint's
+    /// writes reach the engine without holding up the thread applying commands. Until the commit
+    /// is done, lookups read the taken writes where they are. Waits for the previous commit, so
+    /// commits land in order.
+    pub fn freeze(&mut self, user: &[u8]) -> Commit {
+        self.wait_committed();
+        let ids = std::mem::take(&mut self.pending_ids);
+        let rounds = std::mem::take(&mut self.pending_rounds);
+        let popped = std::mem::take(&mut self.popped);
+        let requeued = self.requeued_dirty.drain().map(|k| (k, self.requeued.get(&k).copied())).collect();
         self.rotate_buckets();
-        for first_seq in self.dropped.drain(..) {
-            batch.remove(&self.filters_part, first_seq.to_be_bytes());
-        }
-        for first_seq in self.sealed.drain(..) {
-            if let Some(b) = self.buckets.iter().find(|b| b.first_seq == first_seq) {
-                batch.insert(&self.filters_part, first_seq.to_be_bytes(), b.encode());
-            }
-        }
-        if !self.tail.is_empty() {
-            // Everything on disk is older than the tail, so the head can be served from disk again.
+        let dropped = std::mem::take(&mut self.dropped);
+        let sealed = self
+            .sealed
+            .drain(..)
+            .filter_map(|first| self.buckets.iter().find(|b| b.first_seq == first).map(|b| (first, b.encode())))
+            .collect();
+        let run = self.tail.front().map(|q| queue_key(q.at, q.seq)).map(|key| (key, self.tail.drain(..).collect()));
+        if run.is_some() {
+            // Everything on disk (or being committed) is older than the tail, so the head can be
+            // served from there again.
             self.more_on_disk = true;
         }
-        if let Some(&Queued { at, seq, .. }) = self.tail.front() {
-            let run: Vec<Queued> = self.tail.drain(..).collect();
-            batch.insert(&self.queue, queue_key(at, seq), encode(&run));
-        }
         self.meta.user = user.to_vec();
-        batch.insert(&self.meta_part, META_KEY, encode(&self.meta));
-        batch.commit().unwrap_or_else(|e| panic!("on-disk state: cannot commit a flush: {e}"));
-        self.flushed_pop_seq = self.meta.next_pop_seq;
+        let frozen = Arc::new(Frozen {
+            ids,
+            rounds,
+            run,
+            popped,
+            requeued,
+            dropped,
+            sealed,
+            meta: encode(&self.meta),
+            status: AtomicU8::new(COMMITTING),
+        });
+        self.frozen = Some(frozen.clone());
         if self.head.is_empty() {
             self.read_ahead();
+        }
+        Commit { parts: self.parts.clone(), frozen }
+    }
+
+    /// Drops the last flush's writes from memory once their commit is done (the engine has
+    /// them). Panics if the commit failed: the state's writes were lost.
+    pub fn release_committed(&mut self) {
+        if let Some(f) = &self.frozen {
+            match f.status.load(Ordering::Acquire) {
+                COMMITTED => self.frozen = None,
+                FAILED => panic!("on-disk state: a flush could not be committed"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits until the last flush's commit is done.
+    fn wait_committed(&mut self) {
+        loop {
+            self.release_committed();
+            if self.frozen.is_none() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
     }
 
@@ -346,7 +403,7 @@ impl DiskState {
     /// A handle that makes flushes durable from another thread, so a checkpoint's fsync need
     /// not hold up the thread applying commands.
     pub fn persister(&self) -> Persister {
-        Persister(self.keyspace.clone())
+        Persister { keyspace: self.parts.keyspace.clone(), _lease: self.parts._lease.clone() }
     }
 
     /// Whether nothing is remembered and nothing queued, flushed or not.
@@ -354,18 +411,11 @@ impl DiskState {
         self.meta.ids == 0 && self.meta.next_pop_seq == self.meta.next_queue_seq
     }
 
-    /// A consistent read-only view of the state as of the last flush, for reading it out while
-    /// the ledger goes on applying (its later writes are buffered until the next flush, and a
-    /// later flush does not change what the view sees).
+    /// A consistent read-only view of the state as of the last committed flush, for reading it
+    /// out while the ledger goes on applying (its later writes are buffered until the next
+    /// flush, and a later commit does not change what the view sees).
     pub fn checkpoint_view(&self) -> CheckpointView {
-        let at = self.keyspace.instant();
-        CheckpointView {
-            ids: self.ids.snapshot_at(at),
-            rounds: self.rounds.snapshot_at(at),
-            queue: self.queue.snapshot_at(at),
-            meta: self.meta_part.snapshot_at(at),
-            next_pop_seq: self.flushed_pop_seq,
-        }
+        self.parts.view()
     }
 
     /// Fills an empty state with a retained image (a snapshot received from a peer, or the
@@ -431,11 +481,16 @@ impl DiskState {
     fn lookup<T: Copy + serde::de::DeserializeOwned>(
         &self,
         pending: &FastMap<StateKey, Option<T>>,
+        frozen: impl Fn(&Frozen) -> &FastMap<StateKey, Option<T>>,
         partition: &fjall::PartitionHandle,
         what: &str,
         key: StateKey,
     ) -> Option<T> {
         if let Some(written) = pending.get(&key) {
+            return *written;
+        }
+        // Being committed (or committed and not yet released: the engine has the same).
+        if let Some(written) = self.frozen.as_deref().and_then(|f| frozen(f).get(&key)) {
             return *written;
         }
         if !self.may_hold(key) {
@@ -456,43 +511,161 @@ impl DiskState {
         self.buckets.iter().map(|b| 8 * b.filter.as_slice().len()).sum()
     }
 
-    /// Refills the head from disk with the runs after the last one read. Only flushed items
-    /// are on disk, and they are all older than the tail. Items before the next position to pop
-    /// (a run popped halfway before a restart) are skipped, and a run with none left is deleted.
+    /// Refills the head with the runs after the last one read: from disk, then the run a commit
+    /// in flight is writing (newer than everything on disk). Only flushed items are there, all
+    /// older than the tail. Items before the next position to pop (a run popped halfway before a
+    /// restart) are skipped, and a run with none left is deleted.
     fn read_ahead(&mut self) {
         if !self.more_on_disk {
             return;
         }
         let from = self.cursor.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_vec()));
         self.more_on_disk = false;
-        for kv in self.queue.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+        let queue = self.parts.queue.clone();
+        for kv in queue.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read the queue: {e}"));
-            let key: [u8; 16] = k.as_ref().try_into().expect("queue keys are 16 bytes");
-            let run: Vec<Queued> = decode(&v);
-            self.cursor = Some(key);
-            let last_seq = run.last().expect("runs are never empty").seq;
-            if last_seq < self.meta.next_pop_seq {
-                self.popped.push(key);
-                continue;
-            }
-            self.head.extend(run.into_iter().filter(|q| q.seq >= self.meta.next_pop_seq));
-            self.head_runs.push_back(HeadRun { key, last_seq });
-            if self.head.len() >= QUEUE_READ_AHEAD {
+            if self.take_run(k.as_ref().try_into().expect("queue keys are 16 bytes"), decode(&v)) {
                 self.more_on_disk = true;
-                break;
+                return;
             }
+        }
+        // Not committed when the range was read (or committed since: then the same run).
+        if let Some((key, run)) = self.frozen.as_deref().and_then(|f| f.run.as_ref())
+            && self.cursor.is_none_or(|c| *key > c)
+        {
+            let (key, run) = (*key, run.clone());
+            self.take_run(key, run);
+        }
+    }
+
+    /// Moves a run's items not yet popped into the head; whether the head is now full.
+    fn take_run(&mut self, key: [u8; 16], run: Vec<Queued>) -> bool {
+        self.cursor = Some(key);
+        let last_seq = run.last().expect("runs are never empty").seq;
+        if last_seq < self.meta.next_pop_seq {
+            self.popped.push(key);
+            return false;
+        }
+        self.head.extend(run.into_iter().filter(|q| q.seq >= self.meta.next_pop_seq));
+        self.head_runs.push_back(HeadRun { key, last_seq });
+        self.head.len() >= QUEUE_READ_AHEAD
+    }
+}
+
+/// Directories this process has a keyspace open in. fjall does not stop a second open of the
+/// same directory, and a node restarted within a process (the cluster tests) could otherwise
+/// open its state while the old keyspace still commits or fsyncs a checkpoint on another thread.
+static OPEN_DIRS: std::sync::Mutex<std::collections::BTreeSet<std::path::PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// This process's claim on a state's directory, released when the last handle of its keyspace
+/// is dropped.
+struct DirLease(std::path::PathBuf);
+
+impl DirLease {
+    /// Waits (up to a minute) until no other keyspace of this process has `dir` open.
+    fn take(dir: &Path) -> Self {
+        let dir = dir.to_path_buf();
+        for _ in 0..60_000 {
+            if OPEN_DIRS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(dir.clone()) {
+                return Self(dir);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("on-disk state: {} is still open in this process after a minute", dir.display());
+    }
+}
+
+impl Drop for DirLease {
+    fn drop(&mut self) {
+        OPEN_DIRS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
+    }
+}
+
+/// A flush's writes on their way to the engine; see [`DiskState::freeze`].
+pub struct Commit {
+    parts: Parts,
+    frozen: Arc<Frozen>,
+}
+
+impl Commit {
+    /// Writes them in one atomic batch (not durable until a [`Persister::persist`]) and returns a
+    /// view of the state as of this flush. An IO error panics, and the state's next use too.
+    pub fn commit(self) -> CheckpointView {
+        /// Marks the commit failed unless it completes.
+        struct Failed<'a>(&'a AtomicU8);
+        impl Drop for Failed<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.compare_exchange(COMMITTING, FAILED, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+        let (p, f) = (&self.parts, &*self.frozen);
+        let _failed = Failed(&f.status);
+        let mut batch = p.keyspace.batch();
+        for (key, record) in &f.ids {
+            match record {
+                Some(r) => batch.insert(&p.ids, key.to_be_bytes(), encode(r)),
+                None => batch.remove(&p.ids, key.to_be_bytes()),
+            }
+        }
+        for (key, round) in &f.rounds {
+            match round {
+                Some(r) => batch.insert(&p.rounds, key.to_be_bytes(), encode(r)),
+                None => batch.remove(&p.rounds, key.to_be_bytes()),
+            }
+        }
+        for key in &f.popped {
+            batch.remove(&p.queue, *key);
+        }
+        for (key, count) in &f.requeued {
+            match count {
+                Some(n) => batch.insert(&p.requeued, key.to_be_bytes(), n.to_be_bytes()),
+                None => batch.remove(&p.requeued, key.to_be_bytes()),
+            }
+        }
+        for first_seq in &f.dropped {
+            batch.remove(&p.filters, first_seq.to_be_bytes());
+        }
+        for (first_seq, filter) in &f.sealed {
+            batch.insert(&p.filters, first_seq.to_be_bytes(), filter.as_slice());
+        }
+        if let Some((key, run)) = &f.run {
+            batch.insert(&p.queue, *key, encode(run));
+        }
+        batch.insert(&p.meta, META_KEY, f.meta.as_slice());
+        batch.commit().unwrap_or_else(|e| panic!("on-disk state: cannot commit a flush: {e}"));
+        // Commits land one at a time (`freeze` waits for the last), so the engine is now at
+        // this flush.
+        let view = p.view();
+        f.status.store(COMMITTED, Ordering::Release);
+        view
+    }
+}
+
+impl Parts {
+    fn view(&self) -> CheckpointView {
+        let at = self.keyspace.instant();
+        CheckpointView {
+            ids: self.ids.snapshot_at(at),
+            rounds: self.rounds.snapshot_at(at),
+            queue: self.queue.snapshot_at(at),
+            meta: self.meta.snapshot_at(at),
         }
     }
 }
 
 /// Makes a [`DiskState`]'s flushes durable; see [`DiskState::persister`].
 #[derive(Clone)]
-pub struct Persister(fjall::Keyspace);
+pub struct Persister {
+    keyspace: fjall::Keyspace,
+    /// Dropped after the keyspace.
+    _lease: Arc<DirLease>,
+}
 
 impl Persister {
     /// Makes every flush so far durable (fsync).
     pub fn persist(&self) {
-        self.0
+        self.keyspace
             .persist(fjall::PersistMode::SyncAll)
             .unwrap_or_else(|e| panic!("on-disk state: cannot make it durable: {e}"));
     }
@@ -504,14 +677,17 @@ pub struct CheckpointView {
     rounds: fjall::Snapshot,
     queue: fjall::Snapshot,
     meta: fjall::Snapshot,
-    next_pop_seq: u64,
 }
 
 impl CheckpointView {
+    fn meta(&self) -> Meta {
+        let meta = self.meta.get(META_KEY).unwrap_or_else(|e| panic!("on-disk state: cannot read its metadata: {e}"));
+        meta.map_or_else(Meta::default, |m| decode(&m))
+    }
+
     /// The bytes that flush stored.
     pub fn user(&self) -> Vec<u8> {
-        let meta = self.meta.get(META_KEY).unwrap_or_else(|e| panic!("on-disk state: cannot read its metadata: {e}"));
-        meta.map_or_else(Vec::new, |m| decode::<Meta>(&m).user)
+        self.meta().user
     }
 
     /// Everything retained, in an image's order (ids and rounds by key, the queue oldest
@@ -526,11 +702,12 @@ impl CheckpointView {
                 })
                 .collect()
         }
+        let next_pop_seq = self.meta().next_pop_seq;
         let mut retention = Vec::new();
         for kv in self.queue.iter() {
             let (_, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read the queue: {e}"));
             let run: Vec<Queued> = decode(&v);
-            retention.extend(run.into_iter().filter(|q| q.seq >= self.next_pop_seq).map(|q| (q.at, q.item)));
+            retention.extend(run.into_iter().filter(|q| q.seq >= next_pop_seq).map(|q| (q.at, q.item)));
         }
         // Big-endian keys iterate in the keys' numeric order.
         RetainedImage { ids: all(&self.ids), rounds: all(&self.rounds), retention }
@@ -553,7 +730,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 
 impl LedgerState for DiskState {
     fn id(&self, key: StateKey) -> Option<IdRecord> {
-        self.lookup(&self.pending_ids, &self.ids, "ids", key)
+        self.lookup(&self.pending_ids, |f| &f.ids, &self.parts.ids, "ids", key)
     }
 
     fn insert_id(&mut self, key: StateKey, record: IdRecord) {
@@ -597,7 +774,7 @@ impl LedgerState for DiskState {
     }
 
     fn round(&self, key: StateKey) -> Option<Round> {
-        self.lookup(&self.pending_rounds, &self.rounds, "rounds", key)
+        self.lookup(&self.pending_rounds, |f| &f.rounds, &self.parts.rounds, "rounds", key)
     }
 
     fn put_round(&mut self, key: StateKey, round: Round) {

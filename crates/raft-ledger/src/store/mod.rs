@@ -14,7 +14,7 @@ pub(crate) mod wal;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use disk_state::{CheckpointView, DiskState, DiskStateError, Persister};
+pub use disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister};
 pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
 pub use shard_ledger::{ShardLedger, StateStorage};

@@ -109,6 +109,13 @@ impl ShardLedger {
         each_mut!(&mut self.0, l => l.apply(cmd, at, sink))
     }
 
+    /// With the state on disk, frees the last checkpoint's writes once the store holds them.
+    pub(crate) fn release_committed(&mut self) {
+        if let Inner::Disk(d) = &mut self.0 {
+            d.ledger.state_mut().release_committed();
+        }
+    }
+
     pub(crate) fn tick(&mut self, at: ClusterTime, sink: &mut Vec<Entry>) {
         each_mut!(&mut self.0, l => l.tick(at, sink))
     }

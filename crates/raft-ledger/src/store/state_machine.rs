@@ -16,10 +16,12 @@
 //!
 //! With [`StateStorage::Disk`] the retained state lives in a [`DiskState`] under
 //! `state/<generation>/`, and a snapshot is a checkpoint of it instead of an image: between two
-//! apply batches the journal is fsynced and the state's buffered writes are flushed together with
-//! a [`Checkpoint`] (the snapshot's metadata, the ledger's accounts, holds and head, and the
-//! journal's length); the fsync of the state's files then runs off the apply path, and only then
-//! does openraft learn of the snapshot (and may purge the log behind it). Until the next
+//! apply batches the journal is fsynced and the state's buffered writes are taken out of its
+//! buffer ([`DiskState::freeze`]) together with a [`Checkpoint`] (the snapshot's metadata, the
+//! ledger's accounts, holds and head, and the journal's length); writing them to the store in one
+//! atomic batch and fsyncing it then run on the builder's thread, off the apply path (lookups
+//! read the taken writes meanwhile), and only then does openraft learn of the snapshot (and may
+//! purge the log behind it). Until the next
 //! checkpoint the state's writes stay in memory, and the Raft log since the checkpoint is their
 //! write-ahead log: a restart opens the files at the last checkpoint, cuts the journal there, and
 //! openraft re-applies the log since. Nothing is copied at a checkpoint but the accounts.
@@ -42,7 +44,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::disk_state::{CheckpointView, DiskState, DiskStateError, Persister};
+use super::disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister};
 use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
 use super::shard_ledger::{Inner, ShardLedger, StateStorage};
 use super::vfs::{VFile, Vfs};
@@ -463,12 +465,13 @@ impl LedgerStateMachine {
                     journal_head: st.journal.point().head,
                 };
                 // The checkpoint names the journal's length, so the journal must be durable
-                // before the checkpoint can be: fsync it first, here, between two batches.
+                // before the checkpoint can be: fsync it first, here, between two batches. The
+                // state's writes since the last checkpoint are only taken out of its buffer here
+                // (lookups read them where they are); the builder writes them to the store.
                 let work = match st.journal.sync() {
                     Ok(()) => {
-                        d.ledger.state_mut().flush(&cp.encode());
-                        let state = d.ledger.state();
-                        Work::Checkpoint(state.persister(), Arc::new(state.checkpoint_view()))
+                        let commit = d.ledger.state_mut().freeze(&cp.encode());
+                        Work::Checkpoint(commit, d.ledger.state().persister())
                     }
                     Err(e) => Work::Failed(e),
                 };
@@ -497,8 +500,8 @@ impl LedgerStateMachine {
 enum Work {
     /// Check, encode and write this copy of the in-memory ledger.
     Image(Ledger),
-    /// Make the checkpoint just flushed durable.
-    Checkpoint(Persister, Arc<CheckpointView>),
+    /// Write the checkpoint's state to the store and make it durable.
+    Checkpoint(Commit, Persister),
     /// The journal could not be made durable: no checkpoint was taken.
     Failed(io::Error),
 }
@@ -524,22 +527,23 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
         let started = tokio::time::Instant::now();
         let body = match work {
             Work::Failed(e) => return Err(e),
-            Work::Checkpoint(persister, view) => {
-                let persist = move || {
+            Work::Checkpoint(commit, persister) => {
+                let write = move || {
+                    let view = commit.commit();
                     persister.persist();
-                    Ok(())
+                    Ok(view)
                 };
-                match self.io {
-                    IoMode::Thread => in_background(persist).await?,
-                    IoMode::Task => persist()?,
-                }
+                let view = match self.io {
+                    IoMode::Thread => in_background(write).await?,
+                    IoMode::Task => write()?,
+                };
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
                     ms = started.elapsed().as_millis() as u64,
                     "checkpoint made durable"
                 );
-                SnapshotBody::Checkpoint(view)
+                SnapshotBody::Checkpoint(Arc::new(view))
             }
             Work::Image(ledger) => {
                 let (vfs, path, meta, journal, journal_head) =
@@ -662,6 +666,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 }
             }
             st.journal.append(&self.sink)?;
+            // A checkpoint's writes leave memory once the store has them.
+            st.ledger.release_committed();
             st.journal.len()
         };
         self.cell.journal_len.send_replace(journal_len);

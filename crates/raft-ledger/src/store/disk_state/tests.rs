@@ -130,6 +130,9 @@ fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
         let mut t = 1_700_000_000_000u64;
         let mut seen = BTreeSet::new();
         let cmds = commands(seed, 3_000);
+        // A checkpoint's commit running on another thread while commands go on being applied,
+        // and the command after which it is joined.
+        let mut in_flight: Option<(std::thread::JoinHandle<super::CheckpointView>, usize)> = None;
         for (i, cmd) in cmds.iter().enumerate() {
             t += g.below(2 * STEP_MS as usize) as u64;
             let at = ClusterTime::from_millis(t);
@@ -139,10 +142,29 @@ fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
             assert_eq!(got, want, "seed {seed}, command {i}: {cmd:?}");
             assert_eq!(a, b, "seed {seed}, command {i}: entries differ");
             seen.insert(cmd.tx().clone());
-            // Flush at irregular points, sometimes after every command, sometimes after dozens.
-            if g.below(20) == 0 {
-                on_disk.state_mut().flush(&(i as u64).to_be_bytes());
+            if let Some((commit, due)) = in_flight.take() {
+                if i < due {
+                    in_flight = Some((commit, due));
+                } else {
+                    assert_eq!(commit.join().unwrap().user(), b"frozen");
+                    if g.below(2) == 0 {
+                        on_disk.state_mut().release_committed();
+                    }
+                }
             }
+            // Flush at irregular points, sometimes after every command, sometimes after dozens;
+            // or freeze and commit on another thread over the next few dozen commands.
+            if in_flight.is_none() && g.below(20) == 0 {
+                if g.below(2) == 0 {
+                    on_disk.state_mut().flush(&(i as u64).to_be_bytes());
+                } else {
+                    let commit = on_disk.state_mut().freeze(b"frozen");
+                    in_flight = Some((std::thread::spawn(move || commit.commit()), i + g.below(40)));
+                }
+            }
+        }
+        if let Some((commit, _)) = in_flight {
+            commit.join().unwrap();
         }
         assert_eq!(on_disk.head(), in_memory.head(), "seed {seed}: chain heads differ");
         assert_eq!(on_disk.accounts(), in_memory.accounts());
