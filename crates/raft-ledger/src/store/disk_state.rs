@@ -175,14 +175,14 @@ fn queue_key(at: ClusterTime, seq: u64) -> [u8; 16] {
 #[derive(Clone)]
 struct Parts {
     keyspace: fjall::Keyspace,
-    /// Held (last field: dropped after the keyspace) until every handle is gone.
-    _lease: Arc<DirLease>,
     ids: fjall::PartitionHandle,
     rounds: fjall::PartitionHandle,
     queue: fjall::PartitionHandle,
     meta: fjall::PartitionHandle,
     filters: fjall::PartitionHandle,
     requeued: fjall::PartitionHandle,
+    /// The last field, so it is dropped after the keyspace and every partition handle.
+    _lease: Arc<DirLease>,
 }
 
 /// A flush's writes, taken out of the buffer by [`DiskState::freeze`] and read by lookups until
@@ -292,13 +292,13 @@ impl DiskState {
         buckets.push_back(open);
         let parts = Parts {
             keyspace,
-            _lease: lease,
             ids,
             rounds,
             queue,
             meta: meta_part,
             filters: filters_part,
             requeued: requeued_part,
+            _lease: lease,
         };
         let mut state = Self {
             parts,
