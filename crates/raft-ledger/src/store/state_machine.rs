@@ -287,13 +287,29 @@ fn open_disk_state(dir: &Path, cache_bytes: u64) -> Result<(DiskState, Option<Ch
     }
 }
 
-/// Makes the journal durable, then flushes the on-disk state with `cp` and makes it durable, all
-/// on the calling thread (opening and installing, not the apply path).
-fn checkpoint_durably(journal: &Journal, ledger: &mut Ledger<DiskState>, cp: &Checkpoint) -> io::Result<()> {
+/// Fills an empty on-disk state with a snapshot's image and checkpoints it under `meta`: the
+/// journal made durable, then the state flushed with the checkpoint and made durable, all on the
+/// calling thread (opening and installing, not the apply path).
+fn import_durably(
+    mut disk: DiskState,
+    state: SnapshotState,
+    meta: SnapshotMeta,
+    journal: &Journal,
+) -> io::Result<Ledger<DiskState>> {
+    let (core, retained) = state.image.into_parts();
+    disk.import(retained);
+    let mut ledger = Ledger::from_core_image(core, disk);
+    let cp = Checkpoint {
+        meta,
+        core: ledger.core_image(),
+        journal_entries: state.journal_entries,
+        journal_bytes: state.journal_bytes,
+        journal_head: state.journal_head,
+    };
     journal.sync()?;
     ledger.state_mut().flush(&cp.encode());
     ledger.state().persist();
-    Ok(())
+    Ok(ledger)
 }
 
 /// The directory of the generation after `current`'s.
@@ -378,7 +394,7 @@ impl LedgerStateMachine {
                 }
             }
             StateStorage::Disk { cache_bytes } => {
-                let (mut disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
+                let (disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
                 match (checkpoint, snapshot) {
                     (Some(cp), _) => {
                         let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, cp.journal_point())?;
@@ -400,22 +416,13 @@ impl LedgerStateMachine {
                         // The node kept this shard in memory until now: move its last snapshot
                         // onto disk, checkpoint it, and retire the image.
                         let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, s.journal_point())?;
-                        let (core, retained) = s.image.into_parts();
-                        disk.import(retained);
-                        let mut ledger = Ledger::from_core_image(core, disk);
-                        let cp = Checkpoint {
-                            meta: s.meta.clone(),
-                            core: ledger.core_image(),
-                            journal_entries: s.journal_entries,
-                            journal_bytes: s.journal_bytes,
-                            journal_head: s.journal_head,
-                        };
-                        checkpoint_durably(&journal, &mut ledger, &cp)?;
-                        tracing::info!(%shard, last_log_id = ?s.meta.last_log_id, "moved the shard's state onto disk");
+                        let meta = s.meta.clone();
+                        let ledger = import_durably(disk, s, meta.clone(), &journal)?;
+                        tracing::info!(%shard, last_log_id = ?meta.last_log_id, "moved the shard's state onto disk");
                         ShardState {
                             ledger: ShardLedger::disk(ledger, &state_dir),
-                            last_applied: s.meta.last_log_id,
-                            membership: s.meta.last_membership,
+                            last_applied: meta.last_log_id,
+                            membership: meta.last_membership,
                             journal,
                         }
                     }
@@ -533,10 +540,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     persister.persist();
                     Ok(view)
                 };
-                let view = match self.io {
-                    IoMode::Thread => in_background(write).await?,
-                    IoMode::Task => write()?,
-                };
+                let view = off_the_apply_path(self.io, write).await?;
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
@@ -565,13 +569,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     vfs.write_atomic(&path, &encode_snapshot_file(&bytes))?;
                     Ok(bytes)
                 };
-                // Sorting, encoding and fsyncing a large state takes a while; keep it off the
-                // runtime's worker threads in production. The simulator's disk must be used
-                // from its own tasks.
-                let bytes = match self.io {
-                    IoMode::Thread => in_background(work).await?,
-                    IoMode::Task => work()?,
-                };
+                let bytes = off_the_apply_path(self.io, work).await?;
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
@@ -586,6 +584,19 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: LedgerSnapshot { state: body, journal: self.journal.clone(), received_at: None },
         })
+    }
+}
+
+/// Runs a snapshot's work (sorting, encoding, writing and fsyncing a large state, or committing a
+/// checkpoint) off the runtime's worker threads in production; the simulator's disk must be used
+/// from its own tasks, so there it runs in place.
+async fn off_the_apply_path<T: Send + 'static>(
+    io: IoMode,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match io {
+        IoMode::Thread => in_background(work).await,
+        IoMode::Task => work(),
     }
 }
 
@@ -720,18 +731,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     if dir.exists() {
                         std::fs::remove_dir_all(&dir)?;
                     }
-                    let (mut disk, _) = DiskState::open(&dir, cache_bytes).map_err(io::Error::other)?;
-                    let (core, retained) = state.image.into_parts();
-                    disk.import(retained);
-                    let mut ledger = Ledger::from_core_image(core, disk);
-                    let cp = Checkpoint {
-                        meta: meta.clone(),
-                        core: ledger.core_image(),
-                        journal_entries: state.journal_entries,
-                        journal_bytes: state.journal_bytes,
-                        journal_head: state.journal_head,
-                    };
-                    checkpoint_durably(&st.journal, &mut ledger, &cp)?;
+                    let (disk, _) = DiskState::open(&dir, cache_bytes).map_err(io::Error::other)?;
+                    let ledger = import_durably(disk, state, meta.clone(), &st.journal)?;
                     st.ledger = ShardLedger::disk(ledger, &dir);
                     if let Err(e) = std::fs::remove_dir_all(&old_dir) {
                         // The next open removes it.
