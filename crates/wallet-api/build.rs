@@ -1,4 +1,5 @@
-//! Compiles `proto/casino/wallet/v1/wallet.proto` (and `routing.proto`, the routers' feed) into the wallet's tonic client and server, and
+//! Compiles `proto/casino/wallet/v1/wallet.proto` (and `routing.proto`, the routers' feed, and
+//! `proto/casino/session/v1/session.proto`, the session service) into tonic clients and servers, and
 //! writes its encoded descriptor set, which server reflection serves to `grpcurl`.
 //!
 //! protox parses the file in pure Rust, so building needs no `protoc` on the machine.
@@ -7,7 +8,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [root.join("casino/wallet/v1/wallet.proto"), root.join("casino/wallet/v1/routing.proto")];
+    let files = [
+        root.join("casino/wallet/v1/wallet.proto"),
+        root.join("casino/wallet/v1/routing.proto"),
+        root.join("casino/session/v1/session.proto"),
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

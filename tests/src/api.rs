@@ -31,7 +31,11 @@ pub struct Cluster {
     pub game: Credentials,
     pub cashier: Credentials,
     pub audit: Credentials,
+    /// An operator key with the `session` role (the login front-end's).
+    pub session: Credentials,
     pub sessions: SessionStore<RedisBackend>,
+    /// The session signing key (hex), to forge tokens in tests.
+    pub session_key: String,
 }
 
 pub fn random_hex(n: usize) -> String {
@@ -46,13 +50,19 @@ pub fn op(id: &str, secret: &str) -> Credentials {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with_session_settings("").await
+    }
+
+    /// Like [`Cluster::start`], with extra lines for the session key file (its `[limits]`).
+    pub async fn start_with_session_settings(settings: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let secrets: Vec<String> = (0..3).map(|_| random_hex(32)).collect();
+        let secrets: Vec<String> = (0..4).map(|_| random_hex(32)).collect();
         let keys = format!(
             "[[operator]]\nid = \"game\"\nsecret = \"{}\"\nroles = [\"game\"]\n\n\
              [[operator]]\nid = \"cashier\"\nsecret = \"{}\"\nroles = [\"cashier\"]\n\n\
-             [[operator]]\nid = \"audit\"\nsecret = \"{}\"\nroles = [\"audit\"]\n",
-            secrets[0], secrets[1], secrets[2]
+             [[operator]]\nid = \"audit\"\nsecret = \"{}\"\nroles = [\"audit\"]\n\n\
+             [[operator]]\nid = \"login\"\nsecret = \"{}\"\nroles = [\"session\"]\n",
+            secrets[0], secrets[1], secrets[2], secrets[3]
         );
         let keys_path = dir.path().join("operators.toml");
         std::fs::write(&keys_path, keys).unwrap();
@@ -60,8 +70,11 @@ impl Cluster {
         let prefix = format!("t40-{}", random_hex(6));
         let session_key = random_hex(32);
         let session_path = dir.path().join("session-key.toml");
-        std::fs::write(&session_path, format!("kid = \"k1\"\nkey = \"{session_key}\"\nprefix = \"{prefix}\"\n"))
-            .unwrap();
+        std::fs::write(
+            &session_path,
+            format!("kid = \"k1\"\nkey = \"{session_key}\"\nprefix = \"{prefix}\"\n{settings}\n"),
+        )
+        .unwrap();
 
         let raft: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let api: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -110,7 +123,9 @@ impl Cluster {
             game: op("game", &secrets[0]),
             cashier: op("cashier", &secrets[1]),
             audit: op("audit", &secrets[2]),
+            session: op("login", &secrets[3]),
             sessions,
+            session_key,
         };
         c.wait_serving().await;
         c
@@ -205,9 +220,9 @@ pub fn ctl(cl: &Cluster, key: usize, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Runs walletctl against node `node`'s wallet API with operator key `key` (0 game, 1 cashier,
-/// 2 audit); returns (exit code, stdout, stderr).
+/// 2 audit, 3 login: the session role); returns (exit code, stdout, stderr).
 pub fn ctl_at(cl: &Cluster, node: usize, key: usize, args: &[&str]) -> (i32, String, String) {
-    let ids = ["game", "cashier", "audit"];
+    let ids = ["game", "cashier", "audit", "login"];
     let out = std::process::Command::new(walletctl_bin())
         .args(args)
         .env("WALLET_ADDR", &cl.api[node])

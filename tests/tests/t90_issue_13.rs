@@ -433,7 +433,42 @@ fn t94_the_commands_the_demo_prints_work_as_shown() {
     }
     let (code, out, _) = run(&printed("walletctl call GetBalance").replace('\'', ""));
     assert_eq!(code, Some(0), "{out}");
-    assert!(text.contains("valid until"), "the player token says when it expires");
+    // alice's session came from the session service; her token works, and the printed refresh
+    // command gives her new tokens that work too (the old refresh token is spent).
+    let as_alice = |token: &str, line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut c = std::process::Command::new(std::path::Path::new(&path).join(words[0]));
+        c.args(&words[1..]);
+        for (k, v) in env.iter().filter(|(k, _)| k != "PATH") {
+            c.env(k, v);
+        }
+        let out = c.env("WALLET_TOKEN", token).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let token_line = printed("WALLET_TOKEN=");
+    let first = token_line.split_whitespace().next().unwrap().strip_prefix("WALLET_TOKEN=").unwrap().to_string();
+    let (code, out, err) = as_alice(&first, "walletctl balance alice EUR");
+    assert_eq!(code, Some(0), "alice's own token: {out}\n{err}");
+    assert!(text.contains("access token lasts"), "the demo says how long alice's token lasts");
+    let refresh = printed("eval \"$(walletctl session refresh --export)\"");
+    assert!(refresh.contains("walletctl session refresh --export"));
+    let (code, out, err) = run("walletctl session refresh --export");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let fresh =
+        out.split_whitespace().find_map(|w| w.strip_prefix("WALLET_TOKEN=")).unwrap().trim_matches('\'').to_string();
+    let (code, out, err) = as_alice(&fresh, "walletctl session list");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("(this one)"), "{out}");
+    let (code, _, err) = run("walletctl session refresh");
+    assert_eq!(code, Some(2), "the printed refresh token works once: {err}");
+    let log = printed("walletd security-log");
+    let (code, out, err) = run(log.split('#').next().unwrap());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("refresh_token_reuse"), "{out}");
     assert!(!text.contains("amounts in cents"), "{text}");
     // Ctrl-C stops the demo cleanly.
     let ok = std::process::Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap().success();

@@ -1,6 +1,6 @@
 //! The geo-router: one address for casino front-ends, in front of every region. It serves the
 //! same `casino.wallet.v1.Wallet` service as walletd and sends each call straight to its
-//! shard's leader (or, for a bounded-stale read, to a replica in its own region), learned from
+//! shard's leader (and `casino.session.v1.Sessions` to any usable node, this region's first) (or, for a bounded-stale read, to a replica in its own region), learned from
 //! every node's `casino.wallet.v1.Routing/WatchLeaders` stream, with active (health Watch,
 //! HTTP/2 keepalive) and passive (failed calls) health, bounded retries on the idempotency key,
 //! and the caller's deadline.
@@ -58,6 +58,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(proxy::WalletProxy::new(router.clone()))
+        .add_service(proxy::SessionProxy::new(router.clone()))
         .add_service(status::AdminService::new(router))
         .add_service(health)
         // TCP_NODELAY on every accepted connection: without it small gRPC answers wait for

@@ -53,24 +53,58 @@ fn respond(status: Status) -> http::Response<Body> {
     status.into_http()
 }
 
-/// The tower service tonic mounts under the wallet service's name.
-#[derive(Clone)]
-pub struct WalletProxy {
-    router: Router,
+/// A service the router forwards: its name, and whether its calls route by shard.
+pub trait Forwarded: Clone + Send + Sync + 'static {
+    /// The fully qualified gRPC service name.
+    const NAME: &'static str;
+    /// True when a call goes to its shard's leader (wallet calls); false when any usable node
+    /// takes it, this region's first (session calls: every node shares the session store).
+    const BY_SHARD: bool;
 }
 
-impl WalletProxy {
+/// `casino.wallet.v1.Wallet`: routed by shard.
+#[derive(Clone)]
+pub struct Wallet;
+
+impl Forwarded for Wallet {
+    const NAME: &'static str = "casino.wallet.v1.Wallet";
+    const BY_SHARD: bool = true;
+}
+
+/// `casino.session.v1.Sessions`: any node, with the wallet calls' deadline, retries and
+/// byte-for-byte forwarding.
+#[derive(Clone)]
+pub struct Sessions;
+
+impl Forwarded for Sessions {
+    const NAME: &'static str = "casino.session.v1.Sessions";
+    const BY_SHARD: bool = false;
+}
+
+/// The tower service tonic mounts under a forwarded service's name.
+#[derive(Clone)]
+pub struct Proxy<S> {
+    router: Router,
+    service: std::marker::PhantomData<S>,
+}
+
+/// The wallet service's proxy.
+pub type WalletProxy = Proxy<Wallet>;
+/// The session service's proxy.
+pub type SessionProxy = Proxy<Sessions>;
+
+impl<S> Proxy<S> {
     /// The proxy for `router`.
     pub fn new(router: Router) -> Self {
-        Self { router }
+        Self { router, service: std::marker::PhantomData }
     }
 }
 
-impl NamedService for WalletProxy {
-    const NAME: &'static str = "casino.wallet.v1.Wallet";
+impl<S: Forwarded> NamedService for Proxy<S> {
+    const NAME: &'static str = S::NAME;
 }
 
-impl Service<http::Request<Body>> for WalletProxy {
+impl<S: Forwarded> Service<http::Request<Body>> for Proxy<S> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -81,7 +115,7 @@ impl Service<http::Request<Body>> for WalletProxy {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let router = self.router.clone();
-        Box::pin(async move { Ok(handle(router, req).await) })
+        Box::pin(async move { Ok(handle(router, req, S::BY_SHARD).await) })
     }
 }
 
@@ -119,7 +153,9 @@ enum Attempt {
 /// instead of costing a forwarding hop (walletd's `x-wallet-no-forward`).
 const NO_FORWARD_HEADER: &str = "x-wallet-no-forward";
 
-async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body> {
+/// Routes one call. `by_shard`: a wallet call, routed by its shard; otherwise (a session call)
+/// there is no shard and any node takes it.
+async fn handle(router: Router, req: http::Request<Body>, by_shard: bool) -> http::Response<Body> {
     let Ok(_permit) = router.inner.in_flight.clone().try_acquire_owned() else {
         return respond(refusal(Code::ResourceExhausted, "ROUTER_OVERLOADED", "the router is overloaded; retry later"));
     };
@@ -137,7 +173,7 @@ async fn handle(router: Router, req: http::Request<Body>) -> http::Response<Body
         }
     };
     let method = parts.uri.path().rsplit('/').next().unwrap_or_default().to_string();
-    let call = unframe(&body).and_then(|m| classify(&method, m));
+    let call = if by_shard { unframe(&body).and_then(|m| classify(&method, m)) } else { None };
     let shard = call.as_ref().and_then(|c| match (&c.player, c.shard) {
         (Some(p), _) => PlayerId::new(p).ok().and_then(|p| router.inner.map.shard_for(&p).ok()).map(|s| s.0),
         (None, s) => s,

@@ -97,12 +97,14 @@ fn main() {
     rt.block_on(async {
         println!("{} workers, {} sessions, {} s per measurement", args.workers, args.sessions, args.seconds);
         let keys = || Keyring::new("bench", [7; 32]).unwrap();
-        let memory = SessionStore::new(MemoryBackend::new(), keys(), SessionConfig::default(), Arc::new(SystemClock));
+        // Rate limits off: the benchmark logs in and refreshes from one address on purpose.
+        let config = || SessionConfig { limits: session_store::RateLimits::OFF, ..SessionConfig::default() };
+        let memory = SessionStore::new(MemoryBackend::new(), keys(), config(), Arc::new(SystemClock));
         run("memory", memory, &args).await;
         let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("ssbench:{}", std::process::id());
         let backend = RedisBackend::connect(&url, &prefix, Duration::from_secs(2)).await.unwrap();
-        let redis = SessionStore::new(backend, keys(), SessionConfig::default(), Arc::new(SystemClock));
+        let redis = SessionStore::new(backend, keys(), config(), Arc::new(SystemClock));
         run("redis", redis, &args).await;
     });
 }

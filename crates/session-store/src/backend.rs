@@ -78,6 +78,11 @@ pub trait Backend: Send + Sync + 'static {
 
     fn player_sessions(&self, player: &str) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
 
+    /// Counts one attempt in `bucket`'s fixed window of `window_ms` that holds `now_ms`, and
+    /// returns the window's count so far (this attempt included). Shared by every process of a
+    /// shared backend, so a limit holds across nodes.
+    fn hit(&self, bucket: &str, window_ms: u64, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// A stream of invalidations from other processes, if the backend is shared. The queue holds
     /// at most [`INVALIDATIONS_QUEUED_MAX`]; when it is full (the cache cannot keep up) an
     /// invalidation is dropped, which stays within the documented revocation bound: a cached
@@ -98,7 +103,12 @@ struct Mem {
     sessions: BTreeMap<String, SessionRecord>,
     refresh: BTreeMap<String, RefreshRecord>,
     players: BTreeMap<String, BTreeSet<String>>,
+    /// Rate-limit counters by (bucket, window start).
+    hits: BTreeMap<(String, u64), u64>,
 }
+
+/// Rate-limit counters kept before old windows are swept out.
+const HIT_COUNTERS_SWEEP_AT: usize = 10_000;
 
 /// The embedded default: everything in this process, nothing survives a restart. Expiry is
 /// enforced by the session logic (records past their time are refused and then removed).
@@ -222,6 +232,19 @@ impl Backend for MemoryBackend {
         let mut out: Vec<SessionRecord> = set.iter().filter_map(|sid| m.sessions.get(sid).cloned()).collect();
         out.sort_by(|a, b| (a.created_ms, &a.sid).cmp(&(b.created_ms, &b.sid)));
         Ok(out)
+    }
+
+    async fn hit(&self, bucket: &str, window_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let window_ms = window_ms.max(1);
+        let start = now_ms - now_ms % window_ms;
+        let mut m = self.state.lock().expect("memory backend lock");
+        if m.hits.len() >= HIT_COUNTERS_SWEEP_AT {
+            // Windows are at most a day long (RateLimit::parse), so anything older is done.
+            m.hits.retain(|(_, at), _| now_ms.saturating_sub(*at) <= 86_400_000);
+        }
+        let n = m.hits.entry((bucket.to_owned(), start)).or_insert(0);
+        *n += 1;
+        Ok(*n)
     }
 
     fn subscribe(&self) -> Option<mpsc::Receiver<Invalidation>> {

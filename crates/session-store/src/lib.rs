@@ -14,7 +14,9 @@ pub mod store;
 pub mod token;
 
 pub use backend::{Backend, MemoryBackend};
-pub use model::{Action, AuthError, Clock, ManualClock, SecurityEvent, SessionConfig, SystemClock};
+pub use model::{
+    Action, AuthError, Clock, ManualClock, RateLimit, RateLimits, SecurityEvent, SessionConfig, SystemClock,
+};
 pub use redis_backend::RedisBackend;
-pub use store::{Principal, SessionInfo, SessionStore, Tokens};
+pub use store::{EventSink, Introspection, Principal, SessionInfo, SessionStore, Tokens};
 pub use token::Keyring;

@@ -65,6 +65,63 @@ pub struct SessionConfig {
     pub touch_interval: Duration,
     /// Tolerated clock difference between issuing and checking processes [30 s].
     pub clock_skew: Duration,
+    /// How often sessions may be created and refreshed, per player and per IP address.
+    pub limits: RateLimits,
+}
+
+/// At most `max` attempts per `window`, counted in fixed windows shared by every process of a
+/// backend (a burst can reach twice `max` across a window boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    /// Parses `"<max>/<seconds>s"`, for example `"10/60s"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a rate limit like \"10/60s\" (attempts per seconds)");
+        let (max, window) = text.split_once('/').ok_or_else(bad)?;
+        let secs = window.strip_suffix('s').unwrap_or(window);
+        let max: u32 = max.trim().parse().map_err(|_| bad())?;
+        let secs: u64 = secs.trim().parse().map_err(|_| bad())?;
+        if max == 0 || secs == 0 || secs > 86_400 {
+            return Err(bad());
+        }
+        Ok(RateLimit { max, window: Duration::from_secs(secs) })
+    }
+}
+
+/// Rate limits of the calls an attacker would hammer. `None` turns one off. Defaults in
+/// brackets: generous for people, tight for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Sessions created for one player [20 per minute].
+    pub create_per_player: Option<RateLimit>,
+    /// Sessions created from one IP address [120 per minute; many players share NAT].
+    pub create_per_ip: Option<RateLimit>,
+    /// Refreshes of one player's sessions [60 per minute].
+    pub refresh_per_player: Option<RateLimit>,
+    /// Refreshes from one IP address [600 per minute].
+    pub refresh_per_ip: Option<RateLimit>,
+}
+
+impl RateLimits {
+    /// No limits (benchmarks, tests of other things).
+    pub const OFF: RateLimits =
+        RateLimits { create_per_player: None, create_per_ip: None, refresh_per_player: None, refresh_per_ip: None };
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let per_minute = |max| Some(RateLimit { max, window: Duration::from_secs(60) });
+        RateLimits {
+            create_per_player: per_minute(20),
+            create_per_ip: per_minute(120),
+            refresh_per_player: per_minute(60),
+            refresh_per_ip: per_minute(600),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -80,6 +137,7 @@ impl Default for SessionConfig {
             cache_ttl: Duration::from_secs(1),
             touch_interval: Duration::from_secs(15),
             clock_skew: Duration::from_secs(30),
+            limits: RateLimits::default(),
         }
     }
 }
@@ -160,6 +218,9 @@ pub enum AuthError {
     InsufficientUserAuthentication { required_acr: u8, max_age_secs: u64 },
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),
+    /// Too many attempts of one kind for one player or address; try again after the delay.
+    #[error("too many {what}; try again in {retry_after_ms} ms")]
+    RateLimited { what: &'static str, retry_after_ms: u64 },
     #[error("session store unavailable: {0}")]
     Unavailable(String),
 }
@@ -179,10 +240,39 @@ impl AuthError {
 /// Something a security team wants to see. Never carries a token or key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityEvent {
-    RefreshTokenReuse { player: String, sid: String },
-    DeviceMismatch { player: String, sid: String },
-    IpChanged { player: String, sid: String, from: String, to: String },
-    Revoked { player: String, sid: String, reason: &'static str },
+    /// A session was opened after the player authenticated at `level`.
+    SessionCreated {
+        player: String,
+        sid: String,
+        level: u8,
+        ip: String,
+    },
+    /// A session was stepped up: `from_sid` ended and `sid` replaced it at `level`.
+    SteppedUp {
+        player: String,
+        from_sid: String,
+        sid: String,
+        level: u8,
+    },
+    RefreshTokenReuse {
+        player: String,
+        sid: String,
+    },
+    DeviceMismatch {
+        player: String,
+        sid: String,
+    },
+    IpChanged {
+        player: String,
+        sid: String,
+        from: String,
+        to: String,
+    },
+    Revoked {
+        player: String,
+        sid: String,
+        reason: &'static str,
+    },
 }
 
 /// A high-risk or ordinary action, for step-up checks.

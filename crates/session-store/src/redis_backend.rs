@@ -5,6 +5,7 @@
 //! - `P:s:<sid>`: hash of the session's fields. TTL: until the idle timeout or the absolute end.
 //! - `P:r:<sha256 of refresh token, hex>`: hash `sid`, `gen`, `rotated`. TTL: the session's end.
 //! - `P:p:<player>`: set of the player's session ids.
+//! - `P:rl:<bucket>:<window number>`: a rate-limit counter. TTL: its window.
 //! - channel `P:revoked`: session ids as they are revoked.
 //!
 //! Decisions that must be atomic (refresh rotation, touching a session that may have been
@@ -317,6 +318,22 @@ impl Backend for RedisBackend {
         }
         out.sort_by_key(|s| s.created_ms);
         Ok(out)
+    }
+
+    async fn hit(&self, bucket: &str, window_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let window_ms = window_ms.max(1);
+        let key = format!("{}:rl:{bucket}:{}", self.prefix, now_ms / window_ms);
+        let mut c = self.conn.clone();
+        // INCR and PEXPIRE in one MULTI: a counter never outlives its window.
+        let (n,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1u64)
+            .pexpire(&key, window_ms as i64)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(n)
     }
 
     fn subscribe(&self) -> Option<mpsc::Receiver<Invalidation>> {

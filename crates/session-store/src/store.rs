@@ -7,13 +7,13 @@
 
 use crate::backend::{Backend, Invalidation, StoreError, session_ttl};
 use crate::model::{
-    Action, AuthError, Clock, RefreshDecision, RefreshRecord, SecurityEvent, SessionConfig, SessionRecord,
+    Action, AuthError, Clock, RateLimit, RefreshDecision, RefreshRecord, SecurityEvent, SessionConfig, SessionRecord,
 };
 use crate::token::{Claims, Keyring};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
@@ -24,6 +24,26 @@ pub struct Tokens {
     pub access_token: String,
     pub access_expires_ms: u64,
     pub refresh_token: String,
+    /// The player the session is for.
+    pub player: String,
+    /// The session's authentication level.
+    pub level: u8,
+    /// The session's absolute end (it ends earlier when idle).
+    pub session_expires_ms: u64,
+}
+
+impl Tokens {
+    fn of(rec: &SessionRecord, access_token: String, access_expires_ms: u64, refresh_token: String) -> Self {
+        Tokens {
+            session_id: rec.sid.clone(),
+            access_token,
+            access_expires_ms,
+            refresh_token,
+            player: rec.player.clone(),
+            level: rec.level,
+            session_expires_ms: rec.expires_ms,
+        }
+    }
 }
 
 /// Who a valid access token speaks for.
@@ -34,6 +54,23 @@ pub struct Principal {
     pub level: u8,
     pub auth_time_ms: u64,
 }
+
+/// What introspection says about a valid access token (RFC 7662 in spirit: an invalid one is
+/// an error, which the service answers as `active: false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub principal: Principal,
+    /// When the access token expires.
+    pub token_expires_ms: u64,
+    /// When the token was issued.
+    pub issued_ms: u64,
+    /// The absolute end of its session.
+    pub session_expires_ms: u64,
+}
+
+/// Receives every security event synchronously, in order, as it happens (the durable audit
+/// stream); unlike [`SessionStore::events`] it never drops one.
+pub type EventSink = Arc<dyn Fn(&SecurityEvent) + Send + Sync>;
 
 /// A session as its player sees it in a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +96,7 @@ struct Inner<B> {
     clock: Arc<dyn Clock>,
     cache: moka::future::Cache<String, Cached>,
     events: broadcast::Sender<SecurityEvent>,
+    sink: OnceLock<EventSink>,
 }
 
 /// The session store. Cheap to clone; clones share everything.
@@ -105,7 +143,8 @@ impl<B: Backend> SessionStore<B> {
             .time_to_live(config.cache_ttl.max(std::time::Duration::from_millis(1)) * 2)
             .build();
         let (events, _) = broadcast::channel(1024);
-        let inner = Arc::new(Inner { backend, keys: RwLock::new(keys), config, clock, cache, events });
+        let inner =
+            Arc::new(Inner { backend, keys: RwLock::new(keys), config, clock, cache, events, sink: OnceLock::new() });
         if let Some(mut rx) = inner.backend.subscribe() {
             let weak = Arc::downgrade(&inner);
             tokio::spawn(async move {
@@ -130,9 +169,41 @@ impl<B: Backend> SessionStore<B> {
         &self.inner.backend
     }
 
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// Sends every later security event to `sink` as well, before anything else sees it. Only
+    /// one sink can be set; returns false if one already was.
+    pub fn set_event_sink(&self, sink: EventSink) -> bool {
+        self.inner.sink.set(sink).is_ok()
+    }
+
     fn emit(&self, e: SecurityEvent) {
-        tracing::warn!(event = ?e, "security event");
+        match &e {
+            SecurityEvent::SessionCreated { .. } | SecurityEvent::SteppedUp { .. } => {
+                tracing::info!(event = ?e, "security event")
+            }
+            _ => tracing::warn!(event = ?e, "security event"),
+        }
+        if let Some(sink) = self.inner.sink.get() {
+            sink(&e);
+        }
         let _ = self.inner.events.send(e);
+    }
+
+    /// Counts an attempt against `limit` in `bucket`; refuses it once the window is full.
+    async fn limit(&self, limit: Option<RateLimit>, bucket: String, what: &'static str) -> Result<(), AuthError> {
+        let Some(limit) = limit else { return Ok(()) };
+        let window = Self::ms(limit.window);
+        let now = self.now();
+        let n = self.inner.backend.hit(&bucket, window, now).await.map_err(unavailable)?;
+        if n > u64::from(limit.max) {
+            let retry_after_ms = window - now % window.max(1);
+            return Err(AuthError::RateLimited { what, retry_after_ms });
+        }
+        Ok(())
     }
 
     fn now(&self) -> u64 {
@@ -177,6 +248,21 @@ impl<B: Backend> SessionStore<B> {
         ip: &str,
         level: u8,
     ) -> Result<Tokens, AuthError> {
+        self.login_at(player, device_fingerprint, ip, level, None).await
+    }
+
+    /// [`Self::login`] for an authentication that happened at `auth_time_ms` (now if `None`):
+    /// what an identity front-end reports after it checked the player. A time in the future
+    /// (beyond the clock skew) or older than the idle timeout is refused. Creation is rate
+    /// limited per player and per IP address.
+    pub async fn login_at(
+        &self,
+        player: &str,
+        device_fingerprint: &str,
+        ip: &str,
+        level: u8,
+        auth_time_ms: Option<u64>,
+    ) -> Result<Tokens, AuthError> {
         check_text(player, 128, "player id")?;
         check_text(device_fingerprint, 1024, "device fingerprint")?;
         check_text(ip, 64, "ip")?;
@@ -184,13 +270,27 @@ impl<B: Backend> SessionStore<B> {
             return Err(AuthError::InvalidInput("auth level must be at least 1"));
         }
         let now = self.now();
+        let c = &self.inner.config;
+        let auth_time_ms = match auth_time_ms {
+            None => now,
+            Some(t) if t > now + Self::ms(c.clock_skew) => {
+                return Err(AuthError::InvalidInput("auth time is in the future"));
+            }
+            Some(t) if now.saturating_sub(t) > Self::ms(c.idle_timeout) => {
+                return Err(AuthError::InvalidInput("auth time is too old to open a session"));
+            }
+            Some(t) => t.min(now),
+        };
+        self.limit(c.limits.create_per_ip, format!("create:ip:{ip}"), "sessions created from this address").await?;
+        self.limit(c.limits.create_per_player, format!("create:player:{player}"), "sessions created for this player")
+            .await?;
         let rec = SessionRecord {
             sid: random_b64::<16>()?,
             player: player.to_owned(),
             dfp: sha256_hex(device_fingerprint),
             created_ms: now,
             last_seen_ms: now,
-            auth_time_ms: now,
+            auth_time_ms,
             level,
             expires_ms: now + Self::ms(self.inner.config.absolute_lifetime),
             ip: ip.to_owned(),
@@ -200,8 +300,14 @@ impl<B: Backend> SessionStore<B> {
         let rr = RefreshRecord { sid: rec.sid.clone(), generation: 0, rotated_ms: None };
         let idle = Self::ms(self.inner.config.idle_timeout);
         self.inner.backend.create(&rec, &sha256_hex(&refresh), &rr, now, idle).await.map_err(unavailable)?;
+        self.emit(SecurityEvent::SessionCreated {
+            player: rec.player.clone(),
+            sid: rec.sid.clone(),
+            level,
+            ip: ip.to_owned(),
+        });
         let (access_token, access_expires_ms) = self.access_token(&rec, now);
-        Ok(Tokens { session_id: rec.sid, access_token, access_expires_ms, refresh_token: refresh })
+        Ok(Tokens::of(&rec, access_token, access_expires_ms, refresh))
     }
 
     async fn session(&self, sid: &str, now: u64) -> Result<SessionRecord, AuthError> {
@@ -228,6 +334,33 @@ impl<B: Backend> SessionStore<B> {
         Err(AuthError::SessionExpired(why))
     }
 
+    /// The claims of a well-signed, unexpired `access_token` and its live session; with
+    /// `device_fingerprint`, only if the token is bound to that device.
+    async fn live_session(
+        &self,
+        access_token: &str,
+        device_fingerprint: Option<&str>,
+        now: u64,
+    ) -> Result<(Claims, SessionRecord), AuthError> {
+        let claims = self.inner.keys.read().expect("keyring lock").verify(
+            access_token,
+            now,
+            Self::ms(self.inner.config.clock_skew),
+        )?;
+        if let Some(device) = device_fingerprint
+            && !ct_eq(&claims.dfp, &sha256_hex(device))
+        {
+            self.emit(SecurityEvent::DeviceMismatch { player: claims.sub.clone(), sid: claims.sid.clone() });
+            return Err(AuthError::DeviceMismatch);
+        }
+        let rec = self.session(&claims.sid, now).await?;
+        if rec.player != claims.sub {
+            return Err(AuthError::SessionRevoked);
+        }
+        self.check_lifetime(&rec, now).await?;
+        Ok((claims, rec))
+    }
+
     /// Checks an access token presented from `device_fingerprint` at `ip`.
     pub async fn validate(
         &self,
@@ -237,20 +370,7 @@ impl<B: Backend> SessionStore<B> {
     ) -> Result<Principal, AuthError> {
         check_text(ip, 64, "ip")?;
         let now = self.now();
-        let claims = self.inner.keys.read().expect("keyring lock").verify(
-            access_token,
-            now,
-            Self::ms(self.inner.config.clock_skew),
-        )?;
-        if !ct_eq(&claims.dfp, &sha256_hex(device_fingerprint)) {
-            self.emit(SecurityEvent::DeviceMismatch { player: claims.sub.clone(), sid: claims.sid.clone() });
-            return Err(AuthError::DeviceMismatch);
-        }
-        let rec = self.session(&claims.sid, now).await?;
-        if rec.player != claims.sub {
-            return Err(AuthError::SessionRevoked);
-        }
-        self.check_lifetime(&rec, now).await?;
+        let (claims, rec) = self.live_session(access_token, Some(device_fingerprint), now).await?;
         let ip_changed = rec.ip != ip;
         if ip_changed {
             self.emit(SecurityEvent::IpChanged {
@@ -273,6 +393,29 @@ impl<B: Backend> SessionStore<B> {
             self.inner.cache.insert(rec.sid.clone(), Cached { rec, fetched_ms: now }).await;
         }
         Ok(Principal { session_id: claims.sid, player: claims.sub, level: claims.acr, auth_time_ms: claims.auth_time })
+    }
+
+    /// Whether `access_token` is valid now, for whom and at what level, for other services
+    /// (RFC 7662 in spirit). With `device_fingerprint`, a token bound to another device is
+    /// invalid. Unlike [`Self::validate`] it does not count as the player's activity: it neither
+    /// extends the idle timeout nor records an IP address.
+    pub async fn introspect(
+        &self,
+        access_token: &str,
+        device_fingerprint: Option<&str>,
+    ) -> Result<Introspection, AuthError> {
+        let (claims, rec) = self.live_session(access_token, device_fingerprint, self.now()).await?;
+        Ok(Introspection {
+            principal: Principal {
+                session_id: claims.sid,
+                player: claims.sub,
+                level: claims.acr,
+                auth_time_ms: claims.auth_time,
+            },
+            token_expires_ms: claims.exp,
+            issued_ms: claims.iat,
+            session_expires_ms: rec.expires_ms,
+        })
     }
 
     /// Refuses a high-risk action unless the session authenticated at the step-up level within
@@ -300,6 +443,8 @@ impl<B: Backend> SessionStore<B> {
             return Err(AuthError::UnknownRefreshToken);
         }
         check_text(ip, 64, "ip")?;
+        let limits = self.inner.config.limits;
+        self.limit(limits.refresh_per_ip, format!("refresh:ip:{ip}"), "refreshes from this address").await?;
         let now = self.now();
         let old_hash = sha256_hex(refresh_token);
         let rr = self
@@ -316,6 +461,8 @@ impl<B: Backend> SessionStore<B> {
             return Err(AuthError::DeviceMismatch);
         }
         self.check_lifetime(&rec, now).await?;
+        self.limit(limits.refresh_per_player, format!("refresh:player:{}", rec.player), "refreshes for this player")
+            .await?;
         let fresh = random_b64::<32>()?;
         let overlap = self.inner.config.refresh_overlap.map(Self::ms);
         let ttl = session_ttl(&rec, now, Self::ms(self.inner.config.idle_timeout));
@@ -340,7 +487,7 @@ impl<B: Backend> SessionStore<B> {
         let rec = SessionRecord { last_seen_ms: now, ip: ip.to_owned(), ..rec };
         self.inner.cache.invalidate(&rec.sid).await;
         let (access_token, access_expires_ms) = self.access_token(&rec, now);
-        Ok(Tokens { session_id: rec.sid, access_token, access_expires_ms, refresh_token: fresh })
+        Ok(Tokens::of(&rec, access_token, access_expires_ms, fresh))
     }
 
     /// Raises the session's auth level after the player re-authenticated at `level`. The
@@ -384,8 +531,14 @@ impl<B: Backend> SessionStore<B> {
         if !replaced {
             return Err(AuthError::SessionRevoked);
         }
+        self.emit(SecurityEvent::SteppedUp {
+            player: rec.player.clone(),
+            from_sid: old.sid.clone(),
+            sid: rec.sid.clone(),
+            level: rec.level,
+        });
         let (access_token, access_expires_ms) = self.access_token(&rec, now);
-        Ok(Tokens { session_id: rec.sid, access_token, access_expires_ms, refresh_token: refresh })
+        Ok(Tokens::of(&rec, access_token, access_expires_ms, refresh))
     }
 
     /// The player's live sessions, oldest first.
@@ -419,9 +572,14 @@ impl<B: Backend> SessionStore<B> {
         Ok(())
     }
 
-    /// Ends one session of `player`.
-    pub async fn revoke_session(&self, player: &str, sid: &str) -> Result<(), AuthError> {
-        self.revoke_sids(player, vec![sid.to_owned()], "revoked").await
+    /// Ends one session of `player`. Returns false, changing nothing, when `player` has no live
+    /// session `sid` (it ended, or it is someone else's).
+    pub async fn revoke_session(&self, player: &str, sid: &str) -> Result<bool, AuthError> {
+        let owned = self.inner.backend.get_session(sid).await.map_err(unavailable)?.is_some_and(|s| s.player == player);
+        if owned {
+            self.revoke_sids(player, vec![sid.to_owned()], "revoked").await?;
+        }
+        Ok(owned)
     }
 
     /// Ends every session of `player` except `keep`.

@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use session_store::token::{Claims, TokenError};
-use session_store::{Action, AuthError, Backend, Keyring, ManualClock, SecurityEvent, SessionConfig, SessionStore};
+use session_store::{
+    Action, AuthError, Backend, Keyring, ManualClock, RateLimit, RateLimits, SecurityEvent, SessionConfig, SessionStore,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,6 +222,8 @@ async fn ip_change_is_a_risk_signal<B: Backend>(s: SessionStore<B>, _clock: Arc<
     let mut events = s.events();
     let t = s.login("gina", DEV, IP, 1).await.unwrap();
     s.validate(&t.access_token, DEV, "198.51.100.1").await.unwrap();
+    let created = events.recv().await.unwrap();
+    assert!(matches!(created, SecurityEvent::SessionCreated { level: 1, .. }), "{created:?}");
     let e = events.recv().await.unwrap();
     assert_eq!(
         e,
@@ -252,8 +256,12 @@ async fn sessions_are_listed_and_revoked_three_ways<B: Backend>(s: SessionStore<
     let other = s.login("jack", DEV, IP, 1).await.unwrap();
     let ids: Vec<String> = s.list_sessions("ivy").await.unwrap().into_iter().map(|i| i.session_id).collect();
     assert_eq!(ids, vec![a.session_id.clone(), b.session_id.clone(), c.session_id.clone()]);
+    // Not someone else's, not by guessing an id.
+    assert!(!s.revoke_session("jack", &a.session_id).await.unwrap());
+    assert!(!s.revoke_session("ivy", "no-such-session").await.unwrap());
+    s.validate(&a.access_token, "phone", IP).await.unwrap();
     // One.
-    s.revoke_session("ivy", &a.session_id).await.unwrap();
+    assert!(s.revoke_session("ivy", &a.session_id).await.unwrap());
     assert_eq!(s.validate(&a.access_token, "phone", IP).await, Err(AuthError::SessionRevoked));
     // All but the current one.
     assert_eq!(s.revoke_others("ivy", &c.session_id).await.unwrap(), 1);
@@ -283,3 +291,124 @@ async fn keys_rotate_without_cutting_tokens_short<B: Backend>(s: SessionStore<B>
     assert!(matches!(e, AuthError::Token(TokenError::Expired | TokenError::RetiredKey)), "{e:?}");
 }
 both!(keys_rotate_without_cutting_tokens_short, SessionConfig::default());
+
+fn tight_limits() -> SessionConfig {
+    let per_min = |max| Some(RateLimit { max, window: Duration::from_secs(60) });
+    SessionConfig {
+        limits: RateLimits {
+            create_per_player: per_min(3),
+            create_per_ip: per_min(5),
+            refresh_per_player: per_min(2),
+            refresh_per_ip: per_min(4),
+        },
+        ..SessionConfig::default()
+    }
+}
+
+async fn creation_and_refresh_are_rate_limited<B: Backend>(s: SessionStore<B>, clock: Arc<ManualClock>) {
+    let limited = |r: Result<session_store::Tokens, AuthError>| matches!(r, Err(AuthError::RateLimited { .. }));
+    // Per player: the fourth session for lena within a minute is refused, from any address.
+    let mut lena = Vec::new();
+    for i in 0..3 {
+        lena.push(s.login("lena", DEV, &format!("198.51.100.{i}"), 1).await.unwrap());
+    }
+    let e = s.login("lena", DEV, "198.51.100.9", 1).await.unwrap_err();
+    let AuthError::RateLimited { retry_after_ms, .. } = e else { panic!("{e:?}") };
+    assert!(retry_after_ms > 0 && retry_after_ms <= 60_000, "{retry_after_ms}");
+    // Per IP: five sessions from one address, whoever they are for.
+    for i in 0..5 {
+        s.login(&format!("p{i}"), DEV, IP, 1).await.unwrap();
+    }
+    assert!(limited(s.login("p9", DEV, IP, 1).await));
+    // Refresh per player: two rotations, then refused (the token stays live: nothing rotated).
+    let mut refresh = lena[0].refresh_token.clone();
+    for _ in 0..2 {
+        refresh = s.refresh(&refresh, DEV, "198.51.100.20").await.unwrap().refresh_token;
+    }
+    assert!(limited(s.refresh(&refresh, DEV, "198.51.100.21").await));
+    // The next window lets both through again, and the refused refresh was not a rotation.
+    clock.advance(Duration::from_secs(61));
+    let next = s.refresh(&refresh, DEV, "198.51.100.20").await.unwrap();
+    s.validate(&next.access_token, DEV, "198.51.100.20").await.unwrap();
+    s.login("lena", DEV, IP, 1).await.unwrap();
+}
+both!(creation_and_refresh_are_rate_limited, tight_limits());
+
+async fn refreshes_from_one_address_are_rate_limited<B: Backend>(s: SessionStore<B>, _clock: Arc<ManualClock>) {
+    let a = s.login("mia", DEV, "198.51.100.1", 1).await.unwrap();
+    let b = s.login("noah", DEV, "198.51.100.2", 1).await.unwrap();
+    let (mut ra, mut rb) = (a.refresh_token, b.refresh_token);
+    for _ in 0..2 {
+        ra = s.refresh(&ra, DEV, IP).await.unwrap().refresh_token;
+        rb = s.refresh(&rb, DEV, IP).await.unwrap().refresh_token;
+    }
+    assert!(matches!(s.refresh(&ra, DEV, IP).await, Err(AuthError::RateLimited { .. })));
+    // Another address is not affected.
+    s.refresh(&ra, DEV, "198.51.100.3").await.unwrap();
+}
+both!(
+    refreshes_from_one_address_are_rate_limited,
+    SessionConfig {
+        limits: RateLimits {
+            refresh_per_ip: Some(RateLimit { max: 4, window: Duration::from_secs(60) }),
+            ..RateLimits::OFF
+        },
+        ..SessionConfig::default()
+    }
+);
+
+async fn introspection_reports_without_touching<B: Backend>(s: SessionStore<B>, clock: Arc<ManualClock>) {
+    let t = s.login_at("olga", DEV, IP, 2, Some(clock.now_ms() - 5_000)).await.unwrap();
+    let i = s.introspect(&t.access_token, None).await.unwrap();
+    assert_eq!((i.principal.player.as_str(), i.principal.level), ("olga", 2));
+    assert_eq!(i.principal.auth_time_ms, clock.now_ms() - 5_000, "the reported auth time is kept");
+    assert_eq!(i.token_expires_ms, t.access_expires_ms);
+    assert!(s.introspect(&t.access_token, Some(DEV)).await.is_ok());
+    assert_eq!(s.introspect(&t.access_token, Some("other")).await, Err(AuthError::DeviceMismatch));
+    assert!(matches!(s.introspect("v1.k1.forged", None).await, Err(AuthError::Token(_))));
+    // Introspection is not activity: the session idles out 30 minutes after its last use,
+    // however often it was introspected meanwhile (tokens here outlive the idle timeout).
+    clock.advance(min(20));
+    s.introspect(&t.access_token, None).await.unwrap();
+    clock.advance(min(11));
+    assert!(matches!(s.introspect(&t.access_token, None).await, Err(AuthError::SessionExpired(_))));
+}
+both!(introspection_reports_without_touching, SessionConfig { access_ttl: min(60), ..SessionConfig::default() });
+
+async fn login_times_are_checked<B: Backend>(s: SessionStore<B>, clock: Arc<ManualClock>) {
+    let now = clock.now_ms();
+    assert!(matches!(s.login_at("pia", DEV, IP, 1, Some(now + 60_000)).await, Err(AuthError::InvalidInput(_))));
+    assert!(matches!(s.login_at("pia", DEV, IP, 1, Some(now - 31 * 60_000)).await, Err(AuthError::InvalidInput(_))));
+    s.login_at("pia", DEV, IP, 1, Some(now + 1_000)).await.unwrap();
+}
+both!(login_times_are_checked, SessionConfig::default());
+
+async fn every_event_reaches_the_sink_in_order<B: Backend>(s: SessionStore<B>, _clock: Arc<ManualClock>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    assert!(s.set_event_sink(Arc::new(move |e: &SecurityEvent| sink.lock().unwrap().push(e.clone()))));
+    assert!(!s.set_event_sink(Arc::new(|_: &SecurityEvent| {})), "one sink only");
+    let t = s.login("quinn", DEV, IP, 1).await.unwrap();
+    let up = s.step_up(&t.access_token, DEV, IP, 2).await.unwrap();
+    let r1 = s.refresh(&up.refresh_token, DEV, IP).await.unwrap();
+    let _ = r1;
+    assert_eq!(s.refresh(&up.refresh_token, DEV, IP).await, Err(AuthError::RefreshTokenReused));
+    let kinds: Vec<&'static str> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            SecurityEvent::SessionCreated { .. } => "created",
+            SecurityEvent::SteppedUp { .. } => "stepped_up",
+            SecurityEvent::RefreshTokenReuse { .. } => "reuse",
+            SecurityEvent::Revoked { .. } => "revoked",
+            SecurityEvent::DeviceMismatch { .. } => "device",
+            SecurityEvent::IpChanged { .. } => "ip",
+        })
+        .collect();
+    assert_eq!(kinds, ["created", "stepped_up", "reuse", "revoked"]);
+    let events = seen.lock().unwrap();
+    let SecurityEvent::SteppedUp { from_sid, sid, level, .. } = &events[1] else { unreachable!() };
+    assert_eq!((from_sid, sid, *level), (&t.session_id, &up.session_id, 2));
+}
+both!(every_event_reaches_the_sink_in_order, SessionConfig::default());

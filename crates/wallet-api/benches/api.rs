@@ -685,7 +685,7 @@ async fn main() {
             Authenticator::new(vec![key()], None),
             draining.clone(),
         );
-        tokio::spawn(serve(svc, api_l, draining.clone()));
+        tokio::spawn(serve(svc, None, api_l, draining.clone()));
         nodes.push(node);
     }
     nodes[0].bootstrap(&members).await.expect("bootstrap");

@@ -163,6 +163,9 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         anchor: u64,
     },
+    /// Sessions (casino.session.v1): create, refresh, step up, list, revoke, introspect.
+    #[command(subcommand)]
+    Session(crate::session::ctl::SessionCmd),
     /// Call any RPC with a request given as JSON (protobuf's JSON mapping), signed with the
     /// operator key or carrying the player token; prints the response as JSON. What grpcurl
     /// cannot do alone: grpcurl does not sign requests.
@@ -404,6 +407,26 @@ pub fn main() -> ! {
 
 /// Runs `walletctl` and returns its exit code (see [`crate::exit`]).
 pub async fn run(cli: Cli) -> Result<i32, String> {
+    if let Cmd::Session(cmd) = cli.cmd {
+        // Session calls take whichever credential each needs (a refresh, none at all).
+        let channel = channel(&cli.addr).await.map_err(|e| format!("cannot reach the API at {}: {e}", cli.addr))?;
+        let operator = match (&cli.key_id, &cli.key_secret) {
+            (Some(id), Some(secret)) => Some(Credentials::Operator {
+                key_id: id.clone(),
+                secret: hex::decode(secret.trim()).map_err(|_| "the key secret must be hex".to_string())?,
+            }),
+            _ => None,
+        };
+        let ctx = crate::session::ctl::SessionCtx {
+            channel,
+            operator,
+            token: cli.token,
+            device: cli.device,
+            timeout: Duration::from_secs(cli.timeout),
+            json: cli.json,
+        };
+        return Ok(crate::session::ctl::run(ctx, cmd).await);
+    }
     let creds = credentials(&cli)?;
     let channel = channel(&cli.addr).await.map_err(|e| format!("cannot reach the wallet API at {}: {e}", cli.addr))?;
     let mut c = Ctl {
@@ -515,6 +538,7 @@ async fn run_cmd(c: &mut Ctl, cmd: Cmd) -> Result<i32, Invalid> {
         Cmd::Watch { player, shard, from } => watch(c, player.unwrap_or_default(), shard, from).await,
         Cmd::Proof { shard, seq, anchor } => proof(c, shard, seq, anchor).await,
         Cmd::Call { method, request } => call(c, &method, request).await?,
+        Cmd::Session(_) => unreachable!("run() handles session commands before credentials"),
     })
 }
 

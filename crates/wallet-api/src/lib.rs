@@ -7,3 +7,4 @@ pub mod amount;
 pub mod api;
 pub mod ctl;
 pub mod exit;
+pub mod session;

@@ -111,6 +111,11 @@ pub(crate) struct FileConfig {
     pub(crate) redis_url: Option<String>,
     /// File holding the session token signing key: `kid = "..."` and `key = "<64 hex>"`.
     pub(crate) session_key: Option<PathBuf>,
+    /// Serve the session service (`casino.session.v1`) beside the wallet API when a session
+    /// store is configured (default true).
+    pub(crate) session_api: Option<bool>,
+    /// The security event log (default `<data_dir>/security-events.log`).
+    pub(crate) security_log: Option<PathBuf>,
     /// The cluster's topology file (regions, nodes, zones, shards, replication, RTTs). With it,
     /// shards get home regions that lead them, Raft timing derives from the RTTs, and
     /// `--bootstrap` takes its members from the file.
@@ -228,6 +233,10 @@ pub(crate) struct ApiConfig {
     pub(crate) redis_url: Option<String>,
     /// Session signing key file.
     pub(crate) session_key: Option<PathBuf>,
+    /// Whether the session service is served (only with a session store).
+    pub(crate) session_api: bool,
+    /// Where security events go (only with a session store).
+    pub(crate) security_log: PathBuf,
 }
 
 impl FileConfig {
@@ -263,6 +272,8 @@ impl FileConfig {
             operator_keys,
             redis_url,
             session_key,
+            session_api,
+            security_log,
             topology
         );
         if !other.peers.is_empty() {
@@ -391,11 +402,14 @@ impl FileConfig {
                 "player tokens need both `redis_url` and `session_key`".into(),
             ));
         }
+        let security_log = self.security_log.unwrap_or_else(|| node.data_dir.join("security-events.log"));
         let api = self.api_listen.map(|listen| ApiConfig {
             listen,
             operator_keys: self.operator_keys,
             redis_url: self.redis_url,
             session_key: self.session_key,
+            session_api: self.session_api.unwrap_or(true),
+            security_log,
         });
         Ok(StartConfig { node, listen, cluster_key, bootstrap, seeds, api })
     }

@@ -21,6 +21,9 @@ use raft_ledger::net::member::ClusterKey;
 use wallet_api::api::auth::{Authenticator, OperatorKey, Role, Sessions};
 use wallet_api::api::client::Credentials;
 use wallet_api::api::service::{WalletService, serve};
+use wallet_api::session::audit::SecurityLog;
+use wallet_api::session::pb::sessions_client::SessionsClient;
+use wallet_api::session::service::SessionApi;
 
 /// Options of `walletd demo`.
 #[derive(Debug, Args)]
@@ -46,9 +49,6 @@ pub(crate) struct DemoArgs {
     pub(crate) load_secs: Option<u64>,
 }
 
-/// How long the demo's player token lasts.
-const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
-
 const REGIONS: [(&str, &str); 3] = [("eu-west", "eu-west-1a"), ("us-east", "us-east-1b"), ("ap-south", "ap-south-1a")];
 
 struct DemoNode {
@@ -61,55 +61,64 @@ struct DemoNode {
 }
 
 /// What every demo node's wallet API trusts: one operator key with every role, and an
-/// in-process session store for player tokens.
+/// in-process session store for player tokens, which every node's session service serves and
+/// whose security events go to one log.
 #[derive(Clone)]
 struct DemoAuth {
     key_id: String,
     secret: Vec<u8>,
     sessions: Sessions,
+    log: SecurityLog,
+    log_path: PathBuf,
     /// The cluster's key, shared by the nodes and written where `walletd client` can read it.
     cluster_key: ClusterKey,
     cluster_secret_hex: String,
 }
 
 impl DemoAuth {
-    fn new() -> Result<Self, String> {
+    fn new(root: &std::path::Path) -> Result<Self, String> {
         let mut secret = vec![0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
         let mut session_key = [0u8; 32];
         getrandom::fill(&mut session_key).map_err(|e| e.to_string())?;
         let keys = session_store::Keyring::new("demo", session_key).map_err(|_| "session key id".to_string())?;
-        // The demo prints one player token for people to paste, so it outlives a coffee break:
-        // 12 hours instead of the 5 minutes real access tokens last.
-        let config = session_store::SessionConfig {
-            access_ttl: DEMO_TOKEN_TTL,
-            idle_timeout: DEMO_TOKEN_TTL,
-            absolute_lifetime: DEMO_TOKEN_TTL,
-            ..session_store::SessionConfig::default()
-        };
+        // Real settings: 5-minute access tokens, which the session service refreshes.
         let store = session_store::SessionStore::new(
             session_store::MemoryBackend::new(),
             keys,
-            config,
+            session_store::SessionConfig::default(),
             Arc::new(session_store::SystemClock),
         );
+        let log_path = root.join("security-events.log");
+        let (log, _) = SecurityLog::open(&log_path, "walletd demo")?;
+        store.set_event_sink(log.sink());
         let (cluster_key, cluster_secret_hex) = ClusterKey::generate();
         Ok(Self {
             key_id: "demo-operator".into(),
             secret,
             sessions: Sessions::Memory(store),
+            log,
+            log_path,
             cluster_key,
             cluster_secret_hex,
         })
     }
 
-    fn authenticator(&self) -> Authenticator {
-        let key = OperatorKey {
+    fn keys(&self) -> Vec<OperatorKey> {
+        vec![OperatorKey {
             id: self.key_id.clone(),
             secret: hex::encode(&self.secret),
-            roles: [Role::Game, Role::Cashier, Role::Audit].into_iter().collect(),
-        };
-        Authenticator::new(vec![key], Some(self.sessions.clone()))
+            roles: [Role::Game, Role::Cashier, Role::Audit, Role::Session].into_iter().collect(),
+        }]
+    }
+
+    fn authenticator(&self) -> Authenticator {
+        Authenticator::new(self.keys(), Some(self.sessions.clone()))
+    }
+
+    /// The session service every demo node serves.
+    fn session_api(&self, draining: watch::Receiver<bool>) -> SessionApi {
+        SessionApi::new(&self.sessions, Authenticator::new(self.keys(), None), Some(self.log.clone()), draining)
     }
 
     fn credentials(&self) -> Credentials {
@@ -139,8 +148,9 @@ async fn launch(
     }));
     let (draining_tx, draining) = watch::channel(false);
     let service = WalletService::new(node.clone(), vec![n.info.addr.clone()], auth.authenticator(), draining.clone());
+    let sessions = auth.session_api(draining.clone());
     let api = tokio::spawn(async move {
-        if let Err(e) = serve(service, api_listener, draining).await {
+        if let Err(e) = serve(service, Some(sessions), api_listener, draining).await {
             eprintln!("wallet API stopped: {e}");
         }
     });
@@ -197,8 +207,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         }
     };
     println!("walletd demo: 3 regions, 1 node each, {} shards, data in {}", args.shards, root.display());
-    let auth = DemoAuth::new()?;
     std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let auth = DemoAuth::new(&root)?;
     let key_file = root.join("cluster.key");
     std::fs::write(&key_file, format!("{}\n", auth.cluster_secret_hex))
         .map_err(|e| format!("{}: {e}", key_file.display()))?;
@@ -443,17 +453,26 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
 
     step("the wallet API (gRPC, casino.wallet.v1) is served by every node and every router");
     let api_addr = router_addrs[0].clone();
-    let tokens = match &auth.sessions {
-        Sessions::Memory(store) => {
-            store.login("alice", "demo-device", "127.0.0.1", 2).await.map_err(|e| e.to_string())?
-        }
-        Sessions::Redis(_) => unreachable!("the demo keeps sessions in memory"),
+    // alice's session, opened the way a casino's login front-end opens one: CreateSession on
+    // casino.session.v1, signed with an operator key holding the session role.
+    let channel = wallet_api::api::client::channel(&api_addr).await.map_err(|e| e.to_string())?;
+    let create = wallet_api::session::pb::CreateSessionRequest {
+        player_id: "alice".into(),
+        device_fingerprint: "demo-device".into(),
+        ip: "127.0.0.1".into(),
+        auth_level: 1,
+        auth_time_ms: 0,
     };
+    let path = wallet_api::session::path("CreateSession");
+    let tokens = SessionsClient::new(channel)
+        .create_session(auth.credentials().request_at(&path, create, Duration::from_secs(10)))
+        .await
+        .map_err(|s| format!("CreateSession: {}", s.message()))?
+        .into_inner();
     let bin = walletctl_on_path(&root)?;
-    let expires = std::time::UNIX_EPOCH + Duration::from_millis(tokens.access_expires_ms);
     println!(
-        "  operator key {} (roles game, cashier, audit); a player token for alice on device demo-device",
-        auth.key_id
+        "  operator key {} (roles game, cashier, audit, session); alice's session {} was opened through the session service (casino.session.v1 CreateSession)",
+        auth.key_id, tokens.session_id
     );
     println!("  In another terminal, while the demo runs:");
     println!("  export PATH={}:$PATH", bin.display());
@@ -469,12 +488,21 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     println!("  walletctl watch alice          # follows new entries; Ctrl-C to stop");
     println!("  walletctl proof {shard} 1");
     println!("  walletctl call GetBalance '{{\"playerId\":\"alice\",\"currency\":\"EUR\"}}'");
-    println!("  WALLET_TOKEN={} WALLET_DEVICE=demo-device walletctl balance alice EUR", tokens.access_token);
     println!(
-        "  # the player token is valid until {} (12 hours, a demo setting; real access tokens last 5 minutes)",
-        humantime::format_rfc3339_seconds(expires)
+        "  As alice: her access token lasts {} s; a refresh gives new tokens (each refresh token works once):",
+        tokens.access_expires_in_s
     );
-    // Reflection is served by the nodes (a router forwards the wallet service only).
+    println!("  export WALLET_DEVICE=demo-device WALLET_REFRESH_TOKEN={}", tokens.refresh_token);
+    println!("  WALLET_TOKEN={} walletctl balance alice EUR", tokens.access_token);
+    println!("  eval \"$(walletctl session refresh --export)\"   # new tokens in WALLET_TOKEN / WALLET_REFRESH_TOKEN");
+    println!("  walletctl balance alice EUR          # now as alice");
+    println!("  walletctl session list               # where alice is logged in");
+    println!(
+        "  eval \"$(walletctl session step-up --export)\"   # after a second factor (operator call); needed to withdraw"
+    );
+    println!("  unset WALLET_TOKEN                   # back to the operator key");
+    println!("  walletd security-log {}   # the hash-chained security events", auth.log_path.display());
+    // Reflection is served by the nodes (a router forwards the wallet and session services only).
     println!("  grpcurl -plaintext {} list", nodes[0].info.api_addr);
     println!("  The node port, for walletd client and admin (it takes the cluster key):");
     println!("  export WALLETD_NODES={} WALLETD_CLUSTER_KEY_FILE={}", addrs.join(","), key_file.display());

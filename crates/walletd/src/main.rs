@@ -43,6 +43,11 @@ enum Cmd {
         #[arg(long)]
         topology: PathBuf,
     },
+    /// Check a security event log's hash chain and count its events (exit 3 if it is broken).
+    SecurityLog {
+        /// The log (a node's `<data-dir>/security-events.log`).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -106,9 +111,33 @@ struct StartArgs {
     /// Session token signing key file (TOML with `kid` and `key`).
     #[arg(long)]
     session_key: Option<PathBuf>,
+    /// Do not serve the session service (casino.session.v1) even with a session store.
+    #[arg(long)]
+    no_session_api: bool,
+    /// The security event log (default <data-dir>/security-events.log).
+    #[arg(long)]
+    security_log: Option<PathBuf>,
     /// Topology file: home regions for shards, RTT-derived timing, bootstrap members.
     #[arg(long)]
     topology: Option<PathBuf>,
+}
+
+/// `walletd security-log FILE`: the chain's verdict, and the events by kind.
+fn verify_security_log(file: &std::path::Path) -> anyhow::Result<i32> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    match wallet_api::session::audit::verify(&bytes) {
+        Ok(report) => {
+            println!("{}: chain intact, {} records, head {}", file.display(), report.records, report.head);
+            for (kind, n) in &report.kinds {
+                println!("  {kind:<20} {n}");
+            }
+            Ok(wallet_api::exit::OK)
+        }
+        Err(e) => {
+            eprintln!("{}: chain BROKEN at {e}", file.display());
+            Ok(wallet_api::exit::VERIFY_FAILED)
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,7 +152,9 @@ fn main() -> anyhow::Result<()> {
     // openraft reports every unreachable peer as a warning, which buries everything else.
     let default_filter = match cli.command {
         Cmd::Start(_) => "warn,openraft=error,raft_ledger=info,wallet_api=info",
-        Cmd::Client(_) | Cmd::Admin(_) | Cmd::Demo(_) | Cmd::Placement { .. } => "error,openraft=off",
+        Cmd::Client(_) | Cmd::Admin(_) | Cmd::Demo(_) | Cmd::Placement { .. } | Cmd::SecurityLog { .. } => {
+            "error,openraft=off"
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -164,6 +195,8 @@ fn main() -> anyhow::Result<()> {
                     operator_keys: args.operator_keys,
                     redis_url: args.redis_url,
                     session_key: args.session_key,
+                    session_api: args.no_session_api.then_some(false),
+                    security_log: args.security_log,
                     topology: args.topology,
                 };
                 let config = file.overlay(flags).resolve()?;
@@ -181,6 +214,7 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", crate::config::describe_placement(&t));
                 Ok(0)
             }
+            Cmd::SecurityLog { file } => Ok(verify_security_log(&file)?),
         }
     });
     match code {

@@ -13,13 +13,23 @@ use raft_ledger::raft::{NodeId, NodeInfo};
 use tokio::sync::watch;
 
 use crate::config::{ApiConfig, StartConfig};
-use wallet_api::api::auth::{Authenticator, load_keys, redis_sessions};
+use wallet_api::api::auth::{Authenticator, OperatorKey, Sessions, load_keys, redis_sessions};
 use wallet_api::api::service::{WalletService, serve};
+use wallet_api::session::audit::SecurityLog;
+use wallet_api::session::service::SessionApi;
 
 /// How long in-flight wallet calls may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn authenticator(api: &ApiConfig) -> Result<Authenticator, String> {
+/// What the public API trusts: operator keys and, with a session store, players' tokens.
+struct ApiAuth {
+    keys: Vec<OperatorKey>,
+    sessions: Option<Sessions>,
+    /// The security event log the session store writes to.
+    log: Option<SecurityLog>,
+}
+
+async fn api_auth(api: &ApiConfig, node_name: &str) -> Result<ApiAuth, String> {
     let keys = match &api.operator_keys {
         Some(path) => load_keys(path)?,
         None => Vec::new(),
@@ -31,7 +41,18 @@ async fn authenticator(api: &ApiConfig) -> Result<Authenticator, String> {
     if keys.is_empty() && sessions.is_none() {
         tracing::warn!("wallet API has no operator keys and no session store: every call will be refused");
     }
-    Ok(Authenticator::new(keys, sessions))
+    // Every security event this node's store sees (logins, step-ups, revocations, reuse, device
+    // and IP changes, from either service) goes to its hash-chained log.
+    let log = match &sessions {
+        Some(s) => {
+            let (log, report) = SecurityLog::open(&api.security_log, node_name)?;
+            tracing::info!(path = %api.security_log.display(), records = report.records, "security event log opened");
+            s.set_event_sink(log.sink());
+            Some(log)
+        }
+        None => None,
+    };
+    Ok(ApiAuth { keys, sessions, log })
 }
 
 /// Bootstrap by topology, for shards this node is not a first voter of: asks one of each
@@ -73,8 +94,9 @@ pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
         ),
         None => None,
     };
+    let node_name = format!("node {}", config.node.node_id);
     let auth = match &config.api {
-        Some(api) => Some(authenticator(api).await?),
+        Some(api) => Some((api_auth(api, &node_name).await?, api.session_api)),
         None => None,
     };
     let node_id = config.node.node_id;
@@ -91,11 +113,22 @@ pub(crate) async fn run(config: StartConfig) -> Result<(), String> {
     let server = tokio::spawn(async move { serving.serve(listener).await });
     let (draining_tx, draining) = watch::channel(false);
     let api_server = match (api_listener, auth) {
-        (Some(l), Some(auth)) => {
+        (Some(l), Some((auth, session_api))) => {
             let addr = l.local_addr().map_err(|e| e.to_string())?;
-            let service = WalletService::new(node.clone(), config.seeds.clone(), auth, draining.clone());
-            println!("walletd node {node_id} wallet API on {addr}");
-            Some(tokio::spawn(serve(service, l, draining.clone())))
+            let sessions = match (&auth.sessions, session_api) {
+                (Some(store), true) => Some(SessionApi::new(
+                    store,
+                    Authenticator::new(auth.keys.clone(), None),
+                    auth.log.clone(),
+                    draining.clone(),
+                )),
+                _ => None,
+            };
+            let serves_sessions = if sessions.is_some() { " and session service" } else { "" };
+            let wallet = Authenticator::new(auth.keys, auth.sessions);
+            let service = WalletService::new(node.clone(), config.seeds.clone(), wallet, draining.clone());
+            println!("walletd node {node_id} wallet API{serves_sessions} on {addr}");
+            Some(tokio::spawn(serve(service, sessions, l, draining.clone())))
         }
         _ => None,
     };

@@ -46,6 +46,9 @@ pub enum Role {
     Cashier,
     /// Auditors: entries, streams, proofs, balances.
     Audit,
+    /// Login front-ends: open and step up players' sessions, list and revoke any player's
+    /// (`casino.session.v1`).
+    Session,
 }
 
 impl Role {
@@ -55,6 +58,7 @@ impl Role {
             Role::Game => "game",
             Role::Cashier => "cashier",
             Role::Audit => "audit",
+            Role::Session => "session",
         }
     }
 }
@@ -223,6 +227,14 @@ pub enum Sessions {
 }
 
 impl Sessions {
+    /// Sends every security event of the store to `sink` (the durable security log).
+    pub fn set_event_sink(&self, sink: session_store::EventSink) -> bool {
+        match self {
+            Sessions::Memory(s) => s.set_event_sink(sink),
+            Sessions::Redis(s) => s.set_event_sink(sink),
+        }
+    }
+
     async fn validate(&self, token: &str, device: &str, ip: &str) -> Result<Principal, AuthError> {
         match self {
             Sessions::Memory(s) => s.validate(token, device, ip).await,
@@ -238,7 +250,8 @@ impl Sessions {
     }
 }
 
-/// The session signing key file: `kid`, `key` (64 hex digits) and the Redis key `prefix`.
+/// The session signing key file: `kid`, `key` (64 hex digits), the Redis key `prefix`, and the
+/// session service's rate limits. Every node of a cluster reads the same file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionKeyFile {
@@ -249,6 +262,41 @@ pub struct SessionKeyFile {
     /// Prefix of the session store's Redis keys; every issuer and validator must agree on it.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Rate limits of session creation and refresh: `"<attempts>/<seconds>s"` or `"off"`.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// The `[limits]` table of the session key file; an absent entry keeps the default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Sessions created per player (default `"20/60s"`).
+    pub create_per_player: Option<String>,
+    /// Sessions created per IP address (default `"120/60s"`).
+    pub create_per_ip: Option<String>,
+    /// Refreshes per player (default `"60/60s"`).
+    pub refresh_per_player: Option<String>,
+    /// Refreshes per IP address (default `"600/60s"`).
+    pub refresh_per_ip: Option<String>,
+}
+
+impl LimitsFile {
+    /// The limits these entries give.
+    pub fn limits(&self) -> Result<session_store::RateLimits, String> {
+        let one = |v: &Option<String>, default: Option<session_store::RateLimit>, name: &str| match v.as_deref() {
+            None => Ok(default),
+            Some("off") => Ok(None),
+            Some(text) => session_store::RateLimit::parse(text).map(Some).map_err(|e| format!("limits.{name}: {e}")),
+        };
+        let d = session_store::RateLimits::default();
+        Ok(session_store::RateLimits {
+            create_per_player: one(&self.create_per_player, d.create_per_player, "create_per_player")?,
+            create_per_ip: one(&self.create_per_ip, d.create_per_ip, "create_per_ip")?,
+            refresh_per_player: one(&self.refresh_per_player, d.refresh_per_player, "refresh_per_player")?,
+            refresh_per_ip: one(&self.refresh_per_ip, d.refresh_per_ip, "refresh_per_ip")?,
+        })
+    }
 }
 
 fn default_prefix() -> String {
@@ -264,13 +312,14 @@ pub async fn redis_sessions(url: &str, key_file: &Path) -> Result<Sessions, Stri
         .and_then(|k| k.try_into().ok())
         .ok_or_else(|| format!("{}: key must be 64 hex digits", key_file.display()))?;
     let keys = session_store::Keyring::new(&f.kid, key).map_err(|_| format!("{}: bad kid", key_file.display()))?;
+    let limits = f.limits.limits().map_err(|e| format!("{}: {e}", key_file.display()))?;
     let backend = RedisBackend::connect(url, &f.prefix, Duration::from_secs(2))
         .await
         .map_err(|e| format!("session store at {url}: {}", e.0))?;
     Ok(Sessions::Redis(SessionStore::new(
         backend,
         keys,
-        session_store::SessionConfig::default(),
+        session_store::SessionConfig { limits, ..session_store::SessionConfig::default() },
         std::sync::Arc::new(SystemClock),
     )))
 }
@@ -310,11 +359,13 @@ pub struct Authenticator {
     sessions: Option<Sessions>,
 }
 
-fn unauthenticated(reason: &str, message: &str) -> Status {
+/// An `UNAUTHENTICATED` status with an `ErrorInfo` reason.
+pub fn unauthenticated(reason: &str, message: &str) -> Status {
     status(Code::Unauthenticated, reason, message, &[])
 }
 
-fn meta<'a>(m: &'a MetadataMap, key: &str) -> Option<&'a str> {
+/// A metadata value as text, if present and printable.
+pub fn meta<'a>(m: &'a MetadataMap, key: &str) -> Option<&'a str> {
     m.get(key).and_then(|v| v.to_str().ok())
 }
 
@@ -361,19 +412,46 @@ impl Authenticator {
         rpc: Rpc,
         body_sha256: Option<&[u8; 32]>,
     ) -> Result<Caller, Status> {
+        self.check_signed(m, key_id, &rpc.path(), rpc.role(), body_sha256)
+    }
+
+    /// Checks an operator's signature of a call to `path` (any service's method path) and that
+    /// the key holds `need` (`None`: any role). `Ok(None)` when the call carries no operator key.
+    pub fn operator(
+        &self,
+        m: &MetadataMap,
+        path: &str,
+        need: Option<Role>,
+        body_sha256: Option<&[u8; 32]>,
+    ) -> Result<Option<String>, Status> {
+        let Some(key_id) = meta(m, KEY_HEADER) else { return Ok(None) };
+        match self.check_signed(m, key_id, path, need, body_sha256)? {
+            Caller::Operator(id) => Ok(Some(id)),
+            Caller::Player(_) => unreachable!("check_signed only answers operators"),
+        }
+    }
+
+    fn check_signed(
+        &self,
+        m: &MetadataMap,
+        key_id: &str,
+        path: &str,
+        need: Option<Role>,
+        body_sha256: Option<&[u8; 32]>,
+    ) -> Result<Caller, Status> {
         let bad = || unauthenticated("SIGNATURE_INVALID", "unknown operator key or bad signature");
         let (secret, roles) = self.keys.get(key_id).ok_or_else(bad)?;
         let ts: u64 = meta(m, TS_HEADER).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
         let sig = meta(m, SIG_HEADER).and_then(|s| hex::decode(s).ok()).ok_or_else(bad)?;
         let body_sha256 = body_sha256.ok_or_else(bad)?;
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        mac.update(&signing_input(&rpc.path(), ts, body_sha256));
+        mac.update(&signing_input(path, ts, body_sha256));
         // verify_slice compares in constant time.
         mac.verify_slice(&sig).map_err(|_| bad())?;
         if now_ms().abs_diff(ts) > SKEW_MAX.as_millis() as u64 {
             return Err(unauthenticated("TIMESTAMP_SKEW", "signature timestamp is more than 5 minutes off"));
         }
-        if let Some(need) = rpc.role()
+        if let Some(need) = need
             && !roles.contains(&need)
         {
             return Err(status(
@@ -409,13 +487,18 @@ impl Authenticator {
             ));
         };
         let device = meta(m, DEVICE_HEADER).unwrap_or("");
-        let ip = match meta(m, PLAYER_IP_HEADER) {
-            Some(ip) => ip.to_string(),
-            None => remote.map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()),
-        };
+        let ip = player_ip(m, remote);
         let who = sessions.validate(token, device, &ip).await.map_err(auth_status)?;
         sessions.authorize(&who, action).map_err(auth_status)?;
         Ok(Caller::Player(who))
+    }
+}
+
+/// The player's IP address: what a relaying front-end put in `x-player-ip`, else the peer's.
+pub fn player_ip(m: &MetadataMap, remote: Option<SocketAddr>) -> String {
+    match meta(m, PLAYER_IP_HEADER) {
+        Some(ip) => ip.to_string(),
+        None => remote.map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()),
     }
 }
 

@@ -43,28 +43,34 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// `msg` as a request for `rpc`, signed or carrying the token, with a deadline.
     pub fn request<M: Message>(&self, rpc: Rpc, msg: M, timeout: Duration) -> Request<M> {
+        self.request_at(&rpc.path(), msg, timeout)
+    }
+
+    /// `msg` as a request for the method at `path` (any service's, such as
+    /// `/casino.session.v1.Sessions/CreateSession`), signed or carrying the token.
+    pub fn request_at<M: Message>(&self, path: &str, msg: M, timeout: Duration) -> Request<M> {
         // prost encodes a message the same way every time, so these are the bytes tonic sends.
         let body = msg.encode_to_vec();
         let mut req = Request::new(msg);
-        self.authorize(&mut req, rpc, &body, timeout);
+        self.authorize(&mut req, path, &body, timeout);
         req
     }
 
     /// Already encoded request bytes for `rpc`, signed over exactly those bytes.
     pub fn raw_request(&self, rpc: Rpc, body: Vec<u8>, timeout: Duration) -> Request<Vec<u8>> {
         let mut req = Request::new(Vec::new());
-        self.authorize(&mut req, rpc, &body, timeout);
+        self.authorize(&mut req, &rpc.path(), &body, timeout);
         *req.get_mut() = body;
         req
     }
 
-    fn authorize<T>(&self, req: &mut Request<T>, rpc: Rpc, body: &[u8], timeout: Duration) {
+    fn authorize<T>(&self, req: &mut Request<T>, path: &str, body: &[u8], timeout: Duration) {
         req.set_timeout(timeout);
         let m = req.metadata_mut();
         match self {
             Credentials::Operator { key_id, secret } => {
                 let ts = SystemClock.now_ms();
-                let sig = sign(secret, &rpc.path(), ts, body);
+                let sig = sign(secret, path, ts, body);
                 m.insert(KEY_HEADER, key_id.parse().expect("key ids are ASCII"));
                 m.insert(TS_HEADER, ts.to_string().parse().expect("digits"));
                 m.insert(SIG_HEADER, sig.parse().expect("hex"));

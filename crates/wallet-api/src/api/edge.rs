@@ -4,7 +4,7 @@
 //! - **The request digest.** Operator signatures cover SHA-256 of the request message exactly
 //!   as the client sent it, not of the server's re-encoding (which can differ in field order,
 //!   default values and unknown fields). For the wallet service's calls (each request is one
-//!   message) this layer reads the request body, bounded by the API's size limit, hashes the
+//!   message, as is each of the session service's) this layer reads the request body, bounded by the API's size limit, hashes the
 //!   message bytes, and hands the digest to the service through the request's extensions.
 //!   Other services (health, reflection's bidirectional stream) pass through unread.
 //! - **Plain status messages.** tonic percent-encodes `grpc-message` more eagerly than gRPC
@@ -32,8 +32,9 @@ pub struct RequestDigest(pub [u8; 32]);
 
 /// gRPC frames a message with one byte (compressed or not) and a four-byte length.
 const FRAME_HEADER_BYTES: usize = 5;
-/// The path prefix of the wallet service's methods, whose request bodies this layer reads.
-const WALLET_PATH_PREFIX: &str = "/casino.wallet.v1.Wallet/";
+/// The path prefixes of the services whose calls are one request message each (the wallet's
+/// and the session service's), whose request bodies this layer reads.
+const READ_AHEAD_PATH_PREFIXES: [&str; 2] = ["/casino.wallet.v1.Wallet/", "/casino.session.v1.Sessions/"];
 
 /// The digest of a request body holding one uncompressed gRPC message; `None` for anything
 /// else (which tonic then refuses or decodes as it does).
@@ -102,7 +103,7 @@ where
         let limit = self.message_bytes_max + FRAME_HEADER_BYTES;
         // Only the wallet's own calls (each request is one message) are read ahead: reflection
         // is a bidirectional stream whose request body ends only when the client is done.
-        if !request.uri().path().starts_with(WALLET_PATH_PREFIX) {
+        if !READ_AHEAD_PATH_PREFIXES.iter().any(|p| request.uri().path().starts_with(p)) {
             return Box::pin(inner.call(request));
         }
         Box::pin(async move {

@@ -18,7 +18,8 @@ pub mod service;
 pub mod pb {
     tonic::include_proto!("casino.wallet.v1");
 
-    /// The encoded descriptor set of `wallet.proto`, for server reflection.
+    /// The encoded descriptor set of `wallet.proto`, `routing.proto` and `session.proto`, for
+    /// server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wallet_descriptor.bin"));
 
     impl BatchResponse {

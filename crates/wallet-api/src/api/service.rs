@@ -589,13 +589,32 @@ pub async fn report_health(
 
 /// Serves the wallet API, health and reflection on `listener` until `draining` turns true,
 /// then stops accepting calls and waits for those in flight.
+/// With `sessions`, the session service (`casino.session.v1`) is served beside it.
 pub async fn serve(
     service: WalletService,
+    sessions: Option<crate::session::service::SessionApi>,
     listener: tokio::net::TcpListener,
     mut draining: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    use crate::session::service::SessionApi;
     let (reporter, health) = tonic_health::server::health_reporter();
+    if sessions.is_some() {
+        // SERVING until the node drains; the store's own outages answer each call instead.
+        let (reporter, mut draining) = (reporter.clone(), draining.clone());
+        tokio::spawn(async move {
+            use tonic_health::ServingStatus;
+            let name = crate::session::SERVICE_NAME;
+            reporter.set_service_status(name, ServingStatus::Serving).await;
+            wait_true(&mut draining).await;
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        });
+    }
     tokio::spawn(report_health(service.inner.node.clone(), reporter, draining.clone()));
+    let (memory_sessions, redis_sessions) = match sessions {
+        Some(SessionApi::Memory(s)) => (Some(s.into_server()), None),
+        Some(SessionApi::Redis(s)) => (None, Some(s.into_server())),
+        None => (None, None),
+    };
     let node = service.inner.node.clone();
     let routing = super::routing::RoutingService::new(node.clone(), node.client_options().key, draining.clone());
     // Both reflection protocols (grpcurl before 1.8.8 speaks only v1alpha), with the
@@ -614,6 +633,8 @@ pub async fn serve(
         .layer(EdgeLayer { message_bytes_max: super::MESSAGE_BYTES_MAX })
         .add_service(service.into_server())
         .add_service(routing.into_server())
+        .add_optional_service(memory_sessions)
+        .add_optional_service(redis_sessions)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
