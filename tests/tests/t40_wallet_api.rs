@@ -261,6 +261,7 @@ async fn t40_every_rpc_works_end_to_end_through_any_node() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"casino.wallet.v1.Wallet".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(names.contains(&"casino.session.v1.Sessions".to_string()), "{names:?}");
 
     // A routing client that asks not to be forwarded learns where the leader is instead.
     let leader = leader_of(&cl, shard).await;

@@ -47,11 +47,13 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     reporter.set_service_status(router::WALLET_SERVICE, tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status(router::SESSION_SERVICE, tonic_health::ServingStatus::Serving).await;
     let mut stop_serving = stop.clone();
     tokio::spawn(async move {
         let _ = stop_serving.wait_for(|s| *s).await;
         reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         reporter.set_service_status(router::WALLET_SERVICE, tonic_health::ServingStatus::NotServing).await;
+        reporter.set_service_status(router::SESSION_SERVICE, tonic_health::ServingStatus::NotServing).await;
     });
     let mut stop = stop;
     tonic::transport::Server::builder()

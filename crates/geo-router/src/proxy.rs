@@ -67,7 +67,7 @@ pub trait Forwarded: Clone + Send + Sync + 'static {
 pub struct Wallet;
 
 impl Forwarded for Wallet {
-    const NAME: &'static str = "casino.wallet.v1.Wallet";
+    const NAME: &'static str = crate::router::WALLET_SERVICE;
     const BY_SHARD: bool = true;
 }
 
@@ -77,7 +77,7 @@ impl Forwarded for Wallet {
 pub struct Sessions;
 
 impl Forwarded for Sessions {
-    const NAME: &'static str = "casino.session.v1.Sessions";
+    const NAME: &'static str = crate::router::SESSION_SERVICE;
     const BY_SHARD: bool = false;
 }
 

@@ -22,6 +22,8 @@ use crate::route::{Member, Report, Table};
 pub(crate) const CLUSTER_AUTH_HEADER: &str = "x-cluster-auth";
 /// The wallet service's name.
 pub(crate) const WALLET_SERVICE: &str = "casino.wallet.v1.Wallet";
+/// The session service's name, which the router also serves (forwarded to any node).
+pub(crate) const SESSION_SERVICE: &str = "casino.session.v1.Sessions";
 /// The health entry a node keeps SERVING while it takes calls at all (until it drains). Not
 /// the service's overall entry, which turns NOT_SERVING when any one hosted shard cannot
 /// commit: that would take a node out for every shard because one lost its leader.

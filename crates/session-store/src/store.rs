@@ -169,11 +169,6 @@ impl<B: Backend> SessionStore<B> {
         &self.inner.backend
     }
 
-    /// The configuration the store runs with.
-    pub fn config(&self) -> &SessionConfig {
-        &self.inner.config
-    }
-
     /// Sends every later security event to `sink` as well, before anything else sees it. Only
     /// one sink can be set; returns false if one already was.
     pub fn set_event_sink(&self, sink: EventSink) -> bool {

@@ -308,9 +308,9 @@ fn message_json(desc: &MessageDescriptor, bytes: &[u8]) -> String {
     }
 }
 
-/// `msg` as JSON, through its descriptor.
-fn json_of<M: Message>(msg: &M, type_name: &str) -> String {
-    let desc = descriptors().get_message_by_name(type_name).expect("a wallet message type");
+/// `msg` as JSON, through its descriptor (wallet and session messages alike).
+pub(crate) fn json_of<M: Message>(msg: &M, type_name: &str) -> String {
+    let desc = descriptors().get_message_by_name(type_name).expect("a message type of the built-in descriptors");
     message_json(&desc, &msg.encode_to_vec())
 }
 

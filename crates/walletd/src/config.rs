@@ -531,8 +531,21 @@ mod tests {
         assert!(matches!(c.clone().resolve(), Err(ConfigError::Invalid("api_advertise", _))));
         let c = FileConfig { api_advertise: Some("10.0.0.1:8001".into()), ..c }.resolve().unwrap();
         assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
-        let c = FileConfig { api_listen: Some("10.0.0.1:8001".into()), ..keyed }.resolve().unwrap();
+        let c = FileConfig { api_listen: Some("10.0.0.1:8001".into()), ..keyed.clone() }.resolve().unwrap();
         assert_eq!(c.node.info.api_addr, "10.0.0.1:8001");
+        // The session service is on by default, and its security log lives in the data dir.
+        let api = c.api.expect("an API");
+        assert!(api.session_api);
+        assert_eq!(api.security_log, PathBuf::from("d/security-events.log"));
+        let off = FileConfig {
+            api_listen: Some("10.0.0.1:8001".into()),
+            session_api: Some(false),
+            security_log: Some("/var/log/walletd/security.log".into()),
+            ..keyed
+        };
+        let api = off.resolve().unwrap().api.expect("an API");
+        assert!(!api.session_api);
+        assert_eq!(api.security_log, PathBuf::from("/var/log/walletd/security.log"));
     }
 
     #[test]

@@ -412,7 +412,7 @@ impl Authenticator {
         rpc: Rpc,
         body_sha256: Option<&[u8; 32]>,
     ) -> Result<Caller, Status> {
-        self.check_signed(m, key_id, &rpc.path(), rpc.role(), body_sha256)
+        self.check_signed(m, key_id, &rpc.path(), rpc.role(), body_sha256).map(Caller::Operator)
     }
 
     /// Checks an operator's signature of a call to `path` (any service's method path) and that
@@ -425,10 +425,7 @@ impl Authenticator {
         body_sha256: Option<&[u8; 32]>,
     ) -> Result<Option<String>, Status> {
         let Some(key_id) = meta(m, KEY_HEADER) else { return Ok(None) };
-        match self.check_signed(m, key_id, path, need, body_sha256)? {
-            Caller::Operator(id) => Ok(Some(id)),
-            Caller::Player(_) => unreachable!("check_signed only answers operators"),
-        }
+        self.check_signed(m, key_id, path, need, body_sha256).map(Some)
     }
 
     fn check_signed(
@@ -438,7 +435,7 @@ impl Authenticator {
         path: &str,
         need: Option<Role>,
         body_sha256: Option<&[u8; 32]>,
-    ) -> Result<Caller, Status> {
+    ) -> Result<String, Status> {
         let bad = || unauthenticated("SIGNATURE_INVALID", "unknown operator key or bad signature");
         let (secret, roles) = self.keys.get(key_id).ok_or_else(bad)?;
         let ts: u64 = meta(m, TS_HEADER).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
@@ -461,7 +458,7 @@ impl Authenticator {
                 &[],
             ));
         }
-        Ok(Caller::Operator(key_id.to_string()))
+        Ok(key_id.to_string())
     }
 
     async fn check_player(
@@ -576,6 +573,25 @@ mod tests {
         assert_eq!(Rpc::PlaceBet.path(), "/casino.wallet.v1.Wallet/PlaceBet");
         assert_eq!(Rpc::from_name("Nope"), None);
         assert!(Rpc::PlaceBet.is_write() && !Rpc::GetBalance.is_write());
+    }
+
+    #[test]
+    fn session_limits_come_from_the_key_file_with_defaults_and_off() {
+        let parse = |text: &str| toml::from_str::<SessionKeyFile>(text).map_err(|e| e.to_string());
+        let base = "kid = \"k1\"\nkey = \"00\"\n";
+        let defaults = parse(base).unwrap().limits.limits().unwrap();
+        assert_eq!(defaults, session_store::RateLimits::default());
+        let f = parse(&format!("{base}[limits]\ncreate_per_player = \"3/10s\"\nrefresh_per_ip = \"off\"\n")).unwrap();
+        let l = f.limits.limits().unwrap();
+        let three = session_store::RateLimit { max: 3, window: Duration::from_secs(10) };
+        assert_eq!((l.create_per_player, l.refresh_per_ip), (Some(three), None));
+        assert_eq!(l.create_per_ip, defaults.create_per_ip);
+        for bad in ["0/60s", "ten/60s", "5/0s", "5", "5/100000s"] {
+            let f = parse(&format!("{base}[limits]\ncreate_per_ip = \"{bad}\"\n")).unwrap();
+            let e = f.limits.limits().unwrap_err();
+            assert!(e.contains("limits.create_per_ip"), "{bad}: {e}");
+        }
+        assert!(parse(&format!("{base}[limits]\nlogin_per_day = \"1/60s\"\n")).is_err(), "unknown keys are refused");
     }
 
     #[test]

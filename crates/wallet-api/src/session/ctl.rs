@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use prost::Message;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -140,7 +139,7 @@ fn show_tokens(t: &pb::SessionTokens, device: &str, export: bool, json: bool) {
             t.session_id, t.player_id, t.auth_level, t.access_expires_in_s
         );
     } else if json {
-        println!("{}", message_json(t, "casino.session.v1.SessionTokens"));
+        println!("{}", crate::ctl::json_of(t, "casino.session.v1.SessionTokens"));
     } else {
         println!("session {} for {} at level {}", t.session_id, t.player_id, t.auth_level);
         println!("access token   {}", t.access_token);
@@ -148,15 +147,6 @@ fn show_tokens(t: &pb::SessionTokens, device: &str, export: bool, json: bool) {
         println!("refresh token  {}", t.refresh_token);
         println!("               works once; the session ends at the latest at {} (Unix ms)", t.session_expires_ms);
     }
-}
-
-fn message_json<M: Message>(msg: &M, type_name: &str) -> String {
-    let desc = crate::api::descriptors().get_message_by_name(type_name).expect("a session message type");
-    let dynamic = prost_reflect::DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).expect("own message");
-    let mut out = serde_json::Serializer::new(Vec::new());
-    let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
-    dynamic.serialize_with_options(&mut out, &options).expect("JSON");
-    String::from_utf8(out.into_inner()).expect("UTF-8")
 }
 
 /// Runs one `walletctl session` command; returns its exit code.
@@ -221,7 +211,7 @@ pub async fn run(c: SessionCtx, cmd: SessionCmd) -> i32 {
                     .await
                     .map_err(|s| fail(&s, c.json))?;
                 if c.json {
-                    println!("{}", message_json(r.get_ref(), "casino.session.v1.ListSessionsResponse"));
+                    println!("{}", crate::ctl::json_of(r.get_ref(), "casino.session.v1.ListSessionsResponse"));
                 } else if r.get_ref().sessions.is_empty() {
                     println!("no live sessions");
                 }
@@ -255,7 +245,7 @@ pub async fn run(c: SessionCtx, cmd: SessionCmd) -> i32 {
                 let r =
                     client.revoke(who.request_at(&path("Revoke"), m, c.timeout)).await.map_err(|s| fail(&s, c.json))?;
                 if c.json {
-                    println!("{}", message_json(r.get_ref(), "casino.session.v1.RevokeResponse"));
+                    println!("{}", crate::ctl::json_of(r.get_ref(), "casino.session.v1.RevokeResponse"));
                 } else {
                     println!("{} session(s) ended", r.get_ref().revoked);
                 }
@@ -273,7 +263,7 @@ pub async fn run(c: SessionCtx, cmd: SessionCmd) -> i32 {
                     .map_err(|s| fail(&s, c.json))?;
                 let i = r.get_ref();
                 if c.json {
-                    println!("{}", message_json(i, "casino.session.v1.IntrospectResponse"));
+                    println!("{}", crate::ctl::json_of(i, "casino.session.v1.IntrospectResponse"));
                 } else if i.active {
                     println!(
                         "active: {} session {} level {} (authenticated at {}), expires at {}",
