@@ -221,7 +221,7 @@ fn fmt_minor(currency: &str, minor: i64) -> String {
 }
 
 /// A status for people: its code, its reason, and its message.
-fn describe(s: &Status) -> String {
+pub(crate) fn describe(s: &Status) -> String {
     match reason_of(s) {
         Some(reason) => format!("{} {reason}: {}", exit::code_name(s.code()), s.message()),
         None => format!("{}: {}", exit::code_name(s.code()), s.message()),
@@ -229,7 +229,7 @@ fn describe(s: &Status) -> String {
 }
 
 /// A status as JSON, with its `ErrorInfo`.
-fn status_json(s: &Status, outcome: &str) -> String {
+pub(crate) fn status_json(s: &Status, outcome: &str) -> String {
     use tonic_types::StatusExt;
     let info = s.get_details_error_info();
     serde_json::json!({
@@ -378,15 +378,23 @@ impl Ctl {
     }
 }
 
-fn credentials(cli: &Cli) -> Result<Credentials, String> {
-    match (&cli.token, &cli.key_id, &cli.key_secret) {
-        (Some(token), _, _) => Ok(Credentials::Player { token: token.clone(), device: cli.device.clone() }),
-        (None, Some(id), Some(secret)) => Ok(Credentials::Operator {
+/// The operator key the command line or environment gives (`--key-id`, `--key-secret`), if any.
+fn operator_key(key_id: &Option<String>, key_secret: &Option<String>) -> Result<Option<Credentials>, String> {
+    match (key_id, key_secret) {
+        (Some(id), Some(secret)) => Ok(Some(Credentials::Operator {
             key_id: id.clone(),
             secret: hex::decode(secret.trim()).map_err(|_| "the key secret must be hex".to_string())?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn credentials(cli: &Cli) -> Result<Credentials, String> {
+    match &cli.token {
+        Some(token) => Ok(Credentials::Player { token: token.clone(), device: cli.device.clone() }),
+        None => operator_key(&cli.key_id, &cli.key_secret)?.ok_or_else(|| {
+            "no credentials: set WALLET_KEY_ID and WALLET_KEY_SECRET (walletd demo prints them), or WALLET_TOKEN".into()
         }),
-        _ => Err("no credentials: set WALLET_KEY_ID and WALLET_KEY_SECRET (walletd demo prints them), or WALLET_TOKEN"
-            .into()),
     }
 }
 
@@ -409,14 +417,8 @@ pub fn main() -> ! {
 pub async fn run(cli: Cli) -> Result<i32, String> {
     if let Cmd::Session(cmd) = cli.cmd {
         // Session calls take whichever credential each needs (a refresh, none at all).
+        let operator = operator_key(&cli.key_id, &cli.key_secret)?;
         let channel = channel(&cli.addr).await.map_err(|e| format!("cannot reach the API at {}: {e}", cli.addr))?;
-        let operator = match (&cli.key_id, &cli.key_secret) {
-            (Some(id), Some(secret)) => Some(Credentials::Operator {
-                key_id: id.clone(),
-                secret: hex::decode(secret.trim()).map_err(|_| "the key secret must be hex".to_string())?,
-            }),
-            _ => None,
-        };
         let ctx = crate::session::ctl::SessionCtx {
             channel,
             operator,

@@ -104,20 +104,20 @@ pub struct SessionCtx {
     pub json: bool,
 }
 
+/// Reports a failed call as walletctl does (`--json`: its error object) and returns the exit
+/// code: refused (2) when the service turned the call away, a rate limit included, else failed
+/// (1). No session call is retried blindly, so there is no "outcome unknown" here.
 fn fail(s: &Status, json: bool) -> i32 {
     let refused = exit::is_definite_refusal(s) || s.code() == tonic::Code::ResourceExhausted;
-    let reason = crate::api::errors::reason_of(s).unwrap_or_default();
+    let outcome = if refused { "refused" } else { "failed" };
     if json {
-        let outcome = if refused { "refused" } else { "failed" };
-        let error = serde_json::json!({ "code": exit::code_name(s.code()), "reason": reason, "message": s.message() });
-        println!("{}", serde_json::json!({ "outcome": outcome, "error": error }));
+        println!("{}", crate::ctl::status_json(s, outcome));
     }
-    let what = if reason.is_empty() { exit::code_name(s.code()).to_string() } else { reason };
     if refused {
-        eprintln!("refused: {} ({what})", s.message());
+        eprintln!("refused: {}", crate::ctl::describe(s));
         exit::REFUSED
     } else {
-        eprintln!("failed: {} ({what}); nothing is known to have changed, try again", s.message());
+        eprintln!("failed: {}; nothing is known to have changed, try again", crate::ctl::describe(s));
         exit::FAILED
     }
 }
