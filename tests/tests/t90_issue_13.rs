@@ -361,16 +361,32 @@ async fn t93_calls_cancelled_while_a_node_is_paused_do_not_tear_down_the_connect
     again.get_balance(cl.cashier.request(Rpc::GetBalance, m, T)).await.expect("the connection still works");
 }
 
+/// The demo's process, killed if the test ends before it stopped it (a failed assertion): a
+/// demo left running is a three-node cluster taking CPU from every later timing test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn t94_the_commands_the_demo_prints_work_as_shown() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut demo = std::process::Command::new(e2e_tests::walletd_bin())
-        .args(["demo", "--dir", dir.path().join("demo").to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = KillOnDrop(
+        std::process::Command::new(e2e_tests::walletd_bin())
+            .args(["demo", "--dir", dir.path().join("demo").to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let demo = &mut demo.0;
     // Read everything it prints, to the end: a reader that goes away would end it early.
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = demo.stdout.take().unwrap();

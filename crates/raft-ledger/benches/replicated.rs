@@ -195,8 +195,9 @@ async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, s
                 Ok(Outcome::Applied(_) | Outcome::Duplicate(_)) => {
                     let us = scheduled.elapsed().as_micros().max(1) as u64;
                     hist.lock().await.record(us).expect("record");
-                    if std::env::var_os("BENCH_TIMELINE").is_some() && us > 100_000 {
-                        eprintln!("slow: sent at {:?} took {} ms", scheduled - start, us / 1000);
+                    if us > 100_000 {
+                        let sent_at_ms = (scheduled - start).as_millis() as u64;
+                        tracing::warn!(target: "timeline", sent_at_ms, took_ms = us / 1000, "slow call");
                     }
                 }
                 _ => {
@@ -219,6 +220,22 @@ async fn open_loop(client: Arc<LedgerClient>, players: &[PlayerId], rate: f64, s
     }
 }
 
+/// Reports (target `timeline`, level warn) every moment the runtime woke a 1 ms timer more than
+/// 10 ms late: then no worker was free, so every task waited, whatever it was waiting for.
+/// With `RUST_LOG=timeline=warn` beside the slow calls, this tells a stalled runtime from a
+/// stalled pipeline (a call slow while timers fire on time waited for IO or a peer).
+async fn watch_for_stalls() {
+    let tick = Duration::from_millis(1);
+    loop {
+        let before = Instant::now();
+        tokio::time::sleep(tick).await;
+        let late = before.elapsed().saturating_sub(tick);
+        if late > Duration::from_millis(10) {
+            tracing::warn!(target: "timeline", late_ms = late.as_millis() as u64, "runtime stalled");
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args = Args::parse();
@@ -229,6 +246,7 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    tokio::spawn(watch_for_stalls());
     let tmp = tempfile::tempdir().expect("tempdir");
     let (key, _) = raft_ledger::net::member::ClusterKey::generate();
     let mut nodes = Vec::new();

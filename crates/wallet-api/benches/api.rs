@@ -114,6 +114,8 @@ struct Report {
     offered: Option<f64>,
     achieved: f64,
     errors: u64,
+    /// What the errors were, by gRPC code and reason (empty for PostgreSQL, which retries).
+    why: BTreeMap<String, u64>,
     hist: Histogram<u64>,
 }
 
@@ -131,6 +133,10 @@ impl Report {
             self.hist.max() as f64 / 1000.0,
             self.errors
         );
+        // On stderr, so the table stays one table.
+        for (kind, n) in &self.why {
+            eprintln!("  {} errors in \"{}\": {kind}", n, self.name);
+        }
         if let Some((path, sweep, shards)) = CSV.get() {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the CSV");
@@ -175,11 +181,28 @@ struct Bench {
     home: Vec<usize>,
     creds: Credentials,
     next_round: AtomicU64,
+    /// Failed calls since the last report, by what failed them.
+    failures: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Bench {
     fn round(&self) -> u64 {
         self.next_round.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn failed(&self, kind: String) {
+        *self.failures.lock().expect("failures").entry(kind).or_default() += 1;
+    }
+
+    fn failed_call(&self, status: &tonic::Status) {
+        // Our own refusals carry a reason; a transport's failure only a message.
+        let why = wallet_api::api::errors::reason_of(status).unwrap_or_else(|| status.message().to_string());
+        self.failed(format!("{:?}: {why}", status.code()));
+    }
+
+    /// The failures counted since the last call, for a run's report.
+    fn take_failures(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.failures.lock().expect("failures"))
     }
 
     async fn raw_bet(&self, i: usize) -> bool {
@@ -191,7 +214,22 @@ impl Bench {
             currency: Currency::new("EUR").expect("EUR"),
             amount: Amount::new(1).expect("amount"),
         };
-        matches!(self.raw.submit(cmd).await, Ok(Outcome::Applied(_)))
+        match self.raw.submit(cmd).await {
+            Ok(Outcome::Applied(_)) => true,
+            Ok(other) => {
+                let what = match other {
+                    Outcome::Rejected(r) | Outcome::AlreadyFailed(r) => format!("refused: {r}"),
+                    Outcome::Conflict => "an id reused with another payload".to_string(),
+                    _ => "a duplicate".to_string(),
+                };
+                self.failed(format!("raw node API: {what}"));
+                false
+            }
+            Err(e) => {
+                self.failed(format!("raw node API: {e}"));
+                false
+            }
+        }
     }
 
     async fn api_bet(&self, client: &mut WalletClient<Channel>, i: usize) -> bool {
@@ -203,7 +241,13 @@ impl Bench {
             currency: "EUR".into(),
             amount: 1,
         };
-        client.place_bet(self.creds.request(Rpc::PlaceBet, m, Duration::from_secs(10))).await.is_ok()
+        match client.place_bet(self.creds.request(Rpc::PlaceBet, m, Duration::from_secs(10))).await {
+            Ok(_) => true,
+            Err(status) => {
+                self.failed_call(&status);
+                false
+            }
+        }
     }
 
     /// One `PlaceBets` call of `n` bets for players from `i` on: (bets applied, bets not).
@@ -224,9 +268,15 @@ impl Bench {
         match client.place_bets(req).await {
             Ok(r) => {
                 let ok = r.get_ref().succeeded();
+                if ok < n {
+                    self.failed("PlaceBets items not applied".to_string());
+                }
                 (ok as u64, (n - ok) as u64)
             }
-            Err(_) => (0, n as u64),
+            Err(status) => {
+                self.failed_call(&status);
+                (0, n as u64)
+            }
         }
     }
 }
@@ -303,6 +353,7 @@ async fn closed_loop(b: Arc<Bench>, path: Path, clients: usize, secs: u64) -> Re
         offered: None,
         achieved: ops.load(Ordering::Relaxed) as f64 / elapsed,
         errors: errors.load(Ordering::Relaxed),
+        why: b.take_failures(),
         hist,
     }
 }
@@ -343,6 +394,7 @@ async fn open_loop(b: Arc<Bench>, rate: f64, secs: u64, what: &str, at_leader: b
         offered: Some(rate),
         achieved: ops.load(Ordering::Relaxed) as f64 / elapsed,
         errors: errors.load(Ordering::Relaxed),
+        why: b.take_failures(),
         hist,
     }
 }
@@ -503,6 +555,7 @@ mod pg {
             offered: None,
             achieved: ok as f64 / elapsed,
             errors: failed,
+            why: BTreeMap::new(),
             hist,
         })
     }
@@ -734,7 +787,14 @@ async fn main() {
             leaders.get(&shard).map_or(0, |id| (*id - 1) as usize)
         })
         .collect();
-    let b = Arc::new(Bench { raw: raw.clone(), api, home, creds, next_round: AtomicU64::new(0) });
+    let b = Arc::new(Bench {
+        raw: raw.clone(),
+        api,
+        home,
+        creds,
+        next_round: AtomicU64::new(0),
+        failures: Default::default(),
+    });
     println!(
         "3 nodes on loopback, fsync on, {} shards, {} players, {} s per run, bets of 0.01 EUR",
         args.shards,

@@ -157,6 +157,9 @@ pub const HTTP2_STREAMS_MAX: u32 = 1024;
 pub const HTTP2_PENDING_RESETS_MAX: usize = 8 * HTTP2_STREAMS_MAX as usize;
 
 /// The HTTP/2 settings every gRPC server of a node uses (the node port and the wallet API).
+/// Flow-control windows stay hyper's (1 MiB per stream and per connection): a wallet call is a
+/// few hundred bytes, and adaptive windows measured no faster while connections were torn down
+/// under open-loop bursts (BENCHMARKS.md, "HTTP/2 windows").
 pub fn http2<L>(server: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
     server
         .tcp_nodelay(true)

@@ -218,6 +218,9 @@ const VERIFY_CHUNK_ENTRIES: u64 = 4096;
 /// Commands waiting to be proposed per shard before submits are refused as overload.
 const QUEUE_COMMANDS_MAX: usize = 65_536;
 /// Batches proposed but not yet applied, per shard. Bounds memory and keeps latency in check.
+/// Below saturation this means about one command per log entry (a slot is always free); fewer
+/// slots would make commands ride together, but 2 cost 15–30% of the closed-loop rate on the
+/// replicated benchmark (BENCHMARKS.md, "The open-loop tail, a second look").
 pub(crate) const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
 /// One replica's snapshot interval: `every` plus an offset in `[0, every / 2]` fixed by the
