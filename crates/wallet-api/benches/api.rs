@@ -135,7 +135,7 @@ impl Report {
         );
         // On stderr, so the table stays one table.
         for (kind, n) in &self.why {
-            eprintln!("  {} errors in \"{}\": {kind}", n, self.name);
+            eprintln!("  {n} of the errors in \"{}\": {kind}", self.name);
         }
         if let Some((path, sweep, shards)) = CSV.get() {
             use std::io::Write;
@@ -190,14 +190,15 @@ impl Bench {
         self.next_round.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn failed(&self, kind: String) {
-        *self.failures.lock().expect("failures").entry(kind).or_default() += 1;
+    /// Counts `bets` failed bets under `kind` (the same unit as a report's error column).
+    fn failed(&self, kind: String, bets: u64) {
+        *self.failures.lock().expect("failures").entry(kind).or_default() += bets;
     }
 
-    fn failed_call(&self, status: &tonic::Status) {
+    fn failed_call(&self, status: &tonic::Status, bets: u64) {
         // Our own refusals carry a reason; a transport's failure only a message.
         let why = wallet_api::api::errors::reason_of(status).unwrap_or_else(|| status.message().to_string());
-        self.failed(format!("{:?}: {why}", status.code()));
+        self.failed(format!("{:?}: {why}", status.code()), bets);
     }
 
     /// The failures counted since the last call, for a run's report.
@@ -222,11 +223,11 @@ impl Bench {
                     Outcome::Conflict => "an id reused with another payload".to_string(),
                     _ => "a duplicate".to_string(),
                 };
-                self.failed(format!("raw node API: {what}"));
+                self.failed(format!("raw node API: {what}"), 1);
                 false
             }
             Err(e) => {
-                self.failed(format!("raw node API: {e}"));
+                self.failed(format!("raw node API: {e}"), 1);
                 false
             }
         }
@@ -244,7 +245,7 @@ impl Bench {
         match client.place_bet(self.creds.request(Rpc::PlaceBet, m, Duration::from_secs(10))).await {
             Ok(_) => true,
             Err(status) => {
-                self.failed_call(&status);
+                self.failed_call(&status, 1);
                 false
             }
         }
@@ -269,12 +270,12 @@ impl Bench {
             Ok(r) => {
                 let ok = r.get_ref().succeeded();
                 if ok < n {
-                    self.failed("PlaceBets items not applied".to_string());
+                    self.failed("PlaceBets items not applied".to_string(), (n - ok) as u64);
                 }
                 (ok as u64, (n - ok) as u64)
             }
             Err(status) => {
-                self.failed_call(&status);
+                self.failed_call(&status, n as u64);
                 (0, n as u64)
             }
         }
