@@ -246,7 +246,10 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    tokio::spawn(watch_for_stalls());
+    // Only when asked for: its thousand wake-ups a second are load on the runtime measured.
+    if tracing::enabled!(target: "timeline", tracing::Level::WARN) {
+        tokio::spawn(watch_for_stalls());
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (key, _) = raft_ledger::net::member::ClusterKey::generate();
     let mut nodes = Vec::new();

@@ -195,10 +195,11 @@ impl Bench {
         *self.failures.lock().expect("failures").entry(kind).or_default() += bets;
     }
 
+    /// Groups by code and reason (not walletctl's `describe`, whose message varies per call,
+    /// a retry delay or a leader's address); a transport's failure has only a message.
     fn failed_call(&self, status: &tonic::Status, bets: u64) {
-        // Our own refusals carry a reason; a transport's failure only a message.
         let why = wallet_api::api::errors::reason_of(status).unwrap_or_else(|| status.message().to_string());
-        self.failed(format!("{:?}: {why}", status.code()), bets);
+        self.failed(format!("{}: {why}", wallet_api::exit::code_name(status.code())), bets);
     }
 
     /// The failures counted since the last call, for a run's report.
