@@ -34,6 +34,17 @@ fn main() {
                 .client_streaming()
                 .build(),
         )
+        .method(unary("snapshot_progress", "SnapshotProgress", "SnapshotProgressRequest", "SnapshotProgressReply"))
+        .method(
+            Method::builder()
+                .name("install_snapshot_piece")
+                .route_name("InstallSnapshotPiece")
+                .input_type("crate::net::wire::SnapshotPiece")
+                .output_type("crate::net::wire::SnapshotPieceReply")
+                .codec_path("crate::net::codec::PostcardCodec")
+                .client_streaming()
+                .build(),
+        )
         .build();
     let ledger = Service::builder()
         .name("LedgerNode")

@@ -124,8 +124,11 @@ async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil
     let mut config = NodeConfig::new(id, m[&id].clone(), "/data", cfg.shards);
     config.rtt_ms = cfg.rtt_ms;
     config.tick_interval = Duration::from_millis(200);
-    config.snapshot_every = 200;
-    config.logs_kept_after_snapshot = 50;
+    config.snapshot_every = 20;
+    config.logs_kept_after_snapshot = 5;
+    // Small pieces, so a snapshot sent to a lagging replica takes several calls and the
+    // simulator's partitions and crashes cut transfers midway (they must resume).
+    config.snapshot_piece_bytes = 4096;
     let mut env = NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), cluster_key());
     if let Some(bug) = cfg.plant.as_deref().and_then(|p| crate::planted::bug(p).ok()) {
         env = crate::planted::plant(env, bug);

@@ -2,7 +2,10 @@
 //! journal lengths.
 //!
 //! `cargo bench -p raft-ledger --bench restart -- [--entries 1000000,10000000] [--dir DIR]
-//! [--state memory|disk] [--retain-all]`
+//! [--state memory|disk] [--retain-all] [--catch-up [--piece-bytes N]]`
+//!
+//! `--catch-up` then adds an empty node as a learner and times until it holds the whole chain:
+//! a new replica catching up from a snapshot of that state (sent in pieces) and the log since.
 //!
 //! With `--retain-all` cluster time runs at the wall clock's pace, so every id written stays in
 //! the 7-day window: restart time against retained ids (issue 18), in memory (the snapshot is an
@@ -57,6 +60,13 @@ struct Args {
     /// instead of a window under a second long: restart against retained ids, not history.
     #[arg(long)]
     retain_all: bool,
+    /// After the last restart, add an empty node as a learner and time its catch-up: a snapshot
+    /// of the whole state sent in pieces, then the log since.
+    #[arg(long)]
+    catch_up: bool,
+    /// The most snapshot bytes one call carries (`NodeConfig::snapshot_piece_bytes`).
+    #[arg(long, default_value_t = 16 << 20)]
+    piece_bytes: u64,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -64,8 +74,9 @@ struct Args {
 const PLAYERS: usize = 10_000;
 const BATCH: usize = 1024;
 
-fn config(dir: &std::path::Path, addr: &str, args: &Args) -> NodeConfig {
-    let mut c = NodeConfig::new(1, NodeInfo::new(addr, "r1", "z1"), dir, 1);
+fn config(id: u64, dir: &std::path::Path, addr: &str, args: &Args) -> NodeConfig {
+    let mut c = NodeConfig::new(id, NodeInfo::new(addr, "r1", "z1"), dir, 1);
+    c.snapshot_piece_bytes = args.piece_bytes;
     if !args.retain_all {
         c.ledger = LedgerConfig { id_retention_ms: ledger_core::HOLD_TIMEOUT_MAX_MS };
     }
@@ -89,6 +100,7 @@ impl Clock for FastClock {
 }
 
 async fn start(
+    id: u64,
     dir: &std::path::Path,
     key: &ClusterKey,
     addr: &mut String,
@@ -98,12 +110,48 @@ async fn start(
     *addr = listener.local_addr().expect("addr").to_string();
     let speed = if args.retain_all { 1 } else { 100_000 };
     let env = NodeEnv { clock: Arc::new(FastClock(*EPOCH, speed)), ..NodeEnv::production(key.clone()) };
-    let node = LedgerNode::start(config(dir, addr, args), env).await.expect("start");
+    let node = LedgerNode::start(config(id, dir, addr, args), env).await.expect("start");
     let serving = node.clone();
     let server = tokio::spawn(async move {
         serving.serve(listener).await.expect("serve");
     });
     (node, server)
+}
+
+/// Adds an empty node 2 as a learner of shard 0 and times until it holds the leader's whole
+/// chain: with the log purged behind the last snapshot, that is a snapshot transfer.
+async fn catch_up(leader: &LedgerNode, dir: &std::path::Path, key: &ClusterKey, args: &Args) {
+    let new_dir = dir.join("catch-up");
+    let _ = std::fs::remove_dir_all(&new_dir);
+    let mut addr = String::new();
+    let (learner, server) = start(2, &new_dir, key, &mut addr, args).await;
+    let raft = leader.raft(0).expect("shard 0");
+    let snapshot = leader.status().shard(0).and_then(|s| s.snapshot);
+    let t = Instant::now();
+    raft.add_learner(2, learner.config().info.clone(), true).await.expect("add learner");
+    let head = leader.head(0).expect("head");
+    while learner.head(0) != Some(head) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let installed = learner.status().shard(0).and_then(|s| s.snapshot);
+    assert!(installed.is_some() && installed >= snapshot, "the learner installed the snapshot");
+    let report = learner.verify(0).expect("verify");
+    assert!(report.ok(), "the learner's chain verifies");
+    let journal = std::fs::metadata(new_dir.join("shards/0/journal.log")).map_or(0, |m| m.len());
+    let state = std::fs::metadata(new_dir.join("shards/0/snapshot.bin")).map_or(0, |m| m.len())
+        + common::disk_bytes(&new_dir.join("shards/0/state"));
+    println!(
+        "a new replica caught up in {:.1} s (snapshot pieces of at most {} KiB): journal {} MiB and state {} MiB \
+         written, {:.0} MiB/s",
+        secs,
+        args.piece_bytes >> 10,
+        journal >> 20,
+        state >> 20,
+        (journal + state) as f64 / (1 << 20) as f64 / secs
+    );
+    learner.shutdown().await;
+    let _ = server.await;
 }
 
 /// Waits until shard 0 has a leader that has applied its whole log.
@@ -122,12 +170,19 @@ async fn wait_serving(node: &LedgerNode) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    // The node's own logs, with RUST_LOG (e.g. `raft_ledger=info` for a snapshot transfer's steps).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let (key, _) = ClusterKey::generate();
     let eur = Currency::new("EUR").expect("EUR");
     let mut addr = String::new();
-    let (mut node, mut server) = start(&dir, &key, &mut addr, &args).await;
+    let (mut node, mut server) = start(1, &dir, &key, &mut addr, &args).await;
     node.bootstrap(&BTreeMap::from([(1, node.config().info.clone())])).await.expect("bootstrap");
     wait_serving(&node).await;
     let players: Vec<PlayerId> = (0..PLAYERS).map(|i| PlayerId::new(format!("p{i}")).expect("id")).collect();
@@ -201,7 +256,7 @@ async fn main() {
         // Release the node's files (its on-disk state) before another opens them.
         drop(node);
         let t = Instant::now();
-        let (restarted, restarted_server) = start(&dir, &key, &mut addr, &args).await;
+        let (restarted, restarted_server) = start(1, &dir, &key, &mut addr, &args).await;
         let start_ms = t.elapsed().as_secs_f64() * 1e3;
         wait_serving(&restarted).await;
         let serving_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -215,6 +270,9 @@ async fn main() {
             written_now, journal_mb, state_mb, write_s, log_tail, start_ms, serving_ms, replay_ms
         );
         (node, server) = (restarted, restarted_server);
+    }
+    if args.catch_up {
+        catch_up(&node, &dir, &key, &args).await;
     }
     node.shutdown().await;
     let _ = server.await;

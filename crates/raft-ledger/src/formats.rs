@@ -21,8 +21,9 @@ use crate::api::{
     ShardStatus, VerifyReport,
 };
 use crate::net::wire::{
-    AppendRequest, BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, PeerError, ShardMsg,
-    SnapshotChunk, StatusRequest, SubmitBatchRequest, SubmitRequest, VerifyRequest,
+    AppendRequest, BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, PeerError, PieceOutcome,
+    ShardMsg, SnapshotChunk, SnapshotIdentity, SnapshotPiece, SnapshotProgress, SnapshotProgressRequest, StatusRequest,
+    SubmitBatchRequest, SubmitRequest, VerifyRequest,
 };
 use crate::raft::{LogId, NodeId, NodeInfo, Proposal, RaftEntry, Reply, Request, SnapshotMeta, StoredMembership, Vote};
 use ledger_core::{
@@ -149,6 +150,21 @@ fn snapshot_chunk_tag(c: &SnapshotChunk) -> u8 {
     match c {
         SnapshotChunk::Header { .. } => 0,
         SnapshotChunk::Journal(_) => 1,
+    }
+}
+
+fn snapshot_piece_tag(p: &SnapshotPiece) -> u8 {
+    match p {
+        SnapshotPiece::Header { .. } => 0,
+        SnapshotPiece::State(_) => 1,
+        SnapshotPiece::Journal(_) => 2,
+    }
+}
+
+fn piece_outcome_tag(o: &PieceOutcome) -> u8 {
+    match o {
+        PieceOutcome::Stored(_) => 0,
+        PieceOutcome::Installed(_) => 1,
     }
 }
 
@@ -323,6 +339,58 @@ fn the_peer_messages_encode_as_pinned() {
         let bytes = postcard(c);
         assert_eq!(bytes[0], snapshot_chunk_tag(c));
         pinned("a snapshot chunk", &bytes, expected);
+    }
+}
+
+#[test]
+fn the_snapshot_piece_messages_encode_as_pinned() {
+    let identity = SnapshotIdentity {
+        last_log_id: Some(log_id(1, 9)),
+        state_bytes: 300,
+        state_digest: [7; 32],
+        journal_entries: 9,
+        journal_bytes: 900,
+        journal_head: [8; 32],
+    };
+    pinned(
+        "SnapshotProgressRequest",
+        &postcard(&SnapshotProgressRequest { shard: 3, identity: identity.clone() }),
+        "03010109ac0207070707070707070707070707070707070707070707070707070707070707070984070808080808080808080808080808080808080808080808080808080808080808",
+    );
+    let progress = SnapshotProgress { state_bytes: 300, journal_bytes: 5 };
+    let progress_reply: crate::net::wire::SnapshotProgressReply = Ok(progress);
+    pinned("SnapshotProgressReply", &postcard(&progress_reply), "00ac0205");
+    let pieces = [
+        (
+            SnapshotPiece::Header {
+                shard: 3,
+                vote: vote(),
+                meta: snapshot_meta(),
+                identity,
+                state_from: 300,
+                journal_from: 5,
+            },
+            "000302010101010209010104010301020304010d31302e302e302e313a373030300265750465752d310d31302e302e302e313a38303030020d31302e302e302e323a373030300265750465752d320d31302e302e302e323a38303030030d31302e302e302e333a373030300265750465752d330d31302e302e302e333a38303030040d31302e302e302e343a373030300265750465752d340d31302e302e302e343a3830303000010109ac0207070707070707070707070707070707070707070707070707070707070707070984070808080808080808080808080808080808080808080808080808080808080808ac0205",
+        ),
+        (SnapshotPiece::State(vec![1, 2]), "01020102"),
+        (SnapshotPiece::Journal(vec![9, 8, 7]), "0203090807"),
+    ];
+    for (p, expected) in &pieces {
+        let bytes = postcard(p);
+        assert_eq!(bytes[0], snapshot_piece_tag(p));
+        pinned("a snapshot piece", &bytes, expected);
+    }
+    let outcomes: [(crate::net::wire::SnapshotPieceReply, &str); 3] = [
+        (Ok(PieceOutcome::Stored(progress)), "0000ac0205"),
+        (Ok(PieceOutcome::Installed(SnapshotResponse::new(vote()))), "000102010101"),
+        (Err(PeerError::Snapshot("torn".into())), "010204746f726e"),
+    ];
+    for (o, expected) in &outcomes {
+        let bytes = postcard(o);
+        if let Ok(o) = o {
+            assert_eq!(bytes[1], piece_outcome_tag(o));
+        }
+        pinned(&format!("{o:?}"), &bytes, expected);
     }
 }
 

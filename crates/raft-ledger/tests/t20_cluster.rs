@@ -109,9 +109,12 @@ async fn replace_a_wiped_follower(cluster: &mut Cluster, leader: u64, new: u64) 
     raft.change_membership(voters, false).await.unwrap();
 }
 
+/// Snapshots every 20 entries, the log purged behind them, and sent in pieces of 1 KiB: every
+/// snapshot these tests send arrives over many calls, each resuming where the last stopped.
 fn small_snapshots(config: &mut raft_ledger::node::NodeConfig) {
     config.snapshot_every = 20;
     config.logs_kept_after_snapshot = 0;
+    config.snapshot_piece_bytes = 1024;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

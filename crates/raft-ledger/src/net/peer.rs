@@ -14,7 +14,10 @@ use std::time::Duration;
 use super::env::{Net, NodeChannel};
 use super::generated::raft_transport_client::RaftTransportClient;
 use super::member::ClusterKey;
-use super::wire::{AppendRequest, PeerError, ShardMsg, SnapshotChunk};
+use super::wire::{
+    AppendRequest, PeerError, PieceOutcome, ShardMsg, SnapshotIdentity, SnapshotPiece, SnapshotProgress,
+    SnapshotProgressRequest,
+};
 use crate::raft::{NodeId, NodeInfo, TypeConfig, Vote};
 use crate::store::LedgerSnapshot;
 use futures_util::stream::FuturesOrdered;
@@ -29,7 +32,7 @@ use openraft::raft::{
 };
 use openraft_multi::GroupRouter;
 
-/// Journal bytes per snapshot stream message.
+/// Snapshot bytes per stream message.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// Raft messages can be large (batches of entries); allow up to this many bytes.
 pub(crate) const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -51,18 +54,21 @@ pub(crate) struct PeerRouter {
     /// Each shard's Raft metrics on this node, so AppendEntries can tell followers when this
     /// leader last heard from a quorum.
     metrics: Arc<Mutex<BTreeMap<u32, ShardMetrics>>>,
+    /// The most snapshot bytes one call carries (`NodeConfig::snapshot_piece_bytes`).
+    piece_bytes: u64,
 }
 
 type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
 
 impl PeerRouter {
-    pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey) -> Self {
+    pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey, piece_bytes: u64) -> Self {
         Self {
             me,
             net,
             key,
             peers: Arc::new(Mutex::new(BTreeMap::new())),
             metrics: Arc::new(Mutex::new(BTreeMap::new())),
+            piece_bytes: piece_bytes.max(1),
         }
     }
 
@@ -124,6 +130,44 @@ impl PeerRouter {
             Ok(Ok(reply)) => reply.into_inner().map_err(|e| peer_error(&e)),
         }
     }
+}
+
+/// The messages of one piece after its header: the state from `at`, then the journal, until
+/// `budget` bytes are sent or the snapshot ends. A journal read that fails ends the piece early;
+/// the receiver keeps what arrived and the next piece resumes there.
+fn piece_body(
+    state: Arc<crate::store::state_machine::EncodedState>,
+    journal: crate::store::JournalPrefix,
+    at: SnapshotProgress,
+    budget: u64,
+) -> impl Stream<Item = SnapshotPiece> {
+    futures_util::stream::unfold((at, budget), move |(at, budget)| {
+        let (state, journal) = (state.clone(), journal.clone());
+        async move {
+            let n = SNAPSHOT_CHUNK_BYTES.min(budget);
+            if n == 0 {
+                return None;
+            }
+            let state_len = state.bytes.len() as u64;
+            if at.state_bytes < state_len {
+                let end = (at.state_bytes + n).min(state_len);
+                let chunk = state.bytes[at.state_bytes as usize..end as usize].to_vec();
+                let next = SnapshotProgress { state_bytes: end, ..at };
+                return Some((SnapshotPiece::State(chunk), (next, budget - (end - at.state_bytes))));
+            }
+            if at.journal_bytes >= journal.bytes {
+                return None;
+            }
+            let n = n.min(journal.bytes - at.journal_bytes);
+            let mut buf = vec![0u8; n as usize];
+            if let Err(e) = journal.read_at(at.journal_bytes, &mut buf) {
+                tracing::warn!("snapshot journal read failed at {}: {e}", at.journal_bytes);
+                return None;
+            }
+            let next = SnapshotProgress { journal_bytes: at.journal_bytes + n, ..at };
+            Some((SnapshotPiece::Journal(buf), (next, budget - n)))
+        }
+    })
 }
 
 fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
@@ -197,51 +241,94 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut client = self.client(target)?;
+        let client = self.client(target)?;
         let data = snapshot.snapshot;
+        let started = tokio::time::Instant::now();
         // A checkpoint on disk is read out here, off the apply path.
         let state = data.encoded_state().await.map_err(|e| {
             tracing::warn!("cannot read the snapshot to send: {e}");
             StreamingError::Unreachable(Unreachable::from_string(format!("cannot read the snapshot to send: {e}")))
         })?;
-        let journal = data.journal.clone();
-        let header = SnapshotChunk::Header {
+        tracing::info!(
             shard,
-            vote,
-            meta: snapshot.meta,
-            state: state.to_vec(),
-            journal_entries: journal.entries,
-            journal_bytes: journal.bytes,
+            target,
+            state_bytes = state.bytes.len(),
+            journal_bytes = data.journal.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "sending a snapshot"
+        );
+        let identity = SnapshotIdentity {
+            last_log_id: snapshot.meta.last_log_id,
+            state_bytes: state.bytes.len() as u64,
+            state_digest: state.digest,
+            journal_entries: data.journal.entries,
+            journal_bytes: data.journal.bytes,
+            journal_head: data.journal_head,
         };
-        let body = futures_util::stream::unfold(0u64, move |offset| {
-            let journal = journal.clone();
-            async move {
-                if offset >= journal.bytes {
-                    return None;
+        let (meta, ttl) = (snapshot.meta, option.hard_ttl());
+        // Each call has the deadline openraft gives a snapshot, and carries at most one piece:
+        // a large snapshot arrives over several calls, each resuming at the receiver's progress.
+        let transfer = async move {
+            let mut at = {
+                let mut c = client.clone();
+                let ask = SnapshotProgressRequest { shard, identity: identity.clone() };
+                let mut req = tonic::Request::new(ask);
+                req.set_timeout(ttl);
+                match tokio::time::timeout(ttl, c.snapshot_progress(req)).await {
+                    Err(_) => {
+                        return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, target, ttl)));
+                    }
+                    Ok(Err(status)) => return Err(status_error(&status).into()),
+                    Ok(Ok(reply)) => reply.into_inner().map_err(|e| StreamingError::from(peer_error(&e)))?,
                 }
-                let n = SNAPSHOT_CHUNK_BYTES.min(journal.bytes - offset);
-                let mut buf = vec![0u8; n as usize];
-                if let Err(e) = journal.read_at(offset, &mut buf) {
-                    // Ending early makes the receiver reject the snapshot as short; the leader
-                    // retries the transfer.
-                    tracing::warn!("snapshot journal read failed at {offset}: {e}");
-                    return None;
-                }
-                Some((SnapshotChunk::Journal(buf), offset + n))
+            };
+            if at != SnapshotProgress::default() {
+                tracing::info!(
+                    shard,
+                    target,
+                    state_bytes = at.state_bytes,
+                    journal_bytes = at.journal_bytes,
+                    "resuming a snapshot transfer"
+                );
             }
-        });
-        let chunks = futures_util::stream::once(async move { header }).chain(body);
-        let ttl = option.hard_ttl();
-        let send = tokio::time::timeout(ttl, client.install_snapshot(chunks));
+            loop {
+                let header = SnapshotPiece::Header {
+                    shard,
+                    vote,
+                    meta: meta.clone(),
+                    identity: identity.clone(),
+                    state_from: at.state_bytes,
+                    journal_from: at.journal_bytes,
+                };
+                let body = piece_body(state.clone(), data.journal.clone(), at, self.piece_bytes);
+                let chunks = futures_util::stream::once(async move { header }).chain(body);
+                let mut c = client.clone();
+                let mut req = tonic::Request::new(chunks);
+                req.set_timeout(ttl);
+                let outcome = match tokio::time::timeout(ttl, c.install_snapshot_piece(req)).await {
+                    Err(_) => {
+                        return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, target, ttl)));
+                    }
+                    Ok(Err(status)) => return Err(status_error(&status).into()),
+                    Ok(Ok(reply)) => reply
+                        .into_inner()
+                        .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?,
+                };
+                match outcome {
+                    PieceOutcome::Installed(response) => return Ok(response),
+                    PieceOutcome::Stored(next) if next == at => {
+                        // Nothing arrived (the stream broke at once): openraft retries later.
+                        return Err(StreamingError::Unreachable(Unreachable::from_string(
+                            "a snapshot piece made no progress",
+                        )));
+                    }
+                    PieceOutcome::Stored(next) => at = next,
+                }
+            }
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            result = send => match result {
-                Err(_) => Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, target, ttl))),
-                Ok(Err(status)) => Err(status_error(&status).into()),
-                Ok(Ok(reply)) => reply.into_inner().map_err(|e| {
-                    StreamingError::Unreachable(Unreachable::from_string(e.to_string()))
-                }),
-            },
+            result = transfer => result,
         }
     }
 

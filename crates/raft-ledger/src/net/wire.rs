@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{BalanceView, LedgerError, NodeStatus, ReadConsistency, VerifyReport};
 use crate::api::{MembershipChange, MembershipView};
-use crate::raft::{SnapshotMeta, TypeConfig, Vote};
+use crate::raft::{LogId, SnapshotMeta, TypeConfig, Vote};
 use ledger_core::AccountRef;
 use ledger_core::Command;
 use ledger_core::Entry;
@@ -61,7 +61,8 @@ pub type TransferLeaderRequest = ShardMsg<RaftTransferLeader<TypeConfig>>;
 pub type TransferLeaderReply = Result<TransferLeaderResponse<TypeConfig>, PeerError>;
 pub type SnapshotReply = Result<SnapshotResponse<TypeConfig>, PeerError>;
 
-/// One message of a snapshot stream: a header, then the journal in chunks.
+/// One message of a snapshot stream of the first format: a header holding the whole state, then
+/// the journal in chunks. Senders now use [`SnapshotPiece`]s; receivers still accept this.
 ///
 /// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
 /// pinned by the format tests (`crates/raft-ledger/src/formats.rs`).
@@ -87,6 +88,86 @@ pub enum SnapshotChunk {
     /// A piece of the journal, in order.
     Journal(#[serde(with = "serde_bytes")] Vec<u8>),
 }
+
+/// Which snapshot a transfer carries, so a receiver can tell whether the bytes it kept from an
+/// earlier, interrupted transfer belong to the same one and may be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIdentity {
+    /// The last log entry the snapshot includes.
+    pub last_log_id: Option<LogId>,
+    /// Length of the encoded state.
+    pub state_bytes: u64,
+    /// SHA-256 of the encoded state: checked before the state is installed.
+    pub state_digest: [u8; 32],
+    /// Entries in the journal prefix.
+    pub journal_entries: u64,
+    /// Bytes of that prefix.
+    pub journal_bytes: u64,
+    /// Hash of the prefix's last entry (the chain head the state names): the received journal
+    /// is verified to end there before the snapshot is installed.
+    pub journal_head: [u8; 32],
+}
+
+/// Asks a receiver how much of a snapshot it already holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotProgressRequest {
+    /// The shard.
+    pub shard: u32,
+    /// The snapshot.
+    pub identity: SnapshotIdentity,
+}
+
+/// How much of a snapshot a receiver holds durably: a transfer resumes from here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// Bytes of the encoded state.
+    pub state_bytes: u64,
+    /// Bytes of the journal (only once the state is whole).
+    pub journal_bytes: u64,
+}
+pub type SnapshotProgressReply = Result<SnapshotProgress, PeerError>;
+
+/// One message of a snapshot piece: a header, then state bytes, then journal bytes, each
+/// continuing from where the header says. A transfer is a sequence of pieces, each one call
+/// of bounded size, so no call outlives its deadline however large the snapshot is, and a
+/// transfer cut off resumes at the receiver's progress instead of starting over.
+///
+/// Encoded by position (pinned by the format tests); add variants at the end only.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "one header per piece of up to 16 MiB")]
+pub enum SnapshotPiece {
+    /// Sent first.
+    Header {
+        /// The shard.
+        shard: u32,
+        /// The sender's vote.
+        vote: Vote,
+        /// The snapshot's metadata.
+        meta: SnapshotMeta,
+        /// The snapshot.
+        identity: SnapshotIdentity,
+        /// Where this piece's state bytes start (the receiver's progress).
+        state_from: u64,
+        /// Where its journal bytes start.
+        journal_from: u64,
+    },
+    /// Encoded state, in order.
+    State(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Journal, in order, after the whole state.
+    Journal(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What a receiver did with a piece.
+///
+/// Encoded by position (pinned by the format tests); add variants at the end only.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PieceOutcome {
+    /// Stored; the snapshot is not whole yet. Send the next piece from here.
+    Stored(SnapshotProgress),
+    /// The snapshot was whole and verified, and was handed to Raft, which answered this.
+    Installed(SnapshotResponse<TypeConfig>),
+}
+pub type SnapshotPieceReply = Result<PieceOutcome, PeerError>;
 
 /// Asks a node to run a command.
 #[derive(Debug, Serialize, Deserialize)]

@@ -75,6 +75,10 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
     pub logs_kept_after_snapshot: u64,
+    /// The most snapshot bytes one call to a peer carries. A snapshot larger than this is sent
+    /// as several calls, each resuming where the last stopped, so a transfer of any size makes
+    /// progress within each call's deadline and survives a dropped connection.
+    pub snapshot_piece_bytes: u64,
     /// Each shard's home region (from the topology's placement). A leader outside its shard's
     /// home hands leadership to a healthy, caught-up voter there. Empty: leaders stay put.
     pub home_regions: BTreeMap<u32, String>,
@@ -98,6 +102,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(500),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
+            snapshot_piece_bytes: 16 << 20,
             home_regions: BTreeMap::new(),
             election_slots: BTreeMap::new(),
         }
@@ -359,7 +364,7 @@ impl LedgerNode {
             "write-ahead log recovered"
         );
         let wal = Arc::new(wal);
-        let router = PeerRouter::new(config.node_id, env.net, env.cluster_key.clone());
+        let router = PeerRouter::new(config.node_id, env.net, env.cluster_key.clone(), config.snapshot_piece_bytes);
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         let mut queues = Vec::new();

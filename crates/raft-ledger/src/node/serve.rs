@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use openraft::errors::RaftError;
 use openraft::raft::AppendEntriesResponse;
+use openraft::rt::WatchReceiver as _;
+use sha2::Digest as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{LedgerNode, NodeInner, Shard};
@@ -13,7 +15,7 @@ use crate::net::generated::ledger_node_server::{LedgerNode as LedgerNodeApi, Led
 use crate::net::generated::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::net::peer::RAFT_MESSAGE_BYTES_MAX;
 use crate::net::wire::*;
-use crate::store::state_machine::SnapshotReceiver;
+use crate::store::state_machine::{SnapshotReceiver, journal_head_of};
 
 /// Largest request the node API accepts: room for a full batch of commands. Anything bigger is
 /// refused before it is decoded.
@@ -42,6 +44,8 @@ impl Transport {
         self.node.shard(shard).ok_or(PeerError::UnknownShard(shard))
     }
 
+    /// A snapshot stream of the first format (the whole state in its header), from a sender
+    /// that predates pieces: received in one go, through the same checks.
     async fn receive_snapshot(&self, mut stream: Streaming<SnapshotChunk>) -> Result<SnapshotReply, Status> {
         let Some(SnapshotChunk::Header { shard, vote, meta, state, journal_entries, journal_bytes }) =
             stream.message().await?
@@ -52,26 +56,139 @@ impl Transport {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
+        let Some(journal_head) = journal_head_of(&state) else {
+            return Ok(Err(PeerError::Snapshot("the snapshot's state does not decode".into())));
+        };
+        let identity = SnapshotIdentity {
+            last_log_id: meta.last_log_id,
+            state_bytes: state.len() as u64,
+            state_digest: sha2::Sha256::digest(&state).into(),
+            journal_entries,
+            journal_bytes,
+            journal_head,
+        };
         let _one_at_a_time = s.snapshot_lock.lock().await;
-        let io = |e: std::io::Error| Status::internal(format!("storing snapshot: {e}"));
-        let mut receiver = SnapshotReceiver::begin(self.node.env.vfs.as_ref(), &s.dir).map_err(io)?;
-        let mut written = 0u64;
+        let vfs = self.node.env.vfs.as_ref();
+        let mut receiver = match SnapshotReceiver::resume(vfs, &s.dir, identity, SnapshotProgress::default()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(receive_error(&e))),
+        };
+        if let Err(e) = receiver.write_state(&state) {
+            return Ok(Err(receive_error(&e)));
+        }
         while let Some(chunk) = stream.message().await? {
             let SnapshotChunk::Journal(bytes) = chunk else {
                 return Ok(Err(PeerError::Snapshot("a second header in one stream".into())));
             };
-            written += bytes.len() as u64;
-            if written > journal_bytes {
-                return Ok(Err(PeerError::Snapshot("more journal than the header announced".into())));
+            if let Err(e) = receiver.write_journal(&bytes) {
+                return Ok(Err(receive_error(&e)));
             }
-            receiver.write(&bytes).map_err(io)?;
         }
-        if written != journal_bytes {
-            return Ok(Err(PeerError::Snapshot(format!("journal ended at {written} of {journal_bytes} bytes"))));
+        if !receiver.is_whole() {
+            let got = receiver.progress().journal_bytes;
+            return Ok(Err(PeerError::Snapshot(format!("journal ended at {got} of {journal_bytes} bytes"))));
         }
-        let snapshot = openraft::Snapshot { meta, snapshot: receiver.finish(state, journal_entries) };
-        Ok(s.raft.install_full_snapshot(vote, snapshot).await.map_err(|f| PeerError::Raft(RaftError::Fatal(f))))
+        Ok(self.install(&s, vote, meta, receiver).await.map(|outcome| match outcome {
+            PieceOutcome::Installed(response) => response,
+            PieceOutcome::Stored(_) => unreachable!("a whole snapshot is installed"),
+        }))
     }
+
+    /// One piece of a snapshot: stored after what this shard already holds of it, made durable
+    /// (also when the stream breaks, so the next piece resumes after what did arrive), and once
+    /// the snapshot is whole, verified and handed to Raft. Disk work here is small appends and
+    /// one fsync per piece; verifying and installing a whole snapshot reads it back.
+    async fn receive_piece(&self, mut stream: Streaming<SnapshotPiece>) -> Result<SnapshotPieceReply, Status> {
+        let Some(SnapshotPiece::Header { shard, vote, meta, identity, state_from, journal_from }) =
+            stream.message().await?
+        else {
+            return Ok(Err(PeerError::Snapshot("a piece must start with a header".into())));
+        };
+        let s = match self.shard(shard) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        // A deposed leader's snapshot is not stored (it would displace the current leader's
+        // transfer); it learns of the newer vote as from a refused install.
+        let current = s.raft.metrics().borrow_watched().vote;
+        if vote < current {
+            return Ok(Ok(PieceOutcome::Installed(openraft::raft::SnapshotResponse::new(current))));
+        }
+        let _one_at_a_time = s.snapshot_lock.lock().await;
+        let vfs = self.node.env.vfs.as_ref();
+        let from = SnapshotProgress { state_bytes: state_from, journal_bytes: journal_from };
+        let mut receiver = match SnapshotReceiver::resume(vfs, &s.dir, identity, from) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(receive_error(&e))),
+        };
+        /// How the piece's stream ended.
+        enum End {
+            Done,
+            Refused(PeerError),
+            Broken(Status),
+        }
+        let end = loop {
+            let written = match stream.message().await {
+                Ok(None) => break End::Done,
+                Ok(Some(SnapshotPiece::State(bytes))) => receiver.write_state(&bytes),
+                Ok(Some(SnapshotPiece::Journal(bytes))) => receiver.write_journal(&bytes),
+                Ok(Some(SnapshotPiece::Header { .. })) => {
+                    break End::Refused(PeerError::Snapshot("a second header".into()));
+                }
+                Err(status) => break End::Broken(status),
+            };
+            if let Err(e) = written {
+                break End::Refused(receive_error(&e));
+            }
+        };
+        // What arrived counts even if the stream broke (if the connection is torn down before
+        // this runs, it is a torn tail that the next piece's resume cuts).
+        if let Err(e) = receiver.save(vfs) {
+            return Ok(Err(receive_error(&e)));
+        }
+        match end {
+            End::Refused(e) => return Ok(Err(e)),
+            End::Broken(status) => return Err(status),
+            End::Done if !receiver.is_whole() => return Ok(Ok(PieceOutcome::Stored(receiver.progress()))),
+            End::Done => {}
+        }
+        Ok(self.install(&s, vote, meta, receiver).await)
+    }
+
+    /// Verifies a whole received snapshot and installs it; the received files are removed
+    /// either way (a bad one is received again from the start).
+    async fn install(
+        &self,
+        s: &Shard,
+        vote: crate::raft::Vote,
+        meta: crate::raft::SnapshotMeta,
+        receiver: SnapshotReceiver,
+    ) -> SnapshotPieceReply {
+        let vfs = self.node.env.vfs.as_ref();
+        let started = tokio::time::Instant::now();
+        let snapshot = receiver.finish(vfs, s.id).map_err(|e| receive_error(&e))?;
+        tracing::info!(
+            shard = s.id.0,
+            journal_entries = snapshot.journal.entries,
+            ms = started.elapsed().as_millis() as u64,
+            "received a whole snapshot and verified it"
+        );
+        let installed = s.raft.install_full_snapshot(vote, openraft::Snapshot { meta, snapshot }).await;
+        if let Err(e) = SnapshotReceiver::discard(vfs, &s.dir) {
+            tracing::warn!(shard = s.id.0, error = %e, "could not remove a received snapshot's files");
+        }
+        installed.map(PieceOutcome::Installed).map_err(|f| PeerError::Raft(RaftError::Fatal(f)))
+    }
+}
+
+/// A receive that failed: the sender's mistake is refused with its reason; a disk error here is
+/// logged and reported without detail.
+fn receive_error(e: &std::io::Error) -> PeerError {
+    if e.kind() == std::io::ErrorKind::InvalidInput {
+        return PeerError::Snapshot(e.to_string());
+    }
+    tracing::error!(error = %e, "cannot store a snapshot being received");
+    PeerError::Snapshot("the receiver could not store the snapshot".into())
 }
 
 #[tonic::async_trait]
@@ -141,6 +258,22 @@ impl RaftTransport for Transport {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotReply>, Status> {
         self.receive_snapshot(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn snapshot_progress(
+        &self,
+        request: Request<SnapshotProgressRequest>,
+    ) -> Result<Response<SnapshotProgressReply>, Status> {
+        let SnapshotProgressRequest { shard, identity } = request.into_inner();
+        let reply = self.shard(shard).map(|s| SnapshotReceiver::held(self.node.env.vfs.as_ref(), &s.dir, &identity));
+        Ok(Response::new(reply))
+    }
+
+    async fn install_snapshot_piece(
+        &self,
+        request: Request<Streaming<SnapshotPiece>>,
+    ) -> Result<Response<SnapshotPieceReply>, Status> {
+        self.receive_piece(request.into_inner()).await.map(Response::new)
     }
 }
 

@@ -425,6 +425,18 @@ impl Journal {
         Ok(JournalPrefix { file: self.file.clone(), entries, bytes: self.offset_of(entries + 1)? })
     }
 
+    /// Checks a journal received from a peer: every frame intact and the chain from the shard's
+    /// genesis ending at `expected` (entry count, head hash). What a receiver does before it
+    /// hands a snapshot to Raft, so a bad transfer is refused rather than failing the install.
+    pub(crate) fn verify_received(
+        vfs: &dyn Vfs,
+        received: &Path,
+        shard: ShardId,
+        expected: (u64, Hash),
+    ) -> Result<(), JournalError> {
+        scan_received(vfs, received, shard, expected).map(|_| ())
+    }
+
     /// Replaces this journal with a verified copy received from a peer, atomically.
     pub(crate) fn replace(
         &mut self,
@@ -432,14 +444,7 @@ impl Journal {
         received: &Path,
         expected: (u64, Hash),
     ) -> Result<(), JournalError> {
-        let bytes = vfs.read(received)?;
-        let (offsets, end, head, problem) = scan(self.shard, &bytes);
-        if let Some(source) = problem {
-            return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
-        }
-        if (offsets.len() as u64, head) != expected {
-            return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
-        }
+        let (offsets, end, head) = scan_received(vfs, received, self.shard, expected)?;
         vfs.open(received)?.sync()?;
         vfs.rename(received, &self.path)?;
         self.file = vfs.open(&self.path)?;
@@ -451,6 +456,24 @@ impl Journal {
         self.head = head;
         Ok(())
     }
+}
+
+/// Reads and scans a received journal: its frame offsets, end and head, if it ends at `expected`.
+fn scan_received(
+    vfs: &dyn Vfs,
+    received: &Path,
+    shard: ShardId,
+    expected: (u64, Hash),
+) -> Result<(Vec<u64>, u64, Hash), JournalError> {
+    let bytes = vfs.read(received)?;
+    let (offsets, end, head, problem) = scan(shard, &bytes);
+    if let Some(source) = problem {
+        return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
+    }
+    if (offsets.len() as u64, head) != expected {
+        return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
+    }
+    Ok((offsets, end, head))
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
 use super::shard_ledger::{Inner, ShardLedger, StateStorage};
 use super::vfs::{VFile, Vfs};
 use super::wal::IoMode;
+use crate::net::wire::{SnapshotIdentity, SnapshotProgress};
 use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger_core::ShardId;
 use ledger_core::{Command, CoreImage, Ledger, LedgerConfig, LedgerImage, LedgerState as _};
@@ -147,9 +148,23 @@ impl Checkpoint {
 #[derive(Clone)]
 pub(crate) enum SnapshotBody {
     /// postcard-encoded [`SnapshotState`].
-    Encoded(Arc<Vec<u8>>),
+    Encoded(Arc<EncodedState>),
     /// The retained state as of a checkpoint; the checkpoint's record is in its metadata.
     Checkpoint(Arc<CheckpointView>),
+}
+
+/// A [`SnapshotState`] in the wire format (postcard), with its SHA-256: what a snapshot file
+/// stores and a transfer sends and checks.
+pub(crate) struct EncodedState {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) digest: Hash,
+}
+
+impl EncodedState {
+    fn new(bytes: Vec<u8>) -> Self {
+        let digest = Sha256::digest(&bytes).into();
+        Self { bytes, digest }
+    }
 }
 
 /// A snapshot's data: its state and the journal prefix it covers.
@@ -158,6 +173,8 @@ pub struct LedgerSnapshot {
     pub(crate) state: SnapshotBody,
     /// The journal entries the state includes.
     pub(crate) journal: JournalPrefix,
+    /// Hash of the prefix's last entry: the chain head the state names.
+    pub(crate) journal_head: Hash,
     /// For a snapshot received from a peer: where its journal was written.
     pub(crate) received_at: Option<PathBuf>,
 }
@@ -165,12 +182,12 @@ pub struct LedgerSnapshot {
 impl LedgerSnapshot {
     /// The state in the wire format ([`SnapshotState`], postcard). A checkpoint on disk is read
     /// out whole on a blocking thread.
-    pub(crate) async fn encoded_state(&self) -> io::Result<Arc<Vec<u8>>> {
+    pub(crate) async fn encoded_state(&self) -> io::Result<Arc<EncodedState>> {
         match &self.state {
-            SnapshotBody::Encoded(bytes) => Ok(bytes.clone()),
+            SnapshotBody::Encoded(state) => Ok(state.clone()),
             SnapshotBody::Checkpoint(view) => {
                 let view = view.clone();
-                let read = move || -> io::Result<Arc<Vec<u8>>> {
+                let read = move || -> io::Result<Arc<EncodedState>> {
                     let cp = Checkpoint::decode(Path::new("checkpoint"), &view.user())
                         .map_err(io::Error::other)?
                         .ok_or_else(|| io::Error::other("the on-disk state has no checkpoint"))?;
@@ -181,7 +198,7 @@ impl LedgerSnapshot {
                         journal_bytes: cp.journal_bytes,
                         journal_head: cp.journal_head,
                     };
-                    Ok(Arc::new(postcard::to_allocvec(&state).expect("snapshot state serialises")))
+                    Ok(Arc::new(EncodedState::new(postcard::to_allocvec(&state).expect("snapshot state serialises"))))
                 };
                 tokio::task::spawn_blocking(read)
                     .await
@@ -323,16 +340,16 @@ pub(crate) fn received_journal_path(dir: &Path) -> PathBuf {
     dir.join("journal.recv")
 }
 
-fn encode_snapshot_file(state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(37 + state.len());
+fn encode_snapshot_file(state: &EncodedState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(37 + state.bytes.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.push(SNAPSHOT_VERSION);
-    out.extend_from_slice(&Sha256::digest(state));
-    out.extend_from_slice(state);
+    out.extend_from_slice(&state.digest);
+    out.extend_from_slice(&state.bytes);
     out
 }
 
-fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, SnapshotState), StoreError> {
+fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(EncodedState, SnapshotState), StoreError> {
     let bad = |what: &str| StoreError::BadSnapshot { path: path.display().to_string(), what: what.to_string() };
     if bytes.len() < 37 || &bytes[..4] != SNAPSHOT_MAGIC {
         return Err(bad("not a snapshot file"));
@@ -345,7 +362,8 @@ fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, SnapshotS
         return Err(bad("checksum mismatch"));
     }
     let state = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
-    Ok((body.to_vec(), state))
+    let digest = bytes[5..37].try_into().expect("32 bytes");
+    Ok((EncodedState { bytes: body.to_vec(), digest }, state))
 }
 
 impl LedgerStateMachine {
@@ -552,7 +570,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
             Work::Image(ledger) => {
                 let (vfs, path, meta, journal, journal_head) =
                     (self.vfs.clone(), self.path.clone(), self.meta.clone(), self.journal.clone(), self.journal_head);
-                let work = move || -> io::Result<Vec<u8>> {
+                let work = move || -> io::Result<EncodedState> {
                     // Full invariant check before anything is persisted.
                     ledger.check_invariants();
                     let state = SnapshotState {
@@ -562,27 +580,32 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                         journal_bytes: journal.bytes,
                         journal_head,
                     };
-                    let bytes = postcard::to_allocvec(&state).expect("snapshot state serialises");
+                    let encoded = EncodedState::new(postcard::to_allocvec(&state).expect("snapshot state serialises"));
                     // The journal prefix must be durable before a snapshot that relies on it,
                     // because logs up to the snapshot are purged once it exists.
                     journal.file.sync()?;
-                    vfs.write_atomic(&path, &encode_snapshot_file(&bytes))?;
-                    Ok(bytes)
+                    vfs.write_atomic(&path, &encode_snapshot_file(&encoded))?;
+                    Ok(encoded)
                 };
-                let bytes = off_the_apply_path(self.io, work).await?;
+                let encoded = off_the_apply_path(self.io, work).await?;
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
-                    bytes = bytes.len(),
+                    bytes = encoded.bytes.len(),
                     ms = started.elapsed().as_millis() as u64,
                     "snapshot written"
                 );
-                SnapshotBody::Encoded(Arc::new(bytes))
+                SnapshotBody::Encoded(Arc::new(encoded))
             }
         };
         Ok(openraft::Snapshot {
             meta: self.meta.clone(),
-            snapshot: LedgerSnapshot { state: body, journal: self.journal.clone(), received_at: None },
+            snapshot: LedgerSnapshot {
+                state: body,
+                journal: self.journal.clone(),
+                journal_head: self.journal_head,
+                received_at: None,
+            },
         })
     }
 }
@@ -693,9 +716,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
+        let started = tokio::time::Instant::now();
         let encoded = snapshot.encoded_state().await?;
         let state: SnapshotState =
-            postcard::from_bytes(&encoded).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            postcard::from_bytes(&encoded.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         if state.image.shard() != self.shard {
             return Err(invalid("snapshot belongs to another shard"));
@@ -744,7 +768,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             st.membership = meta.last_membership.clone();
             st.journal.len()
         };
-        tracing::info!(shard = %self.shard, last_log_id = ?meta.last_log_id, journal_entries = journal_len, "installed snapshot");
+        tracing::info!(
+            shard = %self.shard,
+            last_log_id = ?meta.last_log_id,
+            journal_entries = journal_len,
+            ms = started.elapsed().as_millis() as u64,
+            "installed snapshot"
+        );
         self.cell.journal_len.send_replace(journal_len);
         Ok(())
     }
@@ -766,6 +796,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 snapshot: LedgerSnapshot {
                     state: SnapshotBody::Checkpoint(Arc::new(view)),
                     journal: st.journal.prefix(cp.journal_entries)?,
+                    journal_head: cp.journal_head,
                     received_at: None,
                 },
                 meta: cp.meta,
@@ -787,43 +818,183 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             snapshot: LedgerSnapshot {
                 state: SnapshotBody::Encoded(Arc::new(body)),
                 journal: st.journal.prefix(state.journal_entries)?,
+                journal_head: state.journal_head,
                 received_at: None,
             },
         }))
     }
 }
 
-/// Collects a snapshot streamed from a peer: the state in memory, the journal on disk.
+/// The chain head an encoded [`SnapshotState`] names, or `None` if it does not decode.
+pub(crate) fn journal_head_of(state: &[u8]) -> Option<Hash> {
+    postcard::from_bytes::<SnapshotState>(state).ok().map(|s| s.journal_head)
+}
+
+/// Where a receiver records which snapshot it is receiving and how much of it is durable.
+fn receive_record_path(dir: &Path) -> PathBuf {
+    dir.join("snapshot.recv")
+}
+
+/// Where a snapshot's encoded state is received.
+fn received_state_path(dir: &Path) -> PathBuf {
+    dir.join("state.recv")
+}
+
+/// `snapshot.recv`: the snapshot being received and its durable progress.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReceiveRecord {
+    identity: SnapshotIdentity,
+    progress: SnapshotProgress,
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+/// A snapshot being received from a peer, in pieces, kept in the shard's directory so that a
+/// transfer cut off (a deadline, a dropped connection, either node restarting) resumes where it
+/// stopped: `snapshot.recv` names the snapshot and how many of its bytes are durable,
+/// `state.recv` and `journal.recv` hold them. Only bytes made durable by [`save`](Self::save)
+/// count; a resume truncates anything after them (a torn tail).
 pub(crate) struct SnapshotReceiver {
-    path: PathBuf,
-    file: Arc<dyn VFile>,
-    written: u64,
+    dir: PathBuf,
+    identity: SnapshotIdentity,
+    state: Arc<dyn VFile>,
+    journal: Arc<dyn VFile>,
+    progress: SnapshotProgress,
 }
 
 impl SnapshotReceiver {
-    /// Starts a fresh receive file in the shard's directory.
-    pub(crate) fn begin(vfs: &dyn Vfs, shard_dir: &Path) -> io::Result<Self> {
-        vfs.create_dir_all(shard_dir)?;
-        let path = received_journal_path(shard_dir);
-        vfs.remove(&path)?;
-        let file = vfs.open(&path)?;
-        Ok(Self { path, file, written: 0 })
+    /// How much of `identity` this shard holds durably: nothing unless the last transfer it
+    /// received was of the same snapshot.
+    pub(crate) fn held(vfs: &dyn Vfs, shard_dir: &Path, identity: &SnapshotIdentity) -> SnapshotProgress {
+        let record = vfs.read(&receive_record_path(shard_dir)).ok();
+        match record.and_then(|bytes| postcard::from_bytes::<ReceiveRecord>(&bytes).ok()) {
+            Some(r) if r.identity == *identity => r.progress,
+            _ => SnapshotProgress::default(),
+        }
     }
 
-    /// Appends a chunk of the journal.
-    pub(crate) fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.file.append(chunk)?;
-        self.written += chunk.len() as u64;
+    /// Continues receiving `identity` at `from`, which must be what this shard holds (see
+    /// [`held`](Self::held)); `from` zero starts the snapshot over and drops whatever an earlier
+    /// transfer left. An `InvalidInput` error is the sender's mistake, to refuse.
+    pub(crate) fn resume(
+        vfs: &dyn Vfs,
+        shard_dir: &Path,
+        identity: SnapshotIdentity,
+        from: SnapshotProgress,
+    ) -> io::Result<Self> {
+        let fresh = from == SnapshotProgress::default();
+        if !fresh {
+            let held = Self::held(vfs, shard_dir, &identity);
+            if from != held {
+                return Err(refused(format!(
+                    "cannot resume at state byte {} and journal byte {}: {} and {} are held",
+                    from.state_bytes, from.journal_bytes, held.state_bytes, held.journal_bytes
+                )));
+            }
+        }
+        if from.state_bytes > identity.state_bytes
+            || from.journal_bytes > identity.journal_bytes
+            || (from.journal_bytes > 0 && from.state_bytes < identity.state_bytes)
+        {
+            return Err(refused("a resume point outside the snapshot".into()));
+        }
+        vfs.create_dir_all(shard_dir)?;
+        if fresh {
+            Self::discard(vfs, shard_dir)?;
+        }
+        let state = vfs.open(&received_state_path(shard_dir))?;
+        let journal = vfs.open(&received_journal_path(shard_dir))?;
+        // Bytes past the durable progress are a torn tail of an interrupted piece.
+        state.truncate(from.state_bytes)?;
+        journal.truncate(from.journal_bytes)?;
+        let receiver = Self { dir: shard_dir.to_path_buf(), identity, state, journal, progress: from };
+        if fresh {
+            receiver.save(vfs)?;
+        }
+        Ok(receiver)
+    }
+
+    /// Appends encoded state, which comes whole before any journal.
+    pub(crate) fn write_state(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let to = self.progress.state_bytes + bytes.len() as u64;
+        if self.progress.journal_bytes > 0 || to > self.identity.state_bytes {
+            return Err(refused("more state than the snapshot holds".into()));
+        }
+        self.state.append(bytes)?;
+        self.progress.state_bytes = to;
         Ok(())
     }
 
-    /// Completes the snapshot data. The journal is verified when the snapshot is installed.
-    pub(crate) fn finish(self, state: Vec<u8>, journal_entries: u64) -> LedgerSnapshot {
-        LedgerSnapshot {
-            state: SnapshotBody::Encoded(Arc::new(state)),
-            journal: JournalPrefix { file: self.file, entries: journal_entries, bytes: self.written },
-            received_at: Some(self.path),
+    /// Appends journal, which follows the whole state.
+    pub(crate) fn write_journal(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let to = self.progress.journal_bytes + bytes.len() as u64;
+        if self.progress.state_bytes < self.identity.state_bytes {
+            return Err(refused("journal before the whole state".into()));
         }
+        if to > self.identity.journal_bytes {
+            return Err(refused("more journal than the snapshot holds".into()));
+        }
+        self.journal.append(bytes)?;
+        self.progress.journal_bytes = to;
+        Ok(())
+    }
+
+    /// Makes what has arrived durable and records it, so a later transfer resumes after it.
+    pub(crate) fn save(&self, vfs: &dyn Vfs) -> io::Result<()> {
+        self.state.sync()?;
+        self.journal.sync()?;
+        let record = ReceiveRecord { identity: self.identity.clone(), progress: self.progress };
+        vfs.write_atomic(&receive_record_path(&self.dir), &postcard::to_allocvec(&record).expect("a record encodes"))
+    }
+
+    /// What has arrived.
+    pub(crate) fn progress(&self) -> SnapshotProgress {
+        self.progress
+    }
+
+    /// Whether every byte of the snapshot has arrived.
+    pub(crate) fn is_whole(&self) -> bool {
+        self.progress.state_bytes == self.identity.state_bytes
+            && self.progress.journal_bytes == self.identity.journal_bytes
+    }
+
+    /// The received snapshot, verified: the state's SHA-256 and the journal's chain, from the
+    /// shard's genesis to the head the sender named. A snapshot that fails either is discarded,
+    /// so the next transfer starts over. Reads the state into memory.
+    pub(crate) fn finish(self, vfs: &dyn Vfs, shard: ShardId) -> io::Result<LedgerSnapshot> {
+        assert!(self.is_whole(), "finish a snapshot before it has all arrived");
+        let state = vfs.read(&received_state_path(&self.dir))?;
+        let journal_path = received_journal_path(&self.dir);
+        let checked = if Sha256::digest(&state)[..] != self.identity.state_digest {
+            Err("the received state does not match its digest".to_string())
+        } else {
+            let expected = (self.identity.journal_entries, self.identity.journal_head);
+            Journal::verify_received(vfs, &journal_path, shard, expected).map_err(|e| e.to_string())
+        };
+        if let Err(why) = checked {
+            Self::discard(vfs, &self.dir)?;
+            return Err(refused(why));
+        }
+        Ok(LedgerSnapshot {
+            state: SnapshotBody::Encoded(Arc::new(EncodedState { bytes: state, digest: self.identity.state_digest })),
+            journal: JournalPrefix {
+                file: self.journal,
+                entries: self.identity.journal_entries,
+                bytes: self.identity.journal_bytes,
+            },
+            journal_head: self.identity.journal_head,
+            received_at: Some(journal_path),
+        })
+    }
+
+    /// Removes whatever a transfer left in the shard's directory (after an install, which has
+    /// moved the journal into place, or before starting over).
+    pub(crate) fn discard(vfs: &dyn Vfs, shard_dir: &Path) -> io::Result<()> {
+        vfs.remove(&receive_record_path(shard_dir))?;
+        vfs.remove(&received_state_path(shard_dir))?;
+        vfs.remove(&received_journal_path(shard_dir))
     }
 }
 
@@ -855,7 +1026,7 @@ mod format_tests {
             journal_head: ledger.head().1,
         };
         let body = postcard(&state);
-        let file = encode_snapshot_file(&body);
+        let file = encode_snapshot_file(&EncodedState::new(body.clone()));
         pinned(
             "the snapshot file header (magic, version, body digest)",
             &file[..37],
@@ -864,5 +1035,132 @@ mod format_tests {
         pinned_digest("the snapshot file", &file, "2360bdee310073fb8e942031175dffb3885eca0878f49d49a3a8e442831ae002");
         let (_, back) = decode_snapshot_file(Path::new("snapshot.bin"), &file).unwrap();
         assert_eq!(postcard(&back), body, "decodes to the same state");
+    }
+}
+
+#[cfg(test)]
+mod receive_tests {
+    //! A snapshot received in pieces: resumed only where the receiver's durable progress says,
+    //! torn tails cut, and nothing installed that fails its digest or its chain.
+    use super::*;
+    use crate::store::vfs::StdFs;
+    use ledger_core::{ClusterTime, Currency, PlayerId, TxId};
+
+    const SHARD: ShardId = ShardId(2);
+
+    /// A journal of `n` entries (bytes, and its point) and some state bytes.
+    fn snapshot_parts(dir: &Path, n: usize) -> (Vec<u8>, JournalPoint, Vec<u8>) {
+        let mut ledger = Ledger::new(SHARD, LedgerConfig::default());
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let cmd = Command::OpenAccount {
+                tx: TxId::new(format!("o{i}")).unwrap(),
+                player: PlayerId::new(format!("p{i}")).unwrap(),
+                currency: Currency::new("EUR").unwrap(),
+            };
+            ledger.apply(&cmd, ClusterTime::from_millis(i as u64), &mut entries);
+        }
+        let path = dir.join("source.log");
+        let mut journal = Journal::open(&StdFs, &path, SHARD, JournalPoint::empty(SHARD)).unwrap();
+        journal.append(&entries).unwrap();
+        journal.sync().unwrap();
+        let state: Vec<u8> = (0..5000u32).flat_map(|i| i.to_le_bytes()).collect();
+        (std::fs::read(&path).unwrap(), journal.point(), state)
+    }
+
+    fn identity(state: &[u8], journal: &[u8], point: JournalPoint, index: u64) -> SnapshotIdentity {
+        SnapshotIdentity {
+            last_log_id: Some(crate::formats::log_id(1, index)),
+            state_bytes: state.len() as u64,
+            state_digest: Sha256::digest(state).into(),
+            journal_entries: point.entries,
+            journal_bytes: journal.len() as u64,
+            journal_head: point.head,
+        }
+    }
+
+    #[test]
+    fn a_transfer_cut_off_resumes_at_the_durable_progress_and_installs_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard_dir = dir.path().join("shard");
+        let (journal, point, state) = snapshot_parts(dir.path(), 20);
+        let id = identity(&state, &journal, point, 5);
+        let zero = SnapshotProgress::default();
+        assert_eq!(SnapshotReceiver::held(&StdFs, &shard_dir, &id), zero, "nothing held yet");
+
+        // First piece: half the state, made durable.
+        let mut r = SnapshotReceiver::resume(&StdFs, &shard_dir, id.clone(), zero).unwrap();
+        r.write_state(&state[..8000]).unwrap();
+        r.save(&StdFs).unwrap();
+        // Then bytes that never get saved (the connection drops, the node crashes): a torn tail.
+        r.write_state(&state[8000..9000]).unwrap();
+        drop(r);
+        let held = SnapshotReceiver::held(&StdFs, &shard_dir, &id);
+        assert_eq!(held, SnapshotProgress { state_bytes: 8000, journal_bytes: 0 });
+        // Another snapshot is not this one.
+        assert_eq!(SnapshotReceiver::held(&StdFs, &shard_dir, &identity(&state, &journal, point, 6)), zero);
+
+        // A resume anywhere but the durable progress is refused, and changes nothing.
+        let wrong = SnapshotProgress { state_bytes: 9000, journal_bytes: 0 };
+        let e = SnapshotReceiver::resume(&StdFs, &shard_dir, id.clone(), wrong).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(SnapshotReceiver::held(&StdFs, &shard_dir, &id), held);
+
+        // The second piece continues at the durable point; the torn tail is cut.
+        let mut r = SnapshotReceiver::resume(&StdFs, &shard_dir, id.clone(), held).unwrap();
+        assert!(r.write_journal(&journal[..10]).is_err(), "no journal before the whole state");
+        r.write_state(&state[8000..]).unwrap();
+        assert!(r.write_state(&[0]).is_err(), "no more state than announced");
+        r.write_journal(&journal[..100]).unwrap();
+        r.save(&StdFs).unwrap();
+        let held = SnapshotReceiver::held(&StdFs, &shard_dir, &id);
+        assert_eq!(held, SnapshotProgress { state_bytes: state.len() as u64, journal_bytes: 100 });
+        let mut r = SnapshotReceiver::resume(&StdFs, &shard_dir, id.clone(), held).unwrap();
+        r.write_journal(&journal[100..]).unwrap();
+        assert!(r.is_whole());
+        let snapshot = r.finish(&StdFs, SHARD).unwrap();
+        let SnapshotBody::Encoded(got) = &snapshot.state else { panic!("received state is encoded") };
+        assert_eq!(got.bytes, state, "the state arrives byte for byte, torn tail cut");
+        assert_eq!((snapshot.journal.entries, snapshot.journal.bytes), (20, journal.len() as u64));
+        assert_eq!(std::fs::read(received_journal_path(&shard_dir)).unwrap(), journal);
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_its_digest_or_its_chain_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard_dir = dir.path().join("shard");
+        let (journal, point, state) = snapshot_parts(dir.path(), 8);
+        let zero = SnapshotProgress::default();
+        let whole = |id: &SnapshotIdentity, state: &[u8], journal: &[u8]| {
+            let mut r = SnapshotReceiver::resume(&StdFs, &shard_dir, id.clone(), zero).unwrap();
+            r.write_state(state).unwrap();
+            r.write_journal(journal).unwrap();
+            r.save(&StdFs).unwrap();
+            r
+        };
+
+        // A state byte flipped in transit.
+        let id = identity(&state, &journal, point, 5);
+        let mut bad_state = state.clone();
+        bad_state[77] ^= 1;
+        let e = whole(&id, &bad_state, &journal).finish(&StdFs, SHARD).err().unwrap();
+        assert!(e.to_string().contains("digest"), "{e}");
+        assert_eq!(SnapshotReceiver::held(&StdFs, &shard_dir, &id), zero, "received again from the start");
+
+        // A journal whose chain does not end at the head the sender named.
+        let mut other = id.clone();
+        other.journal_head[0] ^= 1;
+        let e = whole(&other, &state, &journal).finish(&StdFs, SHARD).err().unwrap();
+        assert!(e.to_string().contains("expects"), "{e}");
+        assert_eq!(SnapshotReceiver::held(&StdFs, &shard_dir, &other), zero);
+
+        // A journal byte flipped in transit.
+        let mut bad_journal = journal.clone();
+        bad_journal[50] ^= 1;
+        let e = whole(&id, &state, &bad_journal).finish(&StdFs, SHARD).err().unwrap();
+        assert!(e.to_string().contains("damaged"), "{e}");
+
+        // And the good one still goes through, from the start.
+        assert!(whole(&id, &state, &journal).finish(&StdFs, SHARD).is_ok());
     }
 }
