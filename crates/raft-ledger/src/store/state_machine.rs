@@ -866,7 +866,8 @@ pub(crate) struct SnapshotReceiver {
 
 impl SnapshotReceiver {
     /// How much of `identity` this shard holds durably: nothing unless the last transfer it
-    /// received was of the same snapshot.
+    /// received was of the same snapshot. A record this build cannot read also counts as
+    /// nothing (the transfer starts over), so the record's format needs no version.
     pub(crate) fn held(vfs: &dyn Vfs, shard_dir: &Path, identity: &SnapshotIdentity) -> SnapshotProgress {
         let record = vfs.read(&receive_record_path(shard_dir)).ok();
         match record.and_then(|bytes| postcard::from_bytes::<ReceiveRecord>(&bytes).ok()) {
