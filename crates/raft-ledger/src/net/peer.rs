@@ -269,19 +269,14 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         // Each call has the deadline openraft gives a snapshot, and carries at most one piece:
         // a large snapshot arrives over several calls, each resuming at the receiver's progress.
         let transfer = async move {
-            let mut at = {
-                let mut c = client.clone();
-                let ask = SnapshotProgressRequest { shard, identity: identity.clone() };
-                let mut req = tonic::Request::new(ask);
-                req.set_timeout(ttl);
-                match tokio::time::timeout(ttl, c.snapshot_progress(req)).await {
-                    Err(_) => {
-                        return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, target, ttl)));
-                    }
-                    Ok(Err(status)) => return Err(status_error(&status).into()),
-                    Ok(Ok(reply)) => reply.into_inner().map_err(|e| StreamingError::from(peer_error(&e)))?,
-                }
-            };
+            let ask = SnapshotProgressRequest { shard, identity: identity.clone() };
+            let mut at = self
+                .call(RPCTypes::InstallSnapshot, target, option, |mut c| async move {
+                    let mut req = tonic::Request::new(ask);
+                    req.set_timeout(ttl);
+                    c.snapshot_progress(req).await
+                })
+                .await?;
             if at != SnapshotProgress::default() {
                 tracing::info!(
                     shard,
@@ -310,9 +305,7 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
                         return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, target, ttl)));
                     }
                     Ok(Err(status)) => return Err(status_error(&status).into()),
-                    Ok(Ok(reply)) => reply
-                        .into_inner()
-                        .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?,
+                    Ok(Ok(reply)) => reply.into_inner().map_err(|e| StreamingError::from(peer_error(&e)))?,
                 };
                 match outcome {
                     PieceOutcome::Installed(response) => return Ok(response),

@@ -88,10 +88,7 @@ impl Transport {
             let got = receiver.progress().journal_bytes;
             return Ok(Err(PeerError::Snapshot(format!("journal ended at {got} of {journal_bytes} bytes"))));
         }
-        Ok(self.install(&s, vote, meta, receiver).await.map(|outcome| match outcome {
-            PieceOutcome::Installed(response) => response,
-            PieceOutcome::Stored(_) => unreachable!("a whole snapshot is installed"),
-        }))
+        Ok(self.install(&s, vote, meta, receiver).await)
     }
 
     /// One piece of a snapshot: stored after what this shard already holds of it, made durable
@@ -152,7 +149,7 @@ impl Transport {
             End::Done if !receiver.is_whole() => return Ok(Ok(PieceOutcome::Stored(receiver.progress()))),
             End::Done => {}
         }
-        Ok(self.install(&s, vote, meta, receiver).await)
+        Ok(self.install(&s, vote, meta, receiver).await.map(PieceOutcome::Installed))
     }
 
     /// Verifies a whole received snapshot and installs it; the received files are removed
@@ -163,7 +160,7 @@ impl Transport {
         vote: crate::raft::Vote,
         meta: crate::raft::SnapshotMeta,
         receiver: SnapshotReceiver,
-    ) -> SnapshotPieceReply {
+    ) -> SnapshotReply {
         let vfs = self.node.env.vfs.as_ref();
         let started = tokio::time::Instant::now();
         let snapshot = receiver.finish(vfs, s.id).map_err(|e| receive_error(&e))?;
@@ -177,7 +174,7 @@ impl Transport {
         if let Err(e) = SnapshotReceiver::discard(vfs, &s.dir) {
             tracing::warn!(shard = s.id.0, error = %e, "could not remove a received snapshot's files");
         }
-        installed.map(PieceOutcome::Installed).map_err(|f| PeerError::Raft(RaftError::Fatal(f)))
+        installed.map_err(|f| PeerError::Raft(RaftError::Fatal(f)))
     }
 }
 

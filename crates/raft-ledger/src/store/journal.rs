@@ -477,12 +477,13 @@ fn scan_received(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::vfs::StdFs;
     use ledger_core::{ClusterTime, Command, Currency, Ledger, LedgerConfig, PlayerId, TxId};
 
-    fn entries(n: usize) -> Vec<Entry> {
+    /// `n` chained entries of shard 1 (account openings).
+    pub(crate) fn entries(n: usize) -> Vec<Entry> {
         let mut ledger = Ledger::new(ShardId(1), LedgerConfig::default());
         let mut out = Vec::new();
         for i in 0..n {

@@ -1045,22 +1045,13 @@ mod receive_tests {
     //! torn tails cut, and nothing installed that fails its digest or its chain.
     use super::*;
     use crate::store::vfs::StdFs;
-    use ledger_core::{ClusterTime, Currency, PlayerId, TxId};
 
-    const SHARD: ShardId = ShardId(2);
+    /// The shard `journal::tests::entries` writes for.
+    const SHARD: ShardId = ShardId(1);
 
     /// A journal of `n` entries (bytes, and its point) and some state bytes.
     fn snapshot_parts(dir: &Path, n: usize) -> (Vec<u8>, JournalPoint, Vec<u8>) {
-        let mut ledger = Ledger::new(SHARD, LedgerConfig::default());
-        let mut entries = Vec::new();
-        for i in 0..n {
-            let cmd = Command::OpenAccount {
-                tx: TxId::new(format!("o{i}")).unwrap(),
-                player: PlayerId::new(format!("p{i}")).unwrap(),
-                currency: Currency::new("EUR").unwrap(),
-            };
-            ledger.apply(&cmd, ClusterTime::from_millis(i as u64), &mut entries);
-        }
+        let entries = crate::store::journal::tests::entries(n);
         let path = dir.join("source.log");
         let mut journal = Journal::open(&StdFs, &path, SHARD, JournalPoint::empty(SHARD)).unwrap();
         journal.append(&entries).unwrap();
