@@ -1,16 +1,28 @@
 //! Apply rate of the pure ledger state machine on one core.
 //!
 //! `cargo bench -p raft-ledger --bench apply_rate -- [--ops N] [--players P] [--state memory|disk]
-//!  [--cache-mb 256] [--dir D] [--retain IDS]`
+//!  [--cache-mb 256] [--dir D] [--retain IDS] [--checkpoint-every N] [--csv FILE]`
+//! `cargo bench -p raft-ledger --bench apply_rate -- --plot FILE [--plot-out docs/bench]`
 //!
 //! Generates a realistic casino mix (deposits, bets, wins, rollbacks, withdrawals, transfers,
 //! with 2% of commands retried under the same id) 64 commands at a time, and times only
-//! `Ledger::apply` (and, for `--state disk`, the flush after each batch of 64, which is part of
-//! applying). Prints throughput, the latency of each apply (p50/p99/p999, measured per batch of
-//! 64 to keep the timer's own cost out of the figures) and resident memory.
+//! `Ledger::apply` (and, for `--state disk`, what applying costs the state: see below). Prints
+//! throughput, the latency of each apply (p50/p99/p999, measured per batch of 64 to keep the
+//! timer's own cost out of the figures) and resident memory.
 //!
 //! `--state disk` keeps the retained ids, rounds and their queue in `DiskState` (fjall) instead
-//! of hash maps; `--retain N` runs only a steady scenario with about N ids retained.
+//! of hash maps; `--retain N` runs only a steady scenario with about N ids retained (past the
+//! 24 h window's 86.4M milliseconds the window grows, one millisecond per command). On disk the
+//! state's writes are committed to the store either after every batch of 64 (the default, the
+//! engine on the apply path) or, with `--checkpoint-every N`, as the node does: buffered for N
+//! commands, then taken out of the buffer (`freeze`, timed) and written and fsynced on another
+//! thread while applying goes on (a checkpoint that is still being written when the next is due
+//! holds applying up, and that wait is timed too).
+//!
+//! `--csv FILE` appends the `--retain` run's figures as a row (state, checkpoint interval,
+//! retained ids, commands/s, p50/p99/p999 ns, resident and peak MiB, MiB on disk); `--plot FILE`
+//! draws throughput and memory against retained ids from such rows (SVG and PNG), one line per
+//! state and checkpoint interval.
 //!
 //! Three scenarios run in turn:
 //! - **growth**: a fresh ledger with the default 7-day id window, so every index only grows
@@ -47,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     players: usize,
     /// Where the retained ids, rounds and their queue live: hash maps in memory, or on disk
-    /// (fjall, flushed after every batch of 64 commands, as the state machine would).
+    /// (fjall; see `--checkpoint-every` for when its writes reach the store).
     #[arg(long, default_value = "memory", value_parser = ["memory", "disk"])]
     state: String,
     /// The on-disk state's block cache, MiB.
@@ -60,6 +72,19 @@ struct Args {
     /// into this many commands' worth of cluster time).
     #[arg(long)]
     retain: Option<u64>,
+    /// On disk: commit the state's writes every this many commands, on another thread, as the
+    /// node's checkpoints do, instead of after every batch of 64 on the applying thread.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Append the `--retain` run's figures to this CSV file.
+    #[arg(long, requires = "retain")]
+    csv: Option<std::path::PathBuf>,
+    /// Draw plots from a CSV of `--csv` rows instead of running.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// Where `--plot` writes them.
+    #[arg(long, default_value = "docs/bench")]
+    plot_out: std::path::PathBuf,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -184,11 +209,16 @@ impl Workload {
     }
 }
 
-/// What a run does with each kind of retained state beyond applying: after each batch of
-/// commands, nothing in memory, while the on-disk state commits the batch's writes, as the
-/// state machine would after applying a batch of log entries; and what it reports of itself.
+/// What a run does with each kind of retained state beyond applying (nothing in memory), and
+/// what it reports of itself.
 trait BenchState {
-    fn after_batch(&mut self) {}
+    /// After a batch of 64 commands: commit its writes to the store.
+    fn flush(&mut self) {}
+    /// Take the writes since the last checkpoint out of the buffer and write them to the store
+    /// and fsync it on another thread, as the node's snapshot builder does.
+    fn checkpoint(&mut self) {}
+    /// Drop a written checkpoint's writes from memory (the node does so between batches).
+    fn release(&mut self) {}
     fn report(&self) -> Option<String> {
         None
     }
@@ -197,8 +227,20 @@ trait BenchState {
 impl BenchState for MemState {}
 
 impl BenchState for DiskState {
-    fn after_batch(&mut self) {
-        self.flush(b"");
+    fn flush(&mut self) {
+        DiskState::flush(self, b"");
+    }
+
+    fn checkpoint(&mut self) {
+        let (commit, persister) = (self.freeze(b""), self.persister());
+        std::thread::spawn(move || {
+            commit.commit();
+            persister.persist();
+        });
+    }
+
+    fn release(&mut self) {
+        self.release_committed();
     }
 
     fn report(&self) -> Option<String> {
@@ -210,11 +252,14 @@ struct Run<S> {
     ledger: Ledger<S>,
     t_ms: u64,
     ms_per_op: u64,
+    /// `--checkpoint-every`, and the commands applied since the last checkpoint.
+    checkpoint_every: Option<usize>,
+    since_checkpoint: usize,
 }
 
 impl<S: LedgerState + BenchState> Run<S> {
     /// Applies `count` commands from `work`, timing only when `report` names the phase.
-    fn apply(&mut self, work: &mut Workload, count: usize, report: Option<&str>) {
+    fn apply(&mut self, work: &mut Workload, count: usize, report: Option<&str>) -> Option<Figures> {
         let mut sink = Vec::with_capacity(64);
         let mut batch = Vec::with_capacity(64);
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
@@ -235,12 +280,23 @@ impl<S: LedgerState + BenchState> Run<S> {
                 }
                 sink.clear();
             }
-            self.ledger.state_mut().after_batch();
+            let state = self.ledger.state_mut();
+            match self.checkpoint_every {
+                None => state.flush(),
+                Some(every) => {
+                    state.release();
+                    self.since_checkpoint += n;
+                    if self.since_checkpoint >= every {
+                        self.since_checkpoint = 0;
+                        state.checkpoint();
+                    }
+                }
+            }
             let took = b0.elapsed();
             elapsed += took;
             hist.record((took.as_nanos() as u64 / n as u64).max(1)).unwrap();
         }
-        let Some(name) = report else { return };
+        let name = report?;
         self.ledger.check_invariants();
         let common::Memory { resident, peak } = common::memory();
         println!("{name}");
@@ -260,49 +316,171 @@ impl<S: LedgerState + BenchState> Run<S> {
         if let Some(extra) = self.ledger.state().report() {
             println!("  {extra}");
         }
+        Some(Figures {
+            ids: self.ledger.remembered_ids() as u64,
+            rate: count as f64 / elapsed.as_secs_f64(),
+            latency_ns: [hist.value_at_quantile(0.50), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999)],
+            resident_mib: resident >> 20,
+            peak_mib: peak >> 20,
+        })
     }
+}
+
+/// What a measured run found, for `--csv`.
+struct Figures {
+    ids: u64,
+    rate: f64,
+    latency_ns: [u64; 3],
+    resident_mib: u64,
+    peak_mib: u64,
+}
+
+/// Appends a `--retain` run's row to the `--csv` file.
+fn write_csv(args: &Args, figures: Option<Figures>, disk_mib: u64) {
+    use std::io::Write as _;
+    let (Some(path), Some(f)) = (&args.csv, figures) else { return };
+    let every = match (args.state.as_str(), args.checkpoint_every) {
+        ("memory", _) => "-".to_string(),
+        (_, None) => "64-sync".to_string(),
+        (_, Some(n)) => n.to_string(),
+    };
+    let [p50, p99, p999] = f.latency_ns;
+    let row = format!(
+        "{},{every},{},{:.0},{p50},{p99},{p999},{},{},{disk_mib}\n",
+        args.state, f.ids, f.rate, f.resident_mib, f.peak_mib
+    );
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the CSV file");
+    file.write_all(row.as_bytes()).expect("write the CSV file");
+}
+
+#[path = "common/png.rs"]
+mod png;
+
+/// Throughput and resident memory against retained ids, from `--csv` rows.
+fn plot(csv: &std::path::Path, dir: &std::path::Path) -> Result<(), png::Error> {
+    use plotters::prelude::*;
+    use std::collections::BTreeMap;
+    std::fs::create_dir_all(dir)?;
+    // series -> retained ids -> (commands/s, resident MiB, peak MiB, on disk MiB)
+    let mut lines: BTreeMap<String, BTreeMap<u64, [f64; 4]>> = BTreeMap::new();
+    for line in std::fs::read_to_string(csv)?.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 10 {
+            return Err(format!("{}: a row with {} fields: {line}", csv.display(), f.len()).into());
+        }
+        let series = match (f[0], f[1]) {
+            ("memory", _) => "in memory (MemState)".to_string(),
+            ("disk", "64-sync") => "on disk, flushed every 64 commands".to_string(),
+            ("disk", every) => format!("on disk, checkpoint every {every} commands"),
+            (other, _) => other.to_string(),
+        };
+        let values = [f[3].parse()?, f[7].parse()?, f[8].parse()?, f[9].parse()?];
+        lines.entry(series).or_default().insert(f[2].parse()?, values);
+    }
+    let xs = || lines.values().flat_map(|l| l.keys().map(|x| *x as f64));
+    let (x0, x1) = (xs().fold(f64::MAX, f64::min) * 0.8, xs().fold(1.0, f64::max) * 1.25);
+    let fonts = png::fonts();
+    for (name, caption, unit, pick) in [
+        ("retained-throughput", "apply rate against retained ids (one core)", "commands/s", 0usize),
+        ("retained-memory", "resident memory against retained ids", "resident MiB (peak)", 2),
+    ] {
+        let path = dir.join(format!("{name}.svg"));
+        let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let y1 = lines.values().flat_map(|l| l.values().map(|v| v[pick])).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)?;
+        let ids = |x: &f64| match *x {
+            x if x >= 1e6 => format!("{}M", (x / 1e6 * 10.0).round() / 10.0),
+            x => format!("{}k", (x / 1e3).round()),
+        };
+        chart.configure_mesh().x_desc("retained ids").x_label_formatter(&ids).y_desc(unit).draw()?;
+        for (i, (series, points)) in lines.iter().enumerate() {
+            png::series(&mut chart, points.iter().map(|(x, v)| (*x as f64, v[pick])).collect(), series, i)?;
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+        drop(chart);
+        drop(root);
+        let png_path = path.with_extension("png");
+        png::to_png(&path, &png_path, &fonts)?;
+        println!("wrote {} and {}", path.display(), png_path.display());
+    }
+    Ok(())
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(csv) = &args.plot {
+        plot(csv, &args.plot_out).expect("plot");
+        return;
+    }
     match args.state.as_str() {
-        "memory" => scenarios(&args, |config| Ledger::new(ShardId(0), config)),
+        "memory" => {
+            let figures = scenarios(&args, |config| Ledger::new(ShardId(0), config));
+            write_csv(&args, figures, 0);
+        }
         "disk" => {
             let dir = tempfile::tempdir_in(args.dir.as_deref().unwrap_or(std::path::Path::new("."))).unwrap();
             let mut n = 0;
-            scenarios(&args, |config| {
+            let figures = scenarios(&args, |config| {
                 // A keyspace of its own per scenario, as a shard has.
                 n += 1;
                 let (state, _) = DiskState::open(&dir.path().join(format!("s{n}")), args.cache_mb << 20).unwrap();
                 Ledger::with_state(ShardId(0), config, state)
             });
-            println!("on disk: {} MiB", common::disk_bytes(dir.path()) >> 20);
+            let disk_mib = common::disk_bytes(dir.path()) >> 20;
+            println!("on disk: {disk_mib} MiB");
+            write_csv(&args, figures, disk_mib);
         }
         other => unreachable!("clap allows no state {other}"),
     }
 }
 
-/// Runs growth, steady and hot (or only steady, with `--retain`) on ledgers made by `make`.
-fn scenarios<S: LedgerState + BenchState>(args: &Args, mut make: impl FnMut(LedgerConfig) -> Ledger<S>) {
+/// Runs growth, steady and hot (or only steady, with `--retain`, whose figures it returns) on
+/// ledgers made by `make`.
+fn scenarios<S: LedgerState + BenchState>(
+    args: &Args,
+    mut make: impl FnMut(LedgerConfig) -> Ledger<S>,
+) -> Option<Figures> {
+    let writes = match args.checkpoint_every {
+        Some(n) => format!("checkpoint every {n} commands on another thread"),
+        None => "flush after every 64 commands".to_string(),
+    };
     println!(
         "pure state machine apply rate, 1 core, {} players, retained state {}{}",
         args.players,
         args.state,
-        if args.state == "disk" { format!(" (cache {} MiB)", args.cache_mb) } else { String::new() }
+        if args.state == "disk" { format!(" (cache {} MiB, {writes})", args.cache_mb) } else { String::new() }
     );
     let window_ms: u64 = 24 * 60 * 60 * 1000;
+    let run = |ledger, ms_per_op| Run {
+        ledger,
+        t_ms: 1_700_000_000_000,
+        ms_per_op,
+        checkpoint_every: args.checkpoint_every,
+        since_checkpoint: 0,
+    };
     if let Some(retain) = args.retain {
-        // Cluster time per command such that one window holds `retain` commands' ids.
+        // Cluster time per command such that one window holds `retain` commands' ids; past a
+        // millisecond per command, a longer window.
+        let window_ms = window_ms.max(retain);
         let ms_per_op = (window_ms / retain).max(1);
         let warmup = (window_ms / ms_per_op) as usize + args.ops / 4;
         let mut work = Workload::new(args.players);
-        let mut run =
-            Run { ledger: make(LedgerConfig { id_retention_ms: window_ms }), t_ms: 1_700_000_000_000, ms_per_op };
+        let mut run = run(make(LedgerConfig { id_retention_ms: window_ms }), ms_per_op);
         run.apply(&mut work, warmup, None);
-        run.apply(&mut work, args.ops, Some(&format!("steady, {retain} commands per window ({ms_per_op} ms each)")));
-        return;
+        return run.apply(
+            &mut work,
+            args.ops,
+            Some(&format!("steady, {retain} commands per window ({ms_per_op} ms each)")),
+        );
     }
-    let mut growth = Run { ledger: make(LedgerConfig::default()), t_ms: 1_700_000_000_000, ms_per_op: 0 };
+    let mut growth = run(make(LedgerConfig::default()), 0);
     growth.apply(
         &mut Workload::new(args.players),
         2 * args.players + args.ops,
@@ -316,9 +494,10 @@ fn scenarios<S: LedgerState + BenchState>(args: &Args, mut make: impl FnMut(Ledg
     ] {
         let warmup = 2 * args.players + (window_ms / ms_per_op) as usize + args.ops / 4;
         let config = LedgerConfig { id_retention_ms: window_ms };
-        let mut run = Run { ledger: make(config), t_ms: 1_700_000_000_000, ms_per_op };
+        let mut run = run(make(config), ms_per_op);
         let mut work = Workload::new(args.players);
         run.apply(&mut work, warmup, None);
         run.apply(&mut work, args.ops, Some(name));
     }
+    None
 }

@@ -563,6 +563,9 @@ mod pg {
     }
 }
 
+#[path = "../../raft-ledger/benches/common/png.rs"]
+mod png;
+
 /// Plots of how cost grows (issue 17), from the CSV of one or more `--csv` runs.
 mod plot {
     use std::collections::BTreeMap;
@@ -570,7 +573,7 @@ mod plot {
 
     use plotters::prelude::*;
 
-    type Error = Box<dyn std::error::Error>;
+    use super::png::{self, Error, fonts, to_png};
 
     /// One CSV row's plotted fields.
     struct Row {
@@ -592,32 +595,6 @@ mod plot {
             out.push(Row { sweep: f[0].into(), series: f[1].into(), x, achieved: f[6].parse()?, p99: f[8].parse()? });
         }
         Ok(out)
-    }
-
-    /// The system's fonts, with a sans-serif family the plots' text can use (fontdb assumes
-    /// Arial, which a Debian machine does not have).
-    fn fonts() -> resvg::usvg::Options<'static> {
-        let mut options = resvg::usvg::Options::default();
-        let db = options.fontdb_mut();
-        db.load_system_fonts();
-        let sans = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
-            .into_iter()
-            .find(|family| db.faces().any(|f| f.families.iter().any(|(name, _)| name == family)));
-        match sans {
-            Some(family) => db.set_sans_serif_family(family),
-            None => eprintln!("no sans-serif font found: the PNG plots will have no text (the SVGs do)"),
-        }
-        options
-    }
-
-    /// Renders one of our SVG plots to PNG at its own size.
-    fn to_png(svg: &Path, png: &Path, options: &resvg::usvg::Options) -> Result<(), Error> {
-        let tree = resvg::usvg::Tree::from_data(&std::fs::read(svg)?, options)?;
-        let size = tree.size().to_int_size();
-        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("an SVG plot of no size")?;
-        resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
-        pixmap.save_png(png)?;
-        Ok(())
     }
 
     /// For each sweep named `clients`, `shards` or `players`: throughput and p99 against that
@@ -661,13 +638,7 @@ mod plot {
                         "batch" => (3, "gRPC PlaceBets x100 (x: callers)"),
                         other => (4, other),
                     };
-                    let color = Palette99::pick(i).to_rgba();
-                    let pts: Vec<(f64, f64)> = points.iter().map(|(x, v)| (*x as f64, pick(v))).collect();
-                    chart
-                        .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                        .label(label)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-                    chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+                    png::series(&mut chart, points.iter().map(|(x, v)| (*x as f64, pick(v))).collect(), label, i)?;
                 }
                 chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
                 root.present()?;

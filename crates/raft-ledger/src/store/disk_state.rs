@@ -419,24 +419,35 @@ impl DiskState {
     }
 
     /// Fills an empty state with a retained image (a snapshot received from a peer, or the
-    /// in-memory state of a node switching to disk), flushing as it goes so the filters stay
-    /// sized for their spans. The intermediate flushes store empty metadata: a state whose
-    /// metadata is empty is not a checkpoint, and the caller discards it if the import is cut
-    /// short. The caller flushes its metadata at the end.
+    /// in-memory state of a node switching to disk). The ids and rounds, sorted by key, are
+    /// written straight into the engine's sorted files (fjall's bulk ingest: no journal, no
+    /// memtable, no compaction), which is most of the work; the queue goes through flushes as
+    /// it is pushed, so the filters stay sized for their spans. The intermediate flushes store
+    /// empty metadata: a state whose metadata is empty is not a checkpoint, and the caller
+    /// discards it if the import is cut short. The caller flushes its metadata at the end.
     pub fn import(&mut self, retained: RetainedImage) {
         assert!(self.is_empty(), "import into an empty state");
         const FLUSH_EVERY: usize = 1 << 16;
-        let ids: FastMap<StateKey, IdRecord> = retained.ids.into_iter().collect();
+        let RetainedImage { mut ids, mut rounds, retention } = retained;
+        // An image lists them by key; a peer's is checked, not trusted to be (ingest needs it).
+        ids.sort_unstable_by_key(|(k, _)| *k);
+        ids.dedup_by_key(|(k, _)| *k);
+        rounds.sort_unstable_by_key(|(k, _)| *k);
+        rounds.dedup_by_key(|(k, _)| *k);
+        let remembered = |key: &StateKey| ids.binary_search_by_key(key, |(k, _)| *k).is_ok();
         let mut queued: HashSet<StateKey, foldhash::fast::RandomState> = HashSet::default();
-        for (n, (at, item)) in retained.retention.into_iter().enumerate() {
+        for (n, (at, item)) in retention.into_iter().enumerate() {
             if let Retained::Id(key) = item {
                 // An id's first item remembers it; each later one is a requeue (the earlier items
                 // are then stale). An item whose id is gone is one whose pop would do nothing.
-                let Some(record) = ids.get(&key) else { continue };
+                if !remembered(&key) {
+                    continue;
+                }
                 if queued.insert(key) {
-                    self.insert_id(key, *record);
+                    self.meta.ids += 1;
                 } else {
-                    self.requeue_id(key, *record);
+                    *self.requeued.entry(key).or_insert(0) += 1;
+                    self.requeued_dirty.insert(key);
                 }
             }
             self.push_retained(at, item);
@@ -445,9 +456,8 @@ impl DiskState {
             }
         }
         assert_eq!(queued.len(), ids.len(), "every remembered id has a queue item");
-        for (key, round) in retained.rounds {
-            self.put_round(key, round);
-        }
+        ingest(&self.parts.ids, "ids", ids);
+        ingest(&self.parts.rounds, "rounds", rounds);
     }
 
     /// Seals the open bucket once it holds what it was sized for, and drops buckets whose whole
@@ -712,6 +722,12 @@ impl CheckpointView {
         // Big-endian keys iterate in the keys' numeric order.
         RetainedImage { ids: all(&self.ids), rounds: all(&self.rounds), retention }
     }
+}
+
+/// Writes rows sorted by key into an empty partition's sorted files; see [`DiskState::import`].
+fn ingest<T: serde::Serialize>(part: &fjall::PartitionHandle, what: &str, rows: Vec<(StateKey, T)>) {
+    part.ingest(rows.into_iter().map(|(k, v)| (k.to_be_bytes(), encode(&v))))
+        .unwrap_or_else(|e| panic!("on-disk state: cannot import {what}: {e}"));
 }
 
 fn item_key(item: Retained) -> StateKey {

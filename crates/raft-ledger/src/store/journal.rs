@@ -428,52 +428,63 @@ impl Journal {
     /// Checks a journal received from a peer: every frame intact and the chain from the shard's
     /// genesis ending at `expected` (entry count, head hash). What a receiver does before it
     /// hands a snapshot to Raft, so a bad transfer is refused rather than failing the install.
+    /// The scan's result (where the frames are) goes with it to [`replace`](Self::replace), which
+    /// then need not read the journal again.
     pub(crate) fn verify_received(
         vfs: &dyn Vfs,
         received: &Path,
         shard: ShardId,
         expected: (u64, Hash),
-    ) -> Result<(), JournalError> {
-        scan_received(vfs, received, shard, expected).map(|_| ())
+    ) -> Result<ReceivedJournal, JournalError> {
+        let bytes = vfs.read(received)?;
+        let (offsets, end, head, problem) = scan(shard, &bytes);
+        if let Some(source) = problem {
+            return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
+        }
+        if (offsets.len() as u64, head) != expected {
+            return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
+        }
+        Ok(ReceivedJournal {
+            path: received.to_path_buf(),
+            shard,
+            index: strided(&offsets),
+            point: JournalPoint { entries: offsets.len() as u64, bytes: end, head },
+        })
     }
 
     /// Replaces this journal with a verified copy received from a peer, atomically.
-    pub(crate) fn replace(
-        &mut self,
-        vfs: &dyn Vfs,
-        received: &Path,
-        expected: (u64, Hash),
-    ) -> Result<(), JournalError> {
-        let (offsets, end, head) = scan_received(vfs, received, self.shard, expected)?;
-        vfs.open(received)?.sync()?;
-        vfs.rename(received, &self.path)?;
+    pub(crate) fn replace(&mut self, vfs: &dyn Vfs, received: &ReceivedJournal) -> io::Result<()> {
+        assert_eq!(received.shard, self.shard, "a journal received for another shard");
+        vfs.open(&received.path)?.sync()?;
+        vfs.rename(&received.path, &self.path)?;
         self.file = vfs.open(&self.path)?;
-        self.index = strided(&offsets);
+        self.index.clone_from(&received.index);
         self.index_file.truncate(0)?;
         self.index_file.append(&index_bytes(&self.index))?;
-        self.len = offsets.len() as u64;
-        self.end = end;
-        self.head = head;
+        self.len = received.point.entries;
+        self.end = received.point.bytes;
+        self.head = received.point.head;
         Ok(())
     }
 }
 
-/// Reads and scans a received journal: its frame offsets, end and head, if it ends at `expected`.
-fn scan_received(
-    vfs: &dyn Vfs,
-    received: &Path,
+/// A journal received from a peer and verified ([`Journal::verify_received`]): where it is, and
+/// what the verifying scan found, so installing it does not scan it again. The file is the
+/// receiver's own, written before the scan and not touched after it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedJournal {
+    path: PathBuf,
     shard: ShardId,
-    expected: (u64, Hash),
-) -> Result<(Vec<u64>, u64, Hash), JournalError> {
-    let bytes = vfs.read(received)?;
-    let (offsets, end, head, problem) = scan(shard, &bytes);
-    if let Some(source) = problem {
-        return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
+    /// Index points: every [`INDEX_STRIDE`]th frame's offset.
+    index: Vec<u64>,
+    point: JournalPoint,
+}
+
+impl ReceivedJournal {
+    /// Where it ends.
+    pub(crate) fn point(&self) -> JournalPoint {
+        self.point
     }
-    if (offsets.len() as u64, head) != expected {
-        return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
-    }
-    Ok((offsets, end, head))
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister};
-use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix};
+use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix, ReceivedJournal};
 use super::shard_ledger::{Inner, ShardLedger, StateStorage};
 use super::vfs::{VFile, Vfs};
 use super::wal::IoMode;
@@ -175,8 +175,8 @@ pub struct LedgerSnapshot {
     pub(crate) journal: JournalPrefix,
     /// Hash of the prefix's last entry: the chain head the state names.
     pub(crate) journal_head: Hash,
-    /// For a snapshot received from a peer: where its journal was written.
-    pub(crate) received_at: Option<PathBuf>,
+    /// For a snapshot received from a peer: its journal, written and verified.
+    pub(crate) received_at: Option<ReceivedJournal>,
 }
 
 impl LedgerSnapshot {
@@ -731,9 +731,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         }
         let journal_len = {
             let mut st = self.cell.write();
-            let expected = (state.journal_entries, state.journal_head);
             match &snapshot.received_at {
-                Some(path) => st.journal.replace(self.vfs.as_ref(), path, expected).map_err(io::Error::other)?,
+                Some(received) => {
+                    // `finish` verified it against the state's head; the two must name the same.
+                    if received.point() != state.journal_point() {
+                        return Err(invalid("snapshot journal does not match its state"));
+                    }
+                    st.journal.replace(self.vfs.as_ref(), received)?;
+                }
                 None => {
                     // Our own snapshot (restart): keep the journal up to it and cut the rest.
                     let journal =
@@ -974,10 +979,13 @@ impl SnapshotReceiver {
             let expected = (self.identity.journal_entries, self.identity.journal_head);
             Journal::verify_received(vfs, &journal_path, shard, expected).map_err(|e| e.to_string())
         };
-        if let Err(why) = checked {
-            Self::discard(vfs, &self.dir)?;
-            return Err(refused(why));
-        }
+        let received = match checked {
+            Ok(received) => received,
+            Err(why) => {
+                Self::discard(vfs, &self.dir)?;
+                return Err(refused(why));
+            }
+        };
         Ok(LedgerSnapshot {
             state: SnapshotBody::Encoded(Arc::new(EncodedState { bytes: state, digest: self.identity.state_digest })),
             journal: JournalPrefix {
@@ -986,7 +994,7 @@ impl SnapshotReceiver {
                 bytes: self.identity.journal_bytes,
             },
             journal_head: self.identity.journal_head,
-            received_at: Some(journal_path),
+            received_at: Some(received),
         })
     }
 
