@@ -40,7 +40,8 @@ pub struct Cli {
     #[arg(long, env = "WALLET_KEY_SECRET", hide_env_values = true, global = true)]
     pub key_secret: Option<String>,
     /// A player's access token, instead of an operator key.
-    #[arg(long, env = "WALLET_TOKEN", hide_env_values = true, global = true)]
+    // base64url: a token may begin with '-' (see `SessionCmd::Refresh`).
+    #[arg(long, env = "WALLET_TOKEN", hide_env_values = true, global = true, allow_hyphen_values = true)]
     pub token: Option<String>,
     /// The device fingerprint the player's session is bound to.
     #[arg(long, env = "WALLET_DEVICE", default_value = "", global = true)]

@@ -41,7 +41,8 @@ pub enum SessionCmd {
     /// Trade a refresh token for new tokens; the old refresh token stops working.
     Refresh {
         /// The refresh token.
-        #[arg(env = "WALLET_REFRESH_TOKEN", hide_env_values = true)]
+        // Tokens are base64url: one in 64 begins with '-', which is still the token, not a flag.
+        #[arg(env = "WALLET_REFRESH_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
         refresh_token: String,
         /// Print `export` lines for the shell to eval.
         #[arg(long)]
@@ -84,6 +85,7 @@ pub enum SessionCmd {
     /// Ask whether an access token is valid, for whom and at what level (operator key).
     Introspect {
         /// The token (default: --token / WALLET_TOKEN).
+        #[arg(allow_hyphen_values = true)]
         token: Option<String>,
     },
 }
@@ -280,5 +282,26 @@ pub async fn run(c: SessionCtx, cmd: SessionCmd) -> i32 {
     match result {
         Ok(()) => exit::OK,
         Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::SessionCmd;
+    use crate::ctl::{Cli, Cmd};
+
+    #[test]
+    fn a_token_that_begins_with_a_hyphen_is_a_token_not_a_flag() {
+        // base64url tokens begin with '-' one time in 64 (a CI run met one).
+        let cli = Cli::try_parse_from(["walletctl", "session", "refresh", "-v8pQ_x", "--export"]).unwrap();
+        let Cmd::Session(SessionCmd::Refresh { refresh_token, export }) = cli.cmd else { panic!("a refresh") };
+        assert_eq!((refresh_token.as_str(), export), ("-v8pQ_x", true));
+        let cli = Cli::try_parse_from(["walletctl", "--token", "-aB", "session", "list"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("-aB"));
+        let cli = Cli::try_parse_from(["walletctl", "session", "introspect", "-cD"]).unwrap();
+        let Cmd::Session(SessionCmd::Introspect { token }) = cli.cmd else { panic!("an introspect") };
+        assert_eq!(token.as_deref(), Some("-cD"));
     }
 }
