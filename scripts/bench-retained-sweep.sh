@@ -3,7 +3,7 @@
 # against retained ids, in memory and on disk (checkpoints on another thread, as the node
 # writes them), one benchmark process per point, then the plots (SVG and PNG) under docs/bench/.
 # Usage: scripts/bench-retained-sweep.sh [largest retained ids on disk, default 30000000]
-# (100000000 takes about half an hour on a 2-core machine and 20 GB of disk.)
+# (100000000 takes about 20 minutes on a 2-core machine and 14 GB of disk.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 largest="${1:-30000000}"

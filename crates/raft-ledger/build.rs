@@ -21,6 +21,17 @@ fn main() {
         .name("RaftTransport")
         .package("raftledger.v1")
         .method(unary("append", "Append", "AppendRequest", "AppendReply"))
+        .method(
+            Method::builder()
+                .name("append_stream")
+                .route_name("AppendStream")
+                .input_type("crate::net::wire::AppendRequest")
+                .output_type("crate::net::wire::AppendStreamReply")
+                .codec_path("crate::net::codec::PostcardCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
         .method(unary("vote", "Vote", "VoteRequest", "VoteReply"))
         .method(unary("pre_vote", "PreVote", "VoteRequest", "VoteReply"))
         .method(unary("transfer_leader", "TransferLeader", "TransferLeaderRequest", "TransferLeaderReply"))

@@ -224,6 +224,16 @@ trait BenchState {
     }
 }
 
+/// Checkpoints still being written, joined once a run is measured: the store's directory must
+/// outlive them (fjall reports a failed background write when it goes first).
+static CHECKPOINTS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+fn join_checkpoints() {
+    for t in std::mem::take(&mut *CHECKPOINTS.lock().expect("checkpoints lock")) {
+        t.join().expect("a checkpoint thread panicked");
+    }
+}
+
 impl BenchState for MemState {}
 
 impl BenchState for DiskState {
@@ -233,10 +243,11 @@ impl BenchState for DiskState {
 
     fn checkpoint(&mut self) {
         let (commit, persister) = (self.freeze(b""), self.persister());
-        std::thread::spawn(move || {
+        let t = std::thread::spawn(move || {
             commit.commit();
             persister.persist();
         });
+        CHECKPOINTS.lock().expect("checkpoints lock").push(t);
     }
 
     fn release(&mut self) {
@@ -316,6 +327,7 @@ impl<S: LedgerState + BenchState> Run<S> {
         if let Some(extra) = self.ledger.state().report() {
             println!("  {extra}");
         }
+        join_checkpoints();
         Some(Figures {
             ids: self.ledger.remembered_ids() as u64,
             rate: count as f64 / elapsed.as_secs_f64(),
@@ -358,7 +370,6 @@ mod png;
 
 /// Throughput and resident memory against retained ids, from `--csv` rows.
 fn plot(csv: &std::path::Path, dir: &std::path::Path) -> Result<(), png::Error> {
-    use plotters::prelude::*;
     use std::collections::BTreeMap;
     std::fs::create_dir_all(dir)?;
     // series -> retained ids -> (commands/s, resident MiB, peak MiB, on disk MiB)
@@ -385,29 +396,26 @@ fn plot(csv: &std::path::Path, dir: &std::path::Path) -> Result<(), png::Error> 
         ("retained-memory", "resident memory against retained ids", "resident MiB (peak)", 2),
     ] {
         let path = dir.join(format!("{name}.svg"));
-        let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let y1 = lines.values().flat_map(|l| l.values().map(|v| v[pick])).fold(1.0, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(80)
-            .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)?;
+        let y_top = lines.values().flat_map(|l| l.values().map(|v| v[pick])).fold(1.0, f64::max) * 1.1;
         let ids = |x: &f64| match *x {
             x if x >= 1e6 => format!("{}M", (x / 1e6 * 10.0).round() / 10.0),
             x => format!("{}k", (x / 1e3).round()),
         };
-        chart.configure_mesh().x_desc("retained ids").x_label_formatter(&ids).y_desc(unit).draw()?;
-        for (i, (series, points)) in lines.iter().enumerate() {
-            png::series(&mut chart, points.iter().map(|(x, v)| (*x as f64, v[pick])).collect(), series, i)?;
-        }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-        root.present()?;
-        drop(chart);
-        drop(root);
-        let png_path = path.with_extension("png");
-        png::to_png(&path, &png_path, &fonts)?;
+        let frame = png::Frame {
+            svg: path.clone(),
+            caption,
+            x: x0..x1,
+            y_top,
+            x_desc: "retained ids",
+            y_desc: unit,
+            x_labels: Some(&ids),
+        };
+        let png_path = png::chart(frame, &fonts, |chart| {
+            for (i, (series, points)) in lines.iter().enumerate() {
+                png::series(chart, points.iter().map(|(x, v)| (*x as f64, v[pick])).collect(), series, i)?;
+            }
+            Ok(())
+        })?;
         println!("wrote {} and {}", path.display(), png_path.display());
     }
     Ok(())

@@ -54,6 +54,10 @@ struct Args {
     /// unless given).
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// AppendEntries in flight per follower and shard (`NodeConfig::appends_in_flight`; 1:
+    /// unary calls, more: an ordered stream); the node's default unless given.
+    #[arg(long)]
+    appends_in_flight: Option<usize>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -268,6 +272,9 @@ async fn main() {
         }
         if let Some(every) = args.snapshot_every {
             config.snapshot_every = every;
+        }
+        if let Some(n) = args.appends_in_flight {
+            config.appends_in_flight = n;
         }
         let node = LedgerNode::start(config, NodeEnv::production(key.clone())).await.expect("node");
         let serving = node.clone();

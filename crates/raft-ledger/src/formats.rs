@@ -299,6 +299,17 @@ fn the_peer_messages_encode_as_pinned() {
     for (reply, expected) in &append_replies {
         pinned(&format!("{reply:?}"), &postcard(reply), expected);
     }
+    use openraft::raft::StreamAppendError;
+    let stream_replies: [(crate::net::wire::AppendStreamReply, &str); 5] = [
+        (Ok(Ok(Some(log_id(1, 2)))), "0000010102"),
+        (Ok(Ok(None)), "000000"),
+        (Ok(Err(StreamAppendError::Conflict(log_id(1, 1)))), "0001000101"),
+        (Ok(Err(StreamAppendError::HigherVote(vote()))), "00010102010101"),
+        (Err(PeerError::UnknownShard(3)), "010003"),
+    ];
+    for (reply, expected) in &stream_replies {
+        pinned(&format!("{reply:?}"), &postcard(reply), expected);
+    }
     let vote_request =
         ShardMsg { shard: 3, msg: VoteRequest::<crate::raft::TypeConfig>::new(vote(), Some(log_id(1, 2))) };
     pinned("VoteRequest", &postcard(&vote_request), "030201010101010200");

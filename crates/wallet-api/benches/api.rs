@@ -571,9 +571,7 @@ mod plot {
     use std::collections::BTreeMap;
     use std::path::Path;
 
-    use plotters::prelude::*;
-
-    use super::png::{self, Error, fonts, to_png};
+    use super::png::{self, Error, fonts};
 
     /// One CSV row's plotted fields.
     struct Row {
@@ -619,34 +617,32 @@ mod plot {
                 ("p99", "p99 latency, ms", |v: &(f64, f64)| v.1),
             ] {
                 let path = dir.join(format!("{sweep}-{what}.svg"));
-                let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
-                root.fill(&WHITE)?;
-                let y1 = lines.values().flat_map(|l| l.values().map(pick)).fold(1.0, f64::max) * 1.1;
-                let mut chart = ChartBuilder::on(&root)
-                    .caption(format!("{what} against {sweep}"), ("sans-serif", 18))
-                    .margin(10)
-                    .x_label_area_size(40)
-                    .y_label_area_size(70)
-                    .build_cartesian_2d((x0..x1 * 1.05).log_scale(), 0.0..y1)?;
-                chart.configure_mesh().x_desc(sweep).y_desc(unit).draw()?;
-                for (series, points) in &lines {
-                    // One colour and one label per path in every plot.
-                    let (i, label) = match *series {
-                        "raw" => (0, "raw node API"),
-                        "grpc" => (1, "gRPC PlaceBet, any node"),
-                        "grpc-leader" => (2, "gRPC PlaceBet at the leader"),
-                        "batch" => (3, "gRPC PlaceBets x100 (x: callers)"),
-                        other => (4, other),
-                    };
-                    png::series(&mut chart, points.iter().map(|(x, v)| (*x as f64, pick(v))).collect(), label, i)?;
-                }
-                chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-                root.present()?;
-                drop(chart);
-                drop(root);
+                let y_top = lines.values().flat_map(|l| l.values().map(pick)).fold(1.0, f64::max) * 1.1;
+                let caption = format!("{what} against {sweep}");
+                let frame = png::Frame {
+                    svg: path.clone(),
+                    caption: &caption,
+                    x: x0..x1 * 1.05,
+                    y_top,
+                    x_desc: sweep,
+                    y_desc: unit,
+                    x_labels: None,
+                };
+                let png = png::chart(frame, &fonts, |chart| {
+                    for (series, points) in &lines {
+                        // One colour and one label per path in every plot.
+                        let (i, label) = match *series {
+                            "raw" => (0, "raw node API"),
+                            "grpc" => (1, "gRPC PlaceBet, any node"),
+                            "grpc-leader" => (2, "gRPC PlaceBet at the leader"),
+                            "batch" => (3, "gRPC PlaceBets x100 (x: callers)"),
+                            other => (4, other),
+                        };
+                        png::series(chart, points.iter().map(|(x, v)| (*x as f64, pick(v))).collect(), label, i)?;
+                    }
+                    Ok(())
+                })?;
                 println!("wrote {}", path.display());
-                let png = path.with_extension("png");
-                to_png(&path, &png, &fonts)?;
                 println!("wrote {}", png.display());
             }
         }

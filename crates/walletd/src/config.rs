@@ -91,6 +91,9 @@ pub(crate) struct FileConfig {
     pub(crate) state_cache_mb: Option<u64>,
     /// A snapshot (with the state on disk: a checkpoint) every this many log entries.
     pub(crate) snapshot_every: Option<u64>,
+    /// AppendEntries a leader keeps in flight to each follower per shard: more than 1 streams
+    /// them in order (pipelined replication), 1 sends one unary call at a time.
+    pub(crate) appends_in_flight: Option<usize>,
     /// Form a new cluster from `peers` if the shards are not initialized yet.
     pub(crate) bootstrap: Option<bool>,
     /// The cluster's members, this node included, for bootstrap.
@@ -265,6 +268,7 @@ impl FileConfig {
             state,
             state_cache_mb,
             snapshot_every,
+            appends_in_flight,
             bootstrap,
             api_listen,
             api_advertise,
@@ -371,6 +375,12 @@ impl FileConfig {
                 return Err(ConfigError::Invalid("snapshot_every", "must be at least 1".into()));
             }
             node.snapshot_every = every;
+        }
+        if let Some(n) = self.appends_in_flight {
+            if n == 0 {
+                return Err(ConfigError::Invalid("appends_in_flight", "must be at least 1".into()));
+            }
+            node.appends_in_flight = n;
         }
         let mut seeds = vec![info.addr.clone()];
         let mut peers = BTreeMap::new();
@@ -563,12 +573,16 @@ mod tests {
         let c = base.clone().overlay(file).resolve().unwrap();
         assert_eq!(c.node.state, StateStorage::Disk { cache_bytes: 16 << 20 });
         assert_eq!(c.node.snapshot_every, 500);
+        assert_eq!(c.node.appends_in_flight, raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT);
+        let unary: FileConfig = toml::from_str("appends_in_flight = 1").unwrap();
+        assert_eq!(base.clone().overlay(unary).resolve().unwrap().node.appends_in_flight, 1);
         let c = FileConfig { state: Some("disk".into()), ..base.clone() }.resolve().unwrap();
         assert_eq!(c.node.state, StateStorage::Disk { cache_bytes: STATE_CACHE_MB_DEFAULT << 20 });
         for (bad, key) in [
             (FileConfig { state: Some("tape".into()), ..base.clone() }, "state"),
             (FileConfig { state_cache_mb: Some(8), ..base.clone() }, "state_cache_mb"),
-            (FileConfig { snapshot_every: Some(0), ..base }, "snapshot_every"),
+            (FileConfig { snapshot_every: Some(0), ..base.clone() }, "snapshot_every"),
+            (FileConfig { appends_in_flight: Some(0), ..base }, "appends_in_flight"),
         ] {
             assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(k, _)) if k == key), "{key}");
         }

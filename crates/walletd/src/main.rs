@@ -86,6 +86,10 @@ struct StartArgs {
     /// Take a snapshot (on disk: a checkpoint) every this many log entries (default 10000).
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// AppendEntries a leader keeps in flight to each follower per shard (default 1: one
+    /// unary call at a time; more: an ordered stream, pipelined replication).
+    #[arg(long)]
+    appends_in_flight: Option<usize>,
     /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).
     #[arg(long)]
     bootstrap: bool,
@@ -187,6 +191,7 @@ fn main() -> anyhow::Result<()> {
                     state: args.state,
                     state_cache_mb: args.state_cache_mb,
                     snapshot_every: args.snapshot_every,
+                    appends_in_flight: args.appends_in_flight,
                     bootstrap: args.bootstrap.then_some(true),
                     peers: args.peers,
                     api_listen: args.api_listen,

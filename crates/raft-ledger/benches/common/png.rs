@@ -2,7 +2,8 @@
 //! own bitmap text needs a font stack we do not build). Shared by the benchmarks that draw plots
 //! (`apply_rate` here, `api` in wallet-api, which includes this file by path).
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 pub(crate) type Error = Box<dyn std::error::Error>;
 
@@ -52,4 +53,50 @@ pub(crate) fn series(chart: &mut Chart<'_, '_>, pts: Vec<(f64, f64)>, label: &st
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     Ok(())
+}
+
+/// What a chart shows: where it goes, its caption, axes and their labels.
+pub(crate) struct Frame<'a> {
+    pub(crate) svg: PathBuf,
+    pub(crate) caption: &'a str,
+    /// The x range, drawn on a log scale.
+    pub(crate) x: Range<f64>,
+    /// The top of the linear y axis (it starts at 0).
+    pub(crate) y_top: f64,
+    pub(crate) x_desc: &'a str,
+    pub(crate) y_desc: &'a str,
+    /// How x labels are written (plotters' default without one).
+    pub(crate) x_labels: Option<&'a dyn Fn(&f64) -> String>,
+}
+
+/// Draws one chart as SVG (the series by `draw`, with a legend) and renders it to PNG beside
+/// it; returns the PNG's path.
+pub(crate) fn chart(
+    frame: Frame<'_>,
+    fonts: &resvg::usvg::Options,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), Error>,
+) -> Result<PathBuf, Error> {
+    use plotters::prelude::*;
+    {
+        let root = SVGBackend::new(&frame.svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(frame.caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(frame.x.log_scale(), 0.0..frame.y_top)?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(frame.x_desc).y_desc(frame.y_desc);
+        if let Some(labels) = frame.x_labels {
+            mesh.x_label_formatter(labels);
+        }
+        mesh.draw()?;
+        draw(&mut chart)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+    }
+    let png = frame.svg.with_extension("png");
+    to_png(&frame.svg, &png, fonts)?;
+    Ok(png)
 }

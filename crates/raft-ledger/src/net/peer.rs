@@ -42,6 +42,9 @@ type Rpc<T> = Result<T, RPCError<TypeConfig>>;
 struct Peer {
     addr: String,
     client: RaftTransportClient<NodeChannel>,
+    /// The peer answered an append stream with "unimplemented" (a build from before ordered
+    /// streams, during a rolling upgrade): replicate to it with unary calls.
+    unary_only: bool,
 }
 
 /// Routes Raft messages of every shard to peer nodes over shared channels.
@@ -56,12 +59,15 @@ pub(crate) struct PeerRouter {
     metrics: Arc<Mutex<BTreeMap<u32, ShardMetrics>>>,
     /// The most snapshot bytes one call carries (`NodeConfig::snapshot_piece_bytes`).
     piece_bytes: u64,
+    /// The most AppendEntries in flight to one follower for one shard
+    /// (`NodeConfig::appends_in_flight`): 1 sends unary calls, more an ordered stream.
+    appends_in_flight: usize,
 }
 
 type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
 
 impl PeerRouter {
-    pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey, piece_bytes: u64) -> Self {
+    pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey, piece_bytes: u64, appends_in_flight: usize) -> Self {
         Self {
             me,
             net,
@@ -69,6 +75,7 @@ impl PeerRouter {
             peers: Arc::new(Mutex::new(BTreeMap::new())),
             metrics: Arc::new(Mutex::new(BTreeMap::new())),
             piece_bytes: piece_bytes.max(1),
+            appends_in_flight: appends_in_flight.max(1),
         }
     }
 
@@ -97,7 +104,7 @@ impl PeerRouter {
                 let client = RaftTransportClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-                peers.insert(id, Peer { addr: addr.to_string(), client });
+                peers.insert(id, Peer { addr: addr.to_string(), client, unary_only: false });
             }
             Err(e) => tracing::warn!(peer = id, addr, "invalid peer address: {e}"),
         }
@@ -110,6 +117,11 @@ impl PeerRouter {
             .get(&target)
             .map(|p| p.client.clone())
             .ok_or_else(|| Unreachable::from_string(format!("no address known for node {target}")))
+    }
+
+    /// Whether appends to `target` may go as an ordered stream.
+    fn streams_appends(&self, target: NodeId) -> bool {
+        self.appends_in_flight > 1 && self.peers.lock().expect("peers lock").get(&target).is_none_or(|p| !p.unary_only)
     }
 
     fn timeout(&self, action: RPCTypes, target: NodeId, timeout: Duration) -> Timeout<TypeConfig> {
@@ -340,6 +352,153 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
     }
 }
 
+/// A request of an ordered stream still waiting for its answer.
+struct Sent {
+    at: tokio::time::Instant,
+    last: Option<crate::raft::LogId>,
+}
+
+/// Pipelined replication: one shard's AppendEntries to one follower as one bidirectional gRPC
+/// stream, so they arrive in the order sent (unary calls on separate HTTP/2 streams may not),
+/// with up to `appends_in_flight` unanswered, answers in request order.
+///
+/// Each request has the deadline of a unary call (`hard_ttl`), counted from when it was sent:
+/// an answer that long overdue ends the stream with a timeout, as a unary call's would. An
+/// idle stream (nothing unanswered) waits without a deadline, since openraft keeps a stream
+/// open between writes. As in the unary path, a refusal, an error or a partial success ends
+/// the stream after it is reported: what was sent after it was built on it.
+fn ordered_stream<S>(
+    router: PeerRouter,
+    target: NodeId,
+    shard: u32,
+    input: S,
+    option: RPCOption,
+) -> BoxFuture<'static, Result<AppendResults, RPCError<TypeConfig>>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    Box::pin(ordered_stream_open(router, target, shard, input, option))
+}
+
+type AppendResults = BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+async fn ordered_stream_open<S>(
+    router: PeerRouter,
+    target: NodeId,
+    shard: u32,
+    input: S,
+    option: RPCOption,
+) -> Result<AppendResults, RPCError<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let mut client = router.client(target)?;
+    let ttl = option.hard_ttl();
+    let window = Arc::new(tokio::sync::Semaphore::new(router.appends_in_flight));
+    let sent = Arc::new(Mutex::new(std::collections::VecDeque::<Sent>::new()));
+    let (sender_window, sender_sent, sender_router) = (window.clone(), sent.clone(), router.clone());
+    let requests = input.then(move |msg| {
+        let (window, sent, router) = (sender_window.clone(), sender_sent.clone(), sender_router.clone());
+        async move {
+            // A slot is given back when this request's answer arrives.
+            if let Ok(permit) = window.acquire().await {
+                permit.forget();
+            }
+            let last = msg.entries.last().map(|e| e.log_id).or(msg.prev_log_id);
+            sent.lock().expect("sent lock").push_back(Sent { at: tokio::time::Instant::now(), last });
+            AppendRequest { shard, msg, quorum_age_ms: router.quorum_age_ms(shard) }
+        }
+    });
+    // The request stream is polled by the HTTP/2 connection's task, not by openraft. openraft's
+    // stream holds its replication state's lock while it waits for new entries, and a stream
+    // left running after its session ended would go on taking entries out of that state for
+    // a dead stream; so the input ends when the results are dropped (`guard`), whatever the
+    // connection does.
+    let (abort, registration) = futures_util::stream::AbortHandle::new_pair();
+    let guard = EndInput(abort);
+    let requests = futures_util::stream::Abortable::new(requests, registration);
+    let mut req = tonic::Request::new(requests);
+    req.metadata_mut()
+        .insert(super::wire::APPEND_STREAM_SHARD_KEY, shard.to_string().parse().expect("digits are ASCII"));
+    let replies = match tokio::time::timeout(ttl, client.append_stream(req)).await {
+        Err(_) => return Err(RPCError::Timeout(router.timeout(RPCTypes::AppendEntries, target, ttl))),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+            // An older peer: from now on it gets unary calls (openraft retries at once after
+            // its backoff, with a new session).
+            tracing::info!(peer = target, "peer does not take ordered append streams: unary calls from now on");
+            if let Some(p) = router.peers.lock().expect("peers lock").get_mut(&target) {
+                p.unary_only = true;
+            }
+            return Err(status_error(&status));
+        }
+        Ok(Err(status)) => return Err(status_error(&status)),
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    let results = futures_util::stream::unfold(Some((replies, guard)), move |state| {
+        let (router, window, sent) = (router.clone(), window.clone(), sent.clone());
+        async move {
+            let (mut replies, guard) = state?;
+            loop {
+                let overdue = sent.lock().expect("sent lock").front().map(|s| s.at + ttl);
+                let next = match overdue {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, replies.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let e = RPCError::Timeout(router.timeout(RPCTypes::AppendEntries, target, ttl));
+                            return Some((Err(e), None));
+                        }
+                    },
+                    // Nothing unanswered: wait for the next request's answer, however long
+                    // openraft takes to send one; a request sent meanwhile is checked on the
+                    // next turn (its answer, or the stream's end, wakes this).
+                    None => tokio::select! {
+                        next = replies.next() => next,
+                        () = tokio::time::sleep(ttl) => continue,
+                    },
+                };
+                let reply = match next {
+                    // The follower ended the stream. After the last answer that is the end of
+                    // the input; with requests unanswered its Raft group or the node stopped:
+                    // an error, so that openraft backs off before it opens the next stream.
+                    None => {
+                        let unanswered = sent.lock().expect("sent lock").len();
+                        if unanswered == 0 {
+                            return None;
+                        }
+                        let why = format!("the peer ended an append stream with {unanswered} requests unanswered");
+                        return Some((Err(RPCError::Unreachable(Unreachable::from_string(why))), None));
+                    }
+                    Some(Err(status)) => return Some((Err(status_error(&status)), None)),
+                    Some(Ok(reply)) => reply,
+                };
+                let Some(request) = sent.lock().expect("sent lock").pop_front() else {
+                    let e =
+                        RPCError::Network(NetworkError::from_string("an append stream answered a request not sent"));
+                    return Some((Err(e), None));
+                };
+                window.add_permits(1);
+                return match reply {
+                    Err(e) => Some((Err(peer_error(&e)), None)),
+                    Ok(result) => {
+                        let go_on = matches!(&result, Ok(matching) if *matching == request.last);
+                        Some((Ok(result), go_on.then_some((replies, guard))))
+                    }
+                };
+            }
+        }
+    });
+    Ok(Box::pin(results) as AppendResults)
+}
+
+/// Ends an ordered stream's input when dropped.
+struct EndInput(futures_util::stream::AbortHandle);
+
+impl Drop for EndInput {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Builds the per-shard network clients openraft asks for, all backed by one [`PeerRouter`].
 pub(crate) struct ShardNetworkFactory {
     router: PeerRouter,
@@ -419,6 +578,10 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         let (router, target, shard) = (self.router.clone(), self.target, self.shard);
+        if router.streams_appends(target) {
+            let open = ordered_stream(router, target, shard, input, option);
+            return Box::pin(async move { open.await.map(|results| results as BoxStream<'s, _>) });
+        }
         let start = Pipeline { input: Some(input), in_flight: FuturesOrdered::new(), with_entries: 0, stopped: false };
         let results = futures_util::stream::unfold(start, move |mut p| {
             let (router, option) = (router.clone(), option.clone());

@@ -2,8 +2,8 @@
 
 use openraft::errors::RaftError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest as RaftTransferLeader,
-    TransferLeaderResponse, VoteRequest as RaftVote, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest as RaftTransferLeader, TransferLeaderResponse, VoteRequest as RaftVote, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,12 @@ pub struct AppendRequest {
     pub quorum_age_ms: Option<u64>,
 }
 pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, PeerError>;
+/// The follower's answer to the request at the same position of an ordered AppendEntries
+/// stream (`AppendStream`). A `PeerError` ends the stream.
+pub type AppendStreamReply = Result<StreamAppendResult<TypeConfig>, PeerError>;
+/// The request metadata key naming the shard of an `AppendStream`, so the follower can attach
+/// the stream to the shard's Raft group before the first request arrives.
+pub const APPEND_STREAM_SHARD_KEY: &str = "raft-shard";
 pub type VoteRequest = ShardMsg<RaftVote<TypeConfig>>;
 pub type VoteReply = Result<VoteResponse<TypeConfig>, PeerError>;
 pub type TransferLeaderRequest = ShardMsg<RaftTransferLeader<TypeConfig>>;

@@ -79,6 +79,11 @@ pub struct NodeConfig {
     /// as several calls, each resuming where the last stopped, so a transfer of any size makes
     /// progress within each call's deadline and survives a dropped connection.
     pub snapshot_piece_bytes: u64,
+    /// The most AppendEntries a leader has in flight to one follower for one shard. 1: one
+    /// unary call at a time, which entry-less calls (commit and heartbeat carriers) may
+    /// overtake. More: an ordered stream per follower and shard (pipelined replication), so a
+    /// batch goes out while the one before is still being written on the follower.
+    pub appends_in_flight: usize,
     /// Each shard's home region (from the topology's placement). A leader outside its shard's
     /// home hands leadership to a healthy, caught-up voter there. Empty: leaders stay put.
     pub home_regions: BTreeMap<u32, String>,
@@ -103,6 +108,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
             snapshot_piece_bytes: 16 << 20,
+            appends_in_flight: APPENDS_IN_FLIGHT_DEFAULT,
             home_regions: BTreeMap::new(),
             election_slots: BTreeMap::new(),
         }
@@ -219,6 +225,10 @@ pub enum NodeError {
 
 /// Entries `verify` reads at a time.
 const VERIFY_CHUNK_ENTRIES: u64 = 4096;
+/// `NodeConfig::appends_in_flight` unless set: unary calls. Ordered streams (pipelined
+/// replication) are opt-in until the simulator's sweep passes with them (its nodes ran out of
+/// ephemeral ports: a reconnect loop not yet found).
+pub const APPENDS_IN_FLIGHT_DEFAULT: usize = 1;
 
 /// Commands waiting to be proposed per shard before submits are refused as overload.
 const QUEUE_COMMANDS_MAX: usize = 65_536;
@@ -364,7 +374,13 @@ impl LedgerNode {
             "write-ahead log recovered"
         );
         let wal = Arc::new(wal);
-        let router = PeerRouter::new(config.node_id, env.net, env.cluster_key.clone(), config.snapshot_piece_bytes);
+        let router = PeerRouter::new(
+            config.node_id,
+            env.net,
+            env.cluster_key.clone(),
+            config.snapshot_piece_bytes,
+            config.appends_in_flight,
+        );
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         let mut queues = Vec::new();

@@ -210,6 +210,70 @@ impl RaftTransport for Transport {
         Ok(Response::new(reply))
     }
 
+    type AppendStreamStream = futures_util::stream::BoxStream<'static, Result<AppendStreamReply, Status>>;
+
+    /// An ordered stream of one shard's AppendEntries from its leader (pipelined replication):
+    /// openraft's `stream_append` hands each request to the Raft core in arrival order without
+    /// waiting for the one before to be flushed, and answers in the same order.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        use futures_util::StreamExt as _;
+        let shard = request
+            .metadata()
+            .get(APPEND_STREAM_SHARD_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| Status::invalid_argument("an append stream must name its shard"))?;
+        let s = match self.shard(shard) {
+            Ok(s) => s,
+            Err(e) => return Ok(Response::new(futures_util::stream::once(async move { Ok(Err(e)) }).boxed())),
+        };
+        // What each request said about its leader, kept until its answer says it was accepted.
+        let contacts = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let pushed = contacts.clone();
+        // A broken stream or a request for another shard ends the input; openraft answers
+        // what it was given, then the stream ends.
+        let requests = request.into_inner().take_while(move |r| {
+            let ok = matches!(r, Ok(r) if r.shard == shard);
+            if let Ok(r) = r
+                && r.shard != shard
+            {
+                tracing::warn!(shard, other = r.shard, "an append stream named another shard: ended");
+            }
+            std::future::ready(ok)
+        });
+        let requests = requests.filter_map(move |r| {
+            let r = r.ok().map(|AppendRequest { msg, quorum_age_ms, .. }| {
+                let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
+                pushed.lock().expect("contacts lock").push_back((tokio::time::Instant::now(), commit, quorum_age_ms));
+                msg
+            });
+            std::future::ready(r)
+        });
+        let replies = s.raft.stream_append(requests).map(move |r| {
+            let contact = contacts.lock().expect("contacts lock").pop_front();
+            Ok(match r {
+                Ok(Ok(matching)) => {
+                    if let Some((received, commit, age)) = contact {
+                        s.heard_from_leader(received, commit, age.map(Duration::from_millis));
+                    }
+                    Ok(Ok(matching))
+                }
+                Ok(Err(refused)) => Ok(Err(refused)),
+                Err(fatal) => Err(PeerError::Raft(RaftError::Fatal(fatal))),
+            })
+        });
+        // The stream lives as long as its leader keeps it open, which a graceful shutdown
+        // would wait for forever: it ends when this node stops.
+        let mut stop = self.node.stop.subscribe();
+        let replies = replies.take_until(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        Ok(Response::new(replies.boxed()))
+    }
+
     async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {
         let ShardMsg { shard, msg } = request.into_inner();
         let reply = match self.shard(shard) {
