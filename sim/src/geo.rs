@@ -10,6 +10,10 @@
 //!
 //! - **commit latency**: sequential writes to each shard's home leader; it should be about the
 //!   RTT from the home region to the nearest other region holding a voter;
+//! - **commit latency under load** (when asked): an open loop of writes at a fixed rate to
+//!   shard 0, each timed from when it was due (no coordinated omission): what pipelined
+//!   replication buys, since a write that arrives while an append is in flight either goes out
+//!   at once (an ordered stream) or waits for that append's answer (one call at a time);
 //! - **RTO**: from the fault (the home leader of shard 0 crashed, or every node of region `a`)
 //!   to the first acknowledged write on each shard whose leader was lost;
 //! - **no acknowledged write lost**: every write acknowledged before or after the fault is on
@@ -57,6 +61,12 @@ pub struct GeoConfig {
     pub writes: u32,
     /// The fault.
     pub fault: GeoFault,
+    /// Open-loop writes per second to shard 0 after the sequential ones; 0: none.
+    pub rate: u32,
+    /// How many open-loop writes.
+    pub load_writes: u32,
+    /// `NodeConfig::appends_in_flight` on every node.
+    pub appends_in_flight: usize,
 }
 
 /// Commit latency of one shard, led from home.
@@ -79,6 +89,8 @@ pub struct ShardLatency {
 pub struct GeoReport {
     /// Per shard, before the fault.
     pub latency: Vec<ShardLatency>,
+    /// The open loop's latencies in ms (shard 0, from each write's due time), before the fault.
+    pub load_ms: Vec<u64>,
     /// Per shard that lost its leader: ms from the fault to its first acknowledged write.
     pub rto_ms: BTreeMap<u32, u64>,
     /// Per shard that lost its leader: ms from the fault until a new leader was elected.
@@ -131,11 +143,12 @@ struct Shared {
 
 type SharedRef = Rc<RefCell<Shared>>;
 
-async fn run_node(topo: Topology, id: NodeId, shared: SharedRef) -> turmoil::Result {
+async fn run_node(topo: Topology, id: NodeId, appends_in_flight: usize, shared: SharedRef) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let info = topo.node_info(id).expect("node in topology");
     let mut config = NodeConfig::new(id, info, "/data", topo.shards);
     config.place(&topo);
+    config.appends_in_flight = appends_in_flight;
     config.tick_interval = Duration::from_millis(200);
     let node =
         LedgerNode::start(config, NodeEnv::turmoil(ClusterTime::from_millis(EPOCH_MS), crate::run::cluster_key()))
@@ -283,6 +296,13 @@ async fn controller(cfg: GeoConfig, shared: SharedRef) -> Result<GeoReport, Stri
         });
     }
 
+    let client = std::sync::Arc::new(client);
+    if cfg.rate > 0 {
+        let (ms, mine) = open_loop(&client, &players[&0], cfg.rate, cfg.load_writes).await?;
+        report.load_ms = ms;
+        acks.extend(mine);
+    }
+
     // The fault.
     let before = leaders(&shared);
     let hosts: Vec<String> = match cfg.fault {
@@ -297,7 +317,6 @@ async fn controller(cfg: GeoConfig, shared: SharedRef) -> Result<GeoReport, Stri
     }
     let fault_at = shared.borrow().crashed_at.expect("set");
     // Probe every affected shard at once: each retries one write until it is acknowledged.
-    let client = std::sync::Arc::new(client);
     let probes: Vec<_> = affected
         .iter()
         .map(|shard| {
@@ -373,6 +392,36 @@ async fn controller(cfg: GeoConfig, shared: SharedRef) -> Result<GeoReport, Stri
     Ok(report)
 }
 
+/// `writes` writes to `player`'s shard, one due every 1/`rate` s whether or not the ones before
+/// were answered; each one's latency in ms from when it was due, and its acknowledgement.
+async fn open_loop(
+    client: &std::sync::Arc<LedgerClient>,
+    player: &PlayerId,
+    rate: u32,
+    writes: u32,
+) -> Result<(Vec<u64>, Vec<Ack>), String> {
+    let every = Duration::from_nanos(1_000_000_000 / u64::from(rate));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(writes as usize);
+    for i in 0..writes {
+        let due = start + every * i;
+        tokio::time::sleep_until(due).await;
+        let (client, player) = (client.clone(), player.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            write(&client, &player, format!("load-{i}"), &mut mine).await?;
+            Ok::<_, String>(((tokio::time::Instant::now() - due).as_millis() as u64, mine))
+        }));
+    }
+    let (mut ms, mut acks) = (Vec::with_capacity(tasks.len()), Vec::new());
+    for task in tasks {
+        let (took, mine) = task.await.map_err(|e| e.to_string())??;
+        ms.push(took);
+        acks.extend(mine);
+    }
+    Ok((ms, acks))
+}
+
 /// Runs one experiment.
 pub fn run_geo(cfg: &GeoConfig) -> GeoReport {
     seed_thread_rng(cfg.seed);
@@ -387,8 +436,8 @@ pub fn run_geo(cfg: &GeoConfig) -> GeoReport {
         .build();
     for r in &topo.regions {
         for n in &r.nodes {
-            let (topo, shared, id) = (topo.clone(), shared.clone(), n.id);
-            sim.host(format!("n{id}"), move || run_node(topo.clone(), id, shared.clone()));
+            let (topo, shared, id, appends) = (topo.clone(), shared.clone(), n.id, cfg.appends_in_flight);
+            sim.host(format!("n{id}"), move || run_node(topo.clone(), id, appends, shared.clone()));
         }
     }
     {

@@ -91,8 +91,8 @@ pub(crate) struct FileConfig {
     pub(crate) state_cache_mb: Option<u64>,
     /// A snapshot (with the state on disk: a checkpoint) every this many log entries.
     pub(crate) snapshot_every: Option<u64>,
-    /// AppendEntries a leader keeps in flight to each follower per shard: more than 1 streams
-    /// them in order (pipelined replication), 1 sends one unary call at a time.
+    /// AppendEntries a leader keeps in flight to each follower per shard (default 16): more than
+    /// 1 streams them in order (pipelined replication), 1 sends one unary call at a time.
     pub(crate) appends_in_flight: Option<usize>,
     /// Form a new cluster from `peers` if the shards are not initialized yet.
     pub(crate) bootstrap: Option<bool>,

@@ -86,8 +86,8 @@ struct StartArgs {
     /// Take a snapshot (on disk: a checkpoint) every this many log entries (default 10000).
     #[arg(long)]
     snapshot_every: Option<u64>,
-    /// AppendEntries a leader keeps in flight to each follower per shard (default 1: one
-    /// unary call at a time; more: an ordered stream, pipelined replication).
+    /// AppendEntries a leader keeps in flight to each follower per shard (default 16, as an
+    /// ordered stream: pipelined replication; 1: one unary call at a time).
     #[arg(long)]
     appends_in_flight: Option<usize>,
     /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).

@@ -80,26 +80,39 @@ enum Cmd {
     /// Multi-region experiment under emulated latency: commit latency per shard, then RTO after
     /// a leader crash or a region loss over many trials (one seed each), leaders' return home,
     /// and a check that no acknowledged write was lost.
-    Geo {
-        /// Round-trip times a-b,a-c,b-c in ms.
-        #[arg(long, value_delimiter = ',', default_value = "50,50,50")]
-        rtt: Vec<u64>,
-        /// `leader` (crash shard 0's home leader) or `region` (lose region a).
-        #[arg(long, default_value = "leader")]
-        fault: String,
-        /// Trials; trial i runs seed `seed + i`.
-        #[arg(long, default_value_t = 20)]
-        trials: u64,
-        /// First seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Shards.
-        #[arg(long, default_value_t = 3)]
-        shards: u32,
-        /// Sequential writes per shard for the latency figures.
-        #[arg(long, default_value_t = 30)]
-        writes: u32,
-    },
+    Geo(GeoArgs),
+}
+
+#[derive(clap::Args)]
+struct GeoArgs {
+    /// Round-trip times a-b,a-c,b-c in ms.
+    #[arg(long, value_delimiter = ',', default_value = "50,50,50")]
+    rtt: Vec<u64>,
+    /// `leader` (crash shard 0's home leader) or `region` (lose region a).
+    #[arg(long, default_value = "leader")]
+    fault: String,
+    /// Trials; trial i runs seed `seed + i`.
+    #[arg(long, default_value_t = 20)]
+    trials: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Shards.
+    #[arg(long, default_value_t = 3)]
+    shards: u32,
+    /// Sequential writes per shard for the latency figures.
+    #[arg(long, default_value_t = 30)]
+    writes: u32,
+    /// Then an open loop of this many writes per second to shard 0, each timed from when it
+    /// was due; 0: none.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// How many writes the open loop sends.
+    #[arg(long, default_value_t = 1000)]
+    load_writes: u32,
+    /// AppendEntries in flight per follower and shard on every node (1: unary calls).
+    #[arg(long, default_value_t = raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT)]
+    appends_in_flight: usize,
 }
 
 fn summary(r: &RunReport) -> String {
@@ -172,19 +185,21 @@ fn main() {
     std::process::exit(code);
 }
 
-fn geo(rtt: &[u64], fault: &str, trials: u64, seed: u64, shards: u32, writes: u32) -> Result<i32, String> {
+fn geo(args: GeoArgs) -> Result<i32, String> {
+    let GeoArgs { rtt, fault, trials, seed, shards, writes, rate, load_writes, appends_in_flight } = args;
     let rtt_ms: [u64; 3] = rtt.try_into().map_err(|_| "--rtt takes three values: a-b,a-c,b-c")?;
-    let fault = match fault {
+    let fault = match fault.as_str() {
         "leader" => GeoFault::LeaderCrash,
         "region" => GeoFault::RegionLoss,
         other => return Err(format!("unknown fault {other:?}: leader or region")),
     };
-    if trials == 0 || shards == 0 || writes == 0 {
-        return Err("--trials, --shards and --writes must be at least 1".into());
+    if trials == 0 || shards == 0 || writes == 0 || load_writes == 0 || appends_in_flight == 0 {
+        return Err("--trials, --shards, --writes, --load-writes and --appends-in-flight must be at least 1".into());
     }
     let (mut rto, mut home, mut lost, mut acked, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize, 0u32);
+    let mut load = Vec::new();
     for i in 0..trials {
-        let cfg = GeoConfig { seed: seed + i, rtt_ms, shards, writes, fault };
+        let cfg = GeoConfig { seed: seed + i, rtt_ms, shards, writes, fault, rate, load_writes, appends_in_flight };
         let r = run_geo(&cfg);
         if i == 0 {
             println!("commit latency (seed {}), writes to the home leader from 1 ms away:", cfg.seed);
@@ -221,6 +236,7 @@ fn geo(rtt: &[u64], fault: &str, trials: u64, seed: u64, shards: u32, writes: u3
             println!("  LOST: {l}");
         }
         rto.extend(r.rto_ms.values().copied());
+        load.extend(r.load_ms.iter().copied());
         home.extend(r.home_again_ms);
         lost += r.lost.len();
         acked += r.acked;
@@ -241,13 +257,24 @@ fn geo(rtt: &[u64], fault: &str, trials: u64, seed: u64, shards: u32, writes: u3
         quantile(&home, 990),
         home.len()
     );
+    if rate > 0 {
+        println!(
+            "open loop, {rate} writes/s to shard 0 ({} writes over {trials} trials, appends in flight {appends_in_flight}): \
+             p50 {} ms, p99 {} ms, p999 {} ms, max {} ms",
+            load.len(),
+            quantile(&load, 500),
+            quantile(&load, 990),
+            quantile(&load, 999),
+            quantile(&load, 1000)
+        );
+    }
     println!("acknowledged writes: {acked}, lost: {lost}, failed trials: {failed}");
     Ok(if lost == 0 && failed == 0 { 0 } else { 1 })
 }
 
 fn real_main() -> Result<i32, String> {
     match Cli::parse().cmd {
-        Cmd::Geo { rtt, fault, trials, seed, shards, writes } => geo(&rtt, &fault, trials, seed, shards, writes),
+        Cmd::Geo(args) => geo(args),
         Cmd::Run { seed, config, write_config, scenario, steps, plant, twice, out } => {
             let cfg = match (seed, config) {
                 (Some(seed), _) => configured(seed, &scenario, &plant)?,

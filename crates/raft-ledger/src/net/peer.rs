@@ -136,10 +136,21 @@ impl PeerRouter {
     {
         let client = self.client(target)?;
         let ttl = option.hard_ttl();
-        match tokio::time::timeout(ttl, f(client)).await {
+        let reply = self.settle(action, target, ttl, tokio::time::timeout(ttl, f(client)).await)?;
+        reply.into_inner().map_err(|e| peer_error(&e))
+    }
+
+    /// Maps a call made under a `ttl` deadline to an RPC error when it failed or ran out of time.
+    fn settle<T>(
+        &self,
+        action: RPCTypes,
+        target: NodeId,
+        ttl: Duration,
+        outcome: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        match outcome {
             Err(_) => Err(RPCError::Timeout(self.timeout(action, target, ttl))),
-            Ok(Err(status)) => Err(status_error(&status)),
-            Ok(Ok(reply)) => reply.into_inner().map_err(|e| peer_error(&e)),
+            Ok(r) => r.map_err(|status| status_error(&status)),
         }
     }
 }
@@ -367,6 +378,9 @@ struct Sent {
 /// idle stream (nothing unanswered) waits without a deadline, since openraft keeps a stream
 /// open between writes. As in the unary path, a refusal, an error or a partial success ends
 /// the stream after it is reported: what was sent after it was built on it.
+///
+/// The work is in [`ordered_stream_open`]; this boxes it, because openraft's trait method
+/// returns a `BoxFuture`, whose lifetime an `async fn` in the trait's impl cannot name.
 fn ordered_stream<S>(
     router: PeerRouter,
     target: NodeId,
@@ -394,6 +408,16 @@ where
 {
     let mut client = router.client(target)?;
     let ttl = option.hard_ttl();
+    // openraft backs off after a failed stream inside its input, when the input is next polled:
+    // so the call is opened only once there is a first request to send. Opening it first would
+    // turn an unreachable peer into a reconnect loop without pause (every try a new connection).
+    let mut input = input;
+    let Some(first) = input.next().await else {
+        return Ok(Box::pin(futures_util::stream::empty()) as AppendResults);
+    };
+    let input = futures_util::stream::once(std::future::ready(first)).chain(input);
+    // The window's free permits are `appends_in_flight` minus the length of `sent`: the
+    // semaphore is what a request waits on, `sent` is what an answer is matched against.
     let window = Arc::new(tokio::sync::Semaphore::new(router.appends_in_flight));
     let sent = Arc::new(Mutex::new(std::collections::VecDeque::<Sent>::new()));
     let (sender_window, sender_sent, sender_router) = (window.clone(), sent.clone(), router.clone());
@@ -420,24 +444,23 @@ where
     let mut req = tonic::Request::new(requests);
     req.metadata_mut()
         .insert(super::wire::APPEND_STREAM_SHARD_KEY, shard.to_string().parse().expect("digits are ASCII"));
-    let replies = match tokio::time::timeout(ttl, client.append_stream(req)).await {
-        Err(_) => return Err(RPCError::Timeout(router.timeout(RPCTypes::AppendEntries, target, ttl))),
-        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-            // An older peer: from now on it gets unary calls (openraft retries at once after
-            // its backoff, with a new session).
-            tracing::info!(peer = target, "peer does not take ordered append streams: unary calls from now on");
-            if let Some(p) = router.peers.lock().expect("peers lock").get_mut(&target) {
-                p.unary_only = true;
-            }
-            return Err(status_error(&status));
+    let opened = tokio::time::timeout(ttl, client.append_stream(req)).await;
+    if let Ok(Err(status)) = &opened
+        && status.code() == tonic::Code::Unimplemented
+    {
+        // An older peer: from now on it gets unary calls (openraft retries after its backoff,
+        // with a new session).
+        tracing::info!(peer = target, "peer does not take ordered append streams: unary calls from now on");
+        if let Some(p) = router.peers.lock().expect("peers lock").get_mut(&target) {
+            p.unary_only = true;
         }
-        Ok(Err(status)) => return Err(status_error(&status)),
-        Ok(Ok(response)) => response.into_inner(),
-    };
-    let results = futures_util::stream::unfold(Some((replies, guard)), move |state| {
+    }
+    let replies = router.settle(RPCTypes::AppendEntries, target, ttl, opened)?.into_inner();
+    let results = futures_util::stream::unfold(Some((replies, guard, false)), move |state| {
         let (router, window, sent) = (router.clone(), window.clone(), sent.clone());
         async move {
-            let (mut replies, guard) = state?;
+            // `answered`: whether the peer has answered anything on this stream yet.
+            let (mut replies, guard, answered) = state?;
             loop {
                 let overdue = sent.lock().expect("sent lock").front().map(|s| s.at + ttl);
                 let next = match overdue {
@@ -458,18 +481,26 @@ where
                 };
                 let reply = match next {
                     // The follower ended the stream. After the last answer that is the end of
-                    // the input; with requests unanswered its Raft group or the node stopped:
-                    // an error, so that openraft backs off before it opens the next stream.
+                    // the input; with requests unanswered, or before any answer, its Raft group
+                    // or the node stopped: an error, so that openraft backs off before it opens
+                    // the next stream.
                     None => {
                         let unanswered = sent.lock().expect("sent lock").len();
-                        if unanswered == 0 {
+                        if unanswered == 0 && answered {
                             return None;
                         }
-                        let why = format!("the peer ended an append stream with {unanswered} requests unanswered");
+                        let why = if answered {
+                            format!("the peer ended an append stream with {unanswered} requests unanswered")
+                        } else {
+                            "the peer ended an append stream before answering".to_string()
+                        };
                         return Some((Err(RPCError::Unreachable(Unreachable::from_string(why))), None));
                     }
                     Some(Err(status)) => return Some((Err(status_error(&status)), None)),
-                    Some(Ok(reply)) => reply,
+                    // The peer cannot take part for this shard (it may say so before it reads
+                    // a request): as from a unary call.
+                    Some(Ok(Err(e))) => return Some((Err(peer_error(&e)), None)),
+                    Some(Ok(Ok(result))) => result,
                 };
                 let Some(request) = sent.lock().expect("sent lock").pop_front() else {
                     let e =
@@ -477,13 +508,8 @@ where
                     return Some((Err(e), None));
                 };
                 window.add_permits(1);
-                return match reply {
-                    Err(e) => Some((Err(peer_error(&e)), None)),
-                    Ok(result) => {
-                        let go_on = matches!(&result, Ok(matching) if *matching == request.last);
-                        Some((Ok(result), go_on.then_some((replies, guard))))
-                    }
-                };
+                let go_on = matches!(&reply, Ok(matching) if *matching == request.last);
+                return Some((Ok(reply), go_on.then_some((replies, guard, true))));
             }
         }
     });

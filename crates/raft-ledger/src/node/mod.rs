@@ -225,10 +225,12 @@ pub enum NodeError {
 
 /// Entries `verify` reads at a time.
 const VERIFY_CHUNK_ENTRIES: u64 = 4096;
-/// `NodeConfig::appends_in_flight` unless set: unary calls. Ordered streams (pipelined
-/// replication) are opt-in until the simulator's sweep passes with them (its nodes ran out of
-/// ephemeral ports: a reconnect loop not yet found).
-pub const APPENDS_IN_FLIGHT_DEFAULT: usize = 1;
+/// `NodeConfig::appends_in_flight` unless set: an ordered stream per follower and shard with up
+/// to 16 AppendEntries unanswered (pipelined replication). Across a 50 ms round trip a write
+/// every few milliseconds then goes out at once instead of waiting for a slot (`sim geo
+/// --rate`: 100 writes/s commit in one round trip with 16, in 1.4 with 4); on loopback 4 and
+/// 16 measure the same.
+pub const APPENDS_IN_FLIGHT_DEFAULT: usize = 16;
 
 /// Commands waiting to be proposed per shard before submits are refused as overload.
 const QUEUE_COMMANDS_MAX: usize = 65_536;

@@ -235,22 +235,24 @@ impl RaftTransport for Transport {
         let pushed = contacts.clone();
         // A broken stream or a request for another shard ends the input; openraft answers
         // what it was given, then the stream ends.
-        let requests = request.into_inner().take_while(move |r| {
-            let ok = matches!(r, Ok(r) if r.shard == shard);
-            if let Ok(r) = r
-                && r.shard != shard
-            {
-                tracing::warn!(shard, other = r.shard, "an append stream named another shard: ended");
-            }
-            std::future::ready(ok)
-        });
-        let requests = requests.filter_map(move |r| {
-            let r = r.ok().map(|AppendRequest { msg, quorum_age_ms, .. }| {
-                let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
-                pushed.lock().expect("contacts lock").push_back((tokio::time::Instant::now(), commit, quorum_age_ms));
-                msg
-            });
-            std::future::ready(r)
+        let requests = request.into_inner().scan((), move |(), r| {
+            let msg = match r {
+                Ok(AppendRequest { shard: named, msg, quorum_age_ms }) if named == shard => {
+                    let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
+                    pushed.lock().expect("contacts lock").push_back((
+                        tokio::time::Instant::now(),
+                        commit,
+                        quorum_age_ms,
+                    ));
+                    Some(msg)
+                }
+                Ok(other) => {
+                    tracing::warn!(shard, other = other.shard, "an append stream named another shard: ended");
+                    None
+                }
+                Err(_) => None,
+            };
+            std::future::ready(msg)
         });
         let replies = s.raft.stream_append(requests).map(move |r| {
             let contact = contacts.lock().expect("contacts lock").pop_front();
