@@ -67,6 +67,10 @@ pub struct GeoConfig {
     pub load_writes: u32,
     /// `NodeConfig::appends_in_flight` on every node.
     pub appends_in_flight: usize,
+    /// Round-trip time every inter-region link takes beyond `rtt_ms`, which is all the nodes
+    /// are told (their heartbeats, elections and deadlines derive from it): a network slower
+    /// than planned.
+    pub extra_rtt_ms: u64,
 }
 
 /// Commit latency of one shard, led from home.
@@ -240,7 +244,7 @@ async fn controller(cfg: GeoConfig, shared: SharedRef) -> Result<GeoReport, Stri
     let topo = cfg.topology();
     let addrs: Vec<String> = (1..=6).map(|id| format!("n{id}:{PORT}")).collect();
     // Short per-call timeouts: a call to a dead node must not hide how fast the cluster recovers.
-    let slowest = cfg.rtt_ms.iter().copied().max().unwrap_or(0);
+    let slowest = cfg.rtt_ms.iter().copied().max().unwrap_or(0) + cfg.extra_rtt_ms;
     let options = ClientOptions {
         net: Net::Turmoil,
         request_timeout: Duration::from_millis((3 * slowest).max(150)),
@@ -454,7 +458,8 @@ pub fn run_geo(cfg: &GeoConfig) -> GeoReport {
             for x in &a.nodes {
                 for y in &b.nodes {
                     if x.id < y.id {
-                        let one_way = topo.rtt(&a.name, &b.name).unwrap_or(2).max(2) / 2;
+                        let rtt = topo.rtt(&a.name, &b.name).map(|r| r + cfg.extra_rtt_ms);
+                        let one_way = rtt.unwrap_or(2).max(2) / 2;
                         sim.set_link_latency(
                             format!("n{}", x.id),
                             format!("n{}", y.id),

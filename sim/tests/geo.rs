@@ -2,7 +2,8 @@
 //! under turmoil): losing a leader or a whole region re-elects in a surviving region and loses
 //! no acknowledged write, leaders go home when the region returns, and a commit costs one
 //! round trip to the nearest region holding a voter, not the farthest, also under a steady
-//! stream of writes (pipelined replication).
+//! stream of writes (pipelined replication), and when every link is slower than the nodes were
+//! told.
 //!
 //! Timing here is simulated, so the figures are exact and repeatable; the RTO percentiles over
 //! many trials are a benchmark (`sim geo`, in BENCHMARKS.md), not asserted.
@@ -25,6 +26,7 @@ fn run_with(seed: u64, fault: GeoFault, shards: u32, writes: u32) -> (GeoConfig,
         rate: 0,
         load_writes: 0,
         appends_in_flight: raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT,
+        extra_rtt_ms: 0,
     };
     run_cfg(cfg)
 }
@@ -121,6 +123,7 @@ fn t74_under_a_steady_stream_of_writes_each_commits_in_one_round_trip() {
             rate: 100,
             load_writes: 200,
             appends_in_flight,
+            extra_rtt_ms: 0,
         };
         let (cfg, r) = run_cfg(cfg);
         check_recovery(&cfg, &r);
@@ -132,4 +135,33 @@ fn t74_under_a_steady_stream_of_writes_each_commits_in_one_round_trip() {
     assert!(pipelined <= nearest + 5, "p99 {pipelined} ms with ordered streams, {nearest} ms round trip");
     let unary = load(1);
     assert!(unary > nearest + 5, "p99 {unary} ms with unary calls: the test no longer tells the two apart");
+}
+
+#[test]
+fn t75_links_slower_than_configured_still_commit_in_one_round_trip() {
+    // The nodes are told 50 ms round trips, so openraft gives each AppendEntries 100 ms (two
+    // round trips); every link really takes 110 ms. With that fixed deadline every append to
+    // every follower ran out of time before its answer came, the entries were sent again and
+    // timed out again, and nothing committed. Each link's deadline now follows its measured
+    // round trip (net/rto.rs): a commit costs the one real round trip, and losing a leader is
+    // still recovered from. Simulated time: exact.
+    let cfg = GeoConfig {
+        seed: 6,
+        rtt_ms: [50, 50, 50],
+        shards: 3,
+        writes: 10,
+        fault: GeoFault::LeaderCrash,
+        rate: 0,
+        load_writes: 0,
+        appends_in_flight: raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT,
+        extra_rtt_ms: 60,
+    };
+    let (cfg, r) = run_cfg(cfg);
+    let real = 50 + cfg.extra_rtt_ms;
+    for l in &r.latency {
+        assert!(l.p50_ms >= real, "faster than light: {l:?}");
+        assert!(l.p50_ms <= real + 5, "more than one round trip: {l:?}");
+        assert!(l.max_ms <= 2 * real, "a commit waited for a timeout: {l:?}");
+    }
+    check_recovery(&cfg, &r);
 }

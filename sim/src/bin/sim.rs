@@ -113,6 +113,10 @@ struct GeoArgs {
     /// AppendEntries in flight per follower and shard on every node (1: unary calls).
     #[arg(long, default_value_t = raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT)]
     appends_in_flight: usize,
+    /// Make every inter-region round trip this many ms longer than --rtt, which is all the
+    /// nodes are configured with: a network slower than planned.
+    #[arg(long, default_value_t = 0)]
+    extra_rtt: u64,
 }
 
 fn summary(r: &RunReport) -> String {
@@ -186,7 +190,7 @@ fn main() {
 }
 
 fn geo(args: GeoArgs) -> Result<i32, String> {
-    let GeoArgs { rtt, fault, trials, seed, shards, writes, rate, load_writes, appends_in_flight } = args;
+    let GeoArgs { rtt, fault, trials, seed, shards, writes, rate, load_writes, appends_in_flight, extra_rtt } = args;
     let rtt_ms: [u64; 3] = rtt.try_into().map_err(|_| "--rtt takes three values: a-b,a-c,b-c")?;
     let fault = match fault.as_str() {
         "leader" => GeoFault::LeaderCrash,
@@ -199,7 +203,17 @@ fn geo(args: GeoArgs) -> Result<i32, String> {
     let (mut rto, mut home, mut lost, mut acked, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize, 0u32);
     let mut load = Vec::new();
     for i in 0..trials {
-        let cfg = GeoConfig { seed: seed + i, rtt_ms, shards, writes, fault, rate, load_writes, appends_in_flight };
+        let cfg = GeoConfig {
+            seed: seed + i,
+            rtt_ms,
+            shards,
+            writes,
+            fault,
+            rate,
+            load_writes,
+            appends_in_flight,
+            extra_rtt_ms: extra_rtt,
+        };
         let r = run_geo(&cfg);
         if i == 0 {
             println!("commit latency (seed {}), writes to the home leader from 1 ms away:", cfg.seed);

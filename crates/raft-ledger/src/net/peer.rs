@@ -45,6 +45,9 @@ struct Peer {
     /// The peer answered an append stream with "unimplemented" (a build from before ordered
     /// streams, during a rolling upgrade): replicate to it with unary calls.
     unary_only: bool,
+    /// How long its AppendEntries answers take, for their deadline (shared by every shard: they
+    /// travel the same link).
+    rto: super::rto::Rto,
 }
 
 /// Routes Raft messages of every shard to peer nodes over shared channels.
@@ -104,7 +107,7 @@ impl PeerRouter {
                 let client = RaftTransportClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-                peers.insert(id, Peer { addr: addr.to_string(), client, unary_only: false });
+                peers.insert(id, Peer { addr: addr.to_string(), client, unary_only: false, rto: Default::default() });
             }
             Err(e) => tracing::warn!(peer = id, addr, "invalid peer address: {e}"),
         }
@@ -128,15 +131,43 @@ impl PeerRouter {
         Timeout { action, id: self.me, target, timeout }
     }
 
-    /// Runs one unary call with the option's deadline and maps every failure to an RPC error.
+    /// The deadline of an AppendEntries to `target`: what its link has been taking (see
+    /// [`super::rto`]), never less than openraft's `floor`.
+    fn append_deadline(&self, target: NodeId, floor: Duration) -> Duration {
+        self.peers.lock().expect("peers lock").get(&target).map_or(floor, |p| p.rto.deadline(floor))
+    }
+
+    /// Records how an AppendEntries to `target` ended: answered after `Some(rtt)`, or past its
+    /// deadline (`None`).
+    fn append_ended(&self, target: NodeId, answered: Option<Duration>) {
+        if let Some(p) = self.peers.lock().expect("peers lock").get_mut(&target) {
+            match answered {
+                Some(rtt) => p.rto.answered(rtt),
+                None => p.rto.timed_out(),
+            }
+        }
+    }
+
+    /// Runs one unary call with the option's deadline (an AppendEntries: its link's, see
+    /// [`Self::append_deadline`]) and maps every failure to an RPC error.
     async fn call<T, F, Fut>(&self, action: RPCTypes, target: NodeId, option: RPCOption, f: F) -> Rpc<T>
     where
-        F: FnOnce(RaftTransportClient<NodeChannel>) -> Fut,
+        F: FnOnce(RaftTransportClient<NodeChannel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Result<T, PeerError>>, tonic::Status>>,
     {
         let client = self.client(target)?;
-        let ttl = option.hard_ttl();
-        let reply = self.settle(action, target, ttl, tokio::time::timeout(ttl, f(client)).await)?;
+        let append = matches!(action, RPCTypes::AppendEntries);
+        let ttl = if append { self.append_deadline(target, option.hard_ttl()) } else { option.hard_ttl() };
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(ttl, f(client, ttl)).await;
+        if append {
+            match &outcome {
+                Ok(Ok(_)) => self.append_ended(target, Some(started.elapsed())),
+                Err(_) => self.append_ended(target, None),
+                Ok(Err(_)) => {}
+            }
+        }
+        let reply = self.settle(action, target, ttl, outcome)?;
         reply.into_inner().map_err(|e| peer_error(&e))
     }
 
@@ -222,9 +253,8 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
-        let ttl = option.hard_ttl();
         let quorum_age_ms = self.quorum_age_ms(shard);
-        self.call(RPCTypes::AppendEntries, target, option, |mut c| async move {
+        self.call(RPCTypes::AppendEntries, target, option, |mut c, ttl| async move {
             let mut req = tonic::Request::new(AppendRequest { shard, msg: rpc, quorum_age_ms });
             req.set_timeout(ttl);
             c.append(req).await
@@ -239,8 +269,8 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<VoteResponse<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        self.call(RPCTypes::Vote, target, option, |mut c| async move { c.vote(request(shard, rpc, ttl)).await }).await
+        self.call(RPCTypes::Vote, target, option, |mut c, ttl| async move { c.vote(request(shard, rpc, ttl)).await })
+            .await
     }
 
     async fn pre_vote(
@@ -250,9 +280,13 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<VoteResponse<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        self.call(RPCTypes::Vote, target, option, |mut c| async move { c.pre_vote(request(shard, rpc, ttl)).await })
-            .await
+        self.call(
+            RPCTypes::Vote,
+            target,
+            option,
+            |mut c, ttl| async move { c.pre_vote(request(shard, rpc, ttl)).await },
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -294,7 +328,7 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         let transfer = async move {
             let ask = SnapshotProgressRequest { shard, identity: identity.clone() };
             let mut at = self
-                .call(RPCTypes::InstallSnapshot, target, option, |mut c| async move {
+                .call(RPCTypes::InstallSnapshot, target, option, |mut c, ttl| async move {
                     let mut req = tonic::Request::new(ask);
                     req.set_timeout(ttl);
                     c.snapshot_progress(req).await
@@ -355,8 +389,7 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
-        let ttl = option.hard_ttl();
-        self.call(RPCTypes::TransferLeader, target, option, |mut c| async move {
+        self.call(RPCTypes::TransferLeader, target, option, |mut c, ttl| async move {
             c.transfer_leader(request(shard, req, ttl)).await
         })
         .await
@@ -373,8 +406,9 @@ struct Sent {
 /// stream, so they arrive in the order sent (unary calls on separate HTTP/2 streams may not),
 /// with up to `appends_in_flight` unanswered, answers in request order.
 ///
-/// Each request has the deadline of a unary call (`hard_ttl`), counted from when it was sent:
-/// an answer that long overdue ends the stream with a timeout, as a unary call's would. An
+/// Each request has the deadline of a unary AppendEntries to that peer (its link's, see
+/// [`PeerRouter::append_deadline`]), counted from when it was sent: an answer that long
+/// overdue ends the stream with a timeout, as a unary call's would. An
 /// idle stream (nothing unanswered) waits without a deadline, since openraft keeps a stream
 /// open between writes. As in the unary path, a refusal, an error or a partial success ends
 /// the stream after it is reported: what was sent after it was built on it.
@@ -407,7 +441,8 @@ where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
     let mut client = router.client(target)?;
-    let ttl = option.hard_ttl();
+    // openraft's deadline: the least a request is given (the link's estimate may add to it).
+    let floor = option.hard_ttl();
     // openraft backs off after a failed stream inside its input, when the input is next polled:
     // so the call is opened only once there is a first request to send. Opening it first would
     // turn an unreachable peer into a reconnect loop without pause (every try a new connection).
@@ -444,7 +479,13 @@ where
     let mut req = tonic::Request::new(requests);
     req.metadata_mut()
         .insert(super::wire::APPEND_STREAM_SHARD_KEY, shard.to_string().parse().expect("digits are ASCII"));
+    let ttl = router.append_deadline(target, floor);
     let opened = tokio::time::timeout(ttl, client.append_stream(req)).await;
+    if opened.is_err() {
+        // Opening takes a round trip (the peer's response headers): a link slower than the
+        // deadline must back it off here too, or no stream would ever open to measure it.
+        router.append_ended(target, None);
+    }
     if let Ok(Err(status)) = &opened
         && status.code() == tonic::Code::Unimplemented
     {
@@ -462,11 +503,13 @@ where
             // `answered`: whether the peer has answered anything on this stream yet.
             let (mut replies, guard, answered) = state?;
             loop {
-                let overdue = sent.lock().expect("sent lock").front().map(|s| s.at + ttl);
-                let next = match overdue {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, replies.next()).await {
+                let front = sent.lock().expect("sent lock").front().map(|s| s.at);
+                let ttl = router.append_deadline(target, floor);
+                let next = match front {
+                    Some(at) => match tokio::time::timeout_at(at + ttl, replies.next()).await {
                         Ok(next) => next,
                         Err(_) => {
+                            router.append_ended(target, None);
                             let e = RPCError::Timeout(router.timeout(RPCTypes::AppendEntries, target, ttl));
                             return Some((Err(e), None));
                         }
@@ -508,6 +551,7 @@ where
                     return Some((Err(e), None));
                 };
                 window.add_permits(1);
+                router.append_ended(target, Some(request.at.elapsed()));
                 let go_on = matches!(&reply, Ok(matching) if *matching == request.last);
                 return Some((Ok(reply), go_on.then_some((replies, guard, true))));
             }

@@ -99,7 +99,14 @@ where
                 continue;
             };
 
-            let timeout = Duration::from_millis(self.config.heartbeat_interval);
+            // PATCHED (see vendor/PATCHES.md): wait up to the election timeout for the answer,
+            // not one heartbeat interval. A link whose round trip is longer than the interval
+            // (a network slower than the cluster was configured for) never acknowledged a
+            // heartbeat: an idle leader never heard from its followers. An acknowledgement is
+            // dated by when its heartbeat was sent, so a late one is as safe as a prompt one; the
+            // worker sends the latest heartbeat when this one ends, so a slow link only gets them
+            // less often.
+            let timeout = Duration::from_millis(self.config.election_timeout_min.max(self.config.heartbeat_interval));
             let option = RPCOption::new(timeout);
 
             let payload = AppendEntriesRequest {
