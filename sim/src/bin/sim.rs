@@ -217,6 +217,9 @@ fn geo(args: GeoArgs) -> Result<i32, String> {
         let r = run_geo(&cfg);
         if i == 0 {
             println!("commit latency (seed {}), writes to the home leader from 1 ms away:", cfg.seed);
+            if extra_rtt > 0 {
+                println!("(every inter-region round trip really {extra_rtt} ms longer than shown: --extra-rtt)");
+            }
             println!("shard  home  nearest-quorum-rtt  p50    max");
             for l in &r.latency {
                 let (rtt, p50, max) =
