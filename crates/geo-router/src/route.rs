@@ -28,6 +28,13 @@ pub struct ShardRoute {
     pub leader: Option<NodeId>,
     /// The shard's voters.
     pub voters: Vec<NodeId>,
+    /// Whether `leader` came from a `NOT_LEADER` hint, which carries no term, rather than from
+    /// a leader feed: a feed's report of the same term then replaces it.
+    pub hinted: bool,
+    /// The last leader a newer term deposed. A hint naming it is stale (a follower that has
+    /// not yet noticed the election), so it is not taken; if that node is elected again, a
+    /// feed says so with its term.
+    pub deposed: Option<NodeId>,
 }
 
 /// Where calls go: every shard's route and every node's address.
@@ -67,7 +74,7 @@ impl Table {
         let shards = topology
             .place()
             .into_iter()
-            .map(|p| (p.shard, ShardRoute { term: 0, leader: None, voters: p.voters }))
+            .map(|p| (p.shard, ShardRoute { voters: p.voters, ..ShardRoute::default() }))
             .collect();
         Self { shards, members }
     }
@@ -82,11 +89,17 @@ impl Table {
         let leader = report.leader.map(|(id, _)| id);
         let before = route.leader;
         if report.term > route.term {
+            if !route.hinted && route.leader.is_some() && route.leader != leader {
+                route.deposed = route.leader;
+            }
             route.term = report.term;
             route.leader = leader;
+            route.hinted = false;
             route.voters = report.voters.iter().map(|(id, _)| *id).collect();
-        } else if report.term == route.term && route.leader.is_none() && leader.is_some() {
+        } else if report.term == route.term && leader.is_some() && (route.leader.is_none() || route.hinted) {
+            // A leader the table only guessed from a hint yields to the feed, which knows.
             route.leader = leader;
+            route.hinted = false;
         } else {
             return None;
         }
@@ -95,15 +108,21 @@ impl Table {
 
     /// Takes a `NOT_LEADER` hint: node `from` refused a call as not the leader and named
     /// `leader`. A hint carries no term, so it only fills a gap in the table or corrects the
-    /// belief that `from` itself leads (it knows better than that); anything else is left to
-    /// the leader feeds, which carry terms.
+    /// belief that `from` itself leads (it knows better than that), and never names the leader
+    /// a newer term deposed (right after a leader dies, a follower that has not yet noticed
+    /// still names it). What it sets is provisional: the leader feeds, which carry terms,
+    /// replace it.
     pub fn hint(&mut self, shard: u32, from: NodeId, leader: NodeId) -> bool {
         let Some(route) = self.shards.get_mut(&shard) else { return false };
-        if !self.members.contains_key(&leader) || leader == from {
+        if !self.members.contains_key(&leader) || leader == from || route.deposed == Some(leader) {
             return false;
         }
         if route.leader.is_none() || route.leader == Some(from) {
+            if route.leader == Some(from) && !route.hinted {
+                route.deposed = Some(from);
+            }
             route.leader = Some(leader);
+            route.hinted = true;
             return true;
         }
         false
@@ -184,7 +203,7 @@ mod tests {
         for (id, r) in [(1, "eu"), (2, "us"), (3, "ap"), (4, "eu")] {
             t.members.insert(id, m(r));
         }
-        t.shards.insert(0, ShardRoute { term: 0, leader: None, voters: vec![1, 2, 3] });
+        t.shards.insert(0, ShardRoute { voters: vec![1, 2, 3], ..ShardRoute::default() });
         t
     }
 
@@ -213,8 +232,30 @@ mod tests {
         assert!(t.hint(0, 3, 1), "node 3, believed to lead, names node 1");
         assert_eq!(t.shards[&0].leader, Some(1));
         t.observe(report(5, None));
-        assert!(t.hint(0, 2, 3));
+        assert!(!t.hint(0, 2, 3), "node 3 said it no longer leads: a hint naming it is stale");
+        assert!(t.hint(0, 3, 2));
         assert!(!t.hint(0, 3, 99), "an unknown node is not routed to");
+    }
+
+    #[test]
+    fn a_stale_hint_after_a_leader_dies_neither_routes_to_it_nor_blocks_the_new_leader() {
+        let mut t = table();
+        assert_eq!(t.observe(report(3, Some(1))), Some(Some(1)));
+        // Node 1 dies; node 2 stands for election in term 4.
+        assert_eq!(t.observe(report(4, None)), Some(None));
+        // Node 3 has not noticed yet and still names node 1: refused, node 1 was deposed.
+        assert!(!t.hint(0, 3, 1));
+        assert_eq!(t.shards[&0].leader, None);
+        // A hint naming another node fills the gap, but only until a feed of the term says
+        // who leads: one route change, not a hint stuck in front of the news.
+        assert!(t.hint(0, 3, 2));
+        assert_eq!(t.observe(report(4, Some(2))), None, "the feed confirms the hint");
+        assert!(!t.shards[&0].hinted);
+        assert_eq!(t.observe(report(5, None)), Some(None));
+        assert!(t.hint(0, 1, 3), "a wrong guess…");
+        assert_eq!(t.observe(report(5, Some(1))), Some(Some(1)), "…is replaced by the feed of the same term");
+        // Node 1, deposed in term 4, is elected again in term 5: the feed is believed.
+        assert_eq!(t.shards[&0].leader, Some(1));
     }
 
     #[test]

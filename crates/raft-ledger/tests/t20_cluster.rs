@@ -26,6 +26,19 @@ async fn t20_leader_failover_with_unary_appends() {
     leader_failover(|c| c.appends_in_flight = 1).await;
 }
 
+/// The same with node 3 refusing ordered streams, as a build from before them would (it answers
+/// `Unimplemented`): leaders on nodes 1 and 2 must fall back to unary calls for it, or it never
+/// catches up and the cluster does not converge. Node 3 itself sends unary calls when it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_leader_failover_with_a_peer_that_takes_no_streams() {
+    leader_failover(|c| {
+        if c.node_id == 3 {
+            c.appends_in_flight = 1;
+        }
+    })
+    .await;
+}
+
 /// Writes, a stopped leader (its server must stop although peers stream to it), writes through
 /// the new leader, the old one back: every acknowledged write applied once, chains verified.
 async fn leader_failover(tune: fn(&mut raft_ledger::node::NodeConfig)) {

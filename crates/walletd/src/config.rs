@@ -92,7 +92,8 @@ pub(crate) struct FileConfig {
     /// A snapshot (with the state on disk: a checkpoint) every this many log entries.
     pub(crate) snapshot_every: Option<u64>,
     /// AppendEntries a leader keeps in flight to each follower per shard (default 16): more than
-    /// 1 streams them in order (pipelined replication), 1 sends one unary call at a time.
+    /// 1 streams them in order (pipelined replication), 1 sends one unary call at a time and
+    /// refuses peers' streams too (they fall back to unary calls, as for an older build).
     pub(crate) appends_in_flight: Option<usize>,
     /// Form a new cluster from `peers` if the shards are not initialized yet.
     pub(crate) bootstrap: Option<bool>,

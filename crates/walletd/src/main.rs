@@ -87,7 +87,8 @@ struct StartArgs {
     #[arg(long)]
     snapshot_every: Option<u64>,
     /// AppendEntries a leader keeps in flight to each follower per shard (default 16, as an
-    /// ordered stream: pipelined replication; 1: one unary call at a time).
+    /// ordered stream: pipelined replication; 1: one unary call at a time, and peers' streams
+    /// refused, so they send this node unary calls too).
     #[arg(long)]
     appends_in_flight: Option<usize>,
     /// Form a new cluster from --peer (safe to repeat: initialized shards are left alone).

@@ -82,7 +82,9 @@ pub struct NodeConfig {
     /// The most AppendEntries a leader has in flight to one follower for one shard. 1: one
     /// unary call at a time, which entry-less calls (commit and heartbeat carriers) may
     /// overtake. More: an ordered stream per follower and shard (pipelined replication), so a
-    /// batch goes out while the one before is still being written on the follower.
+    /// batch goes out while the one before is still being written on the follower. A node set
+    /// to 1 also refuses the streams of its peers, as an older build would, and they send it
+    /// unary calls instead.
     pub appends_in_flight: usize,
     /// Each shard's home region (from the topology's placement). A leader outside its shard's
     /// home hands leadership to a healthy, caught-up voter there. Empty: leaders stay put.

@@ -220,6 +220,13 @@ impl RaftTransport for Transport {
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         use futures_util::StreamExt as _;
+        // A node set to one append in flight takes no part in pipelined replication either
+        // way: it answers as a build without this method would, and its leaders fall back to
+        // unary calls. So streams can be switched off for a node (or, one node at a time, for
+        // the cluster) with a restart and no other change.
+        if self.node.config.appends_in_flight <= 1 {
+            return Err(Status::unimplemented("this node takes no ordered append streams (appends_in_flight = 1)"));
+        }
         let shard = request
             .metadata()
             .get(APPEND_STREAM_SHARD_KEY)
