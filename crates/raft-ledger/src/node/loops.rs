@@ -20,6 +20,9 @@ use crate::decide::{HomeView, Succession, SuccessionView, decide_home, successio
 use crate::raft::{NodeId, Proposal, Reply, Request, TypeConfig};
 use ledger_core::Command;
 
+/// A proposal that takes at least this long from `client_write` to committed is logged at debug.
+const SLOW_COMMIT_US: u64 = 50_000;
+
 /// Turns queued commands into log entries: whatever queued while earlier batches were in
 /// flight rides the next entry. Batching here is what lets one fsync and one replication round
 /// serve many clients.
@@ -48,6 +51,10 @@ pub(super) async fn propose_loop(node: Arc<NodeInner>, shard: Arc<Shard>, rx: mp
             let written = shard.raft.client_write(proposal).await;
             let us = started.elapsed().as_micros() as u64;
             tracing::trace!(shard = shard_id, commands = waiters.len(), us, "batch committed");
+            if us >= SLOW_COMMIT_US {
+                // Only the slow ones at debug, so a tail can be traced without moving it.
+                tracing::debug!(shard = shard_id, commands = waiters.len(), ms = us / 1000, "slow batch commit");
+            }
             let result = match written {
                 Ok(resp) => {
                     let Reply::Outcomes(outcomes) = resp.data else {

@@ -337,6 +337,9 @@ struct Segment {
     max_index: BTreeMap<u32, u64>,
 }
 
+/// A group commit at least this long is logged at debug level.
+const SLOW_GROUP_COMMIT_US: u64 = 20_000;
+
 /// The writer's own state: what is durable, not what is in memory.
 struct Writer {
     vfs: Arc<dyn Vfs>,
@@ -372,7 +375,13 @@ impl Writer {
     fn write_batch(&mut self, batch: Vec<WriteOp>) {
         let started = std::time::Instant::now();
         let result = self.write_frames(&batch);
-        tracing::trace!(ops = batch.len(), us = started.elapsed().as_micros() as u64, "wal group commit");
+        let us = started.elapsed().as_micros() as u64;
+        tracing::trace!(ops = batch.len(), us, "wal group commit");
+        // Only the slow ones at debug: a tail can be traced without the cost of tracing every
+        // commit, which moves the timing it is meant to show.
+        if us >= SLOW_GROUP_COMMIT_US {
+            tracing::debug!(ops = batch.len(), ms = us / 1000, "slow wal group commit (write and fdatasync)");
+        }
         if let Err(e) = &result {
             // A failed fsync leaves the file's durable state unknown; never write again.
             self.failed.set(e);
