@@ -853,8 +853,8 @@ impl Ledger<MemState> {
     /// The state as a plain value with every collection in a canonical order, for snapshots.
     pub fn to_image(&self) -> LedgerImage {
         // A map's keys are unique, so an unstable sort gives the same order as a stable one,
-        // in half the time and without a scratch buffer (the sort was a third of a snapshot's
-        // CPU at a million ids: BENCHMARKS.md, "Huge pages").
+        // in half the time and without a scratch buffer (the sort was a third of the snapshot
+        // thread's own CPU in the front-door benchmark: BENCHMARKS.md, "Huge pages").
         let mut ids: Vec<_> = self.state.ids.iter().map(|(k, v)| (*k, *v)).collect();
         ids.sort_unstable_by_key(|a| a.0);
         let mut rounds: Vec<_> = self.state.rounds.iter().map(|(k, v)| (*k, *v)).collect();
