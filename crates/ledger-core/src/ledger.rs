@@ -415,12 +415,8 @@ impl<S: LedgerState> Ledger<S> {
                 self.state.forget_id(key, queued_at, |remembered| remembered.plus_millis(retention) <= at);
             }
             Retained::Round(key) => {
-                let Some(r) = self.state.round(key) else {
-                    return;
-                };
-                if r.last_at.plus_millis(self.config.id_retention_ms) <= at {
-                    self.state.remove_round(key);
-                } else {
+                // Forgotten one window after its last activity.
+                if self.state.forget_round(key, queued_at, |last| last.plus_millis(retention) <= at) {
                     // Still active: look at it again one window from now. Pushing `at` (not the
                     // round's last activity) keeps the queue in time order.
                     self.state.push_retained(at, Retained::Round(key));
@@ -545,7 +541,7 @@ impl<S: LedgerState> Ledger<S> {
                 match existing {
                     Some(r) => self.state.put_round(rkey, Round { live_bets: r.live_bets + 1, last_at: at, ..r }),
                     None => {
-                        self.state.put_round(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
+                        self.state.insert_round(rkey, Round { currency: *currency, live_bets: 1, last_at: at });
                         self.state.push_retained(at, Retained::Round(rkey));
                     }
                 }

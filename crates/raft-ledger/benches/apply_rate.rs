@@ -255,7 +255,11 @@ impl BenchState for DiskState {
     }
 
     fn report(&self) -> Option<String> {
-        Some(format!("filters         {} MiB", self.filter_bytes() >> 20))
+        let (unread, read) = self.round_forgets();
+        Some(format!(
+            "filters         {} MiB\nrounds forgotten {unread} unread, {read} read (activity after queueing, or a filter's false positive)",
+            self.filter_bytes() >> 20
+        ))
     }
 }
 

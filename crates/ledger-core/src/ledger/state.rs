@@ -59,6 +59,13 @@ pub struct Round {
     pub(super) last_at: ClusterTime,
 }
 
+impl Round {
+    /// Its last activity (it is forgotten one retention window after that).
+    pub fn last_at(&self) -> ClusterTime {
+        self.last_at
+    }
+}
+
 /// Something remembered only for the retention window, as queued for forgetting.
 ///
 /// Encoded by position: postcard writes the variant's index (0 for the first) as its tag,
@@ -78,9 +85,11 @@ pub enum Retained {
 /// state what it knows, so an implementation need not read before it writes:
 /// [`insert_id`](Self::insert_id) is called only for a key just found absent,
 /// [`requeue_id`](Self::requeue_id) and [`update_id`](Self::update_id) only for one just found
-/// present; every insert and requeue is followed, in the same command, by a
+/// present, and likewise [`insert_round`](Self::insert_round) and [`put_round`](Self::put_round);
+/// every insert and requeue is followed, in the same command, by a
 /// [`push_retained`](Self::push_retained) of the key at the record's time, and so is every new
-/// round. A key's queue items therefore pop in push order, the last one being the current one.
+/// round. A key's queue items therefore pop in push order, the last one being the current one,
+/// and a round has exactly one item queued while it is remembered.
 pub trait LedgerState {
     /// The record under an id's key, if remembered.
     fn id(&self, key: StateKey) -> Option<IdRecord>;
@@ -99,10 +108,17 @@ pub trait LedgerState {
 
     /// A round, if remembered.
     fn round(&self, key: StateKey) -> Option<Round>;
-    /// Remembers or replaces a round.
+    /// Remembers a round not remembered now, with its first activity as its last.
+    fn insert_round(&mut self, key: StateKey, round: Round);
+    /// Replaces a remembered round's record after new activity in it (its last activity moves
+    /// to the command's time).
     fn put_round(&mut self, key: StateKey, round: Round);
-    /// Forgets a round.
-    fn remove_round(&mut self, key: StateKey);
+    /// Called for each `Retained::Round` item popped from the queue, queued at `queued_at`:
+    /// forgets the round if `expired` holds for its last activity, and returns whether it is
+    /// still remembered (then the ledger queues it again). An implementation may skip reading
+    /// the round when nothing was [`put`](Self::put_round) to it since this item was queued:
+    /// its last activity is then no later than `queued_at`.
+    fn forget_round(&mut self, key: StateKey, queued_at: ClusterTime, expired: impl Fn(ClusterTime) -> bool) -> bool;
 
     /// Appends to the forgetting queue; `at` never decreases from one call to the next.
     fn push_retained(&mut self, at: ClusterTime, item: Retained);
@@ -159,12 +175,25 @@ impl LedgerState for MemState {
         self.rounds.get(&key).copied()
     }
 
-    fn put_round(&mut self, key: StateKey, round: Round) {
-        self.rounds.insert(key, round);
+    fn insert_round(&mut self, key: StateKey, round: Round) {
+        let prior = self.rounds.insert(key, round);
+        assert!(prior.is_none(), "insert_round on a remembered round");
     }
 
-    fn remove_round(&mut self, key: StateKey) {
-        self.rounds.remove(&key);
+    fn put_round(&mut self, key: StateKey, round: Round) {
+        let prior = self.rounds.insert(key, round);
+        assert!(prior.is_some(), "put_round on a round not remembered");
+    }
+
+    fn forget_round(&mut self, key: StateKey, _queued_at: ClusterTime, expired: impl Fn(ClusterTime) -> bool) -> bool {
+        match self.rounds.get(&key) {
+            None => false,
+            Some(r) if expired(r.last_at) => {
+                self.rounds.remove(&key);
+                false
+            }
+            Some(_) => true,
+        }
     }
 
     fn push_retained(&mut self, at: ClusterTime, item: Retained) {

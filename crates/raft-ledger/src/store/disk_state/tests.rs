@@ -135,6 +135,10 @@ fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
         let mut in_flight: Option<(std::thread::JoinHandle<super::CheckpointView>, usize)> = None;
         for (i, cmd) in cmds.iter().enumerate() {
             t += g.below(2 * STEP_MS as usize) as u64;
+            if g.below(500) == 0 {
+                // An idle spell: rounds active after they were queued expire at their first pop.
+                t += WINDOW_MS / 2 + g.below(WINDOW_MS as usize) as u64;
+            }
             let at = ClusterTime::from_millis(t);
             let (mut a, mut b) = (Vec::new(), Vec::new());
             let got = on_disk.apply(cmd, at, &mut a);
@@ -174,6 +178,13 @@ fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
             assert_eq!(on_disk.recall(tx), in_memory.recall(tx), "seed {seed}: {tx}");
         }
         on_disk.check_invariants();
+        // Most rounds saw no activity after they were queued and were forgotten unread; the
+        // rest were read (activity, a filter's false positive) and the outcomes still agree.
+        let (unread, read) = on_disk.state().round_forgets();
+        assert!(unread > 0 && read > 0, "seed {seed}: round forgets unread {unread}, read {read}");
+        // The same ids, rounds and queue, not only the same answers.
+        on_disk.state_mut().flush(b"");
+        assert_eq!(on_disk.state().checkpoint_view().export(), in_memory.to_image().into_parts().1, "seed {seed}");
     }
 }
 
@@ -221,6 +232,51 @@ fn a_reopened_state_is_exactly_its_last_flush() {
     let queue = drain_queue(&mut reopened);
     assert!(!queue.is_empty());
     assert_eq!(queue, drain_queue(expected.state_mut()), "the forgetting queue survives in order");
+}
+
+#[test]
+fn a_state_reopened_at_its_last_flush_goes_on_exactly_like_the_ledger_it_was() {
+    // A restart: the state is its last flush, and the log is applied again from there. The
+    // bucket open at that flush had its touched rounds in memory only, so its round items are
+    // read when they pop; sealed buckets' touched filters were stored and are used.
+    let dir = tempfile::tempdir().unwrap();
+    let cmds = commands(77, 6_000);
+    let at = |i: usize| ClusterTime::from_millis(1_700_000_000_000 + i as u64 * STEP_MS);
+    let mut on_disk = Ledger::with_state(ShardId(4), config(), open(dir.path()).0);
+    let mut in_memory = Ledger::new(ShardId(4), config());
+    let mut checkpoint = None;
+    for (i, cmd) in cmds[..4_000].iter().enumerate() {
+        on_disk.apply(cmd, at(i), &mut Vec::new());
+        in_memory.apply(cmd, at(i), &mut Vec::new());
+        if i % 89 == 0 {
+            on_disk.state_mut().flush(b"");
+            checkpoint = Some((i + 1, in_memory.clone()));
+        }
+    }
+    drop(on_disk);
+    let (from, mut expected) = checkpoint.expect("flushed");
+    let (core, _) = expected.to_image().into_parts();
+    let mut reopened = Ledger::from_core_image(core, open(dir.path()).0);
+    assert!(
+        reopened.state().buckets.iter().rev().skip(1).any(|b| b.touched.is_some()),
+        "stored touched filters reload"
+    );
+    assert!(reopened.state().buckets.back().unwrap().touched.is_none(), "the open bucket's touches are unknown");
+    for (i, cmd) in cmds.iter().enumerate().skip(from) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(reopened.apply(cmd, at(i), &mut a), expected.apply(cmd, at(i), &mut b), "command {i}: {cmd:?}");
+        assert_eq!(a, b, "command {i}: entries differ");
+        if i % 97 == 0 {
+            reopened.state_mut().flush(b"");
+        }
+    }
+    assert_eq!(reopened.head(), expected.head());
+    assert_eq!(reopened.remembered_ids(), expected.remembered_ids());
+    let (unread, read) = reopened.state().round_forgets();
+    assert!(unread > 0 && read > 0, "round forgets after the restart: unread {unread}, read {read}");
+    reopened.state_mut().flush(b"");
+    assert_eq!(reopened.state().checkpoint_view().export(), expected.to_image().into_parts().1);
+    reopened.check_invariants();
 }
 
 #[test]
@@ -288,18 +344,45 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     shuffled.rounds.reverse();
     imported.import(shuffled);
     imported.flush(b"installed");
-    drop(imported);
-    let (reopened, meta) = open(dst.path());
+    // Goes on both as imported (rounds active after their item was queued were marked touched
+    // by the import) and reopened (the open bucket's touches unknown).
+    let mut direct = Ledger::from_core_image(core.clone(), imported);
+    let reopened_dir = tempfile::tempdir().unwrap();
+    let (mut second, _) = open(reopened_dir.path());
+    second.import(exported.clone());
+    second.flush(b"installed");
+    drop(second);
+    let (reopened, meta) = open(reopened_dir.path());
     assert_eq!(meta, b"installed");
     let mut installed = Ledger::from_core_image(core, reopened);
     for (i, cmd) in rest.iter().enumerate() {
         t += STEP_MS;
         let at = ClusterTime::from_millis(t);
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        assert_eq!(installed.apply(cmd, at, &mut a), in_memory.apply(cmd, at, &mut b), "command {i}: {cmd:?}");
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let want = in_memory.apply(cmd, at, &mut b);
+        assert_eq!(installed.apply(cmd, at, &mut a), want, "command {i}: {cmd:?}");
+        assert_eq!(direct.apply(cmd, at, &mut c), want, "command {i}: {cmd:?}");
         assert_eq!(a, b, "command {i}: entries differ");
+        assert_eq!(c, b, "command {i}: entries differ");
+        if i % 25 == 0 && i <= 400 {
+            // While the imported items pop, what is remembered is the same, not only the answers.
+            direct.state_mut().flush(b"");
+            let want = in_memory.to_image().into_parts().1;
+            assert_eq!(direct.state().checkpoint_view().export(), want, "command {i}: imported, then applied");
+        }
     }
-    assert_eq!(installed.head(), in_memory.head());
+    for ledger in [&installed.head(), &direct.head()] {
+        assert_eq!(*ledger, in_memory.head());
+    }
     assert_eq!(installed.remembered_ids(), in_memory.remembered_ids());
+    assert_eq!(direct.remembered_ids(), in_memory.remembered_ids());
+    assert!(direct.state().round_forgets().0 > 0, "imported rounds not touched since are forgotten unread");
+    // Not only the same answers: the same ids, rounds and queue.
+    direct.state_mut().flush(b"");
+    installed.state_mut().flush(b"");
+    let (_, want) = in_memory.to_image().into_parts();
+    assert_eq!(direct.state().checkpoint_view().export(), want, "imported, then applied");
+    assert_eq!(installed.state().checkpoint_view().export(), want, "imported, reopened, then applied");
     installed.check_invariants();
+    direct.check_invariants();
 }
