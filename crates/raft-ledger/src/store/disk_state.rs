@@ -155,38 +155,50 @@ impl Bucket {
     }
 
     fn encode_touched(&self) -> Option<Vec<u8>> {
-        self.touched.as_ref().map(|t| t.as_slice().iter().flat_map(|w| w.to_le_bytes()).collect())
+        self.touched.as_ref().map(|t| {
+            let mut out = Vec::new();
+            encode_filter(t, &mut out);
+            out
+        })
     }
 
     fn decode_touched(&mut self, bytes: &[u8]) {
-        assert!(!bytes.is_empty() && bytes.len().is_multiple_of(8), "on-disk state: a stored filter is torn");
-        let words = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        self.touched = Some(fastbloom::BloomFilter::from_vec(words).hashes(FILTER_HASHES));
+        assert!(!bytes.is_empty(), "on-disk state: a stored filter is torn");
+        self.touched = Some(decode_filter(bytes));
     }
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 8 * self.filter.as_slice().len());
         out.extend_from_slice(&self.keys.to_be_bytes());
         out.extend_from_slice(&self.sized_for.to_be_bytes());
-        for word in self.filter.as_slice() {
-            out.extend_from_slice(&word.to_le_bytes());
-        }
+        encode_filter(&self.filter, &mut out);
         out
     }
 
     fn decode(first_seq: u64, bytes: &[u8]) -> Self {
-        assert!(bytes.len() > 16 && (bytes.len() - 16).is_multiple_of(8), "on-disk state: a stored filter is torn");
+        assert!(bytes.len() > 16, "on-disk state: a stored filter is torn");
         let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
-        let words: Vec<u64> =
-            bytes[16..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         Self {
             first_seq,
             keys: word(&bytes[..8]),
             sized_for: word(&bytes[8..16]),
-            filter: fastbloom::BloomFilter::from_vec(words).hashes(FILTER_HASHES),
+            filter: decode_filter(&bytes[16..]),
             touched: None,
         }
     }
+}
+
+/// A filter's bits as stored: its words, little-endian.
+fn encode_filter(filter: &fastbloom::BloomFilter, out: &mut Vec<u8>) {
+    for word in filter.as_slice() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+fn decode_filter(bytes: &[u8]) -> fastbloom::BloomFilter {
+    assert!(bytes.len().is_multiple_of(8), "on-disk state: a stored filter is torn");
+    let words = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    fastbloom::BloomFilter::from_vec(words).hashes(FILTER_HASHES)
 }
 
 /// Where a sealed bucket's "touched" filter is stored: after its key filter's key.

@@ -371,9 +371,8 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
             assert_eq!(direct.state().checkpoint_view().export(), want, "command {i}: imported, then applied");
         }
     }
-    for ledger in [&installed.head(), &direct.head()] {
-        assert_eq!(*ledger, in_memory.head());
-    }
+    assert_eq!(installed.head(), in_memory.head());
+    assert_eq!(direct.head(), in_memory.head());
     assert_eq!(installed.remembered_ids(), in_memory.remembered_ids());
     assert_eq!(direct.remembered_ids(), in_memory.remembered_ids());
     assert!(direct.state().round_forgets().0 > 0, "imported rounds not touched since are forgotten unread");
