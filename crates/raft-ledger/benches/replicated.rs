@@ -1,7 +1,7 @@
 //! Replicated commit throughput and latency on a 3-node loopback cluster with fsync on.
 //!
 //! `cargo bench -p raft-ledger --bench replicated -- [--clients 1,64,1024] [--secs 10] [--shards 4]
-//! [--state memory|disk] [--snapshot-every N]`
+//! [--state memory|disk] [--snapshot-every N] [--install]`
 //!
 //! Three real nodes run in this process, each with its own data directory, write-ahead log and
 //! fsync, talking gRPC over loopback. Clients are tasks that send bets through the node API (the
@@ -12,6 +12,10 @@
 //! - **open loop** at half of the best closed-loop rate: bets are sent on a fixed schedule
 //!   whatever happens, and latency is measured from the scheduled send time, so a stall shows
 //!   up as latency instead of silently lowering the offered load (no coordinated omission).
+//! - with `--install`, the open loop at the first rate twice more: with node 3 stopped (the
+//!   leaders snapshot and purge their logs past it meanwhile), and while node 3, started again
+//!   from its directory, catches up by installing the leaders' snapshots. The difference between
+//!   the two is what receiving, sending and installing snapshots costs the commit path.
 
 // Floats here are rates and durations for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -58,6 +62,11 @@ struct Args {
     /// unary calls, more: an ordered stream); the node's default unless given.
     #[arg(long)]
     appends_in_flight: Option<usize>,
+    /// After the other runs: the open loop with node 3 stopped, then while it restarts and
+    /// catches up by snapshot (each node keeps only 100 entries after a snapshot, so a stopped
+    /// node falls behind the logs quickly).
+    #[arg(long)]
+    install: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -257,6 +266,8 @@ async fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (key, _) = raft_ledger::net::member::ClusterKey::generate();
     let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    let mut configs = Vec::new();
     let mut members = BTreeMap::new();
     let mut listeners = Vec::new();
     for id in 1..=3u64 {
@@ -276,9 +287,15 @@ async fn main() {
         if let Some(n) = args.appends_in_flight {
             config.appends_in_flight = n;
         }
+        if args.install {
+            config.logs_kept_after_snapshot = 100;
+        }
+        configs.push(config.clone());
         let node = LedgerNode::start(config, NodeEnv::production(key.clone())).await.expect("node");
         let serving = node.clone();
-        tokio::spawn(async move { serving.serve(listener).await });
+        servers.push(tokio::spawn(async move {
+            let _ = serving.serve(listener).await;
+        }));
         nodes.push(node);
     }
     nodes[0].bootstrap(&members).await.expect("bootstrap");
@@ -309,13 +326,84 @@ async fn main() {
     }
     let rates = if args.rates.is_empty() { vec![(best / 2.0).floor().max(1.0)] } else { args.rates.clone() };
     if !args.no_open_loop && best > 0.0 {
-        for rate in rates {
+        for rate in &rates {
             let before = terms(&nodes);
-            let r = open_loop(client.clone(), &players, rate, args.secs).await;
+            let r = open_loop(client.clone(), &players, *rate, args.secs).await;
             r.print_with_elections(&before, &terms(&nodes));
         }
+    }
+    if args.install && best > 0.0 {
+        // Node 3 is the last: the runs need it gone, and its server with it (a node on disk
+        // holds its store's lease until every handle to it is dropped).
+        let (node3, server3) = (nodes.pop().expect("node 3"), servers.pop().expect("server 3"));
+        let restarted =
+            install_runs(client.clone(), &players, rates[0], args.secs, &nodes, (node3, server3, configs.pop()), &key)
+                .await;
+        nodes.push(restarted);
     }
     for node in &nodes {
         node.shutdown().await;
     }
+}
+
+/// The open loop with node 3 stopped, then while node 3 restarts and catches up by snapshot;
+/// returns the restarted node.
+async fn install_runs(
+    client: Arc<LedgerClient>,
+    players: &[PlayerId],
+    rate: f64,
+    secs: u64,
+    nodes: &[LedgerNode],
+    (node3, server3, config): (LedgerNode, tokio::task::JoinHandle<()>, Option<NodeConfig>),
+    key: &raft_ledger::net::member::ClusterKey,
+) -> LedgerNode {
+    let applied =
+        |node: &LedgerNode| -> Vec<u64> { node.status().shards.iter().map(|s| s.applied.unwrap_or(0)).collect() };
+    let stopped_at = applied(&node3);
+    node3.shutdown().await;
+    drop(node3);
+    let _ = server3.await;
+    // Let the shards node 3 led elect new leaders first: the runs measure snapshots, not failover.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = nodes[0].status().shards.iter().map(|s| s.term).collect::<Vec<_>>();
+    let down = open_loop(client.clone(), players, rate, secs).await;
+    let after = nodes[0].status().shards.iter().map(|s| s.term).collect::<Vec<_>>();
+    Report { name: "open loop, node 3 down".into(), ..down }.print_with_elections(&before, &after);
+    // A shard needs a snapshot when both live replicas purged their logs past node 3's point.
+    let purged_at =
+        |node: &LedgerNode| -> Vec<u64> { node.status().shards.iter().map(|s| s.purged.unwrap_or(0)).collect() };
+    let purged: Vec<u64> = purged_at(&nodes[0]).into_iter().zip(purged_at(&nodes[1])).map(|(a, b)| a.min(b)).collect();
+    let needs_snapshot = purged.iter().zip(&stopped_at).filter(|(p, s)| p > s).count();
+
+    // Node 3 comes back half a second into the run, so the run has a quiet start to compare.
+    let restart = {
+        let (config, key) = (config.expect("node 3's configuration"), key.clone());
+        let target: Vec<u64> = nodes[0].status().shards.iter().map(|s| s.committed.unwrap_or(0)).collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let started = Instant::now();
+            let listener = Listener::bind_tcp(&config.info.addr).await.expect("bind node 3's address again");
+            let node = LedgerNode::start(config, NodeEnv::production(key)).await.expect("restart node 3");
+            let serving = node.clone();
+            tokio::spawn(async move { serving.serve(listener).await });
+            let start_ms = started.elapsed().as_millis();
+            loop {
+                let now = applied(&node);
+                if now.iter().zip(&target).all(|(n, t)| n >= t) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (node, start_ms, started.elapsed().as_millis())
+        })
+    };
+    let r = open_loop(client.clone(), players, rate, secs).await;
+    let (node, start_ms, caught_up_ms) = restart.await.expect("restart task");
+    Report { name: "open loop, node 3 installs".into(), ..r }.print();
+    println!(
+        "{:<24} node 3 stopped at applied {stopped_at:?}, the live replicas purged to {purged:?} ({needs_snapshot} of {} shards need a snapshot); restarted in {start_ms} ms, caught up with the commit index at its restart in {caught_up_ms} ms",
+        "",
+        purged.len()
+    );
+    node
 }

@@ -306,27 +306,49 @@ fn open_disk_state(dir: &Path, cache_bytes: u64) -> Result<(DiskState, Option<Ch
 
 /// Fills an empty on-disk state with a snapshot's image and checkpoints it under `meta`: the
 /// journal made durable, then the state flushed with the checkpoint and made durable, all on the
-/// calling thread (opening and installing, not the apply path).
+/// calling thread (opening, not the apply path).
 fn import_durably(
     mut disk: DiskState,
     state: SnapshotState,
     meta: SnapshotMeta,
     journal: &Journal,
 ) -> io::Result<Ledger<DiskState>> {
+    let point = state.journal_point();
     let (core, retained) = state.image.into_parts();
     disk.import(retained);
-    let mut ledger = Ledger::from_core_image(core, disk);
+    checkpoint_durably(Ledger::from_core_image(core, disk), point, meta, journal)
+}
+
+/// Checkpoints a ledger just filled from a snapshot's state under `meta`, at the journal
+/// point the state names: the journal made durable, then the state flushed with the checkpoint
+/// and made durable.
+fn checkpoint_durably(
+    mut ledger: Ledger<DiskState>,
+    point: JournalPoint,
+    meta: SnapshotMeta,
+    journal: &Journal,
+) -> io::Result<Ledger<DiskState>> {
     let cp = Checkpoint {
         meta,
         core: ledger.core_image(),
-        journal_entries: state.journal_entries,
-        journal_bytes: state.journal_bytes,
-        journal_head: state.journal_head,
+        journal_entries: point.entries,
+        journal_bytes: point.bytes,
+        journal_head: point.head,
     };
     journal.sync()?;
     ledger.state_mut().flush(&cp.encode());
     ledger.state().persist();
     Ok(ledger)
+}
+
+/// A snapshot's state built, before it is swapped in.
+#[allow(clippy::large_enum_variant, reason = "one per install")]
+enum Built {
+    /// The ledger and the encoded state, which becomes the snapshot file.
+    Memory(Ledger, Arc<EncodedState>),
+    /// The ledger, its generation's directory, and the journal point of the state it came from
+    /// (for its checkpoint).
+    Disk(Ledger<DiskState>, PathBuf, JournalPoint),
 }
 
 /// The directory of the generation after `current`'s.
@@ -472,7 +494,10 @@ impl LedgerStateMachine {
         // wall-clock durations.
         let started = tokio::time::Instant::now();
         let builder = match self.storage {
-            // A copy needs only a read: readers go on reading meanwhile.
+            // A copy needs only a read: readers go on reading meanwhile. It is a plain copy of
+            // the maps (5–50 ms at a few hundred thousand ids); copy-on-write maps that made it
+            // free cost 16–43% of the apply rate and were not kept (BENCHMARKS.md, "Where the
+            // apply time goes").
             StateStorage::Memory => {
                 let st = self.cell.read();
                 let Inner::Memory(ledger) = &st.ledger.0 else { unreachable!("the state is where it was opened") };
@@ -573,9 +598,13 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                 let work = move || -> io::Result<EncodedState> {
                     // Full invariant check before anything is persisted.
                     ledger.check_invariants();
+                    let image = ledger.to_image();
+                    // The copy is as large as the state and the encoding and the write need
+                    // only the image: free it now rather than after them.
+                    drop(ledger);
                     let state = SnapshotState {
                         meta,
-                        image: ledger.to_image(),
+                        image,
                         journal_entries: journal.entries,
                         journal_bytes: journal.bytes,
                         journal_head,
@@ -718,64 +747,101 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
         let started = tokio::time::Instant::now();
         let encoded = snapshot.encoded_state().await?;
-        let state: SnapshotState =
-            postcard::from_bytes(&encoded.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-        if state.image.shard() != self.shard {
-            return Err(invalid("snapshot belongs to another shard"));
-        }
-        if state.meta.last_log_id != meta.last_log_id
-            || state.image.head() != (state.journal_entries, state.journal_head)
-        {
-            return Err(invalid("snapshot state does not match its metadata"));
-        }
-        let journal_len = {
-            let mut st = self.cell.write();
-            match &snapshot.received_at {
-                Some(received) => {
-                    // `finish` verified it against the state's head; the two must name the same.
-                    if received.point() != state.journal_point() {
-                        return Err(invalid("snapshot journal does not match its state"));
-                    }
-                    st.journal.replace(self.vfs.as_ref(), received)?;
+        // The state current now: a disk state's next generation is named after it. Only this
+        // state machine replaces it, so it is still current when the install takes the lock.
+        let current_disk_dir = match &self.cell.read().ledger.0 {
+            Inner::Disk(current) => Some(current.dir.clone()),
+            Inner::Memory(_) => None,
+        };
+        let last_log_id = meta.last_log_id;
+        let (shard, storage, cell, vfs, dir, meta) =
+            (self.shard, self.storage, self.cell.clone(), self.vfs.clone(), self.dir.clone(), meta.clone());
+        let received_at = snapshot.received_at.clone();
+        // Decoding, checking and building the new state take seconds of CPU and IO for a large
+        // state. They run off the runtime's worker threads (a worker blocked here stalled every
+        // other shard's commits: BENCHMARKS.md, "Catching up by snapshot under load") and
+        // without the shard's lock, which is taken only to swap the new state in.
+        let install = move || -> io::Result<u64> {
+            let state: SnapshotState =
+                postcard::from_bytes(&encoded.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+            if state.image.shard() != shard {
+                return Err(invalid("snapshot belongs to another shard"));
+            }
+            if state.meta.last_log_id != meta.last_log_id
+                || state.image.head() != (state.journal_entries, state.journal_head)
+            {
+                return Err(invalid("snapshot state does not match its metadata"));
+            }
+            if let Some(received) = &received_at {
+                // `finish` verified it against the state's head; the two must name the same.
+                if received.point() != state.journal_point() {
+                    return Err(invalid("snapshot journal does not match its state"));
                 }
+            }
+            let journal_point = state.journal_point();
+            let built = match (storage, &current_disk_dir) {
+                (StateStorage::Memory, _) => Built::Memory(Ledger::from_image(state.image), encoded),
+                (StateStorage::Disk { cache_bytes }, Some(current)) => {
+                    // Into a fresh generation, checkpointed (below, under the lock) before the
+                    // current one is dropped: until then its metadata is empty, so a crash
+                    // halfway leaves the current one, which the next open uses.
+                    let next = next_generation(current);
+                    if next.exists() {
+                        std::fs::remove_dir_all(&next)?;
+                    }
+                    let (mut disk, _) = DiskState::open(&next, cache_bytes).map_err(io::Error::other)?;
+                    let (core, retained) = state.image.into_parts();
+                    disk.import(retained);
+                    Built::Disk(Ledger::from_core_image(core, disk), next, journal_point)
+                }
+                (StateStorage::Disk { .. }, None) => unreachable!("the state is where it was opened"),
+            };
+            let mut st = cell.write();
+            match &received_at {
+                Some(received) => st.journal.replace(vfs.as_ref(), received)?,
                 None => {
                     // Our own snapshot (restart): keep the journal up to it and cut the rest.
-                    let journal =
-                        Journal::open(self.vfs.as_ref(), &journal_path(&self.dir), self.shard, state.journal_point())
-                            .map_err(io::Error::other)?;
-                    st.journal = journal;
+                    st.journal = Journal::open(vfs.as_ref(), &journal_path(&dir), shard, journal_point)
+                        .map_err(io::Error::other)?;
                 }
             }
-            match self.storage {
-                StateStorage::Memory => {
-                    self.vfs.write_atomic(&snapshot_path(&self.dir), &encode_snapshot_file(&encoded))?;
-                    st.ledger = ShardLedger::memory(Ledger::from_image(state.image));
+            let replaced = match built {
+                Built::Memory(ledger, encoded) => {
+                    vfs.write_atomic(&snapshot_path(&dir), &encode_snapshot_file(&encoded))?;
+                    st.ledger = ShardLedger::memory(ledger);
+                    None
                 }
-                StateStorage::Disk { cache_bytes } => {
-                    // Into a fresh generation, checkpointed before the current one is dropped:
-                    // a crash halfway leaves the current one, which the next open uses.
-                    let Inner::Disk(current) = &st.ledger.0 else { unreachable!("the state is where it was opened") };
-                    let (old_dir, dir) = (current.dir.clone(), next_generation(&current.dir));
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)?;
-                    }
-                    let (disk, _) = DiskState::open(&dir, cache_bytes).map_err(io::Error::other)?;
-                    let ledger = import_durably(disk, state, meta.clone(), &st.journal)?;
-                    st.ledger = ShardLedger::disk(ledger, &dir);
-                    if let Err(e) = std::fs::remove_dir_all(&old_dir) {
-                        // The next open removes it.
-                        tracing::warn!(path = %old_dir.display(), error = %e, "could not remove the replaced on-disk state");
-                    }
+                Built::Disk(ledger, next, point) => {
+                    let ledger = checkpoint_durably(ledger, point, meta.clone(), &st.journal)?;
+                    st.ledger = ShardLedger::disk(ledger, &next);
+                    current_disk_dir
                 }
-            }
+            };
             st.last_applied = meta.last_log_id;
             st.membership = meta.last_membership.clone();
-            st.journal.len()
+            let journal_len = st.journal.len();
+            drop(st);
+            if let Some(old_dir) = replaced
+                && let Err(e) = std::fs::remove_dir_all(&old_dir)
+            {
+                // The next open removes it.
+                tracing::warn!(path = %old_dir.display(), error = %e, "could not remove the replaced on-disk state");
+            }
+            Ok(journal_len)
+        };
+        let journal_len = match self.io {
+            // At normal priority, unlike a snapshot build: a replica that is catching up should
+            // not wait behind everything else on its machine.
+            IoMode::Thread => tokio::task::spawn_blocking(install)
+                .await
+                .map_err(|_| io::Error::other("installing a snapshot panicked"))??,
+            // The simulator's disk must be used from its own tasks.
+            IoMode::Task => install()?,
         };
         tracing::info!(
             shard = %self.shard,
-            last_log_id = ?meta.last_log_id,
+            last_log_id = ?last_log_id,
             journal_entries = journal_len,
             ms = started.elapsed().as_millis() as u64,
             "installed snapshot"
