@@ -387,11 +387,14 @@ async fn install_runs(
             let serving = node.clone();
             tokio::spawn(async move { serving.serve(listener).await });
             let start_ms = started.elapsed().as_millis();
+            // A replica that never catches up must not hang the benchmark.
+            let deadline = started + Duration::from_secs(120);
             loop {
                 let now = applied(&node);
                 if now.iter().zip(&target).all(|(n, t)| n >= t) {
                     break;
                 }
+                assert!(Instant::now() < deadline, "node 3 did not catch up within 120 s");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (node, start_ms, started.elapsed().as_millis())
