@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use ledger_core::{Amount, Command, Currency, Outcome, PlayerId, RoundId, TxId};
+use raft_ledger::api::ShardStatus;
 use raft_ledger::client::{ClientOptions, LedgerClient};
 use raft_ledger::net::env::Listener;
 use raft_ledger::node::{LedgerNode, NodeConfig, NodeEnv};
@@ -316,7 +317,7 @@ async fn main() {
         "{:<24} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "run", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors"
     );
-    let terms = |nodes: &[LedgerNode]| -> Vec<u64> { nodes[0].status().shards.iter().map(|s| s.term).collect() };
+    let terms = |nodes: &[LedgerNode]| per_shard(&nodes[0], |s| s.term);
     let mut best: f64 = 0.0;
     for clients in &args.clients {
         let before = terms(&nodes);
@@ -346,6 +347,11 @@ async fn main() {
     }
 }
 
+/// One figure of each shard's status on `node`, in shard order.
+fn per_shard(node: &LedgerNode, figure: impl Fn(&ShardStatus) -> u64) -> Vec<u64> {
+    node.status().shards.iter().map(figure).collect()
+}
+
 /// The open loop with node 3 stopped, then while node 3 restarts and catches up by snapshot;
 /// returns the restarted node.
 async fn install_runs(
@@ -357,28 +363,26 @@ async fn install_runs(
     (node3, server3, config): (LedgerNode, tokio::task::JoinHandle<()>, Option<NodeConfig>),
     key: &raft_ledger::net::member::ClusterKey,
 ) -> LedgerNode {
-    let applied =
-        |node: &LedgerNode| -> Vec<u64> { node.status().shards.iter().map(|s| s.applied.unwrap_or(0)).collect() };
+    let applied = |node: &LedgerNode| per_shard(node, |s| s.applied.unwrap_or(0));
     let stopped_at = applied(&node3);
     node3.shutdown().await;
     drop(node3);
     let _ = server3.await;
     // Let the shards node 3 led elect new leaders first: the runs measure snapshots, not failover.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = nodes[0].status().shards.iter().map(|s| s.term).collect::<Vec<_>>();
+    let before = per_shard(&nodes[0], |s| s.term);
     let down = open_loop(client.clone(), players, rate, secs).await;
-    let after = nodes[0].status().shards.iter().map(|s| s.term).collect::<Vec<_>>();
+    let after = per_shard(&nodes[0], |s| s.term);
     Report { name: "open loop, node 3 down".into(), ..down }.print_with_elections(&before, &after);
     // A shard needs a snapshot when both live replicas purged their logs past node 3's point.
-    let purged_at =
-        |node: &LedgerNode| -> Vec<u64> { node.status().shards.iter().map(|s| s.purged.unwrap_or(0)).collect() };
+    let purged_at = |node: &LedgerNode| per_shard(node, |s| s.purged.unwrap_or(0));
     let purged: Vec<u64> = purged_at(&nodes[0]).into_iter().zip(purged_at(&nodes[1])).map(|(a, b)| a.min(b)).collect();
     let needs_snapshot = purged.iter().zip(&stopped_at).filter(|(p, s)| p > s).count();
 
     // Node 3 comes back half a second into the run, so the run has a quiet start to compare.
     let restart = {
         let (config, key) = (config.expect("node 3's configuration"), key.clone());
-        let target: Vec<u64> = nodes[0].status().shards.iter().map(|s| s.committed.unwrap_or(0)).collect();
+        let target = per_shard(&nodes[0], |s| s.committed.unwrap_or(0));
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let started = Instant::now();

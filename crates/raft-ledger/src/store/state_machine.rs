@@ -308,15 +308,20 @@ fn open_disk_state(dir: &Path, cache_bytes: u64) -> Result<(DiskState, Option<Ch
 /// journal made durable, then the state flushed with the checkpoint and made durable, all on the
 /// calling thread (opening, not the apply path).
 fn import_durably(
-    mut disk: DiskState,
+    disk: DiskState,
     state: SnapshotState,
     meta: SnapshotMeta,
     journal: &Journal,
 ) -> io::Result<Ledger<DiskState>> {
     let point = state.journal_point();
-    let (core, retained) = state.image.into_parts();
+    checkpoint_durably(filled(disk, state.image), point, meta, journal)
+}
+
+/// An empty on-disk state filled with a snapshot's image, as a ledger (not yet checkpointed).
+fn filled(mut disk: DiskState, image: LedgerImage) -> Ledger<DiskState> {
+    let (core, retained) = image.into_parts();
     disk.import(retained);
-    checkpoint_durably(Ledger::from_core_image(core, disk), point, meta, journal)
+    Ledger::from_core_image(core, disk)
 }
 
 /// Checkpoints a ledger just filled from a snapshot's state under `meta`, at the journal
@@ -790,10 +795,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     if next.exists() {
                         std::fs::remove_dir_all(&next)?;
                     }
-                    let (mut disk, _) = DiskState::open(&next, cache_bytes).map_err(io::Error::other)?;
-                    let (core, retained) = state.image.into_parts();
-                    disk.import(retained);
-                    Built::Disk(Ledger::from_core_image(core, disk), next, journal_point)
+                    let (disk, _) = DiskState::open(&next, cache_bytes).map_err(io::Error::other)?;
+                    Built::Disk(filled(disk, state.image), next, journal_point)
                 }
                 (StateStorage::Disk { .. }, None) => unreachable!("the state is where it was opened"),
             };
