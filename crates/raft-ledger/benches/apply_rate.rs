@@ -1,7 +1,8 @@
 //! Apply rate of the pure ledger state machine on one core.
 //!
 //! `cargo bench -p raft-ledger --bench apply_rate -- [--ops N] [--players P] [--state memory|disk]
-//!  [--cache-mb 256] [--dir D] [--retain IDS] [--checkpoint-every N] [--csv FILE]`
+//!  [--cache-mb 256] [--dir D] [--retain IDS] [--checkpoint-every N] [--csv FILE] [--keep DIR]`
+//! `cargo bench -p raft-ledger --bench apply_rate -- --open DIR [--cache-mb 256]`
 //! `cargo bench -p raft-ledger --bench apply_rate -- --plot FILE [--plot-out docs/bench]`
 //!
 //! Generates a realistic casino mix (deposits, bets, wins, rollbacks, withdrawals, transfers,
@@ -23,6 +24,13 @@
 //! retained ids, commands/s, p50/p99/p999 ns, resident and peak MiB, MiB on disk); `--plot FILE`
 //! draws throughput and memory against retained ids from such rows (SVG and PNG), one line per
 //! state and checkpoint interval.
+//!
+//! `--keep DIR` (with `--state disk --retain N`) leaves the state in `DIR` after the run, its
+//! last writes flushed and made durable; `--open DIR`, in a process of its own, then opens it as
+//! a restarting node opens its shard's state (the node then replays only the log since its
+//! checkpoint) and reports how long that took and the memory the process holds afterwards.
+//! Drop the page cache between the two (`sync; echo 3 > /proc/sys/vm/drop_caches`) for a cold
+//! restart.
 //!
 //! Three scenarios run in turn:
 //! - **growth**: a fresh ledger with the default 7-day id window, so every index only grows
@@ -85,6 +93,14 @@ struct Args {
     /// Where `--plot` writes them.
     #[arg(long, default_value = "docs/bench")]
     plot_out: std::path::PathBuf,
+    /// On disk: keep the state in this directory (which must not exist yet) after the
+    /// `--retain` run, flushed and durable, for `--open`.
+    #[arg(long, requires = "retain")]
+    keep: Option<std::path::PathBuf>,
+    /// Instead of running: open the on-disk state that `--keep` left in this directory, as a
+    /// restarting node does, and report the time and memory that took.
+    #[arg(long, conflicts_with_all = ["retain", "plot"])]
+    open: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -219,6 +235,8 @@ trait BenchState {
     fn checkpoint(&mut self) {}
     /// Drop a written checkpoint's writes from memory (the node does so between batches).
     fn release(&mut self) {}
+    /// Makes every write so far durable (for `--keep`).
+    fn persist_all(&mut self) {}
     fn report(&self) -> Option<String> {
         None
     }
@@ -252,6 +270,12 @@ impl BenchState for DiskState {
 
     fn release(&mut self) {
         self.release_committed();
+    }
+
+    fn persist_all(&mut self) {
+        join_checkpoints();
+        DiskState::flush(self, b"");
+        DiskState::persist(self);
     }
 
     fn report(&self) -> Option<String> {
@@ -431,26 +455,67 @@ fn main() {
         plot(csv, &args.plot_out).expect("plot");
         return;
     }
+    if let Some(dir) = &args.open {
+        open(dir, args.cache_mb);
+        return;
+    }
+    if args.keep.is_some() && args.state != "disk" {
+        eprintln!("--keep needs --state disk");
+        std::process::exit(2);
+    }
     match args.state.as_str() {
         "memory" => {
             let figures = scenarios(&args, |config| Ledger::new(ShardId(0), config));
             write_csv(&args, figures, 0);
         }
         "disk" => {
-            let dir = tempfile::tempdir_in(args.dir.as_deref().unwrap_or(std::path::Path::new("."))).unwrap();
+            let temp;
+            let root = match &args.keep {
+                Some(keep) => {
+                    std::fs::create_dir(keep).unwrap_or_else(|e| panic!("--keep {}: {e}", keep.display()));
+                    keep.as_path()
+                }
+                None => {
+                    temp = tempfile::tempdir_in(args.dir.as_deref().unwrap_or(std::path::Path::new("."))).unwrap();
+                    temp.path()
+                }
+            };
             let mut n = 0;
             let figures = scenarios(&args, |config| {
                 // A keyspace of its own per scenario, as a shard has.
                 n += 1;
-                let (state, _) = DiskState::open(&dir.path().join(format!("s{n}")), args.cache_mb << 20).unwrap();
+                let (state, _) = DiskState::open(&root.join(format!("s{n}")), args.cache_mb << 20).unwrap();
                 Ledger::with_state(ShardId(0), config, state)
             });
-            let disk_mib = common::disk_bytes(dir.path()) >> 20;
+            let disk_mib = common::disk_bytes(root) >> 20;
             println!("on disk: {disk_mib} MiB");
             write_csv(&args, figures, disk_mib);
         }
         other => unreachable!("clap allows no state {other}"),
     }
+}
+
+/// `--open`: opens a kept state as a restarting node opens its shard's, timed, and reports
+/// what the process holds after it.
+fn open(dir: &std::path::Path, cache_mb: u64) {
+    let path = dir.join("s1");
+    assert!(path.is_dir(), "{} holds no state kept by --keep", dir.display());
+    let before = common::memory().resident;
+    let t = Instant::now();
+    let (state, _) = DiskState::open(&path, cache_mb << 20).unwrap();
+    let took = t.elapsed();
+    let common::Memory { resident, peak } = common::memory();
+    println!("opened the on-disk state in {} (cache {cache_mb} MiB)", path.display());
+    println!("  retained ids    {}", state.remembered_ids());
+    println!("  on disk         {} MiB", common::disk_bytes(&path) >> 20);
+    println!("  open            {:.0} ms", took.as_secs_f64() * 1000.0);
+    println!("  filters         {} MiB", state.filter_bytes() >> 20);
+    println!(
+        "  resident        {} MiB after open (peak {} MiB; {} MiB before)",
+        resident >> 20,
+        peak >> 20,
+        before >> 20
+    );
 }
 
 /// Runs growth, steady and hot (or only steady, with `--retain`, whose figures it returns) on
@@ -486,11 +551,15 @@ fn scenarios<S: LedgerState + BenchState>(
         let mut work = Workload::new(args.players);
         let mut run = run(make(LedgerConfig { id_retention_ms: window_ms }), ms_per_op);
         run.apply(&mut work, warmup, None);
-        return run.apply(
+        let figures = run.apply(
             &mut work,
             args.ops,
             Some(&format!("steady, {retain} commands per window ({ms_per_op} ms each)")),
         );
+        if args.keep.is_some() {
+            run.ledger.state_mut().persist_all();
+        }
+        return figures;
     }
     let mut growth = run(make(LedgerConfig::default()), 0);
     growth.apply(

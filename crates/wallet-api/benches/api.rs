@@ -2,7 +2,8 @@
 //! baseline in the same run.
 //!
 //! `cargo bench -p wallet-api --bench api -- [--clients 1,64,1024] [--secs 10] [--shards 4]
-//! [--rates 1000,2000] [--batch 100 --batch-clients 1,16,64] [--pg-url URL --pg-clients 16,64 | --no-pg]`
+//! [--rates 1000,2000] [--batch 100 --batch-clients 1,16,64] [--pg-url URL --pg-clients 16,64 | --no-pg]
+//! [--players 512] [--state memory|disk] [--snapshot-every 10000]`
 //!
 //! Three real nodes run in this process, each with its own data directory, write-ahead log and
 //! fsync, and each serving the wallet API. For each client count, three closed-loop runs place
@@ -24,6 +25,10 @@
 //! API; the ratios against PostgreSQL are issue 17's goals. An open-loop gRPC run at half of the
 //! best single-call rate then shows offered against achieved load, with latency measured from
 //! each call's scheduled send time (no coordinated omission).
+//!
+//! `--state disk` keeps each shard's retained ids, rounds and queue on disk (as `walletd
+//! --state disk` does; accounts stay in memory), so runs with millions of players fit in
+//! memory; its CSV rows name their path with a `-disk` suffix.
 
 // Floats here are rates and durations for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -85,6 +90,12 @@ struct Args {
     /// Funded players the bets are spread over.
     #[arg(long, default_value_t = 512)]
     players: usize,
+    /// Where each shard's retained state lives: in memory, or on disk (64 MiB block cache).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "disk"])]
+    state: String,
+    /// Raft log entries between a shard's snapshots (the node's `snapshot_every`).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
     /// Also append every row to this CSV file (for `--plot`).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -137,13 +148,14 @@ impl Report {
         for (kind, n) in &self.why {
             eprintln!("  {n} of the errors in \"{}\": {kind}", self.name);
         }
-        if let Some((path, sweep, shards)) = CSV.get() {
+        if let Some((path, sweep, shards, state)) = CSV.get() {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the CSV");
             writeln!(
                 f,
-                "{sweep},{},{shards},{},{},{},{:.0},{:.3},{:.3},{:.3}",
+                "{sweep},{}{},{shards},{},{},{},{:.0},{:.3},{:.3},{:.3}",
                 self.series,
+                if state == "disk" { "-disk" } else { "" },
                 players(),
                 self.clients,
                 self.offered.map_or(String::new(), |o| format!("{o:.0}")),
@@ -166,7 +178,7 @@ fn players() -> usize {
 
 /// Where `Report::print` also appends its row as CSV (`--csv`): the file, the sweep's name and
 /// the run's shard count.
-static CSV: OnceLock<(PathBuf, String, u32)> = OnceLock::new();
+static CSV: OnceLock<(PathBuf, String, u32, String)> = OnceLock::new();
 
 fn player(i: usize) -> String {
     format!("bench-p{i}")
@@ -636,6 +648,9 @@ mod plot {
                             "grpc" => (1, "gRPC PlaceBet, any node"),
                             "grpc-leader" => (2, "gRPC PlaceBet at the leader"),
                             "batch" => (3, "gRPC PlaceBets x100 (x: callers)"),
+                            "raw-disk" => (5, "raw node API, state on disk"),
+                            "grpc-disk" => (6, "gRPC PlaceBet, any node, state on disk"),
+                            "grpc-leader-disk" => (7, "gRPC PlaceBet at the leader, state on disk"),
                             other => (4, other),
                         };
                         png::series(chart, points.iter().map(|(x, v)| (*x as f64, pick(v))).collect(), label, i)?;
@@ -659,7 +674,7 @@ async fn main() {
     }
     PLAYERS.store(args.players.max(1), Ordering::Relaxed);
     if let Some(path) = &args.csv {
-        CSV.set((path.clone(), args.sweep.clone(), args.shards)).expect("set once");
+        CSV.set((path.clone(), args.sweep.clone(), args.shards, args.state.clone())).expect("set once");
     }
     // The baseline's database first: a benchmark that cannot reach PostgreSQL says so before
     // spending minutes on the cluster.
@@ -695,7 +710,11 @@ async fn main() {
     let mut nodes = Vec::new();
     let mut api_addrs = Vec::new();
     for ((id, info), l) in members.clone().into_iter().zip(listeners) {
-        let config = NodeConfig::new(id, info.clone(), dir.path().join(format!("n{id}")), args.shards);
+        let mut config = NodeConfig::new(id, info.clone(), dir.path().join(format!("n{id}")), args.shards);
+        if args.state == "disk" {
+            config.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 64 << 20 };
+        }
+        config.snapshot_every = args.snapshot_every;
         let node = LedgerNode::start(config, NodeEnv::production(cluster_key.clone())).await.expect("start");
         let serving = node.clone();
         tokio::spawn(async move { serving.serve(l).await });

@@ -369,7 +369,12 @@ impl LedgerNode {
         let vfs = env.vfs.clone();
         vfs.create_dir_all(&config.data_dir)?;
         check_identity(vfs.as_ref(), &config)?;
-        let (wal, report) = Wal::open(vfs.clone(), &config.data_dir.join("wal"), env.io)?;
+        let wal_dir = config.data_dir.join("wal");
+        let (wal, report) = opening(env.io, {
+            let vfs = vfs.clone();
+            move || Wal::open(vfs, &wal_dir, env.io)
+        })
+        .await?;
         tracing::info!(
             node = config.node_id,
             segments = report.segments,
@@ -388,18 +393,20 @@ impl LedgerNode {
         let (stop, _) = watch::channel(false);
         let mut shards = BTreeMap::new();
         let mut queues = Vec::new();
+        // Every shard's state opens at once (each reads its checkpoint or snapshot and replays
+        // its journal), then each joins its Raft group in order.
+        let mut opened = Vec::new();
         for s in 0..config.shards {
             let dir = config.data_dir.join("shards").join(s.to_string());
-            let (sm, cell) = LedgerStateMachine::open(
-                vfs.clone(),
-                env.io,
-                &dir,
-                ShardId(s),
-                config.ledger,
-                config.state,
-                env.apply_hook.clone(),
-            )
-            .map_err(|source| NodeError::Shard { shard: s, source })?;
+            let (vfs, hook, io) = (vfs.clone(), env.apply_hook.clone(), env.io);
+            let (ledger, state) = (config.ledger, config.state);
+            opened.push((
+                dir.clone(),
+                opening(io, move || LedgerStateMachine::open(vfs, io, &dir, ShardId(s), ledger, state, hook)),
+            ));
+        }
+        for (s, (dir, open)) in (0..config.shards).zip(opened) {
+            let (sm, cell) = open.await.map_err(|source| NodeError::Shard { shard: s, source })?;
             let log = LogStore::new(wal.clone(), s);
             let network = ShardNetworkFactory::new(router.clone(), s);
             let raft_config = raft_config(
@@ -976,6 +983,32 @@ pub(crate) fn write_error(
     match e.forward_to_leader() {
         Some(f) => LedgerError::not_leader(shard, f.leader_id, f.leader_node.as_ref()),
         None => LedgerError::Unavailable(e.to_string()),
+    }
+}
+
+/// Runs a step of opening a node (reading a shard's state and replaying its journal, recovering
+/// the write-ahead log) on tokio's blocking threads in production, started at once so that
+/// several run together: at 100M retained ids a shard's state takes seconds to open, and on a
+/// runtime worker that would stall every other task of the process meanwhile (the wallet API,
+/// other nodes in tests and benchmarks). The simulator's disk must be used from its own tasks,
+/// so there the work runs in place when awaited.
+fn opening<T: Send + 'static>(
+    io: IoMode,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> + Send {
+    let task = match io {
+        IoMode::Thread => Err(tokio::task::spawn_blocking(work)),
+        IoMode::Task => Ok(work),
+    };
+    async move {
+        match task {
+            Ok(work) => work(),
+            Err(handle) => match handle.await {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("opening a node: its blocking task was cancelled: {e}"),
+            },
+        }
     }
 }
 
