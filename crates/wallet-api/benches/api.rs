@@ -26,9 +26,10 @@
 //! best single-call rate then shows offered against achieved load, with latency measured from
 //! each call's scheduled send time (no coordinated omission).
 //!
-//! `--state disk` keeps each shard's retained ids, rounds and queue on disk (as `walletd
-//! --state disk` does; accounts stay in memory), so runs with millions of players fit in
-//! memory; its CSV rows name their path with a `-disk` suffix.
+//! `--state disk` keeps each shard's retained ids, rounds and queue on disk, as `walletd
+//! --state disk` does (accounts stay in memory, and so does each replica's Raft log until a
+//! snapshot lets it purge: `--snapshot-every`); its CSV rows name their path with a `-disk`
+//! suffix.
 
 // Floats here are rates and durations for the report, never money.
 #![allow(clippy::float_arithmetic)]
@@ -176,8 +177,8 @@ fn players() -> usize {
     PLAYERS.load(Ordering::Relaxed)
 }
 
-/// Where `Report::print` also appends its row as CSV (`--csv`): the file, the sweep's name and
-/// the run's shard count.
+/// Where `Report::print` also appends its row as CSV (`--csv`): the file, the sweep's name, the
+/// run's shard count and its `--state`.
 static CSV: OnceLock<(PathBuf, String, u32, String)> = OnceLock::new();
 
 fn player(i: usize) -> String {
