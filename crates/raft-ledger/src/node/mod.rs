@@ -986,28 +986,20 @@ pub(crate) fn write_error(
     }
 }
 
-/// Runs a step of opening a node (reading a shard's state and replaying its journal, recovering
-/// the write-ahead log) on tokio's blocking threads in production, started at once so that
-/// several run together: at 100M retained ids a shard's state takes seconds to open, and on a
-/// runtime worker that would stall every other task of the process meanwhile (the wallet API,
-/// other nodes in tests and benchmarks). The simulator's disk must be used from its own tasks,
-/// so there the work runs in place when awaited.
+/// A step of opening a node (recovering the write-ahead log, opening a shard's state) started
+/// off the runtime's workers (`IoMode::blocking`): at 100M retained ids a shard's state takes
+/// seconds to open, and on a worker that would stall every other task of the process meanwhile
+/// (the wallet API, other nodes in tests and benchmarks). A panic in it is re-raised here.
 fn opening<T: Send + 'static>(
     io: IoMode,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> impl std::future::Future<Output = T> + Send {
-    let task = match io {
-        IoMode::Thread => Err(tokio::task::spawn_blocking(work)),
-        IoMode::Task => Ok(work),
-    };
+    let run = io.blocking(work);
     async move {
-        match task {
-            Ok(work) => work(),
-            Err(handle) => match handle.await {
-                Ok(done) => done,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("opening a node: its blocking task was cancelled: {e}"),
-            },
+        match run.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("opening a node: its blocking task was cancelled: {e}"),
         }
     }
 }

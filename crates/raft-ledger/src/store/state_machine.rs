@@ -833,15 +833,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             Ok(journal_len)
         };
-        let journal_len = match self.io {
-            // At normal priority, unlike a snapshot build: a replica that is catching up should
-            // not wait behind everything else on its machine.
-            IoMode::Thread => tokio::task::spawn_blocking(install)
-                .await
-                .map_err(|_| io::Error::other("installing a snapshot panicked"))??,
-            // The simulator's disk must be used from its own tasks.
-            IoMode::Task => install()?,
-        };
+        // At normal priority, unlike a snapshot build: a replica that is catching up should not
+        // wait behind everything else on its machine.
+        let journal_len =
+            self.io.blocking(install).await.map_err(|_| io::Error::other("installing a snapshot panicked"))??;
         tracing::info!(
             shard = %self.shard,
             last_log_id = ?last_log_id,

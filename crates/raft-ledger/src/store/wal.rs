@@ -257,6 +257,28 @@ pub enum IoMode {
     Task,
 }
 
+impl IoMode {
+    /// Runs blocking work that takes seconds for a large state (opening a shard, installing a
+    /// snapshot) off the runtime's worker threads: on tokio's blocking threads, started at once
+    /// so that several can run together; under the simulator in place when awaited, since its
+    /// disk must be used from its own tasks (there a panic propagates as it is).
+    pub(crate) fn blocking<T: Send + 'static>(
+        self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, tokio::task::JoinError>> + Send {
+        let task = match self {
+            IoMode::Thread => Err(tokio::task::spawn_blocking(work)),
+            IoMode::Task => Ok(work),
+        };
+        async move {
+            match task {
+                Ok(work) => Ok(work()),
+                Err(handle) => handle.await,
+            }
+        }
+    }
+}
+
 /// The write-ahead log shared by every shard of a node.
 pub(crate) struct Wal {
     shards: Mutex<BTreeMap<u32, Arc<Mutex<ShardLog>>>>,
