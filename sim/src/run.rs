@@ -126,6 +126,9 @@ async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil
     config.tick_interval = Duration::from_millis(200);
     config.snapshot_every = 20;
     config.logs_kept_after_snapshot = 5;
+    // No log entry held in memory once durable, so applies, lagging followers and replays after
+    // crashes read entries back from the write-ahead log's segments, under the disk faults.
+    config.log_cache_bytes = 0;
     // Small pieces, so a snapshot sent to a lagging replica takes several calls and the
     // simulator's partitions and crashes cut transfers midway (they must resume).
     config.snapshot_piece_bytes = 4096;

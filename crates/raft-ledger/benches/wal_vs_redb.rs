@@ -72,7 +72,7 @@ fn report(store: &str, writers: usize, appends: u64, elapsed: Duration, hist: &H
 
 async fn ours(writers: usize, secs: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = NodeLog::open(Arc::new(StdFs), dir.path(), IoMode::Thread).unwrap();
+    let (log, _) = NodeLog::open(Arc::new(StdFs), dir.path(), IoMode::Thread, 64 << 20).unwrap();
     let log = Arc::new(log);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();

@@ -39,6 +39,14 @@ async fn t20_leader_failover_with_a_peer_that_takes_no_streams() {
     .await;
 }
 
+/// The same with no log entry held in memory once durable: the old leader catches up from
+/// entries the new leader reads back from its segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_leader_failover_with_the_log_read_back_from_disk() {
+    leader_failover(|c| c.log_cache_bytes = 0).await;
+    assert!(raft_ledger::store::entries_read_back() > 0, "the followers were sent entries read back from disk");
+}
+
 /// Writes, a stopped leader (its server must stop although peers stream to it), writes through
 /// the new leader, the old one back: every acknowledged write applied once, chains verified.
 async fn leader_failover(tune: fn(&mut raft_ledger::node::NodeConfig)) {
@@ -88,6 +96,14 @@ async fn t21_a_full_restart_from_disk_gives_the_identical_chain_head_and_balance
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t21_a_full_restart_with_unary_appends() {
     full_restart(|c| c.appends_in_flight = 1).await;
+}
+
+/// The same with no log entry held in memory once durable: each node's replay after the restart
+/// reads its log back from its segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_a_full_restart_with_the_log_read_back_from_disk() {
+    full_restart(|c| c.log_cache_bytes = 0).await;
+    assert!(raft_ledger::store::entries_read_back() > 0, "the restarted nodes applied entries read back from disk");
 }
 
 async fn full_restart(tune: fn(&mut raft_ledger::node::NodeConfig)) {

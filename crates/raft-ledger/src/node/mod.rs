@@ -75,6 +75,11 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
     pub logs_kept_after_snapshot: u64,
+    /// Bytes (as encoded in the write-ahead log) of each shard's newest log entries held in
+    /// memory; older entries not yet purged by a snapshot are read back from the log's segments
+    /// when a lagging follower or a restart's replay asks for them. This, not the snapshot
+    /// interval, bounds a shard's log in memory.
+    pub log_cache_bytes: usize,
     /// The most snapshot bytes one call to a peer carries. A snapshot larger than this is sent
     /// as several calls, each resuming where the last stopped, so a transfer of any size makes
     /// progress within each call's deadline and survives a dropped connection.
@@ -109,6 +114,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(500),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
+            log_cache_bytes: LOG_CACHE_BYTES_DEFAULT,
             snapshot_piece_bytes: 16 << 20,
             appends_in_flight: APPENDS_IN_FLIGHT_DEFAULT,
             home_regions: BTreeMap::new(),
@@ -233,6 +239,9 @@ const VERIFY_CHUNK_ENTRIES: u64 = 4096;
 /// --rate`: 100 writes/s commit in one round trip with 16, in 1.4 with 4); on loopback 4 and
 /// 16 measure the same.
 pub const APPENDS_IN_FLIGHT_DEFAULT: usize = 16;
+/// `NodeConfig::log_cache_bytes` unless set: 32 MiB of encoded entries per shard, hundreds of
+/// thousands of commands, far more than a follower a few seconds behind or the apply needs.
+pub const LOG_CACHE_BYTES_DEFAULT: usize = 32 << 20;
 
 /// Commands waiting to be proposed per shard before submits are refused as overload.
 const QUEUE_COMMANDS_MAX: usize = 65_536;
@@ -372,7 +381,8 @@ impl LedgerNode {
         let wal_dir = config.data_dir.join("wal");
         let (wal, report) = opening(env.io, {
             let vfs = vfs.clone();
-            move || Wal::open(vfs, &wal_dir, env.io)
+            let cache = config.log_cache_bytes;
+            move || Wal::open(vfs, &wal_dir, env.io, cache)
         })
         .await?;
         tracing::info!(

@@ -34,7 +34,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<RaftEntry>, io::Error> {
-        Ok(self.log().range(range))
+        self.wal.read(self.shard, range)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {

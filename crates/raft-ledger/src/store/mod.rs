@@ -19,7 +19,7 @@ pub use journal::{JournalError, JournalPrefix};
 pub use log_store::LogStore;
 pub use shard_ledger::{ShardLedger, StateStorage};
 pub use state_machine::{ApplyHook, LedgerSnapshot, LedgerSnapshotBuilder, LedgerStateMachine, StoreError};
-pub use wal::{IoMode, RecoveryReport, WalError};
+pub use wal::{IoMode, RecoveryReport, WalError, entries_read_back};
 
 /// A node's Raft log storage: one write-ahead log shared by all its shards.
 pub struct NodeLog {
@@ -27,9 +27,15 @@ pub struct NodeLog {
 }
 
 impl NodeLog {
-    /// Opens (or creates) the log in `dir` and recovers it.
-    pub fn open(vfs: Arc<dyn vfs::Vfs>, dir: &Path, io: IoMode) -> Result<(Self, RecoveryReport), WalError> {
-        let (wal, report) = wal::Wal::open(vfs, dir, io)?;
+    /// Opens (or creates) the log in `dir` and recovers it, keeping up to `cache_bytes` of each
+    /// shard's newest entries in memory (older ones are read back from disk when asked for).
+    pub fn open(
+        vfs: Arc<dyn vfs::Vfs>,
+        dir: &Path,
+        io: IoMode,
+        cache_bytes: usize,
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        let (wal, report) = wal::Wal::open(vfs, dir, io, cache_bytes)?;
         Ok((Self { wal: Arc::new(wal) }, report))
     }
 

@@ -15,13 +15,18 @@ use crate::raft::TypeConfig;
 use ledger_core::LedgerConfig;
 use ledger_core::ShardId;
 
-/// Stores where the state machine keeps its retained state as told.
-struct Builder(StateStorage);
+/// Stores where the state machine keeps its retained state as told, and each shard keeps up to
+/// `log_cache_bytes` of its log in memory.
+struct Builder {
+    state: StateStorage,
+    log_cache_bytes: usize,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, LedgerStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (wal, _) = Wal::open(Arc::new(StdFs), &dir.path().join("wal"), IoMode::Thread).expect("open wal");
+        let wal = Wal::open(Arc::new(StdFs), &dir.path().join("wal"), IoMode::Thread, self.log_cache_bytes);
+        let (wal, _) = wal.expect("open wal");
         let log = LogStore::new(Arc::new(wal), 0);
         let (sm, _) = LedgerStateMachine::open(
             Arc::new(StdFs),
@@ -29,7 +34,7 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
             &dir.path().join("shard-0"),
             ShardId(0),
             LedgerConfig::default(),
-            self.0,
+            self.state,
             None,
         )
         .expect("open state machine");
@@ -37,14 +42,26 @@ impl StoreBuilder<TypeConfig, LogStore, LedgerStateMachine, tempfile::TempDir> f
     }
 }
 
+impl Builder {
+    fn new(state: StateStorage) -> Self {
+        Self { state, log_cache_bytes: 64 << 20 }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_conformance_suite() {
-    Suite::test_all(Builder(StateStorage::Memory)).await.expect("storage suite");
+    Suite::test_all(Builder::new(StateStorage::Memory)).await.expect("storage suite");
+}
+
+/// The suite again with no log entry resident once durable: every read goes to the segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_conformance_suite_with_the_log_read_back_from_disk() {
+    Suite::test_all(Builder { log_cache_bytes: 0, ..Builder::new(StateStorage::Memory) }).await.expect("storage suite");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_conformance_suite_with_the_state_on_disk() {
-    Suite::test_all(Builder(StateStorage::Disk { cache_bytes: 1 << 20 })).await.expect("storage suite");
+    Suite::test_all(Builder::new(StateStorage::Disk { cache_bytes: 1 << 20 })).await.expect("storage suite");
 }
 
 mod wal {
@@ -71,12 +88,14 @@ mod wal {
         rx.await.unwrap().unwrap();
     }
 
+    /// Opens with no entry kept in memory once durable, so every test here also reads its
+    /// entries back from the segments (the resident path is the one openraft's suite covers).
     fn open(dir: &Path, segment: u64) -> Result<(Wal, crate::store::RecoveryReport), WalError> {
-        Wal::open_with(Arc::new(StdFs), dir, IoMode::Thread, segment)
+        Wal::open_with(Arc::new(StdFs), dir, IoMode::Thread, segment, 0)
     }
 
     fn indexes(wal: &Wal, shard: u32) -> Vec<u64> {
-        wal.shard(shard).lock().unwrap().range(..).iter().map(|e| e.index()).collect()
+        wal.read(shard, ..).unwrap().iter().map(|e| e.index()).collect()
     }
 
     #[tokio::test]
@@ -96,9 +115,9 @@ mod wal {
         let (wal, report) = open(dir.path(), 1 << 20).unwrap();
         assert_eq!(report.truncated_bytes, 0);
         assert_eq!(indexes(&wal, 1), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(wal.read(1, 4..=4).unwrap()[0].log_id(), log_id(2, 4), "the truncated term-1 tail stays replaced");
         let s1 = wal.shard(1);
         let s1 = s1.lock().unwrap();
-        assert_eq!(s1.range(4..=4)[0].log_id(), log_id(2, 4), "the truncated term-1 tail stays replaced");
         assert_eq!(s1.meta.committed, Some(log_id(2, 5)));
         assert!(s1.meta.vote.is_some());
         assert_eq!(indexes(&wal, 2), vec![3]);
@@ -271,7 +290,7 @@ mod wal {
         let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let disk = Arc::new(FullDisk { full: full.clone() });
-            let (wal, _) = Wal::open_with(disk, dir.path(), IoMode::Thread, 1 << 20).unwrap();
+            let (wal, _) = Wal::open_with(disk, dir.path(), IoMode::Thread, 1 << 20, 0).unwrap();
             append(&wal, 1, entries(1, 1..=3)).await;
             assert_eq!(wal.failure(), None);
             full.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -288,5 +307,74 @@ mod wal {
         }
         let (wal, _) = open(dir.path(), 1 << 20).expect("a restart after the disk is freed opens the log");
         assert_eq!(indexes(&wal, 1), vec![1, 2, 3]);
+    }
+
+    fn resident(wal: &Wal, shard: u32) -> (usize, usize) {
+        wal.shard(shard).lock().unwrap().resident()
+    }
+
+    /// Only the newest entries stay in memory; older ones read back from the segments the same,
+    /// across records, truncations and purges, and after a restart.
+    #[tokio::test]
+    async fn entries_beyond_the_cache_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |from: u64, to: u64| entries(1, from..=to);
+        let frame_bytes = {
+            // One record of ten blank entries, as encoded; the cache holds two such.
+            let (wal, _) = open(dir.path(), 1 << 20).unwrap();
+            append(&wal, 9, record(1, 10)).await;
+            let bytes = std::fs::metadata(segments(dir.path()).pop().unwrap()).unwrap().len() as usize;
+            wal.close().await;
+            std::fs::remove_dir_all(dir.path()).unwrap();
+            bytes
+        };
+        let (wal, _) = Wal::open_with(Arc::new(StdFs), dir.path(), IoMode::Thread, 1 << 20, 2 * frame_bytes).unwrap();
+        for i in 0..10 {
+            append(&wal, 1, record(i * 10 + 1, i * 10 + 10)).await;
+        }
+        assert_eq!(resident(&wal, 1), (20, 2 * frame_bytes), "two records' worth stays in memory");
+        assert_eq!(indexes(&wal, 1), (1..=100).collect::<Vec<_>>());
+        let read = |from, to| wal.read(1, from..to).unwrap().iter().map(|e| e.index()).collect::<Vec<_>>();
+        assert_eq!(read(5, 86), (5..86).collect::<Vec<_>>(), "across cold records into the resident ones");
+        assert_eq!(read(33, 37), (33..37).collect::<Vec<_>>(), "inside one cold record");
+        assert_eq!(read(101, 120), Vec::<u64>::new());
+        // A new leader overwrites from inside a cold record: the rest of that record and every
+        // record after it are gone, in memory and on disk.
+        wal.truncate_after(1, Some(log_id(1, 44))).await.unwrap();
+        append(&wal, 1, entries(2, 45..=47)).await;
+        assert_eq!(indexes(&wal, 1), (1..=47).collect::<Vec<_>>());
+        assert_eq!(
+            wal.read(1, 44..=45).unwrap().iter().map(|e| e.log_id()).collect::<Vec<_>>(),
+            vec![log_id(1, 44), log_id(2, 45)]
+        );
+        // A snapshot covers up to the middle of a cold record.
+        wal.purge(1, log_id(1, 15)).unwrap();
+        assert_eq!(indexes(&wal, 1), (16..=47).collect::<Vec<_>>());
+        wal.close().await;
+        let (wal, _) = Wal::open_with(Arc::new(StdFs), dir.path(), IoMode::Thread, 1 << 20, 2 * frame_bytes).unwrap();
+        assert_eq!(indexes(&wal, 1), (16..=47).collect::<Vec<_>>());
+        assert_eq!(wal.read(1, 45..=45).unwrap()[0].log_id(), log_id(2, 45));
+        let (entries, bytes) = resident(&wal, 1);
+        assert!(
+            bytes <= 2 * frame_bytes && entries <= 20,
+            "recovery keeps only the tail: {entries} entries, {bytes} bytes"
+        );
+    }
+
+    /// An entry read back from disk is checked again: damage since it was written is an error,
+    /// never a wrong entry.
+    #[tokio::test]
+    async fn a_cold_entry_damaged_on_disk_reads_back_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 1 << 20).unwrap();
+        append(&wal, 1, entries(1, 1..=5)).await;
+        assert_eq!(resident(&wal, 1).0, 0, "nothing stays in memory with no cache");
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = wal.read(1, 2..=3).expect_err("a damaged record must not read back");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     }
 }

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::entry::RaftEntry;
@@ -115,28 +115,121 @@ pub enum WalError {
     },
 }
 
-/// One shard's log as held in memory: its metadata and the entries not yet purged.
-#[derive(Debug, Default)]
+/// Where an entries record's payload lies on disk, once the writer has made it durable.
+#[derive(Clone)]
+struct Located {
+    /// The segment, held open: a segment deleted while a reader holds this stays readable.
+    file: Arc<dyn VFile>,
+    frame_at: u64,
+    frame_len: u32,
+}
+
+/// One `Entries` record of a shard: which of its entries are still live (truncation and purges
+/// shrink the range), how many bytes it held, and where it is on disk once durable.
+struct Frame {
+    /// Order of appends to this shard; what the writer reports a location against.
+    seq: u64,
+    first: u64,
+    last: u64,
+    bytes: usize,
+    at: Option<Located>,
+}
+
+/// One shard's log as held in memory: its metadata, the id of every entry not yet purged, and
+/// the entries themselves only for the newest `cache_bytes` (counted as encoded bytes).
+///
+/// Why: a shard's log between two snapshots can be gigabytes (snapshots are counted in entries,
+/// and an entry carries up to 1,024 commands), and every replica used to hold all of it. Older
+/// entries are read back from their write-ahead log segment when asked for, which happens only
+/// for a follower far behind or an apply far behind the commit point (after a restart); an
+/// entry leaves memory only once it is durable, so the segment always has it.
 pub(crate) struct ShardLog {
     pub(crate) meta: ShardMeta,
+    /// Every unpurged entry's id, oldest first.
+    ids: VecDeque<LogId>,
+    /// The resident tail: the last `entries.len()` of `ids`.
     entries: VecDeque<Entry>,
+    /// Every unpurged entry's record, oldest first; `frames[..cold]` are not resident.
+    frames: VecDeque<Frame>,
+    cold: usize,
+    resident_bytes: usize,
+    cache_bytes: usize,
+    next_seq: u64,
+}
+
+/// Log entries read back from segments since the process started, for tests and the simulator
+/// to show the path is taken (a process-wide count, like a metric).
+static ENTRIES_READ_BACK: AtomicU64 = AtomicU64::new(0);
+
+/// How many log entries this process has read back from write-ahead log segments because they
+/// were no longer held in memory.
+pub fn entries_read_back() -> u64 {
+    ENTRIES_READ_BACK.load(Ordering::Relaxed)
+}
+
+/// What [`ShardLog::plan`] found for a range: records to read back from disk (each with the
+/// indexes wanted from it), then the resident entries after them.
+pub(crate) struct Plan {
+    cold: Vec<(Located, u64, u64)>,
+    resident: Vec<Entry>,
+}
+
+impl std::fmt::Debug for ShardLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLog")
+            .field("meta", &self.meta)
+            .field("entries", &self.ids.len())
+            .field("resident", &self.entries.len())
+            .field("resident_bytes", &self.resident_bytes)
+            .finish()
+    }
 }
 
 impl ShardLog {
+    fn new(cache_bytes: usize) -> Self {
+        Self {
+            meta: ShardMeta::default(),
+            ids: VecDeque::new(),
+            entries: VecDeque::new(),
+            frames: VecDeque::new(),
+            cold: 0,
+            resident_bytes: 0,
+            cache_bytes,
+            next_seq: 0,
+        }
+    }
+
     fn next_index(&self) -> u64 {
-        match self.entries.back() {
-            Some(e) => e.index() + 1,
+        match self.ids.back() {
+            Some(id) => id.index + 1,
             None => self.meta.purged.as_ref().map_or(0, |p| p.index + 1),
         }
     }
 
-    /// The last log id present, or the purge point when no entry is left.
-    pub(crate) fn last_log_id(&self) -> Option<LogId> {
-        self.entries.back().map(|e| e.log_id()).or(self.meta.purged)
+    /// Entries and their encoded bytes held in memory.
+    #[cfg(test)]
+    pub(crate) fn resident(&self) -> (usize, usize) {
+        (self.entries.len(), self.resident_bytes)
     }
 
-    /// Appends entries; an entry at an index already present replaces it and everything after.
-    fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), String> {
+    /// The last log id present, or the purge point when no entry is left.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.ids.back().copied().or(self.meta.purged)
+    }
+
+    /// Appends one record's entries; an entry at an index already present replaces it and
+    /// everything after. `bytes` is the record's encoded size; `at` its place on disk if it is
+    /// already durable (recovery). Returns the sequence number the writer reports a location
+    /// against.
+    fn append(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        bytes: usize,
+        at: Option<Located>,
+    ) -> Result<u64, String> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut span: Option<(u64, u64)> = None;
         for e in entries {
             let index = e.index();
             if let Some(p) = &self.meta.purged
@@ -145,19 +238,66 @@ impl ShardLog {
                 continue; // already covered by a snapshot
             }
             // An empty log without a purge point may start anywhere; otherwise no holes.
-            let fresh = self.entries.is_empty() && self.meta.purged.is_none();
+            let fresh = self.ids.is_empty() && self.meta.purged.is_none();
             if index > self.next_index() && !fresh {
                 return Err(format!("log hole: entry {index} after {}", self.next_index()));
             }
             self.truncate_from(index);
+            self.ids.push_back(e.log_id());
             self.entries.push_back(e);
+            span = Some((span.map_or(index, |s| s.0), index));
         }
-        Ok(())
+        if let Some((first, last)) = span {
+            self.frames.push_back(Frame { seq, first, last, bytes, at });
+            self.resident_bytes += bytes;
+            self.evict();
+        }
+        Ok(seq)
+    }
+
+    /// The writer made record `seq` durable at `at`: its entries may now leave memory.
+    fn located(&mut self, seq: u64, at: Located) {
+        // Frames are in `seq` order; a record truncated or purged away is no longer here.
+        if let Ok(i) = self.frames.binary_search_by_key(&seq, |f| f.seq) {
+            self.frames[i].at = Some(at);
+            self.evict();
+        }
+    }
+
+    /// Drops the oldest durable records' entries from memory while over the budget.
+    fn evict(&mut self) {
+        while self.resident_bytes > self.cache_bytes {
+            let Some(frame) = self.frames.get(self.cold) else { break };
+            if frame.at.is_none() {
+                break; // not durable yet: memory is its only copy that can be read
+            }
+            while self.entries.front().is_some_and(|e| e.index() <= frame.last) {
+                self.entries.pop_front();
+            }
+            self.resident_bytes -= frame.bytes;
+            self.cold += 1;
+        }
     }
 
     fn truncate_from(&mut self, index: u64) {
+        while self.ids.back().is_some_and(|id| id.index >= index) {
+            self.ids.pop_back();
+        }
         while self.entries.back().is_some_and(|e| e.index() >= index) {
             self.entries.pop_back();
+        }
+        while let Some(frame) = self.frames.back_mut() {
+            if frame.first >= index {
+                let frame = self.frames.pop_back().expect("back exists");
+                if self.frames.len() < self.cold {
+                    self.cold = self.frames.len();
+                } else {
+                    self.resident_bytes -= frame.bytes;
+                }
+            } else {
+                frame.last = frame.last.min(index - 1);
+                break;
+            }
         }
     }
 
@@ -166,32 +306,65 @@ impl ShardLog {
     }
 
     fn purge(&mut self, upto: &LogId) {
+        while self.ids.front().is_some_and(|id| id.index <= upto.index) {
+            self.ids.pop_front();
+        }
         while self.entries.front().is_some_and(|e| e.index() <= upto.index) {
             self.entries.pop_front();
+        }
+        while let Some(frame) = self.frames.front_mut() {
+            if frame.last <= upto.index {
+                let frame = self.frames.pop_front().expect("front exists");
+                if self.cold > 0 {
+                    self.cold -= 1;
+                } else {
+                    self.resident_bytes -= frame.bytes;
+                }
+            } else {
+                frame.first = frame.first.max(upto.index + 1);
+                break;
+            }
         }
         if self.meta.purged.as_ref().is_none_or(|p| p.index < upto.index) {
             self.meta.purged = Some(*upto);
         }
     }
 
-    /// Clones of the entries in `range`.
-    pub(crate) fn range(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        let first = match self.entries.front() {
-            Some(e) => e.index(),
-            None => return Vec::new(),
-        };
+    /// What it takes to read the entries in `range`: the cold records to read back and the
+    /// resident entries, cloned. Planned under the shard's lock, read outside it.
+    pub(crate) fn plan(&self, range: &impl RangeBounds<u64>) -> Plan {
+        let mut plan = Plan { cold: Vec::new(), resident: Vec::new() };
+        let Some(first) = self.ids.front().map(|id| id.index) else { return plan };
         let start = match range.start_bound() {
             std::ops::Bound::Included(s) => *s,
             std::ops::Bound::Excluded(s) => s + 1,
             std::ops::Bound::Unbounded => first,
-        };
-        let skip = usize::try_from(start.saturating_sub(first)).unwrap_or(usize::MAX);
-        self.entries.iter().skip(skip).take_while(|e| range.contains(&e.index())).cloned().collect()
+        }
+        .max(first);
+        if !range.contains(&start) {
+            return plan;
+        }
+        for frame in self.frames.iter().take(self.cold) {
+            if frame.last < start {
+                continue;
+            }
+            if !range.contains(&frame.first.max(start)) {
+                return plan;
+            }
+            let at = frame.at.clone().expect("a record leaves memory only once located");
+            plan.cold.push((at, frame.first.max(start), frame.last));
+        }
+        let resident_first = self.entries.front().map_or(u64::MAX, |e| e.index());
+        let skip = usize::try_from(start.saturating_sub(resident_first)).unwrap_or(usize::MAX);
+        plan.resident = self.entries.iter().skip(skip).take_while(|e| range.contains(&e.index())).cloned().collect();
+        plan
     }
 
-    fn apply(&mut self, record: Record) -> Result<(), String> {
+    fn apply(&mut self, record: Record, bytes: usize, at: Option<Located>) -> Result<(), String> {
         match record {
-            Record::Entries { entries, .. } => self.append(entries)?,
+            Record::Entries { entries, .. } => {
+                self.append(entries, bytes, at)?;
+            }
             Record::Vote { vote, .. } => self.meta.vote = Some(vote),
             Record::Committed { committed, .. } => self.meta.committed = committed,
             Record::TruncateAfter { after, .. } => self.truncate_after(after.as_ref()),
@@ -201,6 +374,33 @@ impl ShardLog {
             }
         }
         Ok(())
+    }
+}
+
+impl Plan {
+    /// Reads the cold records back and returns every planned entry in order. Blocking file
+    /// reads: only a lagging follower or a lagging apply comes here.
+    pub(crate) fn read(self, range: &impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+        if self.cold.is_empty() {
+            return Ok(self.resident);
+        }
+        let mut out = Vec::new();
+        for (at, from, to) in self.cold {
+            let mut frame = vec![0u8; at.frame_len as usize];
+            at.file.read_at(at.frame_at, &mut frame)?;
+            // Checked again on the way back: the disk may have damaged it since it was written.
+            let Ok((Record::Entries { entries, .. }, _)) = decode_frame(&frame, 0) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("write-ahead log record at byte {} does not read back as entries", at.frame_at),
+                ));
+            };
+            let before = out.len();
+            out.extend(entries.into_iter().filter(|e| (from..=to).contains(&e.index()) && range.contains(&e.index())));
+            ENTRIES_READ_BACK.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+        }
+        out.extend(self.resident);
+        Ok(out)
     }
 }
 
@@ -245,6 +445,9 @@ struct WriteOp {
     change: Change,
     frame: Vec<u8>,
     done: Done,
+    /// For entries: the shard's log and the record's sequence number there, told where the
+    /// record lies once it is durable.
+    locate: Option<(Arc<Mutex<ShardLog>>, u64)>,
 }
 
 /// How the writer runs: on its own OS thread (production), or as a task on the current runtime
@@ -282,6 +485,8 @@ impl IoMode {
 /// The write-ahead log shared by every shard of a node.
 pub(crate) struct Wal {
     shards: Mutex<BTreeMap<u32, Arc<Mutex<ShardLog>>>>,
+    /// Each shard's budget of resident entries (see [`ShardLog`]).
+    cache_bytes: usize,
     /// Writes waiting for the writer; `None` once closed. The channel itself has no bound
     /// because its producers have one and must never block (openraft calls them from its own
     /// tasks): a leader has at most `BATCHES_IN_FLIGHT_MAX` (64) proposals per shard not yet
@@ -396,7 +601,7 @@ impl Failed {
 impl Writer {
     fn write_batch(&mut self, batch: Vec<WriteOp>) {
         let started = std::time::Instant::now();
-        let result = self.write_frames(&batch);
+        let written = self.write_frames(&batch);
         let us = started.elapsed().as_micros() as u64;
         tracing::trace!(ops = batch.len(), us, "wal group commit");
         // Only the slow ones at debug: a tail can be traced without the cost of tracing every
@@ -404,11 +609,23 @@ impl Writer {
         if us >= SLOW_GROUP_COMMIT_US {
             tracing::debug!(ops = batch.len(), ms = us / 1000, "slow wal group commit (write and fdatasync)");
         }
-        if let Err(e) = &result {
+        if let Err(e) = &written {
             // A failed fsync leaves the file's durable state unknown; never write again.
             self.failed.set(e);
         }
+        let result = written.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let mut at = written.ok();
         for op in batch {
+            let len = op.frame.len();
+            if let (Some((file, offset)), Some((log, seq))) = (&mut at, op.locate) {
+                // Told before the caller learns it is durable, so an entry is never resident
+                // longer than it must be.
+                let here = Located { file: file.clone(), frame_at: *offset, frame_len: len as u32 };
+                log.lock().expect("shard log lock").located(seq, here);
+            }
+            if let Some((_, offset)) = &mut at {
+                *offset += len as u64;
+            }
             op.done.complete(&result);
         }
         if result.is_ok()
@@ -418,7 +635,8 @@ impl Writer {
         }
     }
 
-    fn write_frames(&mut self, batch: &[WriteOp]) -> io::Result<()> {
+    /// Writes and syncs the batch; returns the file it went to and the offset it starts at.
+    fn write_frames(&mut self, batch: &[WriteOp]) -> io::Result<(Arc<dyn VFile>, u64)> {
         if self.failed.is_set() {
             return Err(io::Error::other("write-ahead log failed earlier; refusing further writes"));
         }
@@ -448,8 +666,9 @@ impl Writer {
         }
         self.active.append(&buf)?;
         self.active.sync()?;
+        let start = self.active_len;
         self.active_len += buf.len() as u64;
-        Ok(())
+        Ok((self.active.clone(), start))
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -525,8 +744,14 @@ pub struct RecoveryReport {
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, replays it, and starts the writer.
-    pub(crate) fn open(vfs: Arc<dyn Vfs>, dir: &Path, mode: IoMode) -> Result<(Self, RecoveryReport), WalError> {
-        Self::open_with(vfs, dir, mode, SEGMENT_BYTES_MAX)
+    /// `cache_bytes` bounds each shard's entries held in memory (see [`ShardLog`]).
+    pub(crate) fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        mode: IoMode,
+        cache_bytes: usize,
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        Self::open_with(vfs, dir, mode, SEGMENT_BYTES_MAX, cache_bytes)
     }
 
     /// [`Wal::open`] with a chosen segment size (tests use small segments to exercise rotation).
@@ -535,6 +760,7 @@ impl Wal {
         dir: &Path,
         mode: IoMode,
         segment_bytes_max: u64,
+        cache_bytes: usize,
     ) -> Result<(Self, RecoveryReport), WalError> {
         vfs.create_dir_all(dir)?;
         let mut names: Vec<String> = vfs.list(dir)?.into_iter().filter(|n| n.ends_with(".wal")).collect();
@@ -550,6 +776,8 @@ impl Wal {
         // snapshot covers, and still finds any gap after them.
         let mut records: Vec<(usize, u64, Read)> = Vec::new();
         let mut contents: Vec<Vec<u8>> = Vec::new();
+        // Each segment held open, so entries recovery leaves on disk can be read back.
+        let mut files: Vec<Arc<dyn VFile>> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let no = u64::from_str_radix(name.trim_end_matches(".wal"), 16).map_err(|_| WalError::Corrupt {
                 segment: name.clone(),
@@ -590,9 +818,11 @@ impl Wal {
                     }
                 }
             }
+            let file = vfs.open(&path)?;
             if newest {
-                active = Some((vfs.open(&path)?, at as u64));
+                active = Some((file.clone(), at as u64));
             }
+            files.push(file);
             segments.push_back(segment);
             contents.push(bytes);
             report.segments += 1;
@@ -606,11 +836,13 @@ impl Wal {
                 _ => Vec::new(),
             };
             for (shard, upto) in purges {
-                shards.entry(shard).or_default().purge(&upto);
+                shards.entry(shard).or_insert_with(|| ShardLog::new(cache_bytes)).purge(&upto);
             }
         }
         for (segment, at, read) in records {
             let corrupt = |what| WalError::Corrupt { segment: names[segment].clone(), offset: at, what };
+            let mut bytes = 0;
+            let mut here = None;
             let record = match read {
                 Read::Entries { shard, last, payload } => {
                     let m = segments[segment].max_index.entry(shard).or_insert(0);
@@ -620,11 +852,13 @@ impl Wal {
                     if shards.get(&shard).and_then(|l| l.meta.purged).is_some_and(|p| last <= p.index) {
                         continue;
                     }
+                    bytes = FRAME_HEADER_BYTES + payload.len();
+                    here = Some(Located { file: files[segment].clone(), frame_at: at, frame_len: bytes as u32 });
                     decode_record(&contents[segment][payload]).map_err(corrupt)?
                 }
                 Read::Other(record) => record,
             };
-            replay(&mut shards, &mut segments[segment], record).map_err(corrupt)?;
+            replay(&mut shards, &mut segments[segment], record, cache_bytes, bytes, here).map_err(corrupt)?;
         }
         let (active, active_len) = match active {
             Some(a) => a,
@@ -662,6 +896,7 @@ impl Wal {
         let shards = shards.into_iter().map(|(s, l)| (s, Arc::new(Mutex::new(l)))).collect();
         let wal = Self {
             shards: Mutex::new(shards),
+            cache_bytes,
             queue: Mutex::new(Some(queue)),
             failed,
             writer_done: Mutex::new(Some(done_rx)),
@@ -687,7 +922,18 @@ impl Wal {
 
     /// The in-memory log of `shard`, created empty if the shard is new.
     pub(crate) fn shard(&self, shard: u32) -> Arc<Mutex<ShardLog>> {
-        self.shards.lock().expect("wal lock").entry(shard).or_default().clone()
+        self.shards
+            .lock()
+            .expect("wal lock")
+            .entry(shard)
+            .or_insert_with(|| Arc::new(Mutex::new(ShardLog::new(self.cache_bytes))))
+            .clone()
+    }
+
+    /// The entries of `shard` in `range`, from memory or, for older ones, read back from disk.
+    pub(crate) fn read(&self, shard: u32, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+        let plan = self.shard(shard).lock().expect("shard log lock").plan(&range);
+        plan.read(&range)
     }
 
     /// The first error that stopped the writer, once one has.
@@ -708,7 +954,7 @@ impl Wal {
 
     fn submit(&self, shard: u32, change: Change, record: &Record, done: Done) -> io::Result<()> {
         self.check()?;
-        self.send(WriteOp { shard, change, frame: encode_frame(record), done })
+        self.send(WriteOp { shard, change, frame: encode_frame(record), done, locate: None })
     }
 
     /// Appends entries in memory now; `done` fires once they are durable.
@@ -718,15 +964,16 @@ impl Wal {
             done.complete(&Ok(()));
             return Ok(());
         };
-        let log = self.shard(shard);
-        let mut log = log.lock().expect("shard log lock");
+        let shard_log = self.shard(shard);
+        let mut log = shard_log.lock().expect("shard log lock");
         // Encode before the in-memory append so the frame and memory cannot disagree; queue while
         // holding the shard lock so this shard's records reach the writer in memory order.
         let record = Record::Entries { shard, last: last_index, entries };
         let frame = encode_frame(&record);
         let Record::Entries { entries, .. } = record else { unreachable!() };
-        log.append(entries).map_err(io::Error::other)?;
-        self.send(WriteOp { shard, change: Change::Entries { last_index }, frame, done })
+        let seq = log.append(entries, frame.len(), None).map_err(io::Error::other)?;
+        let locate = Some((shard_log.clone(), seq));
+        self.send(WriteOp { shard, change: Change::Entries { last_index }, frame, done, locate })
     }
 
     /// Saves the vote and waits until it is durable: a vote must never be forgotten.
@@ -774,11 +1021,18 @@ impl Wal {
     }
 }
 
-fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: Record) -> Result<(), String> {
+fn replay(
+    shards: &mut BTreeMap<u32, ShardLog>,
+    segment: &mut Segment,
+    record: Record,
+    cache_bytes: usize,
+    bytes: usize,
+    at: Option<Located>,
+) -> Result<(), String> {
     match record {
         Record::Checkpoint { shards: metas } => {
             for (shard, meta) in metas {
-                let log = shards.entry(shard).or_default();
+                let log = shards.entry(shard).or_insert_with(|| ShardLog::new(cache_bytes));
                 if let Some(p) = &meta.purged {
                     log.purge(p);
                 }
@@ -802,7 +1056,7 @@ fn replay(shards: &mut BTreeMap<u32, ShardLog>, segment: &mut Segment, record: R
                 | Record::Purge { shard, .. } => *shard,
                 Record::Checkpoint { .. } => unreachable!("matched above"),
             };
-            shards.entry(shard).or_default().apply(record)
+            shards.entry(shard).or_insert_with(|| ShardLog::new(cache_bytes)).apply(record, bytes, at)
         }
     }
 }
