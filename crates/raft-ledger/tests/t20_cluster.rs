@@ -710,3 +710,42 @@ async fn t30_a_node_that_kept_its_state_in_memory_moves_it_onto_disk_and_back_is
     assert!(err.contains("kept on disk"), "{err}");
     cluster.shutdown().await;
 }
+
+/// With the retained state on disk, a checkpoint also comes once enough commands have applied,
+/// however few log entries carried them: the state's writes wait in memory until one. Here
+/// snapshots by entry count never come, so only the command count can bring one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_with_the_state_on_disk_a_checkpoint_comes_after_enough_commands() {
+    let mut cluster = Cluster::start_with(3, 1, |config| {
+        config.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 8 << 20 };
+        config.snapshot_every = 1_000_000;
+        config.logs_kept_after_snapshot = 0;
+        config.checkpoint_every_commands = 40;
+        config.tick_interval = Duration::from_millis(50);
+    })
+    .await;
+    let client = cluster.client().await;
+    client.submit(open("o", "alice")).await.unwrap();
+    for i in 0..25 {
+        client.submit(deposit(&format!("d{i}"), "alice", 5)).await.unwrap();
+    }
+    let leader = cluster.wait_leader(0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.replica(leader, 0).snapshot, None, "26 commands: under the count, no checkpoint yet");
+    for i in 0..25 {
+        client.submit(deposit(&format!("e{i}"), "alice", 5)).await.unwrap();
+    }
+    for id in [1, 2, 3] {
+        wait_for(Duration::from_secs(10), || cluster.replica(id, 0).snapshot.filter(|i| *i >= 40).map(|_| ()))
+            .await
+            .unwrap_or_else(|| panic!("node {id} checkpoints after 40 commands: {:?}", cluster.replica(id, 0)));
+    }
+    cluster.stop(leader).await;
+    cluster.restart(leader).await;
+    let head = cluster.wait_converged(0).await;
+    for node in cluster.running() {
+        assert!(node.verify(0).unwrap().ok());
+        assert_eq!(node.head(0).unwrap(), head);
+    }
+    cluster.shutdown().await;
+}

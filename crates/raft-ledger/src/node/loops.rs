@@ -235,6 +235,23 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
 
 /// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
 /// in cluster time even when no command arrives.
+/// With the retained state on disk, asks for a snapshot (a checkpoint) once the commands
+/// applied since the last one reach `checkpoint_every_commands`: their writes wait in memory
+/// until then, and the snapshot interval counts log entries, which carry from one to 1,024
+/// commands. Every replica decides for itself, as for the interval in entries.
+async fn checkpoint_if_buffer_full(node: &NodeInner, shard: &Shard) {
+    if !matches!(node.config.state, crate::store::StateStorage::Disk { .. }) {
+        return;
+    }
+    let applied = shard.cell.commands_since_snapshot.load(std::sync::atomic::Ordering::Relaxed);
+    if applied >= node.config.checkpoint_every_commands {
+        // openraft ignores it while a snapshot is being built; an error means the group stopped.
+        if let Err(e) = shard.raft.trigger().snapshot().await {
+            tracing::debug!(shard = %shard.id, "checkpoint not triggered: {e}");
+        }
+    }
+}
+
 pub(super) async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
     let mut stop = node.stop.subscribe();
     let mut interval = tokio::time::interval(node.config.tick_interval);
@@ -244,6 +261,7 @@ pub(super) async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
             _ = interval.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        checkpoint_if_buffer_full(&node, &shard).await;
         if !shard.raft.is_leader() {
             continue;
         }

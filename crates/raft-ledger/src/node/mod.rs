@@ -75,6 +75,12 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, so briefly lagging replicas catch up from the log.
     pub logs_kept_after_snapshot: u64,
+    /// With the retained state on disk: a snapshot (checkpoint) is also taken once this many
+    /// commands have applied since the last, checked every `tick_interval`. The state's writes
+    /// since its last checkpoint wait in memory, and an interval in log entries does not bound
+    /// them (an entry carries up to 1,024 commands). Each checkpoint copies the shard's accounts,
+    /// so this trades that copy against memory.
+    pub checkpoint_every_commands: u64,
     /// Bytes (as encoded in the write-ahead log) of each shard's newest log entries held in
     /// memory; older entries not yet purged by a snapshot are read back from the log's segments
     /// when a lagging follower or a restart's replay asks for them. This, not the snapshot
@@ -115,6 +121,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 2_000,
             log_cache_bytes: LOG_CACHE_BYTES_DEFAULT,
+            checkpoint_every_commands: 250_000,
             snapshot_piece_bytes: 16 << 20,
             appends_in_flight: APPENDS_IN_FLIGHT_DEFAULT,
             home_regions: BTreeMap::new(),

@@ -221,6 +221,10 @@ pub(crate) struct ShardState {
 pub(crate) struct ShardCell {
     pub(crate) state: RwLock<ShardState>,
     pub(crate) journal_len: watch::Sender<u64>,
+    /// Commands applied since the last snapshot began. With the retained state on disk, their
+    /// writes wait in memory until the next checkpoint, so the node takes one once this is large
+    /// (`NodeConfig::checkpoint_every_commands`), however few log entries carried them.
+    pub(crate) commands_since_snapshot: std::sync::atomic::AtomicU64,
 }
 
 impl ShardCell {
@@ -486,7 +490,11 @@ impl LedgerStateMachine {
         }
         assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
-        let cell = Arc::new(ShardCell { state: RwLock::new(state), journal_len });
+        let cell = Arc::new(ShardCell {
+            state: RwLock::new(state),
+            journal_len,
+            commands_since_snapshot: std::sync::atomic::AtomicU64::new(0),
+        });
         let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), storage, cell: cell.clone(), sink: Vec::new(), hook };
         Ok((sm, cell))
     }
@@ -498,6 +506,7 @@ impl LedgerStateMachine {
         // The runtime's clock, not the OS's: under the simulator a seed's trace must not carry
         // wall-clock durations.
         let started = tokio::time::Instant::now();
+        self.cell.commands_since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
         let builder = match self.storage {
             // A copy needs only a read: readers go on reading meanwhile. It is a plain copy of
             // the maps (5–50 ms at a few hundred thousand ids); copy-on-write maps that made it
@@ -697,6 +706,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         // Collect first: the shard lock is synchronous and must not be held across an await.
         let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let mut replies = Vec::with_capacity(batch.len());
+        let mut commands = 0;
         let journal_len = {
             let mut st = self.cell.write();
             let st = &mut *st;
@@ -709,15 +719,16 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 let reply = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(proposal) => Some(match &proposal.request {
-                        Request::Commands(cmds) => Reply::Outcomes(
+                        Request::Commands(cmds) => Reply::Outcomes({
+                            commands += cmds.len() as u64;
                             cmds.iter()
                                 .map(|cmd| {
                                     let replaced =
                                         self.hook.as_ref().and_then(|h| h.before_apply(&st.ledger, cmd, log_id.index));
                                     st.ledger.apply(replaced.as_ref().unwrap_or(cmd), proposal.at, &mut self.sink)
                                 })
-                                .collect(),
-                        ),
+                                .collect()
+                        }),
                         Request::Tick => {
                             st.ledger.tick(proposal.at, &mut self.sink);
                             Reply::Ticked
@@ -739,6 +750,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             st.journal.len()
         };
         self.cell.journal_len.send_replace(journal_len);
+        self.cell.commands_since_snapshot.fetch_add(commands, std::sync::atomic::Ordering::Relaxed);
         for (responder, reply) in replies {
             responder.send(reply);
         }
