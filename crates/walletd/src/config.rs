@@ -91,6 +91,12 @@ pub(crate) struct FileConfig {
     pub(crate) state_cache_mb: Option<u64>,
     /// A snapshot (with the state on disk: a checkpoint) every this many log entries.
     pub(crate) snapshot_every: Option<u64>,
+    /// With `state = "disk"`: a checkpoint also once this many commands have applied since the
+    /// last (default 250,000); their writes wait in memory until one.
+    pub(crate) checkpoint_every_commands: Option<u64>,
+    /// Each shard's newest Raft log entries held in memory, in MiB as encoded (default 32);
+    /// older ones are read back from the write-ahead log when asked for.
+    pub(crate) log_cache_mb: Option<u64>,
     /// AppendEntries a leader keeps in flight to each follower per shard (default 16): more than
     /// 1 streams them in order (pipelined replication), 1 sends one unary call at a time and
     /// refuses peers' streams too (they fall back to unary calls, as for an older build).
@@ -269,6 +275,8 @@ impl FileConfig {
             state,
             state_cache_mb,
             snapshot_every,
+            checkpoint_every_commands,
+            log_cache_mb,
             appends_in_flight,
             bootstrap,
             api_listen,
@@ -376,6 +384,21 @@ impl FileConfig {
                 return Err(ConfigError::Invalid("snapshot_every", "must be at least 1".into()));
             }
             node.snapshot_every = every;
+        }
+        if let Some(every) = self.checkpoint_every_commands {
+            if !matches!(node.state, StateStorage::Disk { .. }) {
+                return Err(ConfigError::Invalid("checkpoint_every_commands", "only with `state = \"disk\"`".into()));
+            }
+            if every == 0 {
+                return Err(ConfigError::Invalid("checkpoint_every_commands", "must be at least 1".into()));
+            }
+            node.checkpoint_every_commands = every;
+        }
+        if let Some(mb) = self.log_cache_mb {
+            node.log_cache_bytes = usize::try_from(mb)
+                .ok()
+                .and_then(|mb| mb.checked_mul(1 << 20))
+                .ok_or_else(|| ConfigError::Invalid("log_cache_mb", format!("{mb} MiB is too large")))?;
         }
         if let Some(n) = self.appends_in_flight {
             if n == 0 {
@@ -570,10 +593,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(base.clone().resolve().unwrap().node.state, StateStorage::Memory);
-        let file: FileConfig = toml::from_str("state = \"disk\"\nstate_cache_mb = 16\nsnapshot_every = 500").unwrap();
+        let file: FileConfig = toml::from_str(
+            "state = \"disk\"\nstate_cache_mb = 16\nsnapshot_every = 500\ncheckpoint_every_commands = 9000\nlog_cache_mb = 4",
+        )
+        .unwrap();
         let c = base.clone().overlay(file).resolve().unwrap();
         assert_eq!(c.node.state, StateStorage::Disk { cache_bytes: 16 << 20 });
         assert_eq!(c.node.snapshot_every, 500);
+        assert_eq!(c.node.checkpoint_every_commands, 9000);
+        assert_eq!(c.node.log_cache_bytes, 4 << 20);
         assert_eq!(c.node.appends_in_flight, raft_ledger::node::APPENDS_IN_FLIGHT_DEFAULT);
         let unary: FileConfig = toml::from_str("appends_in_flight = 1").unwrap();
         assert_eq!(base.clone().overlay(unary).resolve().unwrap().node.appends_in_flight, 1);
@@ -583,6 +611,11 @@ mod tests {
             (FileConfig { state: Some("tape".into()), ..base.clone() }, "state"),
             (FileConfig { state_cache_mb: Some(8), ..base.clone() }, "state_cache_mb"),
             (FileConfig { snapshot_every: Some(0), ..base.clone() }, "snapshot_every"),
+            (FileConfig { checkpoint_every_commands: Some(10), ..base.clone() }, "checkpoint_every_commands"),
+            (
+                FileConfig { state: Some("disk".into()), checkpoint_every_commands: Some(0), ..base.clone() },
+                "checkpoint_every_commands",
+            ),
             (FileConfig { appends_in_flight: Some(0), ..base }, "appends_in_flight"),
         ] {
             assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(k, _)) if k == key), "{key}");

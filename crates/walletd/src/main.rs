@@ -192,6 +192,8 @@ fn main() -> anyhow::Result<()> {
                     state: args.state,
                     state_cache_mb: args.state_cache_mb,
                     snapshot_every: args.snapshot_every,
+                    checkpoint_every_commands: None,
+                    log_cache_mb: None,
                     appends_in_flight: args.appends_in_flight,
                     bootstrap: args.bootstrap.then_some(true),
                     peers: args.peers,
