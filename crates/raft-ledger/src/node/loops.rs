@@ -233,8 +233,6 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
     }
 }
 
-/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
-/// in cluster time even when no command arrives.
 /// With the retained state on disk, asks for a snapshot (a checkpoint) once the commands
 /// applied since the last one reach `checkpoint_every_commands`: their writes wait in memory
 /// until then, and the snapshot interval counts log entries, which carry from one to 1,024
@@ -252,6 +250,9 @@ async fn checkpoint_if_buffer_full(node: &NodeInner, shard: &Shard) {
     }
 }
 
+/// Proposes a tick whenever this replica leads and a withdrawal hold is due, so holds expire
+/// in cluster time even when no command arrives; on every replica, asks for a checkpoint when
+/// the state's buffer is full ([`checkpoint_if_buffer_full`]).
 pub(super) async fn tick_loop(node: Arc<NodeInner>, shard: Arc<Shard>) {
     let mut stop = node.stop.subscribe();
     let mut interval = tokio::time::interval(node.config.tick_interval);

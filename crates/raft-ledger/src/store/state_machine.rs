@@ -857,6 +857,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             "installed snapshot"
         );
         self.cell.journal_len.send_replace(journal_len);
+        // The installed state is checkpointed (or an image): nothing of it waits in memory.
+        self.cell.commands_since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
