@@ -18,7 +18,8 @@
 //!
 //! # Recovery
 //!
-//! Segments are replayed in order into memory, each shard starting from its final purge point
+//! Segments are replayed in order (only each shard's newest entries stay in memory; see
+//! [`ShardLog`]), each shard starting from its final purge point
 //! (the newest `Purge` or checkpoint of any segment): a segment is deleted once a newer one
 //! records a purge past its entries, and that record may follow the newer segment's first
 //! entries. After the purge point, entries must be contiguous. A frame that fails its checksum at the very end
