@@ -27,9 +27,9 @@
 //! each call's scheduled send time (no coordinated omission).
 //!
 //! `--state disk` keeps each shard's retained ids, rounds and queue on disk, as `walletd
-//! --state disk` does (accounts stay in memory, and so does each replica's Raft log until a
-//! snapshot lets it purge: `--snapshot-every`); its CSV rows name their path with a `-disk`
-//! suffix.
+//! --state disk` does (accounts stay in memory, and so do the writes since the last checkpoint:
+//! one comes every `--snapshot-every` log entries or 250,000 commands); its CSV rows name their
+//! path with a `-disk` suffix.
 
 // Floats here are rates and durations for the report, never money.
 #![allow(clippy::float_arithmetic)]

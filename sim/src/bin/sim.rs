@@ -386,8 +386,8 @@ fn real_main() -> Result<i32, String> {
                 (b - a) as f64 / secs,
                 f.len()
             );
-            // The nodes keep a few entries of log in memory (`log_cache_bytes`): this says the
-            // runs read the rest back from their segments, under the disk faults.
+            // The nodes keep no log entry in memory once durable (`log_cache_bytes = 0`): this
+            // says the runs read them back from their segments, under the disk faults.
             println!(
                 "log entries read back from write-ahead log segments: {}",
                 raft_ledger::store::entries_read_back()
