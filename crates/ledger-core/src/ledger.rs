@@ -740,6 +740,7 @@ impl<S: LedgerState> Ledger<S> {
                     Balance::default()
                 }
             };
+            self.state.account_written(account, *after);
             delta += i128::from(after.posted) - i128::from(before.posted);
             if account.player_id().is_some() {
                 assert!(
@@ -818,6 +819,22 @@ impl<S: LedgerState> Ledger<S> {
             shard: self.shard,
             config: self.config,
             accounts: self.accounts(),
+            holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            head_seq: self.head_seq,
+            head_hash: self.head_hash,
+            last_at: self.last_at,
+        }
+    }
+
+    /// Like [`core_image`](Self::core_image) without the accounts, for a state that stores them
+    /// itself ([`LedgerState::account_written`]): O(pending holds) rather than O(accounts), so
+    /// a checkpoint taken between two apply batches does not copy every account. Put them back
+    /// with [`CoreImage::with_accounts`] before rebuilding a ledger from it.
+    pub fn core_image_without_accounts(&self) -> CoreImage {
+        CoreImage {
+            shard: self.shard,
+            config: self.config,
+            accounts: Vec::new(),
             holds: self.holds.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             head_seq: self.head_seq,
             head_hash: self.head_hash,
@@ -923,6 +940,25 @@ impl CoreImage {
     /// The shard the image belongs to.
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// The accounts it holds, by account (none if taken by
+    /// [`Ledger::core_image_without_accounts`]).
+    pub fn accounts(&self) -> &[(AccountRef, Balance)] {
+        &self.accounts
+    }
+
+    /// Puts back the accounts a state stored beside an image taken without them. `accounts`
+    /// must be sorted by account; an image that holds accounts already takes none (it was
+    /// taken with them, and the state stored none).
+    pub fn with_accounts(mut self, accounts: Vec<(AccountRef, Balance)>) -> Self {
+        if accounts.is_empty() {
+            return self;
+        }
+        assert!(self.accounts.is_empty(), "an image holds its accounts or its state does, not both");
+        assert!(accounts.is_sorted_by(|x, y| x.0 < y.0), "an image's accounts are sorted and unique");
+        self.accounts = accounts;
+        self
     }
 }
 

@@ -18,6 +18,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::AccountRef;
+use crate::money::Balance;
 use crate::time::ClusterTime;
 
 use super::IdState;
@@ -126,6 +128,12 @@ pub trait LedgerState {
     fn first_retained(&self) -> Option<(ClusterTime, Retained)>;
     /// Takes the oldest queued item off the queue.
     fn pop_retained(&mut self) -> Option<(ClusterTime, Retained)>;
+
+    /// Called with every balance the ledger writes, after it wrote it. The ledger keeps every
+    /// account in memory and reads them there; a state that also stores them (on disk) learns
+    /// here which changed, so a checkpoint writes only those rather than copying all of them
+    /// ([`Ledger::core_image_without_accounts`](super::Ledger::core_image_without_accounts)).
+    fn account_written(&mut self, _account: &AccountRef, _balance: Balance) {}
 
     /// Checks what only the implementation can see (for example the queue's time order);
     /// called by [`Ledger::check_invariants`](super::Ledger::check_invariants).

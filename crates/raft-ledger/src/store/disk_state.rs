@@ -56,7 +56,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use ledger_core::{ClusterTime, IdRecord, LedgerState, Retained, RetainedImage, Round, StateKey};
+use ledger_core::{AccountRef, Balance, ClusterTime, IdRecord, LedgerState, Retained, RetainedImage, Round, StateKey};
 
 /// A read-ahead brings runs into memory until it holds at least this many queue items.
 const QUEUE_READ_AHEAD: usize = 1024;
@@ -241,6 +241,7 @@ struct Parts {
     meta: fjall::PartitionHandle,
     filters: fjall::PartitionHandle,
     requeued: fjall::PartitionHandle,
+    accounts: fjall::PartitionHandle,
     /// The last field, so it is dropped after the keyspace and every partition handle.
     _lease: Arc<DirLease>,
 }
@@ -250,6 +251,7 @@ struct Parts {
 struct Frozen {
     ids: FastMap<StateKey, Option<IdRecord>>,
     rounds: FastMap<StateKey, Option<Round>>,
+    accounts: FastMap<AccountRef, Balance>,
     /// The items pushed since the last flush, as one run, with its key.
     run: Option<([u8; 16], Vec<Queued>)>,
     popped: Vec<[u8; 16]>,
@@ -282,6 +284,9 @@ pub struct DiskState {
     /// Written since the last flush; `None` is a removal.
     pending_ids: FastMap<StateKey, Option<IdRecord>>,
     pending_rounds: FastMap<StateKey, Option<Round>>,
+    /// Balances written since the last flush (accounts are never removed). The ledger reads
+    /// its accounts from its own map, never from here.
+    pending_accounts: FastMap<AccountRef, Balance>,
     /// The oldest queue items on disk, not yet popped, and the runs they came from.
     head: VecDeque<Queued>,
     head_runs: VecDeque<HeadRun>,
@@ -322,6 +327,7 @@ impl DiskState {
         let meta_part = keyspace.open_partition("meta", opts())?;
         let filters_part = keyspace.open_partition("filters", opts())?;
         let requeued_part = keyspace.open_partition("requeued", opts())?;
+        let accounts = keyspace.open_partition("accounts", opts())?;
         let stored = meta_part.get(META_KEY)?;
         let fresh = stored.is_none();
         let meta: Meta = match stored {
@@ -377,6 +383,7 @@ impl DiskState {
             meta: meta_part,
             filters: filters_part,
             requeued: requeued_part,
+            accounts,
             _lease: lease,
         };
         let mut state = Self {
@@ -389,6 +396,7 @@ impl DiskState {
             requeued_dirty: HashSet::default(),
             pending_ids: FastMap::default(),
             pending_rounds: FastMap::default(),
+            pending_accounts: FastMap::default(),
             head: VecDeque::new(),
             head_runs: VecDeque::new(),
             more_on_disk: true,
@@ -418,6 +426,7 @@ impl DiskState {
         self.wait_committed();
         let ids = std::mem::take(&mut self.pending_ids);
         let rounds = std::mem::take(&mut self.pending_rounds);
+        let accounts = std::mem::take(&mut self.pending_accounts);
         let popped = std::mem::take(&mut self.popped);
         let requeued = self.requeued_dirty.drain().map(|k| (k, self.requeued.get(&k).copied())).collect();
         self.rotate_buckets();
@@ -440,6 +449,7 @@ impl DiskState {
         let frozen = Arc::new(Frozen {
             ids,
             rounds,
+            accounts,
             run,
             popped,
             requeued,
@@ -492,6 +502,28 @@ impl DiskState {
     /// Whether nothing is remembered and nothing queued, flushed or not.
     pub fn is_empty(&self) -> bool {
         self.meta.ids == 0 && self.meta.next_pop_seq == self.meta.next_queue_seq
+    }
+
+    /// Every account as of the last flush, by account: read once when the state is opened (the
+    /// ledger then keeps them in memory).
+    pub fn stored_accounts(&self) -> Vec<(AccountRef, Balance)> {
+        assert!(self.frozen.is_none(), "the stored accounts are read when the state is opened");
+        read_accounts(self.parts.accounts.iter())
+    }
+
+    /// Writes every account of an image (a snapshot's, or the in-memory state of a node moving
+    /// to disk) straight into the engine's sorted files, like [`import`](Self::import).
+    pub fn import_accounts(&mut self, accounts: &[(AccountRef, Balance)]) {
+        let stored = self.parts.accounts.is_empty().unwrap_or_else(|e| panic!("on-disk state: cannot read it: {e}"));
+        assert!(stored && self.pending_accounts.is_empty(), "import accounts into a state without any");
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = accounts.iter().map(|(a, b)| (encode(a), encode(b))).collect();
+        // Ingest takes keys in byte order, which is not the accounts' order.
+        rows.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        rows.dedup_by(|x, y| x.0 == y.0);
+        self.parts
+            .accounts
+            .ingest(rows.into_iter())
+            .unwrap_or_else(|e| panic!("on-disk state: cannot import accounts: {e}"));
     }
 
     /// A consistent read-only view of the state as of the last committed flush, for reading it
@@ -737,6 +769,9 @@ impl Commit {
                 None => batch.remove(&p.rounds, key.to_be_bytes()),
             }
         }
+        for (account, balance) in &f.accounts {
+            batch.insert(&p.accounts, encode(account), encode(balance));
+        }
         for key in &f.popped {
             batch.remove(&p.queue, *key);
         }
@@ -777,6 +812,7 @@ impl Parts {
             rounds: self.rounds.snapshot_at(at),
             queue: self.queue.snapshot_at(at),
             meta: self.meta.snapshot_at(at),
+            accounts: self.accounts.snapshot_at(at),
         }
     }
 }
@@ -804,6 +840,7 @@ pub struct CheckpointView {
     rounds: fjall::Snapshot,
     queue: fjall::Snapshot,
     meta: fjall::Snapshot,
+    accounts: fjall::Snapshot,
 }
 
 impl CheckpointView {
@@ -839,6 +876,26 @@ impl CheckpointView {
         // Big-endian keys iterate in the keys' numeric order.
         RetainedImage { ids: all(&self.ids), rounds: all(&self.rounds), retention }
     }
+
+    /// Every account that flush stored, by account. Reads them all: off the apply path.
+    pub fn accounts(&self) -> Vec<(AccountRef, Balance)> {
+        read_accounts(self.accounts.iter())
+    }
+}
+
+/// Decodes an accounts partition's rows and sorts them by account (their keys' byte order is
+/// the encoding's, not the accounts').
+fn read_accounts<E: std::fmt::Display>(
+    rows: impl Iterator<Item = Result<fjall::KvPair, E>>,
+) -> Vec<(AccountRef, Balance)> {
+    let mut all: Vec<(AccountRef, Balance)> = rows
+        .map(|kv| {
+            let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read its accounts: {e}"));
+            (decode(&k), decode(&v))
+        })
+        .collect();
+    all.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    all
 }
 
 /// Writes rows sorted by key into an empty partition's sorted files; see [`DiskState::import`].
@@ -862,6 +919,17 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 }
 
 impl LedgerState for DiskState {
+    fn account_written(&mut self, account: &AccountRef, balance: Balance) {
+        // Most writes are to accounts already written since the last flush (the house account
+        // on every bet): update in place, and clone the account only for a new one.
+        match self.pending_accounts.get_mut(account) {
+            Some(slot) => *slot = balance,
+            None => {
+                self.pending_accounts.insert(account.clone(), balance);
+            }
+        }
+    }
+
     fn id(&self, key: StateKey) -> Option<IdRecord> {
         self.lookup(&self.pending_ids, |f| &f.ids, &self.parts.ids, "ids", key)
     }

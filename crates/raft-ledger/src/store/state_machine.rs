@@ -111,6 +111,11 @@ impl SnapshotState {
 
 /// What a checkpoint of a shard whose retained state is on disk stores with it, as the state's
 /// flush metadata (`CHECKPOINT_VERSION | postcard`).
+///
+/// Since version 2 its core image holds no accounts: the on-disk state stores them, each
+/// written by the checkpoint after it changed, so a checkpoint costs what changed rather than
+/// a copy of every account. Version 1 held them all here (and the state none); it is still
+/// read, and its accounts move into the state with the next checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Checkpoint {
     meta: SnapshotMeta,
@@ -120,7 +125,8 @@ struct Checkpoint {
     journal_head: Hash,
 }
 
-const CHECKPOINT_VERSION: u8 = 1;
+const CHECKPOINT_VERSION: u8 = 2;
+const CHECKPOINT_VERSION_ACCOUNTS_INSIDE: u8 = 1;
 
 impl Checkpoint {
     fn journal_point(&self) -> JournalPoint {
@@ -138,7 +144,9 @@ impl Checkpoint {
         let bad = |what: String| StoreError::BadSnapshot { path: dir.display().to_string(), what };
         match bytes.split_first() {
             None => Ok(None),
-            Some((&CHECKPOINT_VERSION, body)) => postcard::from_bytes(body).map(Some).map_err(|e| bad(e.to_string())),
+            Some((&(CHECKPOINT_VERSION | CHECKPOINT_VERSION_ACCOUNTS_INSIDE), body)) => {
+                postcard::from_bytes(body).map(Some).map_err(|e| bad(e.to_string()))
+            }
             Some((v, _)) => Err(bad(format!("unknown checkpoint version {v}"))),
         }
     }
@@ -193,7 +201,7 @@ impl LedgerSnapshot {
                         .ok_or_else(|| io::Error::other("the on-disk state has no checkpoint"))?;
                     let state = SnapshotState {
                         meta: cp.meta.clone(),
-                        image: LedgerImage::from_parts(cp.core.clone(), view.export()),
+                        image: LedgerImage::from_parts(cp.core.clone().with_accounts(view.accounts()), view.export()),
                         journal_entries: cp.journal_entries,
                         journal_bytes: cp.journal_bytes,
                         journal_head: cp.journal_head,
@@ -325,6 +333,7 @@ fn import_durably(
 fn filled(mut disk: DiskState, image: LedgerImage) -> Ledger<DiskState> {
     let (core, retained) = image.into_parts();
     disk.import(retained);
+    disk.import_accounts(core.accounts());
     Ledger::from_core_image(core, disk)
 }
 
@@ -339,7 +348,7 @@ fn checkpoint_durably(
 ) -> io::Result<Ledger<DiskState>> {
     let cp = Checkpoint {
         meta,
-        core: ledger.core_image(),
+        core: ledger.core_image_without_accounts(),
         journal_entries: point.entries,
         journal_bytes: point.bytes,
         journal_head: point.head,
@@ -443,11 +452,20 @@ impl LedgerStateMachine {
                 }
             }
             StateStorage::Disk { cache_bytes } => {
-                let (disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
+                let (mut disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
                 match (checkpoint, snapshot) {
                     (Some(cp), _) => {
                         let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, cp.journal_point())?;
                         assert_eq!(cp.core.shard(), shard, "checkpoint of another shard");
+                        let stored = disk.stored_accounts();
+                        if stored.is_empty() {
+                            // A version 1 checkpoint holds the accounts itself: the state writes
+                            // them with the next checkpoint, which holds none.
+                            for (account, balance) in cp.core.accounts() {
+                                disk.account_written(account, *balance);
+                            }
+                        }
+                        let core = cp.core.with_accounts(stored);
                         tracing::info!(
                             %shard,
                             last_log_id = ?cp.meta.last_log_id,
@@ -457,7 +475,7 @@ impl LedgerStateMachine {
                         ShardState {
                             last_applied: cp.meta.last_log_id,
                             membership: cp.meta.last_membership,
-                            ledger: ShardLedger::disk(Ledger::from_core_image(cp.core, disk), &state_dir),
+                            ledger: ShardLedger::disk(Ledger::from_core_image(core, disk), &state_dir),
                             journal,
                         }
                     }
@@ -523,7 +541,7 @@ impl LedgerStateMachine {
                 let Inner::Disk(d) = &mut st.ledger.0 else { unreachable!("the state is where it was opened") };
                 let cp = Checkpoint {
                     meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
-                    core: d.ledger.core_image(),
+                    core: d.ledger.core_image_without_accounts(),
                     journal_entries: st.journal.point().entries,
                     journal_bytes: st.journal.point().bytes,
                     journal_head: st.journal.point().head,
@@ -1240,5 +1258,79 @@ mod receive_tests {
 
         // And the good one still goes through, from the start.
         assert!(whole(&id, &state, &journal).finish(&StdFs, SHARD).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    //! Checkpoints of the state on disk across the change of where accounts are kept.
+    use super::*;
+    use crate::store::vfs::StdFs;
+
+    /// A version 1 checkpoint (every account in its core image, none in the state) still opens,
+    /// and the next checkpoint moves the accounts into the state: reopened after it, every
+    /// balance is the same.
+    #[tokio::test]
+    async fn a_version_1_checkpoint_opens_and_its_accounts_move_into_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = ShardId(1);
+        let mut ledger = Ledger::new(shard, LedgerConfig::default());
+        let mut entries = Vec::new();
+        let at = ledger_core::ClusterTime::from_millis(1_700_000_000_000);
+        let eur = ledger_core::Currency::new("EUR").unwrap();
+        for p in 0..20 {
+            let player = ledger_core::PlayerId::new(format!("p{p}")).unwrap();
+            let tx = |what: &str| ledger_core::TxId::new(format!("{what}-{p}")).unwrap();
+            ledger.apply(
+                &Command::OpenAccount { tx: tx("open"), player: player.clone(), currency: eur },
+                at,
+                &mut entries,
+            );
+            let amount = ledger_core::Amount::new(100 + p).unwrap();
+            ledger.apply(&Command::Deposit { tx: tx("dep"), player, currency: eur, amount }, at, &mut entries);
+        }
+        let want = ledger.accounts();
+        assert_eq!(want.len(), 21, "20 wallets and the external account");
+        let mut journal = Journal::open(&StdFs, &journal_path(dir.path()), shard, JournalPoint::empty(shard)).unwrap();
+        journal.append(&entries).unwrap();
+        journal.sync().unwrap();
+        let point = journal.point();
+        drop(journal);
+        // Written as version 1 did: the retained state in the state, the accounts in the
+        // checkpoint's core image.
+        let old = Checkpoint {
+            meta: crate::formats::snapshot_meta(),
+            core: ledger.core_image(),
+            journal_entries: point.entries,
+            journal_bytes: point.bytes,
+            journal_head: point.head,
+        };
+        let mut user = vec![CHECKPOINT_VERSION_ACCOUNTS_INSIDE];
+        user.extend(postcard::to_allocvec(&old).unwrap());
+        let (mut disk, cp, _) = open_disk_state(dir.path(), 1 << 20).unwrap();
+        assert!(cp.is_none());
+        disk.import(ledger.to_image().into_parts().1);
+        disk.flush(&user);
+        disk.persist();
+        drop(disk);
+
+        let open = || {
+            let storage = StateStorage::Disk { cache_bytes: 1 << 20 };
+            let vfs: Arc<dyn Vfs> = Arc::new(StdFs);
+            LedgerStateMachine::open(vfs, IoMode::Thread, dir.path(), shard, LedgerConfig::default(), storage, None)
+                .unwrap()
+        };
+        let (sm, cell) = open();
+        assert_eq!(cell.read().ledger.accounts(), want, "a version 1 checkpoint's accounts");
+        let mut builder = sm.builder();
+        builder.build_snapshot().await.unwrap();
+        drop((sm, cell));
+        let (disk, cp, _) = open_disk_state(dir.path(), 1 << 20).unwrap();
+        let cp = cp.expect("a checkpoint");
+        assert!(cp.core.accounts().is_empty(), "the new checkpoint holds no accounts");
+        assert_eq!(disk.stored_accounts(), want, "the state holds them");
+        drop(disk);
+        let (_sm, cell) = open();
+        assert_eq!(cell.read().ledger.accounts(), want, "reopened after the new checkpoint");
     }
 }

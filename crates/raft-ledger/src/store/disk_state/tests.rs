@@ -185,6 +185,8 @@ fn on_disk_state_gives_the_same_outcomes_and_chain_as_in_memory() {
         // The same ids, rounds and queue, not only the same answers.
         on_disk.state_mut().flush(b"");
         assert_eq!(on_disk.state().checkpoint_view().export(), in_memory.to_image().into_parts().1, "seed {seed}");
+        // And every account, though each flush wrote only those changed since the last.
+        assert_eq!(on_disk.state().checkpoint_view().accounts(), in_memory.accounts(), "seed {seed}");
     }
 }
 
@@ -255,8 +257,12 @@ fn a_state_reopened_at_its_last_flush_goes_on_exactly_like_the_ledger_it_was() {
     }
     drop(on_disk);
     let (from, mut expected) = checkpoint.expect("flushed");
-    let (core, _) = expected.to_image().into_parts();
-    let mut reopened = Ledger::from_core_image(core, open(dir.path()).0);
+    // The accounts as of the flush come back from the state, not from the image (the writes
+    // after the flush are gone with the crash).
+    let state = open(dir.path()).0;
+    let core = expected.core_image_without_accounts().with_accounts(state.stored_accounts());
+    let mut reopened = Ledger::from_core_image(core, state);
+    assert_eq!(reopened.accounts(), expected.accounts());
     assert!(
         reopened.state().buckets.iter().rev().skip(1).any(|b| b.touched.is_some()),
         "stored touched filters reload"
@@ -334,6 +340,7 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     let exported = view.export();
     let (core, retained) = in_memory.to_image().into_parts();
     assert_eq!(exported, retained, "the view reads out exactly the in-memory state at the checkpoint");
+    assert_eq!(view.accounts(), core.accounts(), "and its accounts");
     assert!(exported.ids.len() > 100 && !exported.rounds.is_empty() && !exported.retention.is_empty());
 
     let (mut imported, _) = open(dst.path());
@@ -343,18 +350,23 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     shuffled.ids.reverse();
     shuffled.rounds.reverse();
     imported.import(shuffled);
+    imported.import_accounts(core.accounts());
     imported.flush(b"installed");
+    assert_eq!(imported.checkpoint_view().accounts(), core.accounts());
     // Goes on both as imported (rounds active after their item was queued were marked touched
     // by the import) and reopened (the open bucket's touches unknown).
     let mut direct = Ledger::from_core_image(core.clone(), imported);
     let reopened_dir = tempfile::tempdir().unwrap();
     let (mut second, _) = open(reopened_dir.path());
     second.import(exported.clone());
+    second.import_accounts(core.accounts());
     second.flush(b"installed");
     drop(second);
     let (reopened, meta) = open(reopened_dir.path());
     assert_eq!(meta, b"installed");
-    let mut installed = Ledger::from_core_image(core, reopened);
+    let accounts = reopened.stored_accounts();
+    let mut installed =
+        Ledger::from_core_image(in_memory.core_image_without_accounts().with_accounts(accounts), reopened);
     for (i, cmd) in rest.iter().enumerate() {
         t += STEP_MS;
         let at = ClusterTime::from_millis(t);
@@ -382,6 +394,8 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     let (_, want) = in_memory.to_image().into_parts();
     assert_eq!(direct.state().checkpoint_view().export(), want, "imported, then applied");
     assert_eq!(installed.state().checkpoint_view().export(), want, "imported, reopened, then applied");
+    assert_eq!(installed.state().checkpoint_view().accounts(), in_memory.accounts());
+    assert_eq!(direct.state().checkpoint_view().accounts(), in_memory.accounts());
     installed.check_invariants();
     direct.check_invariants();
 }
