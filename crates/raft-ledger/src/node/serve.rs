@@ -139,8 +139,15 @@ impl Transport {
             }
         };
         // What arrived counts even if the stream broke (if the connection is torn down before
-        // this runs, it is a torn tail that the next piece's resume cuts).
-        if let Err(e) = receiver.save(vfs) {
+        // this runs, it is a torn tail that the next piece's resume cuts). Its fsyncs run off the
+        // runtime's workers, which the node's commits share.
+        let vfs_owned = self.node.env.vfs.clone();
+        let saving = self.node.env.io.blocking(move || {
+            let saved = receiver.save(vfs_owned.as_ref());
+            (receiver, saved)
+        });
+        let (receiver, saved) = saving.await.map_err(|_| Status::internal("saving a snapshot piece failed"))?;
+        if let Err(e) = saved {
             return Ok(Err(receive_error(&e)));
         }
         match end {
@@ -163,7 +170,14 @@ impl Transport {
     ) -> SnapshotReply {
         let vfs = self.node.env.vfs.as_ref();
         let started = tokio::time::Instant::now();
-        let snapshot = receiver.finish(vfs, s.id).map_err(|e| receive_error(&e))?;
+        // Reading the whole state and journal back and checking the state's digest and every
+        // entry's hash from genesis is seconds of CPU for a large shard: off the runtime's
+        // workers, where it stalled the commits of every shard sharing them (BENCHMARKS.md,
+        // "Catching up by snapshot under load").
+        let (vfs_owned, shard) = (self.node.env.vfs.clone(), s.id);
+        let finishing = self.node.env.io.blocking(move || receiver.finish(vfs_owned.as_ref(), shard));
+        let finished = finishing.await.map_err(|_| PeerError::Snapshot("verifying the snapshot failed".into()))?;
+        let snapshot = finished.map_err(|e| receive_error(&e))?;
         tracing::info!(
             shard = s.id.0,
             journal_entries = snapshot.journal.entries,
