@@ -15,7 +15,7 @@ use crate::net::generated::ledger_node_server::{LedgerNode as LedgerNodeApi, Led
 use crate::net::generated::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::net::peer::RAFT_MESSAGE_BYTES_MAX;
 use crate::net::wire::*;
-use crate::store::state_machine::{SnapshotReceiver, journal_head_of};
+use crate::store::state_machine::{SnapshotReceiver, journal_head_of, off_the_apply_path};
 
 /// Largest request the node API accepts: room for a full batch of commands. Anything bigger is
 /// refused before it is decoded.
@@ -172,12 +172,12 @@ impl Transport {
         let started = tokio::time::Instant::now();
         // Reading the whole state and journal back and checking the state's digest and every
         // entry's hash from genesis is seconds of CPU for a large shard: off the runtime's
-        // workers, where it stalled the commits of every shard sharing them (BENCHMARKS.md,
-        // "Catching up by snapshot under load").
+        // workers, where it stalled the commits of every shard sharing them, and at the lowest
+        // priority, like the install after it (BENCHMARKS.md, "Catching up by snapshot under
+        // load").
         let (vfs_owned, shard) = (self.node.env.vfs.clone(), s.id);
-        let finishing = self.node.env.io.blocking(move || receiver.finish(vfs_owned.as_ref(), shard));
-        let finished = finishing.await.map_err(|_| PeerError::Snapshot("verifying the snapshot failed".into()))?;
-        let snapshot = finished.map_err(|e| receive_error(&e))?;
+        let finish = move || receiver.finish(vfs_owned.as_ref(), shard);
+        let snapshot = off_the_apply_path(self.node.env.io, finish).await.map_err(|e| receive_error(&e))?;
         tracing::info!(
             shard = s.id.0,
             journal_entries = snapshot.journal.entries,
