@@ -78,8 +78,8 @@ pub struct NodeConfig {
     /// With the retained state on disk: a snapshot (checkpoint) is also taken once this many
     /// commands have applied since the last, checked every `tick_interval`. The state's writes
     /// since its last checkpoint wait in memory, and an interval in log entries does not bound
-    /// them (an entry carries up to 1,024 commands). Each checkpoint copies the shard's accounts,
-    /// so this trades that copy against memory.
+    /// them (an entry carries up to 1,024 commands). Each checkpoint fsyncs the journal between
+    /// two apply batches and commits and fsyncs the store, so this trades those against memory.
     pub checkpoint_every_commands: u64,
     /// Bytes (as encoded in the write-ahead log) of each shard's newest log entries held in
     /// memory; older entries not yet purged by a snapshot are read back from the log's segments
