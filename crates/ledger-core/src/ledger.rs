@@ -9,7 +9,6 @@ mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use state::FastMap;
 pub use state::{IdRecord, LedgerState, MemState, Retained, Round, StateKey};
 
 use serde::{Deserialize, Serialize};
@@ -212,14 +211,13 @@ struct Posting<'a> {
     reason: Option<&'a Reason>,
 }
 
-/// One shard's ledger. The retained ids, rounds and their forgetting queue are in `S`
-/// ([`MemState`] unless a shell gives it another [`LedgerState`]); accounts, pending holds and
-/// the chain's head are here.
+/// One shard's ledger. The accounts, retained ids, rounds and their forgetting queue are in `S`
+/// ([`MemState`] unless a shell gives it another [`LedgerState`]); pending holds and the chain's
+/// head are here.
 #[derive(Debug, Clone)]
 pub struct Ledger<S = MemState> {
     shard: ShardId,
     config: LedgerConfig,
-    accounts: FastMap<AccountRef, Balance>,
     state: S,
     holds: BTreeMap<TxId, Hold>,
     hold_expiry: BTreeSet<(ClusterTime, TxId)>,
@@ -249,7 +247,6 @@ impl<S: LedgerState> Ledger<S> {
         Self {
             shard,
             config,
-            accounts: FastMap::default(),
             state,
             holds: BTreeMap::new(),
             hold_expiry: BTreeSet::new(),
@@ -292,8 +289,8 @@ impl<S: LedgerState> Ledger<S> {
     /// An account's balance. House and external accounts always exist (zero until used); a
     /// player wallet exists once opened.
     pub fn balance(&self, account: &AccountRef) -> Option<Balance> {
-        match self.accounts.get(account) {
-            Some(b) => Some(*b),
+        match self.state.account(account) {
+            Some(b) => Some(b),
             None if account.player_id().is_none() => Some(Balance::default()),
             None => None,
         }
@@ -301,7 +298,8 @@ impl<S: LedgerState> Ledger<S> {
 
     /// Every account that has been used, sorted by account.
     pub fn accounts(&self) -> Vec<(AccountRef, Balance)> {
-        let mut all: Vec<_> = self.accounts.iter().map(|(a, b)| (a.clone(), *b)).collect();
+        let mut all = Vec::new();
+        self.state.for_each_account(&mut |a, b| all.push((a.clone(), b)));
         // Unique keys: unstable gives the same order.
         all.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         all
@@ -436,7 +434,7 @@ impl<S: LedgerState> Ledger<S> {
         match cmd {
             Command::OpenAccount { tx, player, currency } => {
                 let wallet = AccountRef::player(player.clone(), *currency);
-                if self.accounts.contains_key(&wallet) {
+                if self.state.load_account(&wallet).is_some() {
                     return Err(Rejection::AccountExists);
                 }
                 let balances = vec![(wallet.clone(), Balance::default())];
@@ -633,9 +631,14 @@ impl<S: LedgerState> Ledger<S> {
         Ok(receipt)
     }
 
-    /// The balance of an account that must exist: players must have opened their wallet.
-    fn existing(&self, account: &AccountRef) -> Result<Balance, Rejection> {
-        self.balance(account).ok_or(Rejection::UnknownAccount)
+    /// The balance of an account that must exist (players must have opened their wallet), read
+    /// on the apply path ([`LedgerState::load_account`]), like [`balance`](Self::balance).
+    fn existing(&mut self, account: &AccountRef) -> Result<Balance, Rejection> {
+        match self.state.load_account(account) {
+            Some(b) => Ok(b),
+            None if account.player_id().is_none() => Ok(Balance::default()),
+            None => Err(Rejection::UnknownAccount),
+        }
     }
 
     fn pending_hold(&self, player: &PlayerId, hold: &TxId) -> Result<Hold, Rejection> {
@@ -665,7 +668,7 @@ impl<S: LedgerState> Ledger<S> {
         let h = self.holds.remove(hold_id).expect("caller checked the hold is pending");
         assert!(self.hold_expiry.remove(&(h.expires_at, hold_id.clone())), "every hold has an expiry");
         let wallet = AccountRef::player(h.player.clone(), h.currency);
-        let w = self.accounts.get(&wallet).copied().expect("a hold's wallet exists");
+        let w = self.state.load_account(&wallet).expect("a hold's wallet exists");
         let after = Balance { held: w.held - h.amount.signed(), ..w };
         let external = AccountRef::External(h.currency);
         self.post(
@@ -733,14 +736,9 @@ impl<S: LedgerState> Ledger<S> {
         let mut delta: i128 = 0;
         for (account, after) in &p.balances {
             assert_eq!(account.currency(), currency, "an entry touches one currency");
-            let before = match self.accounts.get_mut(account) {
-                Some(slot) => std::mem::replace(slot, *after),
-                None => {
-                    self.accounts.insert(account.clone(), *after);
-                    Balance::default()
-                }
-            };
-            self.state.account_written(account, *after);
+            // The state returns what it held, not what the caller read, so the sum below
+            // checks the entry against the state itself.
+            let before = self.state.put_account(account, *after).unwrap_or_default();
             delta += i128::from(after.posted) - i128::from(before.posted);
             if account.player_id().is_some() {
                 assert!(
@@ -784,28 +782,32 @@ impl<S: LedgerState> Ledger<S> {
     /// Re-checks every invariant over the whole state. O(accounts); used by tests, property tests
     /// and before every snapshot.
     pub fn check_invariants(&self) {
-        let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
         let mut held_by_player: BTreeMap<AccountRef, i64> = BTreeMap::new();
-        for (account, balance) in &self.accounts {
-            *sums.entry(account.currency()).or_insert(0) += i128::from(balance.posted);
-            if account.player_id().is_some() {
-                assert!(balance.held >= 0 && balance.held <= balance.posted, "{account}: {balance:?}");
-            } else {
-                assert_eq!(balance.held, 0, "{account} holds money");
-            }
-        }
-        for (currency, sum) in &sums {
-            assert_eq!(*sum, 0, "money not conserved in {currency}");
-        }
         for (id, hold) in &self.holds {
             assert!(self.hold_expiry.contains(&(hold.expires_at, id.clone())), "hold {id} has no expiry");
             let wallet = AccountRef::player(hold.player.clone(), hold.currency);
             *held_by_player.entry(wallet).or_insert(0) += hold.amount.signed();
         }
         assert_eq!(self.hold_expiry.len(), self.holds.len(), "expiry index out of step with holds");
-        for (account, balance) in &self.accounts {
+        // One pass over the accounts (the state may read them from disk): sums per currency,
+        // and each account's held amount against its pending holds.
+        let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+        let mut holding = 0usize;
+        self.state.for_each_account(&mut |account, balance| {
+            *sums.entry(account.currency()).or_insert(0) += i128::from(balance.posted);
+            if account.player_id().is_some() {
+                assert!(balance.held >= 0 && balance.held <= balance.posted, "{account}: {balance:?}");
+            } else {
+                assert_eq!(balance.held, 0, "{account} holds money");
+            }
             let held = held_by_player.get(account).copied().unwrap_or(0);
             assert_eq!(balance.held, held, "{account}: held differs from its pending holds");
+            holding += usize::from(held != 0);
+        });
+        // Every wallet with a pending hold was visited (its held amount is never zero).
+        assert_eq!(holding, held_by_player.len(), "a pending hold's wallet does not exist");
+        for (currency, sum) in &sums {
+            assert_eq!(*sum, 0, "money not conserved in {currency}");
         }
         self.state.check_invariants();
     }
@@ -827,9 +829,9 @@ impl<S: LedgerState> Ledger<S> {
     }
 
     /// Like [`core_image`](Self::core_image) without the accounts, for a state that stores them
-    /// itself ([`LedgerState::account_written`]): O(pending holds) rather than O(accounts), so
-    /// a checkpoint taken between two apply batches does not copy every account. Put them back
-    /// with [`CoreImage::with_accounts`] before rebuilding a ledger from it.
+    /// (on disk): O(pending holds) rather than O(accounts), so a checkpoint taken between two
+    /// apply batches does not copy every account. A ledger rebuilt from it
+    /// ([`from_core_image`](Self::from_core_image)) reads them from that state.
     pub fn core_image_without_accounts(&self) -> CoreImage {
         CoreImage {
             shard: self.shard,
@@ -842,14 +844,18 @@ impl<S: LedgerState> Ledger<S> {
         }
     }
 
-    /// Rebuilds a ledger from a core image and the retained state that was checkpointed with it
-    /// (unlike [`with_state`](Self::with_state), `state` need not be empty), and checks its
-    /// invariants.
-    pub fn from_core_image(core: CoreImage, state: S) -> Self {
+    /// Rebuilds a ledger from a core image and the state that was checkpointed with it (unlike
+    /// [`with_state`](Self::with_state), `state` need not be empty), and checks its invariants.
+    /// The image's accounts, if it holds any, are written into the state; an image taken
+    /// without them ([`core_image_without_accounts`](Self::core_image_without_accounts)) leaves
+    /// the state's own.
+    pub fn from_core_image(core: CoreImage, mut state: S) -> Self {
+        for (account, balance) in &core.accounts {
+            state.put_account(account, *balance);
+        }
         let ledger = Self {
             shard: core.shard,
             config: core.config,
-            accounts: core.accounts.into_iter().collect(),
             state,
             hold_expiry: core.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect(),
             holds: core.holds.into_iter().collect(),
@@ -889,7 +895,7 @@ impl Ledger<MemState> {
     /// Rebuilds a ledger from an image and checks its invariants.
     pub fn from_image(image: LedgerImage) -> Self {
         let mut ledger = Self::new(image.shard, image.config);
-        ledger.accounts = image.accounts.into_iter().collect();
+        ledger.state.accounts = image.accounts.into_iter().collect();
         ledger.state.ids = image.ids.into_iter().collect();
         ledger.state.rounds = image.rounds.into_iter().collect();
         ledger.hold_expiry = image.holds.iter().map(|(id, h)| (h.expires_at, id.clone())).collect();
@@ -948,9 +954,15 @@ impl CoreImage {
         &self.accounts
     }
 
-    /// Puts back the accounts a state stored beside an image taken without them. `accounts`
-    /// must be sorted by account; an image that holds accounts already takes none (it was
-    /// taken with them, and the state stored none).
+    /// Takes the accounts out of the image (to store them some other way than through
+    /// [`Ledger::from_core_image`], for example in bulk), leaving none.
+    pub fn take_accounts(&mut self) -> Vec<(AccountRef, Balance)> {
+        std::mem::take(&mut self.accounts)
+    }
+
+    /// Puts back the accounts a state stored beside an image taken without them (to send the
+    /// whole image to a peer). `accounts` must be sorted by account; an image that holds
+    /// accounts already takes none (it was taken with them, and the state stored none).
     pub fn with_accounts(mut self, accounts: Vec<(AccountRef, Balance)>) -> Self {
         if accounts.is_empty() {
             return self;

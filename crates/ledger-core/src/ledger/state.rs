@@ -1,11 +1,12 @@
-//! Where a ledger keeps what it remembers for the retention window: transaction ids (with what
-//! each produced, and a bet's details for its rollback), rounds, and the time-ordered queue by
-//! which both are forgotten.
+//! Where a ledger keeps its accounts and what it remembers for the retention window: transaction
+//! ids (with what each produced, and a bet's details for its rollback), rounds, and the
+//! time-ordered queue by which both are forgotten.
 //!
-//! This is the state that grows with history (a casino taking 1,000 bets/s retains ~600 million
-//! ids over 7 days), so the ledger reaches it only through [`LedgerState`], which a shell can
-//! implement on disk behind a bounded cache. [`MemState`] keeps it in hash maps, as the ledger
-//! always has; tests, the simulator and snapshots' images use it.
+//! This is the state that grows with the business and its history (a casino taking 1,000
+//! bets/s retains ~600 million ids over 7 days, and may have tens of millions of players), so
+//! the ledger reaches it only through [`LedgerState`], which a shell can implement on disk
+//! behind a bounded cache. [`MemState`] keeps it in hash maps, as the ledger always has; tests,
+//! the simulator and snapshots' images use it.
 //!
 //! The trait's operations are plain reads and writes; every decision stays in [`Ledger`]
 //! (`super::Ledger`), so two implementations given the same calls hold the same records and
@@ -81,7 +82,8 @@ pub enum Retained {
     Round(StateKey),
 }
 
-/// The retained state a [`Ledger`](super::Ledger) reads and writes while it applies commands.
+/// The accounts and retained state a [`Ledger`](super::Ledger) reads and writes while it applies
+/// commands.
 ///
 /// Calls come from the one thread applying the shard's log, in log order. The ledger tells the
 /// state what it knows, so an implementation need not read before it writes:
@@ -129,20 +131,30 @@ pub trait LedgerState {
     /// Takes the oldest queued item off the queue.
     fn pop_retained(&mut self) -> Option<(ClusterTime, Retained)>;
 
-    /// Called with every balance the ledger writes, after it wrote it. The ledger keeps every
-    /// account in memory and reads them there; a state that also stores them (on disk) learns
-    /// here which changed, so a checkpoint writes only those rather than copying all of them
-    /// ([`Ledger::core_image_without_accounts`](super::Ledger::core_image_without_accounts)).
-    fn account_written(&mut self, _account: &AccountRef, _balance: Balance) {}
+    /// An account's balance, if it was ever written (house and external accounts are written
+    /// first when money first moves through them; a player's wallet when it is opened).
+    fn account(&self, account: &AccountRef) -> Option<Balance>;
+    /// Like [`account`](Self::account), on the path applying a command, which may write the
+    /// account next: a state that reads it from disk may keep what it read for that write.
+    fn load_account(&mut self, account: &AccountRef) -> Option<Balance> {
+        self.account(account)
+    }
+    /// Writes an account's balance and returns the one it replaces (`None` for a new account).
+    /// Accounts are never removed.
+    fn put_account(&mut self, account: &AccountRef, balance: Balance) -> Option<Balance>;
+    /// Calls `f` with every account and its balance, in no particular order: O(accounts), for
+    /// invariant checks, images and audits, never on the path that decides an outcome.
+    fn for_each_account(&self, f: &mut dyn FnMut(&AccountRef, Balance));
 
     /// Checks what only the implementation can see (for example the queue's time order);
     /// called by [`Ledger::check_invariants`](super::Ledger::check_invariants).
     fn check_invariants(&self) {}
 }
 
-/// The retained state in memory: hash maps keyed by digest and a queue in time order.
+/// The state in memory: hash maps keyed by account or digest and a queue in time order.
 #[derive(Debug, Clone, Default)]
 pub struct MemState {
+    pub(super) accounts: FastMap<AccountRef, Balance>,
     pub(super) ids: FastMap<StateKey, IdRecord>,
     pub(super) rounds: FastMap<StateKey, Round>,
     /// In the order things were remembered, which is cluster-time order.
@@ -150,6 +162,28 @@ pub struct MemState {
 }
 
 impl LedgerState for MemState {
+    fn account(&self, account: &AccountRef) -> Option<Balance> {
+        self.accounts.get(account).copied()
+    }
+
+    fn put_account(&mut self, account: &AccountRef, balance: Balance) -> Option<Balance> {
+        // Most writes are to an account that exists: replace in place, and clone the account
+        // only for a new one.
+        match self.accounts.get_mut(account) {
+            Some(slot) => Some(std::mem::replace(slot, balance)),
+            None => {
+                self.accounts.insert(account.clone(), balance);
+                None
+            }
+        }
+    }
+
+    fn for_each_account(&self, f: &mut dyn FnMut(&AccountRef, Balance)) {
+        for (account, balance) in &self.accounts {
+            f(account, *balance);
+        }
+    }
+
     fn id(&self, key: StateKey) -> Option<IdRecord> {
         self.ids.get(&key).copied()
     }

@@ -1,6 +1,8 @@
-//! A shard's retained state (ids, rounds and their forgetting queue) on disk, in fjall, an LSM
-//! tree, behind a write buffer: the [`LedgerState`] a ledger uses when its history must not
-//! live in RAM (issue 18).
+//! A shard's accounts and retained state (ids, rounds and their forgetting queue) on disk, in
+//! fjall, an LSM tree, behind a write buffer: the [`LedgerState`] a ledger uses when its players
+//! and its history must not live in RAM (issue 18). What stays in memory is bounded: the write
+//! buffer (a checkpoint interval's writes), the engine's block cache (configured), its
+//! memtables, and the Bloom filters below.
 //!
 //! Why fjall: the `state_store` benchmark (BENCHMARKS.md, "State on disk: choosing the engine")
 //! measured it at 3–5× redb's rate on this workload with a thirtieth of its p99 and half its
@@ -14,8 +16,8 @@
 //! checkpoint does before the log behind it may be purged. Reads look at the buffer first, so
 //! the ledger sees its own writes at once.
 //!
-//! Keys are the ledger's 128-bit digests, big-endian; values are the records' postcard
-//! encoding. The forgetting queue is stored as runs: each flush writes the items pushed since
+//! Keys are the ledger's 128-bit digests, big-endian (accounts: their postcard encoding);
+//! values are the records' postcard encoding. The forgetting queue is stored as runs: each flush writes the items pushed since
 //! the last one as a single value, keyed by its first item's (cluster time, position) so runs
 //! read back in push order, and a run is deleted once all its items have been popped (the
 //! position of the next item to pop is in the metadata, so a run popped halfway is resumed
@@ -284,8 +286,10 @@ pub struct DiskState {
     /// Written since the last flush; `None` is a removal.
     pending_ids: FastMap<StateKey, Option<IdRecord>>,
     pending_rounds: FastMap<StateKey, Option<Round>>,
-    /// Balances written since the last flush (accounts are never removed). The ledger reads
-    /// its accounts from its own map, never from here.
+    /// Balances written since the last flush (accounts are never removed), and those read on
+    /// the apply path since ([`LedgerState::load_account`]): a command reads the accounts it
+    /// then writes, and the write finds them here instead of reading the engine again. An
+    /// account read and not written is written back unchanged by the next flush.
     pending_accounts: FastMap<AccountRef, Balance>,
     /// The oldest queue items on disk, not yet popped, and the runs they came from.
     head: VecDeque<Queued>,
@@ -504,18 +508,36 @@ impl DiskState {
         self.meta.ids == 0 && self.meta.next_pop_seq == self.meta.next_queue_seq
     }
 
-    /// Every account as of the last flush, by account: read once when the state is opened (the
-    /// ledger then keeps them in memory).
-    pub fn stored_accounts(&self) -> Vec<(AccountRef, Balance)> {
-        assert!(self.frozen.is_none(), "the stored accounts are read when the state is opened");
+    /// Whether any account is stored (a state opened at a version 1 checkpoint has none: that
+    /// checkpoint holds them itself).
+    pub fn has_stored_accounts(&self) -> bool {
+        !self.parts.accounts.is_empty().unwrap_or_else(|e| panic!("on-disk state: cannot read it: {e}"))
+    }
+
+    /// Every account as of the last flush, by account (the tests compare them).
+    #[cfg(test)]
+    pub(crate) fn stored_accounts(&self) -> Vec<(AccountRef, Balance)> {
+        assert!(self.frozen.is_none(), "read the stored accounts after a flush is committed");
         read_accounts(self.parts.accounts.iter())
+    }
+
+    /// An account's balance as the engine has it (the last committed flush's).
+    fn stored_account(&self, account: &AccountRef) -> Option<Balance> {
+        let stored = self
+            .parts
+            .accounts
+            .get(encode(account))
+            .unwrap_or_else(|e| panic!("on-disk state: cannot read an account: {e}"));
+        stored.map(|v| decode(&v))
     }
 
     /// Writes every account of an image (a snapshot's, or the in-memory state of a node moving
     /// to disk) straight into the engine's sorted files, like [`import`](Self::import).
     pub fn import_accounts(&mut self, accounts: &[(AccountRef, Balance)]) {
-        let stored = self.parts.accounts.is_empty().unwrap_or_else(|e| panic!("on-disk state: cannot read it: {e}"));
-        assert!(stored && self.pending_accounts.is_empty(), "import accounts into a state without any");
+        assert!(
+            !self.has_stored_accounts() && self.pending_accounts.is_empty(),
+            "import accounts into a state without any"
+        );
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = accounts.iter().map(|(a, b)| (encode(a), encode(b))).collect();
         // Ingest takes keys in byte order, which is not the accounts' order.
         rows.sort_unstable_by(|x, y| x.0.cmp(&y.0));
@@ -919,14 +941,60 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 }
 
 impl LedgerState for DiskState {
-    fn account_written(&mut self, account: &AccountRef, balance: Balance) {
+    fn account(&self, account: &AccountRef) -> Option<Balance> {
+        if let Some(b) = self.pending_accounts.get(account) {
+            return Some(*b);
+        }
+        // Being committed (or committed and not yet released: the engine has the same).
+        if let Some(b) = self.frozen.as_deref().and_then(|f| f.accounts.get(account)) {
+            return Some(*b);
+        }
+        self.stored_account(account)
+    }
+
+    fn load_account(&mut self, account: &AccountRef) -> Option<Balance> {
+        if let Some(b) = self.pending_accounts.get(account) {
+            return Some(*b);
+        }
+        let read = self.account(account)?;
+        self.pending_accounts.insert(account.clone(), read);
+        Some(read)
+    }
+
+    fn put_account(&mut self, account: &AccountRef, balance: Balance) -> Option<Balance> {
         // Most writes are to accounts already written since the last flush (the house account
         // on every bet): update in place, and clone the account only for a new one.
-        match self.pending_accounts.get_mut(account) {
-            Some(slot) => *slot = balance,
-            None => {
-                self.pending_accounts.insert(account.clone(), balance);
+        if let Some(slot) = self.pending_accounts.get_mut(account) {
+            return Some(std::mem::replace(slot, balance));
+        }
+        let prior = match self.frozen.as_deref().and_then(|f| f.accounts.get(account)) {
+            Some(b) => Some(*b),
+            None => self.stored_account(account),
+        };
+        self.pending_accounts.insert(account.clone(), balance);
+        prior
+    }
+
+    fn for_each_account(&self, f: &mut dyn FnMut(&AccountRef, Balance)) {
+        // Each account once, at its latest balance: the buffer's, else the commit in flight's,
+        // else the engine's. (A commit landing during the scan changes only accounts the
+        // frozen writes still answer for.)
+        let frozen = self.frozen.as_deref().map(|f| &f.accounts);
+        let newer = |a: &AccountRef| self.pending_accounts.contains_key(a) || frozen.is_some_and(|m| m.contains_key(a));
+        for kv in self.parts.accounts.iter() {
+            let (k, v) = kv.unwrap_or_else(|e| panic!("on-disk state: cannot read its accounts: {e}"));
+            let account: AccountRef = decode(&k);
+            if !newer(&account) {
+                f(&account, decode(&v));
             }
+        }
+        for (account, balance) in frozen.into_iter().flatten() {
+            if !self.pending_accounts.contains_key(account) {
+                f(account, *balance);
+            }
+        }
+        for (account, balance) in &self.pending_accounts {
+            f(account, *balance);
         }
     }
 

@@ -331,9 +331,9 @@ fn import_durably(
 
 /// An empty on-disk state filled with a snapshot's image, as a ledger (not yet checkpointed).
 fn filled(mut disk: DiskState, image: LedgerImage) -> Ledger<DiskState> {
-    let (core, retained) = image.into_parts();
+    let (mut core, retained) = image.into_parts();
     disk.import(retained);
-    disk.import_accounts(core.accounts());
+    disk.import_accounts(&core.take_accounts());
     Ledger::from_core_image(core, disk)
 }
 
@@ -452,20 +452,20 @@ impl LedgerStateMachine {
                 }
             }
             StateStorage::Disk { cache_bytes } => {
-                let (mut disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
+                let (disk, checkpoint, state_dir) = open_disk_state(dir, cache_bytes)?;
                 match (checkpoint, snapshot) {
                     (Some(cp), _) => {
                         let journal = Journal::open(vfs.as_ref(), &journal_path(dir), shard, cp.journal_point())?;
                         assert_eq!(cp.core.shard(), shard, "checkpoint of another shard");
-                        let stored = disk.stored_accounts();
-                        if stored.is_empty() {
-                            // A version 1 checkpoint holds the accounts itself: the state writes
-                            // them with the next checkpoint, which holds none.
-                            for (account, balance) in cp.core.accounts() {
-                                disk.account_written(account, *balance);
-                            }
-                        }
-                        let core = cp.core.with_accounts(stored);
+                        // The ledger reads its accounts from the state. A version 1 checkpoint
+                        // holds them itself (and the state none): the ledger writes them into
+                        // the state, which stores them with the next checkpoint (that one holds
+                        // none).
+                        assert!(
+                            cp.core.accounts().is_empty() || !disk.has_stored_accounts(),
+                            "a checkpoint holds its accounts or its state does, not both"
+                        );
+                        let core = cp.core;
                         tracing::info!(
                             %shard,
                             last_log_id = ?cp.meta.last_log_id,
