@@ -111,4 +111,7 @@ say "simulation: a bounded sweep of 100 seeds across every scenario"
 # Release: a simulated run is about 20 times faster optimized, which pays for the build.
 target/release/sim sweep --seeds 0..100 --scenario all --out target/sim-crashes
 
+say "simulation: 20 seeds with the shards' state on disk (fjall stores)"
+target/release/sim sweep --seeds 0..20 --scenario all --state disk --out target/sim-crashes
+
 say "all tests passed"

@@ -118,6 +118,13 @@ pub struct SimConfig {
     /// simulator's own tests.
     #[serde(default)]
     pub plant: Option<String>,
+    /// Shards keep their state on disk (`StateStorage::Disk`: fjall, in real files under a
+    /// temporary directory of the run's own, one per node, kept across the node's crashes and
+    /// restarts). fjall does its own file IO, so the simulator's disk faults reach the
+    /// write-ahead log and journals but not the store; its crashes reach the store as a process
+    /// crash does (what was written and not fsynced survives, as in the OS's page cache).
+    #[serde(default)]
+    pub disk_state: bool,
 }
 
 /// Longest one-way latency a scenario may give a link, ms.
@@ -158,6 +165,8 @@ struct ScenarioFile {
     liveness_ms: u64,
     #[serde(default)]
     plant: Option<String>,
+    #[serde(default)]
+    disk_state: bool,
 }
 
 /// Regions, nodes and one-way latencies from a topology file: each region-pair RTT halved.
@@ -238,6 +247,7 @@ impl SimConfig {
             faults: Vec::new(),
             liveness_ms: 30_000,
             plant: None,
+            disk_state: false,
         };
         let mut frng = SimRng::fork(seed, 2);
         let names: Vec<&str> = if scenario == "random" {
@@ -366,6 +376,9 @@ impl SimConfig {
         if let Some(p) = &self.plant {
             out.push(format!("PLANTED BUG: {p}"));
         }
+        if self.disk_state {
+            out.push("state on disk (fjall, real files)".into());
+        }
         out
     }
 
@@ -412,6 +425,7 @@ impl SimConfig {
             faults: f.faults,
             liveness_ms: f.liveness_ms,
             plant: f.plant,
+            disk_state: f.disk_state,
         };
         cfg.validate().map_err(at)?;
         Ok(cfg)

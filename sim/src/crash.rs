@@ -54,6 +54,9 @@ pub fn repro_command(cfg: &SimConfig, steps: Option<u64>) -> String {
     if let Some(p) = &cfg.plant {
         cmd += &format!(" --plant {p}");
     }
+    if cfg.disk_state {
+        cmd += " --state disk";
+    }
     cmd
 }
 

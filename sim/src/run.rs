@@ -56,6 +56,8 @@ pub struct RunReport {
     pub indeterminate: usize,
     /// Events folded into the trace.
     pub events: u64,
+    /// With the state on disk: bytes in the store's files when the run ended (0 in memory).
+    pub disk_bytes: u64,
 }
 
 /// State shared by the driver, the node hosts and the clients. Turmoil runs all of them on one
@@ -69,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) clients_done: u32,
     pub(crate) audit_done: bool,
     pub(crate) violation: Option<(String, String)>,
+    /// With `disk_state`: the run's directory of real files, one subdirectory per node.
+    pub(crate) disk_root: Option<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -121,7 +125,17 @@ pub(crate) fn cluster_key() -> ClusterKey {
 async fn run_node(cfg: Arc<SimConfig>, id: NodeId, shared: SharedRef) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let m = members(&cfg);
-    let mut config = NodeConfig::new(id, m[&id].clone(), "/data", cfg.shards);
+    let disk_root = shared.borrow().disk_root.clone();
+    let mut config = match disk_root {
+        // fjall writes real files, so each node needs a directory of its own (the simulated
+        // file system keeps the write-ahead log and journals per host under the same path).
+        Some(root) => {
+            let mut c = NodeConfig::new(id, m[&id].clone(), root.join(format!("n{id}")), cfg.shards);
+            c.state = raft_ledger::node::StateStorage::Disk { cache_bytes: 1 << 20 };
+            c
+        }
+        None => NodeConfig::new(id, m[&id].clone(), "/data", cfg.shards),
+    };
     config.rtt_ms = cfg.rtt_ms;
     config.tick_interval = Duration::from_millis(200);
     config.snapshot_every = 20;
@@ -378,6 +392,11 @@ pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
     seed_thread_rng(cfg.seed);
     let cfg = Arc::new(cfg.clone());
     let shared: SharedRef = Rc::new(RefCell::new(Shared::default()));
+    // Removed when the run ends (after the simulation, and every node in it, is dropped).
+    let disk_root = cfg.disk_state.then(|| {
+        tempfile::Builder::new().prefix("sim-state-").tempdir().expect("a temporary directory for the on-disk state")
+    });
+    shared.borrow_mut().disk_root = disk_root.as_ref().map(|d| d.path().to_path_buf());
     let horizon = cfg.last_fault_ms() + cfg.liveness_ms + 120_000;
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -445,7 +464,7 @@ pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
         });
     }
     let (acked, refused, indeterminate) = s.history.counts();
-    RunReport {
+    let mut report = RunReport {
         trace_hash: hex::encode(s.trace.clone().finalize()),
         violation,
         steps,
@@ -454,7 +473,29 @@ pub fn run(cfg: &SimConfig, max_steps: Option<u64>) -> RunReport {
         refused,
         indeterminate,
         events: s.events,
+        disk_bytes: 0,
+    };
+    drop(s);
+    // Every node (and its open store) goes before the directory its store is in.
+    shared.borrow_mut().nodes.clear();
+    drop(sim);
+    if let Some(dir) = disk_root {
+        report.disk_bytes = bytes_under(dir.path());
     }
+    report
+}
+
+/// The size of every file under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Submits `cmd` until the outcome is definite, at most `attempts` times.

@@ -50,6 +50,10 @@ enum Cmd {
         /// Run twice and fail unless both trace hashes are equal.
         #[arg(long)]
         twice: bool,
+        /// Where shards keep their state: `memory`, or `disk` (fjall, in real files under a
+        /// temporary directory; the simulated disk faults do not reach it).
+        #[arg(long, value_parser = ["memory", "disk"])]
+        state: Option<String>,
         /// Where to write a crash file on a violation.
         #[arg(long, default_value = "sim-crashes")]
         out: PathBuf,
@@ -72,6 +76,9 @@ enum Cmd {
         /// Also run every seed a second time and fail on a different trace hash.
         #[arg(long)]
         twice: bool,
+        /// Where shards keep their state (see `sim run --help`).
+        #[arg(long, value_parser = ["memory", "disk"], default_value = "memory")]
+        state: String,
     },
     /// Replay a crash file.
     Repro { file: PathBuf },
@@ -120,10 +127,14 @@ struct GeoArgs {
 }
 
 fn summary(r: &RunReport) -> String {
-    format!(
+    let mut line = format!(
         "steps {} simulated {} ms events {} ops: {} applied, {} refused, {} indeterminate",
         r.steps, r.sim_ms, r.events, r.acked, r.refused, r.indeterminate
-    )
+    );
+    if r.disk_bytes > 0 {
+        line += &format!(", stores on disk {} KiB at the end", r.disk_bytes / 1024);
+    }
+    line
 }
 
 fn report_violation(cfg: &SimConfig, steps: Option<u64>, r: &RunReport, out: &Path) -> Result<(), String> {
@@ -137,12 +148,13 @@ fn report_violation(cfg: &SimConfig, steps: Option<u64>, r: &RunReport, out: &Pa
     Ok(())
 }
 
-fn configured(seed: u64, scenario: &str, plant: &Option<String>) -> Result<SimConfig, String> {
+fn configured(seed: u64, scenario: &str, plant: &Option<String>, state: &str) -> Result<SimConfig, String> {
     let mut cfg = SimConfig::derive(seed, scenario)?;
     if let Some(p) = plant {
         bug(p)?;
         cfg.plant = Some(p.clone());
     }
+    cfg.disk_state = state == "disk";
     Ok(cfg)
 }
 
@@ -292,9 +304,9 @@ fn geo(args: GeoArgs) -> Result<i32, String> {
 fn real_main() -> Result<i32, String> {
     match Cli::parse().cmd {
         Cmd::Geo(args) => geo(args),
-        Cmd::Run { seed, config, write_config, scenario, steps, plant, twice, out } => {
-            let cfg = match (seed, config) {
-                (Some(seed), _) => configured(seed, &scenario, &plant)?,
+        Cmd::Run { seed, config, write_config, scenario, steps, plant, twice, state, out } => {
+            let mut cfg = match (seed, config) {
+                (Some(seed), _) => configured(seed, &scenario, &plant, "memory")?,
                 (None, Some(path)) => {
                     let mut cfg = SimConfig::load(&path)?;
                     if let Some(p) = &plant {
@@ -305,6 +317,10 @@ fn real_main() -> Result<i32, String> {
                 }
                 (None, None) => return Err("give --seed or --config".into()),
             };
+            // A scenario file says where its state is; `--state` overrides it.
+            if let Some(state) = state {
+                cfg.disk_state = state == "disk";
+            }
             if let Some(path) = write_config {
                 let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
                 std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -334,9 +350,9 @@ fn real_main() -> Result<i32, String> {
             println!("trace-hash: {}", r.trace_hash);
             Ok(code)
         }
-        Cmd::Sweep { seeds, scenario, jobs, plant, out, twice } => {
+        Cmd::Sweep { seeds, scenario, jobs, plant, out, twice, state } => {
             let (a, b) = parse_range(&seeds)?;
-            configured(a, &scenario, &plant)?;
+            configured(a, &scenario, &plant, &state)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let bar = indicatif::ProgressBar::new(b - a);
             bar.set_style(
@@ -354,7 +370,7 @@ fn real_main() -> Result<i32, String> {
                             if seed >= b {
                                 return;
                             }
-                            let cfg = configured(seed, &scenario, &plant).expect("checked above");
+                            let cfg = configured(seed, &scenario, &plant, &state).expect("checked above");
                             let r = run(&cfg, None);
                             let mut problem = None;
                             if r.violation.is_some() {
@@ -380,7 +396,7 @@ fn real_main() -> Result<i32, String> {
             let secs = started.elapsed().as_secs_f64();
             let f = failures.into_inner().expect("failures lock");
             println!(
-                "swept {} seeds ({}) with {jobs} jobs in {secs:.1} s: {:.2} seeds/s, {} failing",
+                "swept {} seeds ({}, state in {state}) with {jobs} jobs in {secs:.1} s: {:.2} seeds/s, {} failing",
                 b - a,
                 scenario,
                 (b - a) as f64 / secs,

@@ -207,6 +207,12 @@ impl Journal {
     pub(crate) fn open(vfs: &dyn Vfs, path: &Path, shard: ShardId, keep: JournalPoint) -> Result<Self, JournalError> {
         let file = vfs.open(path)?;
         let index_file = vfs.open(&index_path(path))?;
+        // Either may have just been created: make their directory entries durable before any
+        // checkpoint can name the journal's entries. A snapshot file written beside it syncs the
+        // directory too, but a checkpoint of the state on disk lives in the store, outside the
+        // `Vfs`, and a crash could otherwise lose the journal a durable checkpoint needs (found
+        // by the simulator with the state on disk).
+        vfs.sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         let display = path.display().to_string();
         let size = file.size()?;
         if size < keep.bytes {

@@ -157,8 +157,10 @@ impl Checkpoint {
 pub(crate) enum SnapshotBody {
     /// postcard-encoded [`SnapshotState`].
     Encoded(Arc<EncodedState>),
-    /// The retained state as of a checkpoint; the checkpoint's record is in its metadata.
-    Checkpoint(Arc<CheckpointView>),
+    /// The retained state as of a checkpoint; the checkpoint's record is in its metadata. Read
+    /// out on a blocking thread, or in place under the simulator (the `IoMode`): a thread's
+    /// real time would decide when a simulated node sees the result.
+    Checkpoint(Arc<CheckpointView>, IoMode),
 }
 
 /// A [`SnapshotState`] in the wire format (postcard), with its SHA-256: what a snapshot file
@@ -193,7 +195,7 @@ impl LedgerSnapshot {
     pub(crate) async fn encoded_state(&self) -> io::Result<Arc<EncodedState>> {
         match &self.state {
             SnapshotBody::Encoded(state) => Ok(state.clone()),
-            SnapshotBody::Checkpoint(view) => {
+            SnapshotBody::Checkpoint(view, io) => {
                 let view = view.clone();
                 let read = move || -> io::Result<Arc<EncodedState>> {
                     let cp = Checkpoint::decode(Path::new("checkpoint"), &view.user())
@@ -208,9 +210,7 @@ impl LedgerSnapshot {
                     };
                     Ok(Arc::new(EncodedState::new(postcard::to_allocvec(&state).expect("snapshot state serialises"))))
                 };
-                tokio::task::spawn_blocking(read)
-                    .await
-                    .map_err(|_| io::Error::other("reading a checkpoint panicked"))?
+                io.blocking(read).await.map_err(|_| io::Error::other("reading a checkpoint panicked"))?
             }
         }
     }
@@ -622,7 +622,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     ms = started.elapsed().as_millis() as u64,
                     "checkpoint made durable"
                 );
-                SnapshotBody::Checkpoint(Arc::new(view))
+                SnapshotBody::Checkpoint(Arc::new(view), self.io)
             }
             Work::Image(ledger) => {
                 let (vfs, path, meta, journal, journal_head) =
@@ -899,7 +899,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             return Ok(Some(openraft::Snapshot {
                 snapshot: LedgerSnapshot {
-                    state: SnapshotBody::Checkpoint(Arc::new(view)),
+                    state: SnapshotBody::Checkpoint(Arc::new(view), self.io),
                     journal: st.journal.prefix(cp.journal_entries)?,
                     journal_head: cp.journal_head,
                     received_at: None,
