@@ -17,12 +17,12 @@
 //! the ledger sees its own writes at once.
 //!
 //! Keys are the ledger's 128-bit digests, big-endian (accounts: their postcard encoding);
-//! values are the records' postcard encoding. The forgetting queue is stored as runs: each flush writes the items pushed since
-//! the last one as a single value, keyed by its first item's (cluster time, position) so runs
-//! read back in push order, and a run is deleted once all its items have been popped (the
-//! position of the next item to pop is in the metadata, so a run popped halfway is resumed
-//! there). One write and one delete per flush instead of per item: an LSM tree pays for each
-//! write with a search of its memtable.
+//! values are the records' postcard encoding. The forgetting queue is stored as runs: each
+//! flush writes the items pushed since the last one as a single value, keyed by its first
+//! item's (cluster time, position) so runs read back in push order, and a run is deleted once
+//! all its items have been popped (the position of the next item to pop is in the metadata, so
+//! a run popped halfway is resumed there). One write and one delete per flush instead of per
+//! item: an LSM tree pays for each write with a search of its memtable.
 //!
 //! Most lookups are of keys that are not there (a new bet's id, a new round), and a lookup in an
 //! LSM tree that finds nothing still searches its memtables and asks each segment's filter. So
