@@ -289,11 +289,7 @@ impl<S: LedgerState> Ledger<S> {
     /// An account's balance. House and external accounts always exist (zero until used); a
     /// player wallet exists once opened.
     pub fn balance(&self, account: &AccountRef) -> Option<Balance> {
-        match self.state.account(account) {
-            Some(b) => Some(b),
-            None if account.player_id().is_none() => Some(Balance::default()),
-            None => None,
-        }
+        implicit(account, self.state.account(account))
     }
 
     /// Every account that has been used, sorted by account.
@@ -634,11 +630,7 @@ impl<S: LedgerState> Ledger<S> {
     /// The balance of an account that must exist (players must have opened their wallet), read
     /// on the apply path ([`LedgerState::load_account`]), like [`balance`](Self::balance).
     fn existing(&mut self, account: &AccountRef) -> Result<Balance, Rejection> {
-        match self.state.load_account(account) {
-            Some(b) => Ok(b),
-            None if account.player_id().is_none() => Ok(Balance::default()),
-            None => Err(Rejection::UnknownAccount),
-        }
+        implicit(account, self.state.load_account(account)).ok_or(Rejection::UnknownAccount)
     }
 
     fn pending_hold(&self, player: &PlayerId, hold: &TxId) -> Result<Hold, Rejection> {
@@ -906,6 +898,16 @@ impl Ledger<MemState> {
         ledger.last_at = image.last_at;
         ledger.check_invariants();
         ledger
+    }
+}
+
+/// An account's balance given what the state holds for it: house and external accounts exist
+/// implicitly (zero until used), a player wallet only once opened.
+fn implicit(account: &AccountRef, stored: Option<Balance>) -> Option<Balance> {
+    match stored {
+        Some(b) => Some(b),
+        None if account.player_id().is_none() => Some(Balance::default()),
+        None => None,
     }
 }
 

@@ -521,8 +521,13 @@ impl DiskState {
         read_accounts(self.parts.accounts.iter())
     }
 
-    /// An account's balance as the engine has it (the last committed flush's).
-    fn stored_account(&self, account: &AccountRef) -> Option<Balance> {
+    /// An account's balance as of the last flush: the commit in flight's if it has the account
+    /// (being committed, or committed and not yet released: the engine has the same), else the
+    /// engine's.
+    fn flushed_account(&self, account: &AccountRef) -> Option<Balance> {
+        if let Some(b) = self.frozen.as_deref().and_then(|f| f.accounts.get(account)) {
+            return Some(*b);
+        }
         let stored = self
             .parts
             .accounts
@@ -942,21 +947,17 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 
 impl LedgerState for DiskState {
     fn account(&self, account: &AccountRef) -> Option<Balance> {
-        if let Some(b) = self.pending_accounts.get(account) {
-            return Some(*b);
+        match self.pending_accounts.get(account) {
+            Some(b) => Some(*b),
+            None => self.flushed_account(account),
         }
-        // Being committed (or committed and not yet released: the engine has the same).
-        if let Some(b) = self.frozen.as_deref().and_then(|f| f.accounts.get(account)) {
-            return Some(*b);
-        }
-        self.stored_account(account)
     }
 
     fn load_account(&mut self, account: &AccountRef) -> Option<Balance> {
         if let Some(b) = self.pending_accounts.get(account) {
             return Some(*b);
         }
-        let read = self.account(account)?;
+        let read = self.flushed_account(account)?;
         self.pending_accounts.insert(account.clone(), read);
         Some(read)
     }
@@ -967,10 +968,7 @@ impl LedgerState for DiskState {
         if let Some(slot) = self.pending_accounts.get_mut(account) {
             return Some(std::mem::replace(slot, balance));
         }
-        let prior = match self.frozen.as_deref().and_then(|f| f.accounts.get(account)) {
-            Some(b) => Some(*b),
-            None => self.stored_account(account),
-        };
+        let prior = self.flushed_account(account);
         self.pending_accounts.insert(account.clone(), balance);
         prior
     }
