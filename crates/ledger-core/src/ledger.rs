@@ -956,6 +956,17 @@ impl CoreImage {
         &self.accounts
     }
 
+    /// The [`LedgerImage`] this core image and a retained state make, in three serializable
+    /// pieces around the retained parts, for streaming the image without holding its retained
+    /// state (a state on disk sends a snapshot this way, in bounded memory). In a format that
+    /// encodes a struct and a tuple as their fields in order (postcard), the image encodes as
+    /// `before`, the ids, the rounds, `between`, the forgetting queue, `after`, each retained
+    /// part as the format encodes a sequence of its items in the image's order.
+    pub fn image_pieces(&self) -> (impl Serialize + '_, impl Serialize + '_, impl Serialize + '_) {
+        // `LedgerImage`'s field order, which this must follow (the tests check it).
+        ((&self.shard, &self.config, &self.accounts), &self.holds, (&self.head_seq, &self.head_hash, &self.last_at))
+    }
+
     /// Takes the accounts out of the image (to store them some other way than through
     /// [`Ledger::from_core_image`], for example in bulk), leaving none.
     pub fn take_accounts(&mut self) -> Vec<(AccountRef, Balance)> {

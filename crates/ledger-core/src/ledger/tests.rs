@@ -163,6 +163,20 @@ fn check(script: &str) {
         let (core, retained) = ledger.to_image().into_parts();
         assert_eq!(core.head(), ledger.head());
         assert_eq!(LedgerImage::from_parts(core.clone(), retained), ledger.to_image(), "line {n}");
+        // The image streamed in pieces around its retained parts encodes as the whole image.
+        let whole = ledger.to_image();
+        let (_, retained) = whole.clone().into_parts();
+        let (before, between, after) = core.image_pieces();
+        let pieces = [
+            postcard::to_allocvec(&before).unwrap(),
+            postcard::to_allocvec(&retained.ids).unwrap(),
+            postcard::to_allocvec(&retained.rounds).unwrap(),
+            postcard::to_allocvec(&between).unwrap(),
+            postcard::to_allocvec(&retained.retention).unwrap(),
+            postcard::to_allocvec(&after).unwrap(),
+        ];
+        assert_eq!(pieces.concat(), postcard::to_allocvec(&whole).unwrap(), "line {n}: the image in pieces");
+        drop((before, between, after));
         let split = Ledger::from_core_image(core, ledger.state().clone());
         assert_eq!(split.to_image(), ledger.to_image(), "line {n}: core image and retained state");
     }

@@ -187,10 +187,10 @@ impl PeerRouter {
 }
 
 /// The messages of one piece after its header: the state from `at`, then the journal, until
-/// `budget` bytes are sent or the snapshot ends. A journal read that fails ends the piece early;
+/// `budget` bytes are sent or the snapshot ends. A read that fails ends the piece early;
 /// the receiver keeps what arrived and the next piece resumes there.
 fn piece_body(
-    state: Arc<crate::store::state_machine::EncodedState>,
+    state: crate::store::state_machine::StateSource,
     journal: crate::store::JournalPrefix,
     at: SnapshotProgress,
     budget: u64,
@@ -202,10 +202,14 @@ fn piece_body(
             if n == 0 {
                 return None;
             }
-            let state_len = state.bytes.len() as u64;
+            let state_len = state.len();
             if at.state_bytes < state_len {
                 let end = (at.state_bytes + n).min(state_len);
-                let chunk = state.bytes[at.state_bytes as usize..end as usize].to_vec();
+                let mut chunk = vec![0u8; (end - at.state_bytes) as usize];
+                if let Err(e) = state.read_at(at.state_bytes, &mut chunk) {
+                    tracing::warn!("snapshot state read failed at {}: {e}", at.state_bytes);
+                    return None;
+                }
                 let next = SnapshotProgress { state_bytes: end, ..at };
                 return Some((SnapshotPiece::State(chunk), (next, budget - (end - at.state_bytes))));
             }
@@ -301,23 +305,23 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         let client = self.client(target)?;
         let data = snapshot.snapshot;
         let started = tokio::time::Instant::now();
-        // A checkpoint on disk is read out here, off the apply path.
-        let state = data.encoded_state().await.map_err(|e| {
+        // A checkpoint on disk is encoded into a file here, off the apply path.
+        let state = data.state_source().await.map_err(|e| {
             tracing::warn!("cannot read the snapshot to send: {e}");
             StreamingError::Unreachable(Unreachable::from_string(format!("cannot read the snapshot to send: {e}")))
         })?;
         tracing::info!(
             shard,
             target,
-            state_bytes = state.bytes.len(),
+            state_bytes = state.len(),
             journal_bytes = data.journal.bytes,
             ms = started.elapsed().as_millis() as u64,
             "sending a snapshot"
         );
         let identity = SnapshotIdentity {
             last_log_id: snapshot.meta.last_log_id,
-            state_bytes: state.bytes.len() as u64,
-            state_digest: state.digest,
+            state_bytes: state.len(),
+            state_digest: state.digest(),
             journal_entries: data.journal.entries,
             journal_bytes: data.journal.bytes,
             journal_head: data.journal_head,

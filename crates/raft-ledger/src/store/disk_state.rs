@@ -53,6 +53,7 @@
 //! must stop, not go on from a state it does not have.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -861,6 +862,17 @@ impl Persister {
     }
 }
 
+/// A retained part of an image, which [`CheckpointView::write_part`] streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainedPart {
+    /// The remembered ids, by key.
+    Ids,
+    /// The remembered rounds, by key.
+    Rounds,
+    /// The forgetting queue, oldest first.
+    Retention,
+}
+
 /// The state as of one flush; see [`DiskState::checkpoint_view`].
 pub struct CheckpointView {
     ids: fjall::Snapshot,
@@ -882,8 +894,10 @@ impl CheckpointView {
     }
 
     /// Everything retained, in an image's order (ids and rounds by key, the queue oldest
-    /// first). Reads the whole state: for sending it to a peer, off the apply path.
-    pub fn export(&self) -> RetainedImage {
+    /// first), all in memory: what [`write_part`](Self::write_part) streams, for the tests to
+    /// check it against.
+    #[cfg(test)]
+    pub(crate) fn export(&self) -> RetainedImage {
         fn all<T: serde::de::DeserializeOwned>(part: &fjall::Snapshot) -> Vec<(StateKey, T)> {
             part.iter()
                 .map(|kv| {
@@ -902,6 +916,55 @@ impl CheckpointView {
         }
         // Big-endian keys iterate in the keys' numeric order.
         RetainedImage { ids: all(&self.ids), rounds: all(&self.rounds), retention }
+    }
+
+    /// Streams one retained part as postcard encodes it in an image (see
+    /// [`CoreImage::image_pieces`](ledger_core::CoreImage::image_pieces)): its length, then its
+    /// items, ids and rounds by key, the queue oldest first. They come straight from the files
+    /// (a stored record is already its item's encoding), holding one run of the queue at a time:
+    /// a snapshot for a peer is written at disk speed in bounded memory. Reads the part twice,
+    /// to count it and to write it (the view does not change in between).
+    pub fn write_part(&self, part: RetainedPart, out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let failed = |e: fjall::LsmError| io::Error::other(format!("cannot read the on-disk state: {e}"));
+        let varint = |n: usize| postcard::to_allocvec(&n).expect("a length encodes");
+        let written = match part {
+            RetainedPart::Ids | RetainedPart::Rounds => {
+                let snapshot = if part == RetainedPart::Ids { &self.ids } else { &self.rounds };
+                let count = snapshot.len().map_err(failed)?;
+                out(&varint(count))?;
+                let mut key_buf = [0u8; 19];
+                let mut written = 0;
+                for kv in snapshot.iter() {
+                    let (k, v) = kv.map_err(failed)?;
+                    let key = StateKey::from_be_bytes(k.as_ref().try_into().expect("keys are 16 bytes"));
+                    out(postcard::to_slice(&key, &mut key_buf).expect("a key encodes"))?;
+                    out(&v)?;
+                    written += 1;
+                }
+                (count, written)
+            }
+            RetainedPart::Retention => {
+                let next_pop_seq = self.meta().next_pop_seq;
+                let mut count = 0;
+                for kv in self.queue.iter() {
+                    let (_, v) = kv.map_err(failed)?;
+                    count += decode::<Vec<Queued>>(&v).iter().filter(|q| q.seq >= next_pop_seq).count();
+                }
+                out(&varint(count))?;
+                let mut item_buf = [0u8; 64];
+                let mut written = 0;
+                for kv in self.queue.iter() {
+                    let (_, v) = kv.map_err(failed)?;
+                    for q in decode::<Vec<Queued>>(&v).into_iter().filter(|q| q.seq >= next_pop_seq) {
+                        out(postcard::to_slice(&(q.at, q.item), &mut item_buf).expect("a queue item encodes"))?;
+                        written += 1;
+                    }
+                }
+                (count, written)
+            }
+        };
+        assert_eq!(written.0, written.1, "a checkpoint view changed while it was read");
+        Ok(())
     }
 
     /// Every account that flush stored, by account. Reads them all: off the apply path.
@@ -1120,4 +1183,4 @@ impl LedgerState for DiskState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

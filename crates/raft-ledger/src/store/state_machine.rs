@@ -26,11 +26,12 @@
 //! write-ahead log: a restart opens the files at the last checkpoint, cuts the journal there, and
 //! openraft re-applies the log since. Nothing is copied at a checkpoint but the accounts.
 //!
-//! A peer that needs the snapshot gets the checkpoint read out as an image (from a read-only view
-//! of the files as of that flush, off the apply path, in the same wire format as an in-memory
-//! node's), and a node on disk installs an image by importing it into a fresh generation
-//! directory, checkpointing it, and only then dropping the old one; a crash halfway leaves the
-//! old generation, which the next open uses.
+//! A peer that needs the snapshot gets the checkpoint encoded into a spool file straight from a
+//! read-only view of the files as of that flush ([`Spooler`]: off the apply path, in bounded
+//! memory, in the same wire format as an in-memory node's image) and read in ranges; a received
+//! state stays in its file and is decoded as a stream. A node on disk installs an image by
+//! importing it into a fresh generation directory, checkpointing it, and only then dropping the
+//! old one; a crash halfway leaves the old generation, which the next open uses.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister};
+use super::disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister, RetainedPart};
 use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix, ReceivedJournal};
 use super::shard_ledger::{Inner, ShardLedger, StateStorage};
 use super::vfs::{VFile, Vfs};
@@ -152,15 +153,16 @@ impl Checkpoint {
     }
 }
 
-/// A snapshot's state: encoded, or a checkpoint on disk read out when it is needed.
+/// A snapshot's state: encoded in memory or in a file, or a checkpoint on disk encoded into a
+/// file when it is needed.
 #[derive(Clone)]
 pub(crate) enum SnapshotBody {
-    /// postcard-encoded [`SnapshotState`].
+    /// postcard-encoded [`SnapshotState`] (an in-memory state's snapshot file).
     Encoded(Arc<EncodedState>),
-    /// The retained state as of a checkpoint; the checkpoint's record is in its metadata. Read
-    /// out on a blocking thread, or in place under the simulator (the `IoMode`): a thread's
-    /// real time would decide when a simulated node sees the result.
-    Checkpoint(Arc<CheckpointView>, IoMode),
+    /// postcard-encoded [`SnapshotState`] in a file: one received from a peer and verified.
+    File(Arc<StateFile>),
+    /// The retained state as of a checkpoint; the checkpoint's record is in its metadata.
+    Checkpoint(Arc<CheckpointView>, Arc<Spooler>),
 }
 
 /// A [`SnapshotState`] in the wire format (postcard), with its SHA-256: what a snapshot file
@@ -177,6 +179,202 @@ impl EncodedState {
     }
 }
 
+/// A [`SnapshotState`] in the wire format in a file, with its length and SHA-256: read in
+/// ranges to send it and streamed to decode it, never whole into memory.
+pub(crate) struct StateFile {
+    file: Arc<dyn VFile>,
+    len: u64,
+    digest: Hash,
+}
+
+/// Reads a [`StateFile`] from the start, for decoding it as a stream.
+struct StateFileReader<'a> {
+    file: &'a StateFile,
+    at: u64,
+}
+
+impl io::Read for StateFileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.file.len - self.at).min(buf.len() as u64) as usize;
+        self.file.file.read_at(self.at, &mut buf[..n])?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a snapshot's encoded state is read from: memory, or a file.
+#[derive(Clone)]
+pub(crate) enum StateSource {
+    Memory(Arc<EncodedState>),
+    File(Arc<StateFile>),
+}
+
+impl StateSource {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            StateSource::Memory(s) => s.bytes.len() as u64,
+            StateSource::File(f) => f.len,
+        }
+    }
+
+    pub(crate) fn digest(&self) -> Hash {
+        match self {
+            StateSource::Memory(s) => s.digest,
+            StateSource::File(f) => f.digest,
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, which must lie within the state.
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            StateSource::Memory(s) => {
+                buf.copy_from_slice(&s.bytes[offset as usize..offset as usize + buf.len()]);
+                Ok(())
+            }
+            StateSource::File(f) => f.file.read_at(offset, buf),
+        }
+    }
+
+    /// Decodes the state; a file is streamed (its bytes never all in memory at once).
+    fn decode(&self) -> io::Result<SnapshotState> {
+        let invalid = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        match self {
+            StateSource::Memory(s) => postcard::from_bytes(&s.bytes).map_err(invalid),
+            StateSource::File(f) => {
+                let reader = io::BufReader::with_capacity(1 << 20, StateFileReader { file: f, at: 0 });
+                // Room for the longest string in the state (ids, addresses); postcard reuses
+                // it for each.
+                let mut scratch = vec![0u8; 1 << 16];
+                let (state, (mut reader, _)) = postcard::from_io((reader, &mut scratch[..])).map_err(invalid)?;
+                if io::Read::read(&mut reader, &mut [0u8; 1])? != 0 {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the snapshot's state"));
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    /// The state's bytes in memory (an in-memory state's snapshot file is made of them).
+    fn to_encoded(&self) -> io::Result<Arc<EncodedState>> {
+        match self {
+            StateSource::Memory(s) => Ok(s.clone()),
+            StateSource::File(f) => {
+                let mut bytes = vec![0u8; f.len as usize];
+                f.file.read_at(0, &mut bytes)?;
+                Ok(Arc::new(EncodedState { bytes, digest: f.digest }))
+            }
+        }
+    }
+}
+
+/// Encodes a shard's checkpoints into files for peers (a lagging or new replica), one at a
+/// time, and keeps the newest: a transfer cut off resumes from the same file, and replicas
+/// catching up from the same checkpoint share it. An older one is removed at the next spool
+/// once no transfer reads it any more, and every one at the next open. (Not when the last
+/// transfer drops it: under the simulator a file can only be touched from a node's tasks, and
+/// the last reference may go when the simulation is torn down.)
+pub(crate) struct Spooler {
+    vfs: Arc<dyn Vfs>,
+    io: IoMode,
+    dir: PathBuf,
+    spools: tokio::sync::Mutex<Spools>,
+}
+
+/// What a [`Spooler`] has spooled.
+#[derive(Default)]
+struct Spools {
+    /// How many it has started (names the next file).
+    started: u64,
+    /// The newest: its checkpoint (the record's bytes), its file and its path.
+    newest: Option<(Vec<u8>, Arc<StateFile>, PathBuf)>,
+    /// Older ones a transfer may still be reading.
+    retired: Vec<(Arc<StateFile>, PathBuf)>,
+}
+
+/// Spooled files are named `snapshot.send.<n>` in the shard's directory.
+const SPOOL_PREFIX: &str = "snapshot.send.";
+
+impl Spooler {
+    /// The checkpoint `view` holds, encoded into a file (reused if it is the newest one).
+    async fn spool(&self, view: Arc<CheckpointView>) -> io::Result<Arc<StateFile>> {
+        let mut spools = self.spools.lock().await;
+        let record = view.user();
+        if let Some((spooled, file, _)) = &spools.newest
+            && *spooled == record
+        {
+            return Ok(file.clone());
+        }
+        if let Some((_, file, path)) = spools.newest.take() {
+            spools.retired.push((file, path));
+        }
+        // Those no transfer holds any more (only this list does).
+        let vfs = self.vfs.as_ref();
+        spools.retired.retain(|(file, path)| Arc::strong_count(file) > 1 || vfs.remove(path).is_err());
+        spools.started += 1;
+        let path = self.dir.join(format!("{SPOOL_PREFIX}{}", spools.started));
+        let (vfs, at) = (self.vfs.clone(), path.clone());
+        // Seconds of reading and hashing for a large state: on a blocking thread, at normal
+        // priority (nice 19 gained the live replicas nothing and would slow a catch-up on a busy
+        // leader: BENCHMARKS.md, "Catching up by snapshot under load"); in place under the
+        // simulator, where a thread's real time would decide the trace.
+        let spooled = self.io.blocking(move || spool_checkpoint(vfs.as_ref(), &at, &view));
+        let file = spooled.await.map_err(|_| io::Error::other("spooling a checkpoint panicked"))?;
+        let file = match file {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                // Whatever was written of it; the next open removes it if this fails too.
+                let _ = self.vfs.remove(&path);
+                return Err(e);
+            }
+        };
+        spools.newest = Some((record, file.clone(), path));
+        Ok(file)
+    }
+}
+
+/// Writes a checkpoint's [`SnapshotState`] in the wire format into a new file at `path`, piece
+/// by piece: the retained state straight from the view's files, in bounded memory (the
+/// accounts are sorted in memory: an image lists them by account, which is not the store's
+/// order).
+fn spool_checkpoint(vfs: &dyn Vfs, path: &Path, view: &CheckpointView) -> io::Result<StateFile> {
+    let cp = Checkpoint::decode(Path::new("checkpoint"), &view.user())
+        .map_err(io::Error::other)?
+        .ok_or_else(|| io::Error::other("the on-disk state has no checkpoint"))?;
+    vfs.remove(path)?;
+    let mut out = StateFile { file: vfs.open(path)?, len: 0, digest: [0; 32] };
+    let mut hasher = Sha256::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * SPOOL_BUFFER);
+    let mut write = |bytes: &[u8], last: bool| -> io::Result<()> {
+        buf.extend_from_slice(bytes);
+        if buf.len() >= SPOOL_BUFFER || last {
+            hasher.update(&buf);
+            out.file.append(&buf)?;
+            out.len += buf.len() as u64;
+            buf.clear();
+        }
+        Ok(())
+    };
+    fn encoded<T: Serialize>(value: &T) -> Vec<u8> {
+        postcard::to_allocvec(value).expect("a snapshot's state encodes")
+    }
+    let core = cp.core.clone().with_accounts(view.accounts());
+    let (before, between, after) = core.image_pieces();
+    // `SnapshotState`'s fields in order, its image in the pieces `image_pieces` gives.
+    write(&encoded(&cp.meta), false)?;
+    write(&encoded(&before), false)?;
+    view.write_part(RetainedPart::Ids, &mut |b| write(b, false))?;
+    view.write_part(RetainedPart::Rounds, &mut |b| write(b, false))?;
+    write(&encoded(&between), false)?;
+    view.write_part(RetainedPart::Retention, &mut |b| write(b, false))?;
+    write(&encoded(&after), false)?;
+    write(&encoded(&(cp.journal_entries, cp.journal_bytes, cp.journal_head)), true)?;
+    out.digest = hasher.finalize().into();
+    Ok(out)
+}
+
+/// How much of a spooled state is buffered before it is appended to its file.
+const SPOOL_BUFFER: usize = 1 << 20;
+
 /// A snapshot's data: its state and the journal prefix it covers.
 #[derive(Clone)]
 pub struct LedgerSnapshot {
@@ -190,28 +388,13 @@ pub struct LedgerSnapshot {
 }
 
 impl LedgerSnapshot {
-    /// The state in the wire format ([`SnapshotState`], postcard). A checkpoint on disk is read
-    /// out whole on a blocking thread.
-    pub(crate) async fn encoded_state(&self) -> io::Result<Arc<EncodedState>> {
+    /// Where to read the state in the wire format ([`SnapshotState`], postcard) from. A
+    /// checkpoint on disk is first encoded into a file (see [`Spooler`]).
+    pub(crate) async fn state_source(&self) -> io::Result<StateSource> {
         match &self.state {
-            SnapshotBody::Encoded(state) => Ok(state.clone()),
-            SnapshotBody::Checkpoint(view, io) => {
-                let view = view.clone();
-                let read = move || -> io::Result<Arc<EncodedState>> {
-                    let cp = Checkpoint::decode(Path::new("checkpoint"), &view.user())
-                        .map_err(io::Error::other)?
-                        .ok_or_else(|| io::Error::other("the on-disk state has no checkpoint"))?;
-                    let state = SnapshotState {
-                        meta: cp.meta.clone(),
-                        image: LedgerImage::from_parts(cp.core.clone().with_accounts(view.accounts()), view.export()),
-                        journal_entries: cp.journal_entries,
-                        journal_bytes: cp.journal_bytes,
-                        journal_head: cp.journal_head,
-                    };
-                    Ok(Arc::new(EncodedState::new(postcard::to_allocvec(&state).expect("snapshot state serialises"))))
-                };
-                io.blocking(read).await.map_err(|_| io::Error::other("reading a checkpoint panicked"))?
-            }
+            SnapshotBody::Encoded(state) => Ok(StateSource::Memory(state.clone())),
+            SnapshotBody::File(file) => Ok(StateSource::File(file.clone())),
+            SnapshotBody::Checkpoint(view, spooler) => spooler.spool(view.clone()).await.map(StateSource::File),
         }
     }
 }
@@ -255,6 +438,7 @@ pub struct LedgerStateMachine {
     cell: Arc<ShardCell>,
     sink: Vec<Entry>,
     hook: Option<Arc<dyn ApplyHook>>,
+    spooler: Arc<Spooler>,
 }
 
 /// A fault the simulator's own tests inject into a node's state machine, to show that its checks
@@ -420,6 +604,12 @@ impl LedgerStateMachine {
     ) -> Result<(Self, Arc<ShardCell>), StoreError> {
         vfs.create_dir_all(dir)?;
         vfs.remove(&received_journal_path(dir))?;
+        // Spooled for peers before a restart: the next transfer spools its checkpoint again.
+        for name in vfs.list(dir)? {
+            if name.starts_with(SPOOL_PREFIX) {
+                vfs.remove(&dir.join(name))?;
+            }
+        }
         let snap_path = snapshot_path(dir);
         let snapshot = match vfs.read(&snap_path) {
             Ok(bytes) => Some(decode_snapshot_file(&snap_path, &bytes)?.1),
@@ -513,7 +703,23 @@ impl LedgerStateMachine {
             journal_len,
             commands_since_snapshot: std::sync::atomic::AtomicU64::new(0),
         });
-        let sm = Self { shard, vfs, io, dir: dir.to_path_buf(), storage, cell: cell.clone(), sink: Vec::new(), hook };
+        let spooler = Arc::new(Spooler {
+            vfs: vfs.clone(),
+            io,
+            dir: dir.to_path_buf(),
+            spools: tokio::sync::Mutex::new(Spools::default()),
+        });
+        let sm = Self {
+            shard,
+            vfs,
+            io,
+            dir: dir.to_path_buf(),
+            storage,
+            cell: cell.clone(),
+            sink: Vec::new(),
+            hook,
+            spooler,
+        };
         Ok((sm, cell))
     }
 
@@ -573,6 +779,7 @@ impl LedgerStateMachine {
             work: Some(work),
             journal: st.journal.whole(),
             journal_head: st.journal.head(),
+            spooler: self.spooler.clone(),
         }
     }
 }
@@ -597,6 +804,7 @@ pub struct LedgerSnapshotBuilder {
     work: Option<Work>,
     journal: JournalPrefix,
     journal_head: Hash,
+    spooler: Arc<Spooler>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
@@ -622,7 +830,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     ms = started.elapsed().as_millis() as u64,
                     "checkpoint made durable"
                 );
-                SnapshotBody::Checkpoint(Arc::new(view), self.io)
+                SnapshotBody::Checkpoint(Arc::new(view), self.spooler.clone())
             }
             Work::Image(ledger) => {
                 let (vfs, path, meta, journal, journal_head) =
@@ -783,7 +991,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: LedgerSnapshot) -> Result<(), io::Error> {
         let started = tokio::time::Instant::now();
-        let encoded = snapshot.encoded_state().await?;
+        let source = snapshot.state_source().await?;
         // The state current now: a disk state's next generation is named after it. Only this
         // state machine replaces it, so it is still current when the install takes the lock.
         let current_disk_dir = match &self.cell.read().ledger.0 {
@@ -799,8 +1007,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         // other shard's commits: BENCHMARKS.md, "Catching up by snapshot under load") and
         // without the shard's lock, which is taken only to swap the new state in.
         let install = move || -> io::Result<u64> {
-            let state: SnapshotState =
-                postcard::from_bytes(&encoded.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let state = source.decode()?;
             let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
             if state.image.shard() != shard {
                 return Err(invalid("snapshot belongs to another shard"));
@@ -818,7 +1025,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             let journal_point = state.journal_point();
             let built = match (storage, &current_disk_dir) {
-                (StateStorage::Memory, _) => Built::Memory(Ledger::from_image(state.image), encoded),
+                (StateStorage::Memory, _) => Built::Memory(Ledger::from_image(state.image), source.to_encoded()?),
                 (StateStorage::Disk { cache_bytes }, Some(current)) => {
                     // Into a fresh generation, checkpointed (below, under the lock) before the
                     // current one is dropped: until then its metadata is empty, so a crash
@@ -899,7 +1106,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             return Ok(Some(openraft::Snapshot {
                 snapshot: LedgerSnapshot {
-                    state: SnapshotBody::Checkpoint(Arc::new(view), self.io),
+                    state: SnapshotBody::Checkpoint(Arc::new(view), self.spooler.clone()),
                     journal: st.journal.prefix(cp.journal_entries)?,
                     journal_head: cp.journal_head,
                     received_at: None,
@@ -1068,12 +1275,21 @@ impl SnapshotReceiver {
 
     /// The received snapshot, verified: the state's SHA-256 and the journal's chain, from the
     /// shard's genesis to the head the sender named. A snapshot that fails either is discarded,
-    /// so the next transfer starts over. Reads the state into memory.
+    /// so the next transfer starts over. Reads the state in pieces, and leaves it in its file.
     pub(crate) fn finish(self, vfs: &dyn Vfs, shard: ShardId) -> io::Result<LedgerSnapshot> {
         assert!(self.is_whole(), "finish a snapshot before it has all arrived");
-        let state = vfs.read(&received_state_path(&self.dir))?;
+        let state_len = self.identity.state_bytes;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; SPOOL_BUFFER];
+        let mut at = 0;
+        while at < state_len {
+            let n = (state_len - at).min(buf.len() as u64) as usize;
+            self.state.read_at(at, &mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
         let journal_path = received_journal_path(&self.dir);
-        let checked = if Sha256::digest(&state)[..] != self.identity.state_digest {
+        let checked = if hasher.finalize()[..] != self.identity.state_digest {
             Err("the received state does not match its digest".to_string())
         } else {
             let expected = (self.identity.journal_entries, self.identity.journal_head);
@@ -1087,7 +1303,11 @@ impl SnapshotReceiver {
             }
         };
         Ok(LedgerSnapshot {
-            state: SnapshotBody::Encoded(Arc::new(EncodedState { bytes: state, digest: self.identity.state_digest })),
+            state: SnapshotBody::File(Arc::new(StateFile {
+                file: self.state,
+                len: state_len,
+                digest: self.identity.state_digest,
+            })),
             journal: JournalPrefix {
                 file: self.journal,
                 entries: self.identity.journal_entries,
@@ -1219,8 +1439,11 @@ mod receive_tests {
         r.write_journal(&journal[100..]).unwrap();
         assert!(r.is_whole());
         let snapshot = r.finish(&StdFs, SHARD).unwrap();
-        let SnapshotBody::Encoded(got) = &snapshot.state else { panic!("received state is encoded") };
-        assert_eq!(got.bytes, state, "the state arrives byte for byte, torn tail cut");
+        let SnapshotBody::File(got) = &snapshot.state else { panic!("a received state stays in its file") };
+        let got = StateSource::File(got.clone());
+        let mut bytes = vec![0u8; got.len() as usize];
+        got.read_at(0, &mut bytes).unwrap();
+        assert_eq!(bytes, state, "the state arrives byte for byte, torn tail cut");
         assert_eq!((snapshot.journal.entries, snapshot.journal.bytes), (20, journal.len() as u64));
         assert_eq!(std::fs::read(received_journal_path(&shard_dir)).unwrap(), journal);
     }
@@ -1270,6 +1493,73 @@ mod checkpoint_tests {
     //! Checkpoints of the state on disk across the change of where accounts are kept.
     use super::*;
     use crate::store::vfs::StdFs;
+
+    /// A checkpoint sent to a peer is encoded into a file straight from the store, piece by
+    /// piece: byte for byte what encoding the whole image read out gives, and decoded back as a
+    /// stream to the same state. A second transfer of the same checkpoint reuses the file, which
+    /// is removed once nothing uses it.
+    #[tokio::test]
+    async fn a_checkpoint_spooled_for_a_peer_is_its_image_byte_for_byte() {
+        use crate::store::disk_state::tests::{STEP_MS, commands, config};
+        let dir = tempfile::tempdir().unwrap();
+        let shard = ShardId(3);
+        let mut ledger = Ledger::new(shard, config());
+        let mut entries = Vec::new();
+        let mut t = 1_700_000_000_000u64;
+        for cmd in commands(7, 3_000) {
+            t += STEP_MS;
+            ledger.apply(&cmd, ledger_core::ClusterTime::from_millis(t), &mut entries);
+        }
+        let mut journal = Journal::open(&StdFs, &journal_path(dir.path()), shard, JournalPoint::empty(shard)).unwrap();
+        journal.append(&entries).unwrap();
+        journal.sync().unwrap();
+        let point = journal.point();
+        let meta = crate::formats::snapshot_meta();
+        let image = ledger.to_image();
+        let (_, retained) = image.clone().into_parts();
+        assert!(retained.ids.len() > 100 && !retained.rounds.is_empty() && !retained.retention.is_empty());
+        let want = SnapshotState {
+            meta: meta.clone(),
+            image: image.clone(),
+            journal_entries: point.entries,
+            journal_bytes: point.bytes,
+            journal_head: point.head,
+        };
+        let (disk, _, _) = open_disk_state(dir.path(), 1 << 20).unwrap();
+        drop(checkpoint_durably(filled(disk, image), point, meta, &journal).unwrap());
+        drop(journal);
+
+        let storage = StateStorage::Disk { cache_bytes: 1 << 20 };
+        let vfs: Arc<dyn Vfs> = Arc::new(StdFs);
+        let (mut sm, cell) =
+            LedgerStateMachine::open(vfs, IoMode::Thread, dir.path(), shard, config(), storage, None).unwrap();
+        let snapshot = sm.get_current_snapshot().await.unwrap().expect("a checkpoint");
+        let source = snapshot.snapshot.state_source().await.unwrap();
+        let mut bytes = vec![0u8; source.len() as usize];
+        source.read_at(0, &mut bytes).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&want).unwrap(), "the spooled state is the image's encoding");
+        assert_eq!(source.digest(), <Hash>::from(Sha256::digest(&bytes)));
+        assert_eq!(postcard::to_allocvec(&source.decode().unwrap()).unwrap(), bytes, "decoded as a stream");
+
+        let again = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.state_source().await.unwrap();
+        let (StateSource::File(a), StateSource::File(b)) = (&source, &again) else { panic!("spooled into files") };
+        assert!(Arc::ptr_eq(a, b), "the newest spool is reused");
+        let spooled = || StdFs.list(dir.path()).unwrap().into_iter().filter(|n| n.starts_with(SPOOL_PREFIX)).count();
+        assert_eq!(spooled(), 1);
+        drop((source, again, snapshot, sm, cell));
+        assert_eq!(spooled(), 1, "kept until the next spool or open");
+        let (_sm, _cell) = LedgerStateMachine::open(
+            Arc::new(StdFs),
+            IoMode::Thread,
+            dir.path(),
+            shard,
+            config(),
+            StateStorage::Disk { cache_bytes: 1 << 20 },
+            None,
+        )
+        .unwrap();
+        assert_eq!(spooled(), 0, "an open removes what an earlier run spooled");
+    }
 
     /// A version 1 checkpoint (every account in its core image, none in the state) still opens,
     /// and the next checkpoint moves the accounts into the state: reopened after it, every

@@ -9,7 +9,7 @@ use ledger_core::{
     RoundId, ShardId, TxId, state_key_of,
 };
 
-use super::DiskState;
+use super::{DiskState, RetainedPart};
 
 /// xorshift: the same seed gives the same commands.
 struct Gen(u64);
@@ -29,7 +29,7 @@ impl Gen {
 /// A casino mix that reaches every path through the retained state: bets, wins and rollbacks
 /// (some naming a bet that has not arrived yet, some naming their own id), retries and reused
 /// ids with other contents, withdrawals held, committed, cancelled and left to expire.
-fn commands(seed: u64, n: usize) -> Vec<Command> {
+pub(crate) fn commands(seed: u64, n: usize) -> Vec<Command> {
     let eur = Currency::new("EUR").unwrap();
     let pid = |i: usize| PlayerId::new(format!("p{i}")).unwrap();
     let amount = |a: i64| Amount::new(a).unwrap();
@@ -108,9 +108,9 @@ fn commands(seed: u64, n: usize) -> Vec<Command> {
 /// The shortest window a ledger allows, and a step that crosses it every ~300 commands, so ids
 /// and rounds are forgotten many times in a run.
 const WINDOW_MS: u64 = HOLD_TIMEOUT_MAX_MS;
-const STEP_MS: u64 = WINDOW_MS / 300;
+pub(crate) const STEP_MS: u64 = WINDOW_MS / 300;
 
-fn config() -> LedgerConfig {
+pub(crate) fn config() -> LedgerConfig {
     LedgerConfig { id_retention_ms: WINDOW_MS }
 }
 
@@ -346,6 +346,22 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     assert_eq!(exported, retained, "the view reads out exactly the in-memory state at the checkpoint");
     assert_eq!(view.accounts(), core.accounts(), "and its accounts");
     assert!(exported.ids.len() > 100 && !exported.rounds.is_empty() && !exported.retention.is_empty());
+    // Streamed part by part from the files, as a snapshot for a peer is, each part encodes as
+    // the image's does (queue items popped before the checkpoint left out).
+    let parts = [
+        (RetainedPart::Ids, postcard::to_allocvec(&exported.ids).unwrap()),
+        (RetainedPart::Rounds, postcard::to_allocvec(&exported.rounds).unwrap()),
+        (RetainedPart::Retention, postcard::to_allocvec(&exported.retention).unwrap()),
+    ];
+    for (part, want) in parts {
+        let mut got = Vec::new();
+        view.write_part(part, &mut |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want, "{part:?} streamed");
+    }
 
     let (mut imported, _) = open(dst.path());
     // Imported in bulk (sorted runs straight into the engine's files), which needs the rows in
