@@ -967,6 +967,14 @@ impl CoreImage {
         ((&self.shard, &self.config, &self.accounts), &self.holds, (&self.head_seq, &self.head_hash, &self.last_at))
     }
 
+    /// The core image from the three pieces of [`image_pieces`](Self::image_pieces), decoded
+    /// from a streamed image (its retained parts go elsewhere as they are decoded).
+    pub fn from_pieces(before: ImageBefore, between: ImageHolds, after: ImageAfter) -> Self {
+        let ImageBefore(shard, config, accounts) = before;
+        let ImageAfter(head_seq, head_hash, last_at) = after;
+        Self { shard, config, accounts, holds: between.0, head_seq, head_hash, last_at }
+    }
+
     /// Takes the accounts out of the image (to store them some other way than through
     /// [`Ledger::from_core_image`], for example in bulk), leaving none.
     pub fn take_accounts(&mut self) -> Vec<(AccountRef, Balance)> {
@@ -986,6 +994,20 @@ impl CoreImage {
         self
     }
 }
+
+/// The piece of a streamed [`LedgerImage`] before its ids: shard, settings and accounts (see
+/// [`CoreImage::image_pieces`]).
+#[derive(Debug, Deserialize)]
+pub struct ImageBefore(ShardId, LedgerConfig, Vec<(AccountRef, Balance)>);
+
+/// The piece of a streamed [`LedgerImage`] between its rounds and its queue: the pending holds.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct ImageHolds(Vec<(TxId, Hold)>);
+
+/// The piece of a streamed [`LedgerImage`] after its queue: the chain's head and the latest time.
+#[derive(Debug, Deserialize)]
+pub struct ImageAfter(u64, Hash, ClusterTime);
 
 /// The retained state of a [`LedgerImage`], in the image's order: ids and rounds by key, the
 /// forgetting queue oldest first.

@@ -35,8 +35,8 @@ pub use entry::{ENTRY_FORMAT_VERSION, Entry, EntryKind, Hash, genesis_hash};
 pub use identity::{NodeId, NodeInfo, member_token};
 pub use ids::{ID_LEN_MAX, PlayerId, REASON_LEN_MAX, Reason, RoundId, TxId};
 pub use ledger::{
-    CoreImage, ID_RETENTION_DEFAULT_MS, IdRecord, Ledger, LedgerConfig, LedgerImage, LedgerState, MemState, Recall,
-    Retained, RetainedImage, Round, StateKey, state_key_of,
+    CoreImage, ID_RETENTION_DEFAULT_MS, IdRecord, ImageAfter, ImageBefore, ImageHolds, Ledger, LedgerConfig,
+    LedgerImage, LedgerState, MemState, Recall, Retained, RetainedImage, Round, StateKey, state_key_of,
 };
 pub use money::{AMOUNT_MAX, Amount, Balance, Currency};
 pub use outcome::{Outcome, Receipt};

@@ -177,6 +177,13 @@ fn check(script: &str) {
         ];
         assert_eq!(pieces.concat(), postcard::to_allocvec(&whole).unwrap(), "line {n}: the image in pieces");
         drop((before, between, after));
+        // And its pieces decode back into the core image.
+        let core_back = CoreImage::from_pieces(
+            postcard::from_bytes(&pieces[0]).unwrap(),
+            postcard::from_bytes(&pieces[3]).unwrap(),
+            postcard::from_bytes(&pieces[5]).unwrap(),
+        );
+        assert_eq!(core_back, core, "line {n}: the pieces decode back");
         let split = Ledger::from_core_image(core, ledger.state().clone());
         assert_eq!(split.to_image(), ledger.to_image(), "line {n}: core image and retained state");
     }

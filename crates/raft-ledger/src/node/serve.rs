@@ -170,11 +170,11 @@ impl Transport {
     ) -> SnapshotReply {
         let vfs = self.node.env.vfs.as_ref();
         let started = tokio::time::Instant::now();
-        // Reading the whole state and journal back and checking the state's digest and every
-        // entry's hash from genesis is seconds of CPU for a large shard: off the runtime's
-        // workers, where it stalled the commits of every shard sharing them, and at the lowest
-        // priority, like the install after it (BENCHMARKS.md, "Catching up by snapshot under
-        // load").
+        // Reading the state and journal back (in 1 MiB pieces) and checking the state's digest
+        // and every entry's hash from genesis is seconds of CPU for a large shard: off the
+        // runtime's workers, where it stalled the commits of every shard sharing them, and at
+        // the lowest priority, like the install after it (BENCHMARKS.md, "Catching up by
+        // snapshot under load").
         let (vfs_owned, shard) = (self.node.env.vfs.clone(), s.id);
         let finish = move || receiver.finish(vfs_owned.as_ref(), shard);
         let snapshot = off_the_apply_path(self.node.env.io, finish).await.map_err(|e| receive_error(&e))?;

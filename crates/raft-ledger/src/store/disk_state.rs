@@ -561,55 +561,35 @@ impl DiskState {
         self.parts.view()
     }
 
-    /// Fills an empty state with a retained image (a snapshot received from a peer, or the
-    /// in-memory state of a node switching to disk). The ids and rounds, sorted by key, are
-    /// written straight into the engine's sorted files (fjall's bulk ingest: no journal, no
-    /// memtable, no compaction), which is most of the work; the queue goes through flushes as
-    /// it is pushed, so the filters stay sized for their spans. The intermediate flushes store
-    /// empty metadata: a state whose metadata is empty is not a checkpoint, and the caller
-    /// discards it if the import is cut short. The caller flushes its metadata at the end.
+    /// Fills an empty state with a retained image (the in-memory state of a node switching to
+    /// disk); see [`start_import`](Self::start_import), which this feeds from memory. An image
+    /// lists ids and rounds by key; they are sorted again here rather than trusted to be.
     pub fn import(&mut self, retained: RetainedImage) {
-        assert!(self.is_empty(), "import into an empty state");
-        const FLUSH_EVERY: usize = 1 << 16;
         let RetainedImage { mut ids, mut rounds, retention } = retained;
-        // An image lists them by key; a peer's is checked, not trusted to be (ingest needs it).
         ids.sort_unstable_by_key(|(k, _)| *k);
         ids.dedup_by_key(|(k, _)| *k);
         rounds.sort_unstable_by_key(|(k, _)| *k);
         rounds.dedup_by_key(|(k, _)| *k);
-        let remembered = |key: &StateKey| ids.binary_search_by_key(key, |(k, _)| *k).is_ok();
-        let mut queued: HashSet<StateKey, foldhash::fast::RandomState> = HashSet::default();
-        for (n, (at, item)) in retention.into_iter().enumerate() {
-            if let Retained::Id(key) = item {
-                // An id's first item remembers it; each later one is a requeue (the earlier items
-                // are then stale). An item whose id is gone is one whose pop would do nothing.
-                if !remembered(&key) {
-                    continue;
-                }
-                if queued.insert(key) {
-                    self.meta.ids += 1;
-                } else {
-                    *self.requeued.entry(key).or_insert(0) += 1;
-                    self.requeued_dirty.insert(key);
-                }
-            }
-            self.push_retained(at, item);
-            if let Retained::Round(key) = item
-                && let Ok(i) = rounds.binary_search_by_key(&key, |(k, _)| *k)
-                && rounds[i].1.last_at() > at
-            {
-                // Active after this item was queued: its pop must read it.
-                self.buckets.back_mut().expect("there is always an open bucket").touch(key);
-            }
-            if n % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                self.flush(&[]);
-            }
-        }
-        assert_eq!(queued.len(), ids.len(), "every remembered id has a queue item");
-        ingest(&self.parts.ids, "ids", ids);
-        ingest(&self.parts.rounds, "rounds", rounds);
+        let mut import = self.start_import();
+        let sorted = "sorted above";
+        import.ids(&mut ids.into_iter().map(Ok)).expect(sorted);
+        import.rounds(&mut rounds.into_iter().map(Ok)).expect(sorted);
+        import.queue(&mut retention.into_iter().map(Ok)).expect("every remembered id has a queue item");
     }
 
+    /// Starts filling an empty state with a retained image's parts in the image's order, as
+    /// they are decoded (a snapshot received from a peer, streamed from its file): the ids,
+    /// then the rounds, each sorted by key, straight into the engine's sorted files (fjall's
+    /// bulk ingest: no journal, no memtable, no compaction), which is most of the work; then the
+    /// queue, through flushes as it is pushed, so the filters stay sized for their spans. Only
+    /// the ids' keys and the rounds' keys and last activity are held meanwhile (16 and 24 bytes
+    /// each, and a bit per id), not the image. The intermediate flushes store empty metadata: a
+    /// state whose metadata is empty is not a checkpoint, and the caller discards it if the
+    /// import is cut short or fails. The caller flushes its metadata at the end.
+    pub fn start_import(&mut self) -> Import<'_> {
+        assert!(self.is_empty(), "import into an empty state");
+        Import { state: self, ids: Vec::new(), rounds: Vec::new() }
+    }
     /// Seals the open bucket once it holds what it was sized for, and drops buckets whose whole
     /// span has been popped.
     fn rotate_buckets(&mut self) {
@@ -862,6 +842,102 @@ impl Persister {
     }
 }
 
+/// An import into an empty state in progress; see [`DiskState::start_import`]. A part that
+/// fails (its source's error, or rows out of key order: `InvalidData`) leaves the state to be
+/// discarded.
+pub struct Import<'a> {
+    state: &'a mut DiskState,
+    /// The remembered ids' keys, ascending.
+    ids: Vec<StateKey>,
+    /// The remembered rounds' keys, ascending, and their last activity.
+    rounds: Vec<(StateKey, ClusterTime)>,
+}
+
+impl Import<'_> {
+    /// The remembered ids, in strictly ascending key order.
+    pub fn ids(&mut self, rows: &mut dyn Iterator<Item = io::Result<(StateKey, IdRecord)>>) -> io::Result<()> {
+        let keys = &mut self.ids;
+        ingest_sorted(&self.state.parts.ids, "ids", rows, |k, _| keys.push(k))
+    }
+
+    /// The remembered rounds, in strictly ascending key order.
+    pub fn rounds(&mut self, rows: &mut dyn Iterator<Item = io::Result<(StateKey, Round)>>) -> io::Result<()> {
+        let keys = &mut self.rounds;
+        ingest_sorted(&self.state.parts.rounds, "rounds", rows, |k, r| keys.push((k, r.last_at())))
+    }
+
+    /// The forgetting queue, oldest first, after the ids and the rounds.
+    pub fn queue(self, items: &mut dyn Iterator<Item = io::Result<(ClusterTime, Retained)>>) -> io::Result<()> {
+        const FLUSH_EVERY: usize = 1 << 16;
+        let Import { state, ids, rounds } = self;
+        // Which ids a queue item has been seen for, by position in `ids`.
+        let mut queued = vec![0u64; ids.len().div_ceil(64)];
+        let mut queued_ids = 0;
+        for (n, item) in items.enumerate() {
+            let (at, item) = item?;
+            if let Retained::Id(key) = item {
+                // An id's first item remembers it; each later one is a requeue (the earlier items
+                // are then stale). An item whose id is gone is one whose pop would do nothing.
+                let Ok(i) = ids.binary_search(&key) else { continue };
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                if queued[word] & bit == 0 {
+                    queued[word] |= bit;
+                    queued_ids += 1;
+                    state.meta.ids += 1;
+                } else {
+                    *state.requeued.entry(key).or_insert(0) += 1;
+                    state.requeued_dirty.insert(key);
+                }
+            }
+            state.push_retained(at, item);
+            if let Retained::Round(key) = item
+                && let Ok(i) = rounds.binary_search_by_key(&key, |(k, _)| *k)
+                && rounds[i].1 > at
+            {
+                // Active after this item was queued: its pop must read it.
+                state.buckets.back_mut().expect("there is always an open bucket").touch(key);
+            }
+            if n % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                state.flush(&[]);
+            }
+        }
+        if queued_ids != ids.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a remembered id has no queue item"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes rows into an empty partition's sorted files (see [`DiskState::start_import`]),
+/// handing each to `each` first; stops at the first error or at a key not above the one before
+/// (the engine needs them strictly ascending).
+fn ingest_sorted<T: serde::Serialize>(
+    part: &fjall::PartitionHandle,
+    what: &str,
+    rows: &mut dyn Iterator<Item = io::Result<(StateKey, T)>>,
+    mut each: impl FnMut(StateKey, &T),
+) -> io::Result<()> {
+    let mut failed = None;
+    let mut last: Option<StateKey> = None;
+    let sorted = std::iter::from_fn(|| match rows.next()? {
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+        Ok((key, _)) if last.is_some_and(|l| l >= key) => {
+            failed = Some(io::Error::new(io::ErrorKind::InvalidData, format!("{what} not in key order")));
+            None
+        }
+        Ok((key, value)) => {
+            last = Some(key);
+            each(key, &value);
+            Some((key.to_be_bytes(), encode(&value)))
+        }
+    });
+    part.ingest(sorted).map_err(|e| io::Error::other(format!("cannot import {what}: {e}")))?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// A retained part of an image, which [`CheckpointView::write_part`] streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetainedPart {
@@ -986,12 +1062,6 @@ fn read_accounts<E: std::fmt::Display>(
         .collect();
     all.sort_unstable_by(|x, y| x.0.cmp(&y.0));
     all
-}
-
-/// Writes rows sorted by key into an empty partition's sorted files; see [`DiskState::import`].
-fn ingest<T: serde::Serialize>(part: &fjall::PartitionHandle, what: &str, rows: Vec<(StateKey, T)>) {
-    part.ingest(rows.into_iter().map(|(k, v)| (k.to_be_bytes(), encode(&v))))
-        .unwrap_or_else(|e| panic!("on-disk state: cannot import {what}: {e}"));
 }
 
 fn item_key(item: Retained) -> StateKey {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::vfs::{VFile, Vfs};
+use super::vfs::{VFile, VFileReader, Vfs};
 use ledger_core::ShardId;
 use ledger_core::verify::{Verifier, VerifyError};
 use ledger_core::{Entry, Hash, genesis_hash};
@@ -124,35 +124,61 @@ pub(crate) struct Journal {
     head: Hash,
 }
 
-/// Splits `bytes` into frames, verifying the chain, and returns (frame offsets, end, head, first
-/// problem). Stops at the first problem.
-fn scan(shard: ShardId, bytes: &[u8]) -> (Vec<u64>, u64, Hash, Option<VerifyError>) {
+/// What a scan of a journal from its start found: the index points (every stride's first
+/// offset), how many entries are intact, where they end, the last one's hash, and what stopped
+/// the scan before the end, if anything.
+struct Scanned {
+    index: Vec<u64>,
+    entries: u64,
+    end: u64,
+    head: Hash,
+    problem: Option<VerifyError>,
+}
+
+/// Scans the first `size` bytes of a journal in order, checking each entry's hash and its link
+/// to the one before, in one pass over a buffered reader: a received journal is the shard's
+/// whole history, and is never read into memory whole.
+fn scan(shard: ShardId, file: &dyn VFile, size: u64) -> io::Result<Scanned> {
+    let mut reader = io::BufReader::with_capacity(1 << 20, VFileReader::new(file, size));
     let mut verifier = Verifier::new(shard);
-    let mut offsets = Vec::new();
-    let mut at = 0usize;
-    let mut head = genesis_hash(shard);
-    while at < bytes.len() {
-        let position = offsets.len() as u64 + 1;
+    let mut found = Scanned { index: Vec::new(), entries: 0, end: 0, head: genesis_hash(shard), problem: None };
+    let mut body = Vec::new();
+    let mut stored: Hash = [0; 32];
+    while found.end < size {
+        let at = found.end;
+        let position = found.entries + 1;
         let truncated = |what| VerifyError::Decode { position, source: ledger_core::DecodeError::Truncated(what) };
-        let Some(len) = bytes.get(at..at + 4) else {
-            return (offsets, at as u64, head, Some(truncated("frame length")));
-        };
-        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-        let Some(body) = bytes.get(at + 4..at + 4 + len) else {
-            return (offsets, at as u64, head, Some(truncated("entry")));
-        };
-        let Some(stored) = bytes.get(at + 4 + len..at + 4 + len + 32) else {
-            return (offsets, at as u64, head, Some(truncated("entry hash")));
-        };
-        let stored: Hash = stored.try_into().expect("32 bytes");
-        if let Err(e) = verifier.push_raw(body, &stored) {
-            return (offsets, at as u64, head, Some(e));
+        let left = size - at;
+        if left < 4 {
+            found.problem = Some(truncated("frame length"));
+            break;
         }
-        offsets.push(at as u64);
-        head = stored;
-        at += 4 + len + 32;
+        let mut len = [0u8; 4];
+        io::Read::read_exact(&mut reader, &mut len)?;
+        let len = u64::from(u32::from_be_bytes(len));
+        if left - 4 < len {
+            found.problem = Some(truncated("entry"));
+            break;
+        }
+        body.resize(len as usize, 0);
+        io::Read::read_exact(&mut reader, &mut body)?;
+        if left - 4 - len < 32 {
+            found.problem = Some(truncated("entry hash"));
+            break;
+        }
+        io::Read::read_exact(&mut reader, &mut stored)?;
+        if let Err(e) = verifier.push_raw(&body, &stored) {
+            found.problem = Some(e);
+            break;
+        }
+        if found.entries.is_multiple_of(INDEX_STRIDE) {
+            found.index.push(at);
+        }
+        found.entries += 1;
+        found.head = stored;
+        found.end = at + 4 + len + 32;
     }
-    (offsets, at as u64, head, None)
+    Ok(found)
 }
 
 /// The frames in `block` (which starts at a frame boundary): each frame's start and length.
@@ -195,11 +221,6 @@ fn index_bytes(points: &[u64]) -> Vec<u8> {
     points.iter().flat_map(|o| o.to_be_bytes()).collect()
 }
 
-/// Index points (every stride's first offset) among dense frame offsets.
-fn strided(offsets: &[u64]) -> Vec<u64> {
-    offsets.iter().step_by(INDEX_STRIDE as usize).copied().collect()
-}
-
 impl Journal {
     /// Opens the journal at `path` holding exactly the entries up to `keep` (what the latest
     /// snapshot recorded), and cuts everything after them (it will be re-applied from the Raft
@@ -217,10 +238,10 @@ impl Journal {
         let size = file.size()?;
         if size < keep.bytes {
             // Too short for what the snapshot covers: find how much is intact, for the error.
-            let (offsets, _, _, problem) = scan(shard, &vfs.read(path)?);
-            return Err(match problem {
+            let scanned = scan(shard, file.as_ref(), size)?;
+            return Err(match scanned.problem {
                 Some(source) => JournalError::Damaged { path: display, source, needed: keep.entries },
-                None => JournalError::TooShort { path: display, found: offsets.len() as u64, needed: keep.entries },
+                None => JournalError::TooShort { path: display, found: scanned.entries, needed: keep.entries },
             });
         }
         let mut index = Self::load_index(vfs, path, keep)?;
@@ -442,19 +463,19 @@ impl Journal {
         shard: ShardId,
         expected: (u64, Hash),
     ) -> Result<ReceivedJournal, JournalError> {
-        let bytes = vfs.read(received)?;
-        let (offsets, end, head, problem) = scan(shard, &bytes);
-        if let Some(source) = problem {
+        let file = vfs.open(received)?;
+        let found = scan(shard, file.as_ref(), file.size()?)?;
+        if let Some(source) = found.problem {
             return Err(JournalError::Damaged { path: received.display().to_string(), source, needed: expected.0 });
         }
-        if (offsets.len() as u64, head) != expected {
-            return Err(JournalError::HeadMismatch { found_seq: offsets.len() as u64, expected_seq: expected.0 });
+        if (found.entries, found.head) != expected {
+            return Err(JournalError::HeadMismatch { found_seq: found.entries, expected_seq: expected.0 });
         }
         Ok(ReceivedJournal {
             path: received.to_path_buf(),
             shard,
-            index: strided(&offsets),
-            point: JournalPoint { entries: offsets.len() as u64, bytes: end, head },
+            index: found.index,
+            point: JournalPoint { entries: found.entries, bytes: found.end, head: found.head },
         })
     }
 

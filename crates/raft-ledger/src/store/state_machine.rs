@@ -48,11 +48,12 @@ use tokio::sync::watch;
 use super::disk_state::{CheckpointView, Commit, DiskState, DiskStateError, Persister, RetainedPart};
 use super::journal::{Journal, JournalError, JournalPoint, JournalPrefix, ReceivedJournal};
 use super::shard_ledger::{Inner, ShardLedger, StateStorage};
-use super::vfs::{VFile, Vfs};
+use super::vfs::{VFile, VFileReader, Vfs};
 use super::wal::IoMode;
 use crate::net::wire::{SnapshotIdentity, SnapshotProgress};
 use crate::raft::{LogId, Reply, Request, SnapshotMeta, StoredMembership, TypeConfig};
 use ledger_core::ShardId;
+use ledger_core::{ClusterTime, IdRecord, ImageAfter, ImageBefore, ImageHolds, Retained, Round, StateKey};
 use ledger_core::{Command, CoreImage, Ledger, LedgerConfig, LedgerImage, LedgerState as _};
 use ledger_core::{Entry, Hash};
 
@@ -187,21 +188,6 @@ pub(crate) struct StateFile {
     digest: Hash,
 }
 
-/// Reads a [`StateFile`] from the start, for decoding it as a stream.
-struct StateFileReader<'a> {
-    file: &'a StateFile,
-    at: u64,
-}
-
-impl io::Read for StateFileReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.file.len - self.at).min(buf.len() as u64) as usize;
-        self.file.file.read_at(self.at, &mut buf[..n])?;
-        self.at += n as u64;
-        Ok(n)
-    }
-}
-
 /// Where a snapshot's encoded state is read from: memory, or a file.
 #[derive(Clone)]
 pub(crate) enum StateSource {
@@ -235,23 +221,20 @@ impl StateSource {
         }
     }
 
-    /// Decodes the state; a file is streamed (its bytes never all in memory at once).
-    fn decode(&self) -> io::Result<SnapshotState> {
-        let invalid = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+    /// The state's bytes from the start, buffered if in a file.
+    fn reader(&self) -> Box<dyn io::Read + '_> {
         match self {
-            StateSource::Memory(s) => postcard::from_bytes(&s.bytes).map_err(invalid),
-            StateSource::File(f) => {
-                let reader = io::BufReader::with_capacity(1 << 20, StateFileReader { file: f, at: 0 });
-                // Room for the longest string in the state (ids, addresses); postcard reuses
-                // it for each.
-                let mut scratch = vec![0u8; 1 << 16];
-                let (state, (mut reader, _)) = postcard::from_io((reader, &mut scratch[..])).map_err(invalid)?;
-                if io::Read::read(&mut reader, &mut [0u8; 1])? != 0 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the snapshot's state"));
-                }
-                Ok(state)
-            }
+            StateSource::Memory(s) => Box::new(&s.bytes[..]),
+            StateSource::File(f) => Box::new(io::BufReader::with_capacity(1 << 20, VFileReader::new(&*f.file, f.len))),
         }
+    }
+
+    /// Decodes the whole state (a file streamed: its bytes are never all in memory at once).
+    fn decode(&self) -> io::Result<SnapshotState> {
+        let mut d = StateDecoder::new(self.reader());
+        let state = d.next()?;
+        d.end()?;
+        Ok(state)
     }
 
     /// The state's bytes in memory (an in-memory state's snapshot file is made of them).
@@ -519,6 +502,64 @@ fn filled(mut disk: DiskState, image: LedgerImage) -> Ledger<DiskState> {
     disk.import(retained);
     disk.import_accounts(&core.take_accounts());
     Ledger::from_core_image(core, disk)
+}
+
+/// Decodes a snapshot's state as a stream into an empty on-disk state: its retained parts go
+/// into the store as they are decoded ([`DiskState::start_import`]), so neither the encoding nor
+/// the image is ever whole in memory. Returns the ledger, the state's metadata and the journal
+/// point it names, for the caller to check.
+fn import_streamed(
+    mut disk: DiskState,
+    source: &StateSource,
+) -> io::Result<(Ledger<DiskState>, SnapshotMeta, JournalPoint)> {
+    let mut d = StateDecoder::new(source.reader());
+    // `SnapshotState`'s fields in order, its image in the pieces of `CoreImage::image_pieces`.
+    let meta: SnapshotMeta = d.next()?;
+    let before: ImageBefore = d.next()?;
+    let mut import = disk.start_import();
+    import.ids(&mut d.seq::<(StateKey, IdRecord)>()?)?;
+    import.rounds(&mut d.seq::<(StateKey, Round)>()?)?;
+    let holds: ImageHolds = d.next()?;
+    import.queue(&mut d.seq::<(ClusterTime, Retained)>()?)?;
+    let after: ImageAfter = d.next()?;
+    let (entries, bytes, head): (u64, u64, Hash) = d.next()?;
+    d.end()?;
+    let mut core = CoreImage::from_pieces(before, holds, after);
+    disk.import_accounts(&core.take_accounts());
+    Ok((Ledger::from_core_image(core, disk), meta, JournalPoint { entries, bytes, head }))
+}
+
+/// Reads a snapshot's encoded state one postcard value at a time.
+struct StateDecoder<R> {
+    reader: R,
+    /// Room for the longest string in the state (ids, addresses), reused for each value.
+    scratch: Vec<u8>,
+}
+
+impl<R: io::Read> StateDecoder<R> {
+    fn new(reader: R) -> Self {
+        Self { reader, scratch: vec![0u8; 1 << 16] }
+    }
+
+    fn next<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<T> {
+        let (value, _) = postcard::from_io((&mut self.reader, &mut self.scratch[..]))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(value)
+    }
+
+    /// A sequence's items, one at a time, after its length.
+    fn seq<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<impl Iterator<Item = io::Result<T>> + '_> {
+        let len: usize = self.next()?;
+        Ok((0..len).map(move |_| self.next()))
+    }
+
+    /// Checks that nothing follows.
+    fn end(mut self) -> io::Result<()> {
+        if self.reader.read(&mut [0u8; 1])? != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the snapshot's state"));
+        }
+        Ok(())
+    }
 }
 
 /// Checkpoints a ledger just filled from a snapshot's state under `meta`, at the journal
@@ -1007,35 +1048,43 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         // other shard's commits: BENCHMARKS.md, "Catching up by snapshot under load") and
         // without the shard's lock, which is taken only to swap the new state in.
         let install = move || -> io::Result<u64> {
-            let state = source.decode()?;
             let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-            if state.image.shard() != shard {
-                return Err(invalid("snapshot belongs to another shard"));
-            }
-            if state.meta.last_log_id != meta.last_log_id
-                || state.image.head() != (state.journal_entries, state.journal_head)
-            {
-                return Err(invalid("snapshot state does not match its metadata"));
-            }
-            if let Some(received) = &received_at {
+            // What the state says of itself, against its metadata and the received journal.
+            let check = |state_meta: &SnapshotMeta, of: ShardId, head: (u64, Hash), point: JournalPoint| {
+                if of != shard {
+                    return Err(invalid("snapshot belongs to another shard"));
+                }
+                if state_meta.last_log_id != meta.last_log_id || head != (point.entries, point.head) {
+                    return Err(invalid("snapshot state does not match its metadata"));
+                }
                 // `finish` verified it against the state's head; the two must name the same.
-                if received.point() != state.journal_point() {
+                if let Some(received) = &received_at
+                    && received.point() != point
+                {
                     return Err(invalid("snapshot journal does not match its state"));
                 }
-            }
-            let journal_point = state.journal_point();
-            let built = match (storage, &current_disk_dir) {
-                (StateStorage::Memory, _) => Built::Memory(Ledger::from_image(state.image), source.to_encoded()?),
+                Ok(())
+            };
+            let (built, journal_point) = match (storage, &current_disk_dir) {
+                (StateStorage::Memory, _) => {
+                    let state = source.decode()?;
+                    let point = state.journal_point();
+                    check(&state.meta, state.image.shard(), state.image.head(), point)?;
+                    (Built::Memory(Ledger::from_image(state.image), source.to_encoded()?), point)
+                }
                 (StateStorage::Disk { cache_bytes }, Some(current)) => {
                     // Into a fresh generation, checkpointed (below, under the lock) before the
                     // current one is dropped: until then its metadata is empty, so a crash
-                    // halfway leaves the current one, which the next open uses.
+                    // halfway (or a state that fails its checks) leaves the current one, which
+                    // the next open uses.
                     let next = next_generation(current);
                     if next.exists() {
                         std::fs::remove_dir_all(&next)?;
                     }
                     let (disk, _) = DiskState::open(&next, cache_bytes).map_err(io::Error::other)?;
-                    Built::Disk(filled(disk, state.image), next, journal_point)
+                    let (ledger, state_meta, point) = import_streamed(disk, &source)?;
+                    check(&state_meta, ledger.shard(), ledger.head(), point)?;
+                    (Built::Disk(ledger, next, point), point)
                 }
                 (StateStorage::Disk { .. }, None) => unreachable!("the state is where it was opened"),
             };
@@ -1540,6 +1589,43 @@ mod checkpoint_tests {
         assert_eq!(bytes, postcard::to_allocvec(&want).unwrap(), "the spooled state is the image's encoding");
         assert_eq!(source.digest(), <Hash>::from(Sha256::digest(&bytes)));
         assert_eq!(postcard::to_allocvec(&source.decode().unwrap()).unwrap(), bytes, "decoded as a stream");
+
+        // Installed elsewhere as it is decoded: the same state, retained parts and accounts.
+        let other = tempfile::tempdir().unwrap();
+        let (disk, _) = DiskState::open(&other.path().join("0"), 1 << 20).unwrap();
+        let (mut imported, state_meta, at) = import_streamed(disk, &source).unwrap();
+        assert_eq!((state_meta, at), (want.meta.clone(), point));
+        imported.state_mut().flush(b"installed");
+        let (core, retained) = ledger.to_image().into_parts();
+        assert_eq!(imported.state().checkpoint_view().export(), retained, "retained state");
+        assert_eq!(imported.accounts(), ledger.accounts(), "accounts");
+        assert_eq!(imported.core_image(), core, "core image");
+        // A state whose ids are not in key order (not what any sender writes) is refused.
+        let (before, between, after) = core.image_pieces();
+        let encoded = |ids: &[(StateKey, IdRecord)]| {
+            let pieces = [
+                postcard::to_allocvec(&want.meta).unwrap(),
+                postcard::to_allocvec(&before).unwrap(),
+                postcard::to_allocvec(ids).unwrap(),
+                postcard::to_allocvec(&retained.rounds).unwrap(),
+                postcard::to_allocvec(&between).unwrap(),
+                postcard::to_allocvec(&retained.retention).unwrap(),
+                postcard::to_allocvec(&after).unwrap(),
+                postcard::to_allocvec(&(point.entries, point.bytes, point.head)).unwrap(),
+            ];
+            StateSource::Memory(Arc::new(EncodedState::new(pieces.concat())))
+        };
+        assert_eq!(
+            postcard::to_allocvec(&encoded(&retained.ids).decode().unwrap()).unwrap(),
+            bytes,
+            "the pieces make the image"
+        );
+        let mut unordered = retained.ids.clone();
+        unordered.swap(10, 20);
+        let (disk, _) = DiskState::open(&other.path().join("1"), 1 << 20).unwrap();
+        let Err(e) = import_streamed(disk, &encoded(&unordered)) else { panic!("an unordered state is refused") };
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("key order"), "{e}");
 
         let again = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.state_source().await.unwrap();
         let (StateSource::File(a), StateSource::File(b)) = (&source, &again) else { panic!("spooled into files") };

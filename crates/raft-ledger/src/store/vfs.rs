@@ -44,6 +44,28 @@ pub trait Vfs: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
+/// Reads a file's first `len` bytes in order (buffer it: each read is a `read_at`).
+pub(crate) struct VFileReader<'a> {
+    file: &'a dyn VFile,
+    at: u64,
+    len: u64,
+}
+
+impl<'a> VFileReader<'a> {
+    pub(crate) fn new(file: &'a dyn VFile, len: u64) -> Self {
+        Self { file, at: 0, len }
+    }
+}
+
+impl io::Read for VFileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.len - self.at).min(buf.len() as u64) as usize;
+        self.file.read_at(self.at, &mut buf[..n])?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// The operating system's file system.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdFs;
