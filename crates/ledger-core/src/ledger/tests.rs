@@ -166,17 +166,18 @@ fn check(script: &str) {
         // The image streamed in pieces around its retained parts encodes as the whole image.
         let whole = ledger.to_image();
         let (_, retained) = whole.clone().into_parts();
-        let (before, between, after) = core.image_pieces();
-        let pieces = [
-            postcard::to_allocvec(&before).unwrap(),
-            postcard::to_allocvec(&retained.ids).unwrap(),
-            postcard::to_allocvec(&retained.rounds).unwrap(),
-            postcard::to_allocvec(&between).unwrap(),
-            postcard::to_allocvec(&retained.retention).unwrap(),
-            postcard::to_allocvec(&after).unwrap(),
-        ];
+        let pieces = {
+            let (before, between, after) = core.image_pieces();
+            [
+                postcard::to_allocvec(&before).unwrap(),
+                postcard::to_allocvec(&retained.ids).unwrap(),
+                postcard::to_allocvec(&retained.rounds).unwrap(),
+                postcard::to_allocvec(&between).unwrap(),
+                postcard::to_allocvec(&retained.retention).unwrap(),
+                postcard::to_allocvec(&after).unwrap(),
+            ]
+        };
         assert_eq!(pieces.concat(), postcard::to_allocvec(&whole).unwrap(), "line {n}: the image in pieces");
-        drop((before, between, after));
         // And its pieces decode back into the core image.
         let core_back = CoreImage::from_pieces(
             postcard::from_bytes(&pieces[0]).unwrap(),

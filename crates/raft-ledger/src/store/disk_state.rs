@@ -590,6 +590,7 @@ impl DiskState {
         assert!(self.is_empty(), "import into an empty state");
         Import { state: self, ids: Vec::new(), rounds: Vec::new() }
     }
+
     /// Seals the open bucket once it holds what it was sized for, and drops buckets whose whole
     /// span has been popped.
     fn rotate_buckets(&mut self) {
