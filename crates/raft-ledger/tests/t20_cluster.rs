@@ -749,3 +749,38 @@ async fn t31_with_the_state_on_disk_a_checkpoint_comes_after_enough_commands() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_a_verification_while_commands_keep_committing_still_matches_the_live_ledger() {
+    let cluster = Cluster::start(1, 1).await;
+    let node = cluster.node(1).clone();
+    cluster.wait_leader(0).await;
+    node.submit_batch(0, vec![open("o", "alice")], Duration::from_secs(10)).await.unwrap();
+    // Several of verification's chunks (4,096 entries) of history before it starts.
+    for b in 0..12 {
+        let batch = (0..1000).map(|i| deposit(&format!("d{b}-{i}"), "alice", 1)).collect();
+        node.submit_batch(0, batch, Duration::from_secs(30)).await.unwrap();
+    }
+    let before = node.head(0).unwrap();
+    let writer = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            for b in 0.. {
+                let batch = (0..100).map(|i| deposit(&format!("w{b}-{i}"), "alice", 1)).collect();
+                if node.submit_batch(0, batch, Duration::from_secs(30)).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Verify a few times while the writer appends: each must see one point of the chain, its
+    // replayed balances equal to the live ones there.
+    for _ in 0..3 {
+        let node = node.clone();
+        let report = tokio::task::spawn_blocking(move || node.verify(0).unwrap()).await.unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert!(report.entries >= before.0, "verified {} of at least {}", report.entries, before.0);
+    }
+    writer.abort();
+    cluster.shutdown().await;
+}

@@ -31,7 +31,7 @@ use crate::net::peer::{PeerRouter, ShardNetworkFactory};
 use crate::raft::{NodeId, NodeInfo, TypeConfig, raft_config};
 use crate::store::LogStore;
 pub use crate::store::StateStorage;
-use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, StoreError};
+use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, ShardState, StoreError};
 use crate::store::vfs::{StdFs, Vfs};
 use crate::store::wal::{IoMode, Wal, WalError};
 use crate::time::{Clock, WallClock};
@@ -240,6 +240,10 @@ pub enum NodeError {
 
 /// Entries `verify` reads at a time.
 const VERIFY_CHUNK_ENTRIES: u64 = 4096;
+
+/// How long a shutdown waits for a shard's snapshot work to end.
+const SHUTDOWN_WAIT_FOR_SNAPSHOT_WORK: Duration = Duration::from_secs(60);
+
 /// `NodeConfig::appends_in_flight` unless set: an ordered stream per follower and shard with up
 /// to 16 AppendEntries unanswered (pipelined replication). Across a 50 ms round trip a write
 /// every few milliseconds then goes out at once instead of waiting for a slot (`sim geo
@@ -604,6 +608,20 @@ impl LedgerNode {
                 tracing::warn!(shard = %shard.id, "raft shutdown: {e}");
             }
         }
+        // Snapshot work (a build, a spool, a check or an install) runs on threads that the Raft
+        // tasks only await, and outlives them: wait for it, so that nothing writes into a
+        // shard's directory once shutdown has returned. Bounded, so that a stuck disk cannot
+        // hold the process up forever: what such work leaves is what a crash leaves, which the
+        // next open handles.
+        for shard in self.shards() {
+            let background = &shard.cell.background;
+            if !background.is_idle() {
+                tracing::info!(shard = %shard.id, "waiting for the shard's snapshot work to end");
+            }
+            if tokio::time::timeout(SHUTDOWN_WAIT_FOR_SNAPSHOT_WORK, background.idle()).await.is_err() {
+                tracing::warn!(shard = %shard.id, "the shard's snapshot work is still running; shutting down without it");
+            }
+        }
         self.inner.wal.close().await;
     }
 
@@ -749,31 +767,43 @@ impl LedgerNode {
 
     /// Re-verifies a shard's whole journal on this replica and compares the replayed balances
     /// with the live ledger.
+    ///
+    /// The journal only grows (a snapshot installed here brings a journal of the same chain,
+    /// longer), so its entries are read a chunk at a time, each chunk under the shard's read lock
+    /// alone: verifying a long history does not hold commits up for the whole of it. The last
+    /// chunk and the comparison with the live ledger are under one lock, at one point of the
+    /// chain.
     pub fn verify(&self, shard: u32) -> Result<VerifyReport, LedgerError> {
         let shard = self.shard_or_err(shard)?;
-        let st = shard.cell.read();
         let mut v = Verifier::new(shard.id);
-        let mut error = None;
         let mut next = 1;
-        'chain: while next <= st.journal.len() {
-            let chunk = match st.journal.read_range(next, VERIFY_CHUNK_ENTRIES) {
+        let chunk = |st: &ShardState, v: &mut Verifier, next: &mut u64| -> Result<(), String> {
+            let entries = match st.journal.read_range(*next, VERIFY_CHUNK_ENTRIES) {
                 Ok(c) if !c.is_empty() => c,
-                Ok(_) => {
-                    error = Some(format!("entry {next} missing"));
-                    break;
-                }
-                Err(e) => {
-                    error = Some(format!("entry {next}: {e}"));
-                    break;
-                }
+                Ok(_) => return Err(format!("entry {next} missing")),
+                Err(e) => return Err(format!("entry {next}: {e}")),
             };
-            for e in &chunk {
-                if let Err(e) = v.push(e) {
-                    error = Some(e.to_string());
-                    break 'chain;
-                }
+            for e in &entries {
+                v.push(e).map_err(|e| e.to_string())?;
             }
-            next += chunk.len() as u64;
+            *next += entries.len() as u64;
+            Ok(())
+        };
+        let mut error = None;
+        let st = loop {
+            let st = shard.cell.read();
+            if st.journal.len() < next + VERIFY_CHUNK_ENTRIES {
+                break st;
+            }
+            if let Err(e) = chunk(&st, &mut v, &mut next) {
+                error = Some(e);
+                break st;
+            }
+        };
+        while error.is_none() && next <= st.journal.len() {
+            if let Err(e) = chunk(&st, &mut v, &mut next) {
+                error = Some(e);
+            }
         }
         let summary = v.finish();
         let live: BTreeMap<AccountRef, Balance> = st.ledger.accounts().into_iter().collect();

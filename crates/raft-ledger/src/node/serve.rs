@@ -177,7 +177,8 @@ impl Transport {
         // snapshot under load").
         let (vfs_owned, shard) = (self.node.env.vfs.clone(), s.id);
         let finish = move || receiver.finish(vfs_owned.as_ref(), shard);
-        let snapshot = off_the_apply_path(self.node.env.io, finish).await.map_err(|e| receive_error(&e))?;
+        let snapshot =
+            off_the_apply_path(self.node.env.io, &s.cell.background, finish).await.map_err(|e| receive_error(&e))?;
         tracing::info!(
             shard = s.id.0,
             journal_entries = snapshot.journal.entries,

@@ -871,6 +871,8 @@ impl Import<'_> {
     pub fn queue(self, items: &mut dyn Iterator<Item = io::Result<(ClusterTime, Retained)>>) -> io::Result<()> {
         const FLUSH_EVERY: usize = 1 << 16;
         let Import { state, ids, rounds } = self;
+        let ids_dir = KeyDirectory::new(ids.iter().copied());
+        let rounds_dir = KeyDirectory::new(rounds.iter().map(|(k, _)| *k));
         // Which ids a queue item has been seen for, by position in `ids`.
         let mut queued = vec![0u64; ids.len().div_ceil(64)];
         let mut queued_ids = 0;
@@ -879,7 +881,7 @@ impl Import<'_> {
             if let Retained::Id(key) = item {
                 // An id's first item remembers it; each later one is a requeue (the earlier items
                 // are then stale). An item whose id is gone is one whose pop would do nothing.
-                let Ok(i) = ids.binary_search(&key) else { continue };
+                let Some(i) = ids_dir.find(&ids, key, |k| *k) else { continue };
                 let (word, bit) = (i / 64, 1u64 << (i % 64));
                 if queued[word] & bit == 0 {
                     queued[word] |= bit;
@@ -892,7 +894,7 @@ impl Import<'_> {
             }
             state.push_retained(at, item);
             if let Retained::Round(key) = item
-                && let Ok(i) = rounds.binary_search_by_key(&key, |(k, _)| *k)
+                && let Some(i) = rounds_dir.find(&rounds, key, |(k, _)| *k)
                 && rounds[i].1 > at
             {
                 // Active after this item was queued: its pop must read it.
@@ -906,6 +908,46 @@ impl Import<'_> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a remembered id has no queue item"));
         }
         Ok(())
+    }
+}
+
+/// Where a key may sit in a sorted list of keys, by the key's top bits: a few keys per slot,
+/// so finding one is a load or two instead of a binary search's twenty dependent ones (most of
+/// them cache misses once the list outgrows the caches). Keys are digests, so they spread
+/// evenly over the slots; uneven keys would only make some spans longer, never a lookup wrong.
+struct KeyDirectory {
+    /// How far a key is shifted right to give its slot.
+    shift: u32,
+    /// Where each slot's keys start in the list, and one past the last slot's end.
+    starts: Vec<u32>,
+}
+
+impl KeyDirectory {
+    /// A directory over `keys`, ascending (about four keys per slot).
+    fn new(keys: impl ExactSizeIterator<Item = StateKey>) -> Self {
+        let n = keys.len();
+        assert!(u32::try_from(n).is_ok(), "at most 2^32 keys in a directory");
+        let bits = n.checked_ilog2().unwrap_or(0).saturating_sub(2);
+        let shift = StateKey::BITS - bits;
+        let mut starts = vec![0u32; (1usize << bits) + 1];
+        for key in keys {
+            starts[Self::slot(shift, key) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        Self { shift, starts }
+    }
+
+    fn slot(shift: u32, key: StateKey) -> usize {
+        usize::try_from(key.checked_shr(shift).unwrap_or(0)).expect("a slot fits the directory")
+    }
+
+    /// `key`'s position in `list` (the list the directory was built over), if it is there.
+    fn find<T>(&self, list: &[T], key: StateKey, key_of: impl Fn(&T) -> StateKey) -> Option<usize> {
+        let slot = Self::slot(self.shift, key);
+        let (from, to) = (self.starts[slot] as usize, self.starts[slot + 1] as usize);
+        list[from..to].binary_search_by_key(&key, key_of).ok().map(|i| from + i)
     }
 }
 
@@ -999,15 +1041,21 @@ impl CheckpointView {
     /// [`CoreImage::image_pieces`](ledger_core::CoreImage::image_pieces)): its length, then its
     /// items, ids and rounds by key, the queue oldest first. They come straight from the files
     /// (a stored record is already its item's encoding), holding one run of the queue at a time:
-    /// a snapshot for a peer is written at disk speed in bounded memory. Reads the part twice,
-    /// to count it and to write it (the view does not change in between).
+    /// a snapshot for a peer is written at disk speed in bounded memory. The ids' count is the
+    /// one flush stored beside them; the rounds and the queue are read twice, to count them and
+    /// to write them (the view does not change in between). Either way the items written are
+    /// counted against the length written first.
     pub fn write_part(&self, part: RetainedPart, out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let failed = |e: fjall::LsmError| io::Error::other(format!("cannot read the on-disk state: {e}"));
         let varint = |n: usize| postcard::to_allocvec(&n).expect("a length encodes");
         let written = match part {
             RetainedPart::Ids | RetainedPart::Rounds => {
-                let snapshot = if part == RetainedPart::Ids { &self.ids } else { &self.rounds };
-                let count = snapshot.len().map_err(failed)?;
+                let (snapshot, count) = if part == RetainedPart::Ids {
+                    let stored = usize::try_from(self.meta().ids).expect("ids fit in memory's address space");
+                    (&self.ids, stored)
+                } else {
+                    (&self.rounds, self.rounds.len().map_err(failed)?)
+                };
                 out(&varint(count))?;
                 let mut key_buf = [0u8; 19];
                 let mut written = 0;

@@ -259,6 +259,7 @@ impl StateSource {
 pub(crate) struct Spooler {
     vfs: Arc<dyn Vfs>,
     io: IoMode,
+    background: Background,
     dir: PathBuf,
     spools: tokio::sync::Mutex<Spools>,
 }
@@ -300,7 +301,12 @@ impl Spooler {
         // priority (nice 19 gained the live replicas nothing and would slow a catch-up on a busy
         // leader: BENCHMARKS.md, "Catching up by snapshot under load"); in place under the
         // simulator, where a thread's real time would decide the trace.
-        let spooled = self.io.blocking(move || spool_checkpoint(vfs.as_ref(), &at, &view));
+        let running = self.background.start();
+        let spooled = self.io.blocking(move || {
+            let spooled = spool_checkpoint(vfs.as_ref(), &at, &view);
+            drop(running);
+            spooled
+        });
         let file = spooled.await.map_err(|_| io::Error::other("spooling a checkpoint panicked"))?;
         let file = match file {
             Ok(file) => Arc::new(file),
@@ -399,6 +405,49 @@ pub(crate) struct ShardCell {
     /// writes wait in memory until the next checkpoint, so the node takes one once this is large
     /// (`NodeConfig::checkpoint_every_commands`), however few log entries carried them.
     pub(crate) commands_since_snapshot: std::sync::atomic::AtomicU64,
+    /// The shard's snapshot work running on threads of its own.
+    pub(crate) background: Background,
+}
+
+/// Counts a shard's snapshot work running off the runtime (builds, spools, the check of a
+/// received snapshot, installs), so that the node's shutdown can wait for it: such a thread
+/// outlives the task that awaited it, and one left running would go on writing into the
+/// shard's directory after shutdown returned, while the node may be started on it again (tests
+/// and embedders restart nodes in one process).
+#[derive(Clone)]
+pub(crate) struct Background(Arc<watch::Sender<usize>>);
+
+impl Default for Background {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Background {
+    /// Counts one piece of work until the returned guard is dropped.
+    fn start(&self) -> Running {
+        self.0.send_modify(|n| *n += 1);
+        Running(self.clone())
+    }
+
+    /// Waits until no work is running.
+    pub(crate) async fn idle(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether no work is running now.
+    pub(crate) fn is_idle(&self) -> bool {
+        *self.0.borrow() == 0
+    }
+}
+
+/// One piece of work counted by a [`Background`].
+struct Running(Background);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl ShardCell {
@@ -743,10 +792,12 @@ impl LedgerStateMachine {
             state: RwLock::new(state),
             journal_len,
             commands_since_snapshot: std::sync::atomic::AtomicU64::new(0),
+            background: Background::default(),
         });
         let spooler = Arc::new(Spooler {
             vfs: vfs.clone(),
             io,
+            background: cell.background.clone(),
             dir: dir.to_path_buf(),
             spools: tokio::sync::Mutex::new(Spools::default()),
         });
@@ -815,6 +866,7 @@ impl LedgerStateMachine {
         LedgerSnapshotBuilder {
             vfs: self.vfs.clone(),
             io: self.io,
+            background: self.cell.background.clone(),
             path: snapshot_path(&self.dir),
             meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone() },
             work: Some(work),
@@ -840,6 +892,7 @@ enum Work {
 pub struct LedgerSnapshotBuilder {
     vfs: Arc<dyn Vfs>,
     io: IoMode,
+    background: Background,
     path: PathBuf,
     meta: SnapshotMeta,
     work: Option<Work>,
@@ -864,7 +917,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     persister.persist();
                     Ok(view)
                 };
-                let view = off_the_apply_path(self.io, write).await?;
+                let view = off_the_apply_path(self.io, &self.background, write).await?;
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
@@ -897,7 +950,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
                     vfs.write_atomic(&path, &encode_snapshot_file(&encoded))?;
                     Ok(encoded)
                 };
-                let encoded = off_the_apply_path(self.io, work).await?;
+                let encoded = off_the_apply_path(self.io, &self.background, work).await?;
                 tracing::debug!(
                     last_log_id = ?self.meta.last_log_id,
                     journal_entries = self.journal.entries,
@@ -926,10 +979,11 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
 /// runs in place.
 pub(crate) async fn off_the_apply_path<T: Send + 'static>(
     io: IoMode,
+    background: &Background,
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     match io {
-        IoMode::Thread => in_background(work).await,
+        IoMode::Thread => in_background(background, work).await,
         IoMode::Task => work(),
     }
 }
@@ -940,11 +994,17 @@ pub(crate) async fn off_the_apply_path<T: Send + 'static>(
 /// commits for one to two seconds (issue 17's open-loop tail). A snapshot is never urgent:
 /// until it exists the log is simply kept longer; nor is installing one more urgent than the
 /// commits of the node's other shards.
-async fn in_background<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn in_background<T: Send + 'static>(
+    background: &Background,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let running = background.start();
     std::thread::Builder::new().name("snapshot".to_string()).spawn(move || {
         lower_own_priority();
         let _ = tx.send(work());
+        // Only now, with the work's captures dropped (and its result, if nobody waits).
+        drop(running);
     })?;
     rx.await.map_err(|_| io::Error::other("the snapshot thread panicked"))?
 }
@@ -1126,7 +1186,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         // (install-run p50 15-21 ms against 8-11 ms niced; the catch-up itself took 6.5-8.4 s
         // against 4.2-5.6 s on this shared 2-core machine: BENCHMARKS.md, "Catching up by
         // snapshot under load").
-        let journal_len = off_the_apply_path(self.io, install).await?;
+        let journal_len = off_the_apply_path(self.io, &self.cell.background, install).await?;
         tracing::info!(
             shard = %self.shard,
             last_log_id = ?last_log_id,
@@ -1329,13 +1389,15 @@ impl SnapshotReceiver {
         assert!(self.is_whole(), "finish a snapshot before it has all arrived");
         let state_len = self.identity.state_bytes;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; SPOOL_BUFFER];
-        let mut at = 0;
-        while at < state_len {
-            let n = (state_len - at).min(buf.len() as u64) as usize;
-            self.state.read_at(at, &mut buf[..n])?;
-            hasher.update(&buf[..n]);
-            at += n as u64;
+        let mut state = io::BufReader::with_capacity(SPOOL_BUFFER, VFileReader::new(&*self.state, state_len));
+        loop {
+            let piece = io::BufRead::fill_buf(&mut state)?;
+            if piece.is_empty() {
+                break;
+            }
+            hasher.update(piece);
+            let n = piece.len();
+            io::BufRead::consume(&mut state, n);
         }
         let journal_path = received_journal_path(&self.dir);
         let checked = if hasher.finalize()[..] != self.identity.state_digest {
@@ -1712,5 +1774,44 @@ mod checkpoint_tests {
         drop(disk);
         let (_sm, cell) = open();
         assert_eq!(cell.read().ledger.accounts(), want, "reopened after the new checkpoint");
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Snapshot work on a thread of its own is counted until the thread is done with it, even
+    /// when the task that awaited it is gone (as at a node's shutdown), and `idle` waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_work_is_waited_for_after_its_task_is_gone() {
+        let background = Background::default();
+        assert!(background.is_idle());
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (background, done) = (background.clone(), done.clone());
+            tokio::spawn(async move {
+                off_the_apply_path(IoMode::Thread, &background, move || {
+                    wait.recv().expect("told to go");
+                    done.store(true, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while background.is_idle() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        let idle = tokio::time::timeout(Duration::from_millis(100), background.idle()).await;
+        assert!(idle.is_err(), "the work still runs: not idle");
+        go.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), background.idle()).await.expect("idle once the work ends");
+        assert!(done.load(Ordering::SeqCst), "idle only after the work ran");
     }
 }

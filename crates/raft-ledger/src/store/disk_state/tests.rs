@@ -420,3 +420,31 @@ fn a_checkpoint_read_out_and_imported_elsewhere_goes_on_exactly_like_the_origina
     installed.check_invariants();
     direct.check_invariants();
 }
+
+/// The import's key directory finds exactly the keys of its list, at their positions, for lists
+/// of every small size and for digests as well as for keys bunched in one slot.
+#[test]
+fn a_key_directory_finds_exactly_its_keys() {
+    use super::KeyDirectory;
+    let mut g = Gen(7);
+    for n in [0usize, 1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 1000, 4096, 20_000] {
+        for bunched in [false, true] {
+            let key = |g: &mut Gen| {
+                let k = (u128::from(g.next()) << 64) | u128::from(g.next());
+                if bunched { k >> 100 } else { k }
+            };
+            let keys: Vec<u128> = (0..n).map(|_| key(&mut g)).collect::<BTreeSet<_>>().into_iter().collect();
+            let dir = KeyDirectory::new(keys.iter().copied());
+            for (i, k) in keys.iter().enumerate() {
+                assert_eq!(dir.find(&keys, *k, |k| *k), Some(i), "n={n} bunched={bunched}");
+            }
+            for _ in 0..1000 {
+                let k = key(&mut g);
+                assert_eq!(dir.find(&keys, k, |k| *k), keys.binary_search(&k).ok(), "n={n} bunched={bunched}");
+            }
+            for k in [0, u128::MAX] {
+                assert_eq!(dir.find(&keys, k, |k| *k), keys.binary_search(&k).ok());
+            }
+        }
+    }
+}
