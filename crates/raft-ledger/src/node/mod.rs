@@ -31,7 +31,7 @@ use crate::net::peer::{PeerRouter, ShardNetworkFactory};
 use crate::raft::{NodeId, NodeInfo, TypeConfig, raft_config};
 use crate::store::LogStore;
 pub use crate::store::StateStorage;
-use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, ShardState, StoreError};
+use crate::store::state_machine::{ApplyHook, LedgerStateMachine, ShardCell, StoreError};
 use crate::store::vfs::{StdFs, Vfs};
 use crate::store::wal::{IoMode, Wal, WalError};
 use crate::time::{Clock, WallClock};
@@ -238,10 +238,10 @@ pub enum NodeError {
     Server(String),
 }
 
-/// Entries `verify` reads at a time.
+/// Entries `verify` reads at a time from the part of a journal appended while it scanned.
 const VERIFY_CHUNK_ENTRIES: u64 = 4096;
 
-/// How long a shutdown waits for a shard's snapshot work to end.
+/// How long a shutdown waits for its shards' snapshot work to end, in all.
 const SHUTDOWN_WAIT_FOR_SNAPSHOT_WORK: Duration = Duration::from_secs(60);
 
 /// `NodeConfig::appends_in_flight` unless set: an ordered stream per follower and shard with up
@@ -611,14 +611,15 @@ impl LedgerNode {
         // Snapshot work (a build, a spool, a check or an install) runs on threads that the Raft
         // tasks only await, and outlives them: wait for it, so that nothing writes into a
         // shard's directory once shutdown has returned. Bounded, so that a stuck disk cannot
-        // hold the process up forever: what such work leaves is what a crash leaves, which the
-        // next open handles.
+        // hold the process up forever (one deadline for all shards): what such work leaves is
+        // what a crash leaves, which the next open handles.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT_FOR_SNAPSHOT_WORK;
         for shard in self.shards() {
             let background = &shard.cell.background;
             if !background.is_idle() {
                 tracing::info!(shard = %shard.id, "waiting for the shard's snapshot work to end");
             }
-            if tokio::time::timeout(SHUTDOWN_WAIT_FOR_SNAPSHOT_WORK, background.idle()).await.is_err() {
+            if tokio::time::timeout_at(deadline, background.idle()).await.is_err() {
                 tracing::warn!(shard = %shard.id, "the shard's snapshot work is still running; shutting down without it");
             }
         }
@@ -769,41 +770,36 @@ impl LedgerNode {
     /// with the live ledger.
     ///
     /// The journal only grows (a snapshot installed here brings a journal of the same chain,
-    /// longer), so its entries are read a chunk at a time, each chunk under the shard's read lock
-    /// alone: verifying a long history does not hold commits up for the whole of it. The last
-    /// chunk and the comparison with the live ledger are under one lock, at one point of the
-    /// chain.
+    /// longer), so what it holds when the call starts is scanned without the shard's lock, in
+    /// one pass over its bytes: verifying a long history does not hold commits up. Then, under
+    /// the lock, the entries appended meanwhile and the comparison with the live ledger, at one
+    /// point of the chain.
     pub fn verify(&self, shard: u32) -> Result<VerifyReport, LedgerError> {
         let shard = self.shard_or_err(shard)?;
         let mut v = Verifier::new(shard.id);
-        let mut next = 1;
-        let chunk = |st: &ShardState, v: &mut Verifier, next: &mut u64| -> Result<(), String> {
-            let entries = match st.journal.read_range(*next, VERIFY_CHUNK_ENTRIES) {
+        let prefix = shard.cell.read().journal.whole();
+        let mut error = prefix.verify_into(shard.id, &mut v).err();
+        let mut next = prefix.entries + 1;
+        let st = shard.cell.read();
+        'chain: while error.is_none() && next <= st.journal.len() {
+            let entries = match st.journal.read_range(next, VERIFY_CHUNK_ENTRIES) {
                 Ok(c) if !c.is_empty() => c,
-                Ok(_) => return Err(format!("entry {next} missing")),
-                Err(e) => return Err(format!("entry {next}: {e}")),
+                Ok(_) => {
+                    error = Some(format!("entry {next} missing"));
+                    break;
+                }
+                Err(e) => {
+                    error = Some(format!("entry {next}: {e}"));
+                    break;
+                }
             };
             for e in &entries {
-                v.push(e).map_err(|e| e.to_string())?;
+                if let Err(e) = v.push(e) {
+                    error = Some(e.to_string());
+                    break 'chain;
+                }
             }
-            *next += entries.len() as u64;
-            Ok(())
-        };
-        let mut error = None;
-        let st = loop {
-            let st = shard.cell.read();
-            if st.journal.len() < next + VERIFY_CHUNK_ENTRIES {
-                break st;
-            }
-            if let Err(e) = chunk(&st, &mut v, &mut next) {
-                error = Some(e);
-                break st;
-            }
-        };
-        while error.is_none() && next <= st.journal.len() {
-            if let Err(e) = chunk(&st, &mut v, &mut next) {
-                error = Some(e);
-            }
+            next += entries.len() as u64;
         }
         let summary = v.finish();
         let live: BTreeMap<AccountRef, Balance> = st.ledger.accounts().into_iter().collect();

@@ -91,6 +91,20 @@ impl JournalPrefix {
         assert!(offset + buf.len() as u64 <= self.bytes, "read past the snapshot's journal prefix");
         self.file.read_at(offset, buf)
     }
+
+    /// Feeds the prefix's entries, from the shard's first, to a fresh `verifier` in one pass
+    /// over its bytes (each stored entry hashed once). Needs no lock: the bytes of a prefix
+    /// never change. The error is the first entry that fails, for people.
+    pub(crate) fn verify_into(&self, shard: ShardId, verifier: &mut Verifier) -> Result<(), String> {
+        let found = scan_into(shard, verifier, self.file.as_ref(), self.bytes).map_err(|e| e.to_string())?;
+        if let Some(problem) = found.problem {
+            return Err(problem.to_string());
+        }
+        if found.entries != self.entries {
+            return Err(format!("the journal holds {} entries where {} were expected", found.entries, self.entries));
+        }
+        Ok(())
+    }
 }
 
 /// Where a journal must end: what a snapshot recorded of it.
@@ -139,8 +153,12 @@ struct Scanned {
 /// to the one before, in one pass over a buffered reader: a received journal is the shard's
 /// whole history, and is never read into memory whole.
 fn scan(shard: ShardId, file: &dyn VFile, size: u64) -> io::Result<Scanned> {
+    scan_into(shard, &mut Verifier::new(shard), file, size)
+}
+
+/// [`scan`] with a verifier of the caller's, which goes on from where the scan stopped.
+fn scan_into(shard: ShardId, verifier: &mut Verifier, file: &dyn VFile, size: u64) -> io::Result<Scanned> {
     let mut reader = io::BufReader::with_capacity(1 << 20, VFileReader::new(file, size));
-    let mut verifier = Verifier::new(shard);
     let mut found = Scanned { index: Vec::new(), entries: 0, end: 0, head: genesis_hash(shard), problem: None };
     let mut body = Vec::new();
     let mut stored: Hash = [0; 32];
