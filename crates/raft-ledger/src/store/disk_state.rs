@@ -923,7 +923,8 @@ struct KeyDirectory {
 }
 
 impl KeyDirectory {
-    /// A directory over `keys`, ascending (about four keys per slot).
+    /// A directory over `keys`, ascending (four to eight keys per slot, so at most a byte per
+    /// key).
     fn new(keys: impl ExactSizeIterator<Item = StateKey>) -> Self {
         let n = keys.len();
         assert!(u32::try_from(n).is_ok(), "at most 2^32 keys in a directory");
