@@ -873,9 +873,9 @@ impl Import<'_> {
         let Import { state, ids, rounds } = self;
         let ids_dir = KeyDirectory::new(ids.iter().copied());
         let rounds_dir = KeyDirectory::new(rounds.iter().map(|(k, _)| *k));
-        // Which ids a queue item has been seen for, by position in `ids`.
+        // Which ids a queue item has been seen for, by position in `ids`. The state was empty
+        // (`start_import`), so its count of remembered ids counts exactly those.
         let mut queued = vec![0u64; ids.len().div_ceil(64)];
-        let mut queued_ids = 0;
         for (n, item) in items.enumerate() {
             let (at, item) = item?;
             if let Retained::Id(key) = item {
@@ -885,7 +885,6 @@ impl Import<'_> {
                 let (word, bit) = (i / 64, 1u64 << (i % 64));
                 if queued[word] & bit == 0 {
                     queued[word] |= bit;
-                    queued_ids += 1;
                     state.meta.ids += 1;
                 } else {
                     *state.requeued.entry(key).or_insert(0) += 1;
@@ -904,7 +903,7 @@ impl Import<'_> {
                 state.flush(&[]);
             }
         }
-        if queued_ids != ids.len() {
+        if state.meta.ids != ids.len() as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a remembered id has no queue item"));
         }
         Ok(())
