@@ -35,6 +35,8 @@ pub(crate) struct Op {
     pub(crate) shard: u32,
     pub(crate) cmd: Command,
     pub(crate) known: Known,
+    /// When its client learned the outcome (simulated time).
+    pub(crate) learned_at: tokio::time::Instant,
 }
 
 /// A linearizable balance read and what it returned.
@@ -46,11 +48,22 @@ pub(crate) struct Read {
     balance: Option<Balance>,
 }
 
+/// A read of one replica as it stands, and the bound on its staleness the node reported.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalRead {
+    read: Read,
+    node: String,
+    /// When the read was sent (simulated time).
+    sent_at: tokio::time::Instant,
+    staleness_ms: Option<u64>,
+}
+
 /// Everything the clients did.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     pub(crate) ops: Vec<Op>,
     reads: Vec<Read>,
+    local_reads: Vec<LocalRead>,
 }
 
 impl History {
@@ -222,7 +235,7 @@ async fn submit(shared: &SharedRef, client: &LedgerClient, c: u32, shards: u32, 
     };
     let mut s = shared.borrow_mut();
     s.event(&format!("c{c} {} {:?} -> {k:?}", cmd.tx(), cmd.kind()));
-    s.history.ops.push(Op { shard, cmd, known: k });
+    s.history.ops.push(Op { shard, cmd, known: k, learned_at: tokio::time::Instant::now() });
     s.history.ops.len() - 1
 }
 
@@ -302,10 +315,24 @@ pub(crate) async fn client(cfg: Arc<SimConfig>, n: u32, shared: SharedRef) {
                 s.event(&format!("c{n} read {account} at {} = {:?}", view.journal_len, view.balance));
                 s.history.reads.push(Read {
                     shard: view.shard,
-                    account,
+                    account: account.clone(),
                     journal_len: view.journal_len,
                     balance: view.balance,
                 });
+            }
+            // The same account read at any one replica, leader or not, as it stands.
+            let nodes = addrs(&cfg);
+            let node = nodes[me.rng.below(nodes.len() as u64) as usize].clone();
+            let shard = shard_for_player(&p, cfg.shards).0;
+            let sent_at = tokio::time::Instant::now();
+            if let Ok(view) = client.balance_at(&node, &account, shard).await {
+                let mut s = shared.borrow_mut();
+                s.event(&format!(
+                    "c{n} local read {account} at {node}: seq {} = {:?}, stale by at most {:?} ms",
+                    view.journal_len, view.balance, view.staleness_ms
+                ));
+                let read = Read { shard, account, journal_len: view.journal_len, balance: view.balance };
+                s.history.local_reads.push(LocalRead { read, node, sent_at, staleness_ms: view.staleness_ms });
             }
         }
     }
@@ -391,14 +418,17 @@ pub(crate) async fn audit(cfg: Arc<SimConfig>, shared: SharedRef) {
         shared.borrow_mut().event(&format!("audit shard {shard}: {} entries, head {}", entries.len(), heads[0].1));
         chains.insert(shard, entries);
     }
-    if let Err((check, detail)) = check_history(&shared.borrow().history, &chains) {
+    // Checked first, then reported: the history's borrow must end before the violation's.
+    let checked = check_history(&shared.borrow().history, &chains);
+    if let Err((check, detail)) = checked {
         shared.borrow_mut().violate(check, detail);
     }
     shared.borrow_mut().audit_done = true;
 }
 
 /// Every acknowledged command is in its shard's chain exactly once; refused ones are absent;
-/// indeterminate ones at most once; reads match the chain at the sequence they reported.
+/// indeterminate ones at most once; reads match the chain at the sequence they reported; a
+/// local read holds every write acknowledged longer than its reported staleness before it.
 fn check_history(h: &History, chains: &BTreeMap<u32, Vec<Entry>>) -> Result<(), (&'static str, String)> {
     let mut count: BTreeMap<(u32, &str, u8), Vec<&Entry>> = BTreeMap::new();
     for (shard, entries) in chains {
@@ -438,7 +468,31 @@ fn check_history(h: &History, chains: &BTreeMap<u32, Vec<Entry>>) -> Result<(), 
             }
         }
     }
-    for r in &h.reads {
+    for l in &h.local_reads {
+        // What a node promises of a local read: every write acknowledged longer than the bound
+        // before the read was sent is in it.
+        let Some(ms) = l.staleness_ms else { continue };
+        let Some(bound) = l.sent_at.checked_sub(Duration::from_millis(ms)) else { continue };
+        let missing = h.ops.iter().find(|o| {
+            o.shard == l.read.shard
+                && o.learned_at < bound
+                && matches!(o.known, Known::Applied(Some(seq)) if seq > l.read.journal_len)
+        });
+        if let Some(o) = missing {
+            return Err((
+                "stale-bound",
+                format!(
+                    "{} read at {} up to seq {}, stale by at most {ms} ms, lacks {} acknowledged {:?} before",
+                    l.read.account,
+                    l.node,
+                    l.read.journal_len,
+                    o.cmd.tx(),
+                    l.sent_at - o.learned_at
+                ),
+            ));
+        }
+    }
+    for r in h.reads.iter().chain(h.local_reads.iter().map(|l| &l.read)) {
         let Some(entries) = chains.get(&r.shard) else { continue };
         let at = entries
             .iter()

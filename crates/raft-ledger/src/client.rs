@@ -480,6 +480,13 @@ impl LedgerClient {
         self.inner.once(addr, |mut c| async move { c.status(StatusRequest).await }).await
     }
 
+    /// Reads a balance from one node's replica of `shard` as it stands, with the bound on its
+    /// staleness the node reports (`BalanceView::staleness_ms`).
+    pub async fn balance_at(&self, addr: &str, account: &AccountRef, shard: u32) -> Result<BalanceView, ClientError> {
+        let req = BalanceRequest { shard: Some(shard), account: account.clone(), consistency: ReadConsistency::Local };
+        self.inner.once(addr, |mut c| async move { c.balance(req).await }).await?.map_err(ClientError::Ledger)
+    }
+
     /// Journal entries of a shard as one node has them.
     pub async fn entries(&self, addr: &str, shard: u32, from_seq: u64, limit: u32) -> Result<Vec<Entry>, ClientError> {
         self.inner

@@ -44,21 +44,21 @@ pub(crate) fn commit_health(view: HealthView, lease: Duration) -> CommitHealth {
     if fresh(view.leader_quorum) { CommitHealth::Follower } else { CommitHealth::NoQuorum }
 }
 
-/// How stale a local read may be: every write acknowledged more than this long ago (plus the
-/// one-way delay from the leader) is in the replica's applied state. On the leader it is the
-/// time since a quorum last acknowledged it (no other leader can have acknowledged anything
-/// since); on a follower, the age of the newest leader message whose commit index the replica
-/// has applied (`contacts`: ages and commit indexes, oldest first). `None` when neither is known.
+/// How stale a local read may be: every write acknowledged more than this long ago is in the
+/// replica's applied state. On the leader it is the time since a quorum last acknowledged it
+/// (`None` until it has applied an entry of its own term); on a follower, the age of the
+/// youngest moment a leader vouched for whose index the replica has applied (`vouched`: ages
+/// and applied indexes). `None` when neither is known.
 pub(crate) fn staleness_bound(
     leads: bool,
     quorum_acked: Option<Duration>,
-    contacts: &[(Duration, u64)],
+    vouched: &[(Duration, u64)],
     applied: u64,
 ) -> Option<Duration> {
     if leads {
         return quorum_acked;
     }
-    contacts.iter().rev().find(|(_, commit)| *commit <= applied).map(|(age, _)| *age)
+    vouched.iter().filter(|(_, index)| *index <= applied).map(|(age, _)| *age).min()
 }
 
 /// Checks a home voter must pass in a row before leadership moves to it: hysteresis, so a
@@ -206,12 +206,16 @@ mod tests {
     }
 
     #[test]
-    fn a_local_read_is_as_stale_as_the_newest_leader_message_it_has_applied() {
-        let contacts = [(ms(900).unwrap(), 10), (ms(500).unwrap(), 12), (ms(100).unwrap(), 15)];
-        assert_eq!(staleness_bound(false, None, &contacts, 13), ms(500), "commit 15 is not applied yet");
-        assert_eq!(staleness_bound(false, None, &contacts, 15), ms(100));
-        assert_eq!(staleness_bound(false, None, &contacts, 9), None, "no message it has caught up with");
-        assert_eq!(staleness_bound(true, ms(40), &contacts, 0), ms(40), "the leader: its quorum's age");
+    fn a_local_read_is_as_stale_as_the_youngest_vouched_moment_it_has_applied() {
+        let vouched = [(ms(900).unwrap(), 10), (ms(500).unwrap(), 12), (ms(100).unwrap(), 15)];
+        assert_eq!(staleness_bound(false, None, &vouched, 13), ms(500), "index 15 is not applied yet");
+        assert_eq!(staleness_bound(false, None, &vouched, 15), ms(100));
+        assert_eq!(staleness_bound(false, None, &vouched, 9), None, "nothing vouched it has caught up with");
+        // Two leaders' moments need not ascend with their indexes: the youngest applied one.
+        let crossed = [(ms(300).unwrap(), 10), (ms(200).unwrap(), 12), (ms(80).unwrap(), 11)];
+        assert_eq!(staleness_bound(false, None, &crossed, 12), ms(80));
+        assert_eq!(staleness_bound(false, None, &crossed, 10), ms(300));
+        assert_eq!(staleness_bound(true, ms(40), &vouched, 0), ms(40), "the leader: its quorum's age");
         assert_eq!(staleness_bound(true, None, &[], 0), None);
     }
 

@@ -21,9 +21,9 @@ use crate::api::{
     ShardStatus, VerifyReport,
 };
 use crate::net::wire::{
-    AppendRequest, BalanceRequest, EntriesRequest, InitializeRequest, MembershipRequest, PeerError, PieceOutcome,
-    ShardMsg, SnapshotChunk, SnapshotIdentity, SnapshotPiece, SnapshotProgress, SnapshotProgressRequest, StatusRequest,
-    SubmitBatchRequest, SubmitRequest, VerifyRequest,
+    AppendCall, AppendRequest, BalanceRequest, EntriesRequest, Extended, Freshness, InitializeRequest,
+    MembershipRequest, PeerError, PieceOutcome, ReplyStamp, ShardMsg, SnapshotChunk, SnapshotIdentity, SnapshotPiece,
+    SnapshotProgress, SnapshotProgressRequest, StatusRequest, SubmitBatchRequest, SubmitRequest, VerifyRequest,
 };
 use crate::raft::{LogId, NodeId, NodeInfo, Proposal, RaftEntry, Reply, Request, SnapshotMeta, StoredMembership, Vote};
 use ledger_core::{
@@ -310,6 +310,65 @@ fn the_peer_messages_encode_as_pinned() {
     for (reply, expected) in &stream_replies {
         pinned(&format!("{reply:?}"), &postcard(reply), expected);
     }
+    // What the calls carry since freshness was added: the message as before, then the addition.
+    let fresh = Freshness { stamp: ReplyStamp { incarnation: 5, micros: 300 }, applied: 7 };
+    let call = Extended::new(append, Some(fresh));
+    let call_bytes = postcard(&call);
+    pinned(
+        "AppendCall",
+        &call_bytes,
+        "03020101010101010101020180d095ffbc3100010102643105616c69636503455552904e010101010c0105ac0207",
+    );
+    let answer: crate::net::wire::AppendAnswer =
+        Extended::new(Ok(AppendEntriesResponse::Success), Some(ReplyStamp { incarnation: 5, micros: 300 }));
+    pinned("AppendAnswer", &postcard(&answer), "00000105ac02");
+    let stream_answer: crate::net::wire::AppendStreamAnswer = Extended::new(Ok(Ok(None)), None);
+    pinned("AppendStreamAnswer", &postcard(&stream_answer), "00000000");
+}
+
+/// A rolling upgrade mixes builds from before and after an [`Extended`] message's addition:
+/// each reads what the other sends, the older one without the addition.
+#[test]
+fn extended_messages_are_read_by_builds_on_either_side_of_the_addition() {
+    let request = || AppendRequest {
+        shard: 3,
+        msg: AppendEntriesRequest {
+            vote: vote(),
+            prev_log_id: Some(log_id(1, 1)),
+            entries: raft_entries()[1..2].to_vec(),
+            leader_commit: Some(log_id(1, 1)),
+        },
+        quorum_age_ms: Some(12),
+    };
+    let fresh = Freshness { stamp: ReplyStamp { incarnation: u64::MAX, micros: 1 << 40 }, applied: 7 };
+    let old_bytes = postcard(&request());
+    // An older build's request, read by this one: no addition.
+    let read: AppendCall = postcard::from_bytes(&old_bytes).expect("an older build's request reads");
+    assert_eq!(postcard(&read.head), old_bytes);
+    assert_eq!(read.ext, None);
+    // This build's request, read by an older one (the message before the addition) and by this.
+    let new_bytes = postcard(&Extended::new(request(), Some(fresh)));
+    let by_older: AppendRequest = postcard::from_bytes(&new_bytes).expect("an older build reads it");
+    assert_eq!(postcard(&by_older), old_bytes);
+    let by_this: AppendCall = postcard::from_bytes(&new_bytes).expect("this build reads it");
+    assert_eq!((postcard(&by_this.head), by_this.ext), (old_bytes.clone(), Some(fresh)));
+    // A torn addition counts as none: the message itself was whole.
+    let torn: AppendCall = postcard::from_bytes(&new_bytes[..new_bytes.len() - 1]).expect("reads");
+    assert_eq!(torn.ext, None);
+    // A torn message is refused, addition or not.
+    assert!(postcard::from_bytes::<AppendCall>(&old_bytes[..old_bytes.len() - 1]).is_err());
+    // The answers, both ways.
+    let stamp = ReplyStamp { incarnation: 9, micros: 12_345 };
+    let old_answer: crate::net::wire::AppendReply = Ok(AppendEntriesResponse::Conflict);
+    let read: crate::net::wire::AppendAnswer = postcard::from_bytes(&postcard(&old_answer)).expect("reads");
+    assert_eq!((postcard(&read.head), read.ext), (postcard(&old_answer), None));
+    let old_answer: crate::net::wire::AppendStreamReply = Ok(Ok(Some(log_id(1, 2))));
+    let new_answer: crate::net::wire::AppendStreamAnswer = Extended::new(Ok(Ok(Some(log_id(1, 2)))), Some(stamp));
+    let by_older: crate::net::wire::AppendStreamReply =
+        postcard::from_bytes(&postcard(&new_answer)).expect("an older build reads it");
+    assert_eq!(postcard(&by_older), postcard(&old_answer));
+    let by_this: crate::net::wire::AppendStreamAnswer = postcard::from_bytes(&postcard(&new_answer)).expect("reads");
+    assert_eq!(by_this.ext, Some(stamp));
     let vote_request =
         ShardMsg { shard: 3, msg: VoteRequest::<crate::raft::TypeConfig>::new(vote(), Some(log_id(1, 2))) };
     pinned("VoteRequest", &postcard(&vote_request), "030201010101010200");

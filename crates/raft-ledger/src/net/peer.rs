@@ -15,10 +15,10 @@ use super::env::{Net, NodeChannel};
 use super::generated::raft_transport_client::RaftTransportClient;
 use super::member::ClusterKey;
 use super::wire::{
-    AppendRequest, PeerError, PieceOutcome, ShardMsg, SnapshotIdentity, SnapshotPiece, SnapshotProgress,
-    SnapshotProgressRequest,
+    AppendRequest, Extended, Freshness, PeerError, PieceOutcome, ReplyStamp, ShardMsg, SnapshotIdentity, SnapshotPiece,
+    SnapshotProgress, SnapshotProgressRequest,
 };
-use crate::raft::{NodeId, NodeInfo, TypeConfig, Vote};
+use crate::raft::{LogId, NodeId, NodeInfo, TypeConfig, Vote};
 use crate::store::LedgerSnapshot;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
@@ -57,9 +57,12 @@ pub(crate) struct PeerRouter {
     net: Net,
     key: ClusterKey,
     peers: Arc<Mutex<BTreeMap<NodeId, Peer>>>,
-    /// Each shard's Raft metrics on this node, so AppendEntries can tell followers when this
-    /// leader last heard from a quorum.
-    metrics: Arc<Mutex<BTreeMap<u32, ShardMetrics>>>,
+    /// Each shard's Raft metrics and applied log id on this node, so AppendEntries can tell
+    /// followers when this leader last heard from a quorum and what it vouches for.
+    metrics: Arc<Mutex<BTreeMap<u32, Watched>>>,
+    /// Per follower and shard: what this node, leading, can vouch for about the follower's
+    /// freshness (see [`Vouching`]).
+    vouching: Arc<Mutex<BTreeMap<(NodeId, u32), Vouching>>>,
     /// The most snapshot bytes one call carries (`NodeConfig::snapshot_piece_bytes`).
     piece_bytes: u64,
     /// The most AppendEntries in flight to one follower for one shard
@@ -68,6 +71,35 @@ pub(crate) struct PeerRouter {
 }
 
 type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
+/// openraft's clock: what its quorum acknowledgements are timed by.
+type RaftInstant = openraft::type_config::alias::InstantOf<TypeConfig>;
+
+/// What this node watches of one of its shards.
+struct Watched {
+    metrics: ShardMetrics,
+    /// The shard's last applied log id, published before the replies it acknowledges.
+    applied: tokio::sync::watch::Receiver<Option<LogId>>,
+}
+
+/// Vouching for one follower's freshness (`wire::Freshness`). A stamp the follower put on an
+/// answer becomes a candidate when it is heard, paired with what this node had applied by then
+/// (so every write it had acknowledged before the stamp). A candidate is sent only once a
+/// quorum has acknowledged a request sent after it was taken: then no later leader had been
+/// elected when the follower stamped it, so none had acknowledged anything before it.
+#[derive(Default)]
+struct Vouching {
+    /// The follower's latest stamp heard.
+    heard: Option<ReplyStamp>,
+    /// Candidates, oldest first: when each was taken, in which of this node's terms as leader,
+    /// and what it vouches for.
+    candidates: std::collections::VecDeque<(RaftInstant, u64, Freshness)>,
+}
+
+/// Candidates kept per follower and shard, at least `VOUCHING_SPACING` apart: together they
+/// span the round trip a quorum's acknowledgement takes, even between regions.
+const VOUCHING_CANDIDATES_MAX: usize = 64;
+/// The least time between two candidates kept for one follower and shard.
+const VOUCHING_SPACING: Duration = Duration::from_millis(5);
 
 impl PeerRouter {
     pub(crate) fn new(me: NodeId, net: Net, key: ClusterKey, piece_bytes: u64, appends_in_flight: usize) -> Self {
@@ -77,14 +109,20 @@ impl PeerRouter {
             key,
             peers: Arc::new(Mutex::new(BTreeMap::new())),
             metrics: Arc::new(Mutex::new(BTreeMap::new())),
+            vouching: Arc::new(Mutex::new(BTreeMap::new())),
             piece_bytes: piece_bytes.max(1),
             appends_in_flight: appends_in_flight.max(1),
         }
     }
 
-    /// Registers a shard's metrics once its Raft group exists.
-    pub(crate) fn watch_shard(&self, shard: u32, metrics: ShardMetrics) {
-        self.metrics.lock().expect("metrics lock").insert(shard, metrics);
+    /// Registers a shard's metrics and applied log id once its Raft group exists.
+    pub(crate) fn watch_shard(
+        &self,
+        shard: u32,
+        metrics: ShardMetrics,
+        applied: tokio::sync::watch::Receiver<Option<LogId>>,
+    ) {
+        self.metrics.lock().expect("metrics lock").insert(shard, Watched { metrics, applied });
     }
 
     /// How long ago this node, leading `shard`, last heard from a quorum.
@@ -92,8 +130,74 @@ impl PeerRouter {
         use openraft::Instant as _;
         use openraft::rt::WatchReceiver as _;
         let metrics = self.metrics.lock().expect("metrics lock");
-        let acked = metrics.get(&shard)?.borrow_watched().last_quorum_acked?;
+        let acked = metrics.get(&shard)?.metrics.borrow_watched().last_quorum_acked?;
         Some(acked.elapsed().as_millis() as u64)
+    }
+
+    /// Notes a stamp `target` put on its answer for `shard`: while this node leads with an
+    /// entry of its own term applied, a candidate to vouch for (see [`Vouching`]).
+    fn heard(&self, target: NodeId, shard: u32, stamp: Option<ReplyStamp>) {
+        let Some(stamp) = stamp else { return };
+        let mut vouching = self.vouching.lock().expect("vouching lock");
+        let link = vouching.entry((target, shard)).or_default();
+        // Answers of one run of the follower carry ascending moments; a stamp of another run
+        // (the follower restarted) replaces the old one.
+        if link.heard.is_some_and(|h| h.incarnation == stamp.incarnation && h.micros >= stamp.micros) {
+            return;
+        }
+        link.heard = Some(stamp);
+        // Read after the stamp was heard: every write acknowledged before it is applied here.
+        let Some((term, applied)) = self.leading_applied(shard) else {
+            link.candidates.clear();
+            return;
+        };
+        let now = <RaftInstant as openraft::Instant>::now();
+        let fresh = Freshness { stamp, applied };
+        // Within the spacing, or with every slot taken, the newest candidate is replaced: the
+        // oldest ones stay, so candidates keep being certified however fast answers come.
+        let crowded = link.candidates.len() >= VOUCHING_CANDIDATES_MAX;
+        match link.candidates.back_mut() {
+            Some(newest) if crowded || now - newest.0 < VOUCHING_SPACING => {
+                *newest = (now, term, fresh);
+            }
+            _ => link.candidates.push_back((now, term, fresh)),
+        }
+    }
+
+    /// This node's term and applied index for `shard` while it leads the shard and has applied
+    /// an entry of its own term (so every entry an earlier leader committed too); `None`
+    /// otherwise.
+    fn leading_applied(&self, shard: u32) -> Option<(u64, u64)> {
+        use openraft::rt::WatchReceiver as _;
+        let metrics = self.metrics.lock().expect("metrics lock");
+        let watched = metrics.get(&shard)?;
+        let applied = (*watched.applied.borrow())?;
+        let m = watched.metrics.borrow_watched();
+        let leads = m.state == openraft::ServerState::Leader && applied.leader_id.term == m.current_term;
+        leads.then_some((m.current_term, applied.index))
+    }
+
+    /// What this node can vouch for about `target`'s freshness in `shard` on a request sent
+    /// now: the newest candidate taken strictly before the sending of a request a quorum has
+    /// acknowledged (strictly: a request stamped in the same instant may predate it), in the
+    /// same term: a quorum's acknowledgement in a later term says nothing of the leaders
+    /// elected between the two.
+    fn vouch(&self, target: NodeId, shard: u32) -> Option<Freshness> {
+        use openraft::rt::WatchReceiver as _;
+        let (term, acked) = {
+            let metrics = self.metrics.lock().expect("metrics lock");
+            let m = metrics.get(&shard)?.metrics.borrow_watched();
+            if m.state != openraft::ServerState::Leader {
+                return None;
+            }
+            (m.current_term, m.last_quorum_acked?.into_inner())
+        };
+        let mut vouching = self.vouching.lock().expect("vouching lock");
+        let link = vouching.get_mut(&(target, shard))?;
+        link.candidates.retain(|(_, taken_in, _)| *taken_in == term);
+        let newest = link.candidates.iter().rposition(|(taken, _, _)| *taken < acked)?;
+        link.candidates.drain(..newest);
+        link.candidates.front().map(|(_, _, f)| *f)
     }
 
     /// Remembers (or updates) a peer's address; the channel is created on first use.
@@ -258,10 +362,16 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
         let quorum_age_ms = self.quorum_age_ms(shard);
+        let fresh = self.vouch(target, shard);
+        let router = self.clone();
         self.call(RPCTypes::AppendEntries, target, option, |mut c, ttl| async move {
-            let mut req = tonic::Request::new(AppendRequest { shard, msg: rpc, quorum_age_ms });
+            let mut req = tonic::Request::new(Extended::new(AppendRequest { shard, msg: rpc, quorum_age_ms }, fresh));
             req.set_timeout(ttl);
-            c.append(req).await
+            let answer = c.append(req).await?;
+            Ok(answer.map(|a| {
+                router.heard(target, shard, a.ext);
+                a.head
+            }))
         })
         .await
     }
@@ -469,7 +579,8 @@ where
             }
             let last = msg.entries.last().map(|e| e.log_id).or(msg.prev_log_id);
             sent.lock().expect("sent lock").push_back(Sent { at: tokio::time::Instant::now(), last });
-            AppendRequest { shard, msg, quorum_age_ms: router.quorum_age_ms(shard) }
+            let fresh = router.vouch(target, shard);
+            Extended::new(AppendRequest { shard, msg, quorum_age_ms: router.quorum_age_ms(shard) }, fresh)
         }
     });
     // The request stream is polled by the HTTP/2 connection's task, not by openraft. openraft's
@@ -544,10 +655,15 @@ where
                         return Some((Err(RPCError::Unreachable(Unreachable::from_string(why))), None));
                     }
                     Some(Err(status)) => return Some((Err(status_error(&status)), None)),
-                    // The peer cannot take part for this shard (it may say so before it reads
-                    // a request): as from a unary call.
-                    Some(Ok(Err(e))) => return Some((Err(peer_error(&e)), None)),
-                    Some(Ok(Ok(result))) => result,
+                    Some(Ok(Extended { head: reply, ext: stamp })) => {
+                        router.heard(target, shard, stamp);
+                        match reply {
+                            // The peer cannot take part for this shard (it may say so before it
+                            // reads a request): as from a unary call.
+                            Err(e) => return Some((Err(peer_error(&e)), None)),
+                            Ok(result) => result,
+                        }
+                    }
                 };
                 let Some(request) = sent.lock().expect("sent lock").pop_front() else {
                     let e =

@@ -58,6 +58,90 @@ pub type AppendReply = Result<AppendEntriesResponse<TypeConfig>, PeerError>;
 /// The follower's answer to the request at the same position of an ordered AppendEntries
 /// stream (`AppendStream`). A `PeerError` ends the stream.
 pub type AppendStreamReply = Result<StreamAppendResult<TypeConfig>, PeerError>;
+
+/// What an `Append` or `AppendStream` call carries: the request, and what the leader can vouch
+/// for about the receiver's freshness (added after the first release; see [`Extended`]).
+pub type AppendCall = Extended<AppendRequest, Freshness>;
+/// An `Append` answer, stamped with the moment the follower answered.
+pub type AppendAnswer = Extended<AppendReply, ReplyStamp>;
+/// An `AppendStream` answer, stamped with the moment the follower answered.
+pub type AppendStreamAnswer = Extended<AppendStreamReply, ReplyStamp>;
+
+/// A message of an earlier build (`head`) followed by a part added later (`ext`), so that
+/// builds on either side of the addition keep talking during a rolling upgrade: postcard
+/// encodes a pair as one part after the other, an older build reads its message and ignores
+/// the bytes after it, and this reads a message that ends after `head` as one without `ext`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extended<H, T> {
+    /// The message as the earlier build knows it.
+    pub head: H,
+    /// The part added later; `None` from an earlier build.
+    pub ext: Option<T>,
+}
+
+impl<H, T> Extended<H, T> {
+    /// A message and its addition.
+    pub fn new(head: H, ext: Option<T>) -> Self {
+        Self { head, ext }
+    }
+}
+
+impl<H: Serialize, T: Serialize> Serialize for Extended<H, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.head)?;
+        t.serialize_element(&self.ext)?;
+        t.end()
+    }
+}
+
+impl<'de, H: Deserialize<'de>, T: Deserialize<'de>> Deserialize<'de> for Extended<H, T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Parts<H, T>(std::marker::PhantomData<(H, T)>);
+        impl<'de, H: Deserialize<'de>, T: Deserialize<'de>> serde::de::Visitor<'de> for Parts<H, T> {
+            type Value = Extended<H, T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message, then optionally what later builds add to it")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let head = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                // An earlier build's message ends here (postcard reports the end of its input
+                // as an error). What cannot be read is as good as absent: the addition only
+                // ever adds information, and the message itself was read whole.
+                let ext = seq.next_element::<Option<T>>().ok().flatten().flatten();
+                Ok(Extended { head, ext })
+            }
+        }
+        d.deserialize_tuple(2, Parts(std::marker::PhantomData))
+    }
+}
+
+/// A moment on a follower's own clock at which it answered its leader: microseconds since the
+/// follower's process started its node, tagged with a number drawn at that start so that a
+/// moment from an earlier run of the process is never taken for one of this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyStamp {
+    /// Drawn when the node started.
+    pub incarnation: u64,
+    /// Since the node started, in microseconds.
+    pub micros: u64,
+}
+
+/// What a leader vouches for about one follower: every write acknowledged before the follower
+/// stamped `stamp` (on the follower's clock), by this leader or any other, is at or below index
+/// `applied`. So once the follower has applied `applied`, every such write is in its state. A
+/// leader vouches only once it has applied an entry of its own term (so every entry an earlier
+/// leader committed), with `applied` read after it heard the stamp (so every write it had
+/// acknowledged itself), and once a quorum has acknowledged its leadership, in the same term,
+/// after it heard the stamp (so no later leader had been elected by then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// The follower's stamp the leader had heard.
+    pub stamp: ReplyStamp,
+    /// The leader's applied index after it heard it.
+    pub applied: u64,
+}
 /// The request metadata key naming the shard of an `AppendStream`, so the follower can attach
 /// the stream to the shard's Raft group before the first request arrives.
 pub const APPEND_STREAM_SHARD_KEY: &str = "raft-shard";

@@ -285,8 +285,14 @@ pub(crate) struct Shard {
     /// Times this replica has seen the shard's leader change since it started.
     leader_changes: std::sync::atomic::AtomicU64,
     /// Recent AppendEntries this replica accepted from a leader: when each arrived and the
-    /// commit index it carried, commit indexes ascending. What bounds a local read's staleness.
+    /// commit index it carried, commit indexes ascending. What tells the shard's health and its
+    /// succession that the leader is alive.
     leader_contact: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
+    /// What leaders vouched for (`wire::Freshness`), as moments on this node's clock and the
+    /// applied index each needs, indexes ascending: every write acknowledged before the moment
+    /// is in this replica's state once it has applied the index. What bounds a local read's
+    /// staleness.
+    fresh_as_of: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
     /// The latest moment this replica knows its leader had heard from a quorum (from the
     /// quorum age AppendEntries carry). What a follower's health rests on.
     leader_quorum_at: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -301,25 +307,86 @@ const LEADER_CONTACTS_MAX: usize = 64;
 
 impl Shard {
     /// Notes that an AppendEntries from the leader, received at `at` and carrying commit index
-    /// `commit`, was accepted.
-    pub(crate) fn heard_from_leader(&self, at: tokio::time::Instant, commit: u64, quorum_age: Option<Duration>) {
+    /// `commit`, was accepted; `fresh`: what the leader vouched for, as a moment on this node's
+    /// clock and the index it needs.
+    pub(crate) fn heard_from_leader(
+        &self,
+        at: tokio::time::Instant,
+        commit: u64,
+        quorum_age: Option<Duration>,
+        fresh: Option<(tokio::time::Instant, u64)>,
+    ) {
         if let Some(at_quorum) = quorum_age.and_then(|age| at.checked_sub(age)) {
             let mut known = self.leader_quorum_at.lock().expect("leader quorum lock");
             *known = Some(known.map_or(at_quorum, |k| k.max(at_quorum)));
         }
-        let mut seen = self.leader_contact.lock().expect("leader contact lock");
-        match seen.back_mut() {
-            // Same commit point, later message: keep only the later one.
-            Some((t, c)) if *c == commit => *t = (*t).max(at),
-            // An older commit point arriving late (calls can overtake each other) adds nothing.
-            Some((_, c)) if *c > commit => {}
-            _ => {
-                seen.push_back((at, commit));
-                if seen.len() > LEADER_CONTACTS_MAX {
-                    seen.pop_front();
-                }
+        remember_point(&mut self.leader_contact.lock().expect("leader contact lock"), at, commit);
+        if let Some((as_of, applied)) = fresh {
+            remember_point(&mut self.fresh_as_of.lock().expect("freshness lock"), as_of, applied);
+        }
+    }
+}
+
+/// Adds a (moment, index) point to a list kept with indexes ascending and at most
+/// `LEADER_CONTACTS_MAX` long.
+fn remember_point(
+    points: &mut std::collections::VecDeque<(tokio::time::Instant, u64)>,
+    at: tokio::time::Instant,
+    index: u64,
+) {
+    match points.back_mut() {
+        // Same index, later moment: keep only the later one.
+        Some((t, c)) if *c == index => *t = (*t).max(at),
+        // An older index arriving late (calls can overtake each other) adds nothing.
+        Some((_, c)) if *c > index => {}
+        _ => {
+            points.push_back((at, index));
+            if points.len() > LEADER_CONTACTS_MAX {
+                points.pop_front();
             }
         }
+    }
+}
+
+/// This node's clock as its followers' answers carry it (`wire::ReplyStamp`): moments since
+/// the node started, tagged with a number drawn at start, so that a leader's echo of a stamp
+/// from an earlier run of the process (a restart in the same second, a reused address) is
+/// never read as a moment of this run.
+pub(crate) struct AnswerClock {
+    incarnation: u64,
+    epoch: tokio::time::Instant,
+}
+
+impl AnswerClock {
+    fn new() -> Self {
+        // From the runtime's RNG: seeded by the simulator, from the OS otherwise.
+        let incarnation = {
+            use rand::RngExt as _;
+            <crate::raft::LedgerRuntime as openraft::AsyncRuntime>::thread_rng().random::<u64>()
+        };
+        Self { incarnation, epoch: tokio::time::Instant::now() }
+    }
+
+    /// The stamp for an answer sent now.
+    pub(crate) fn stamp(&self) -> crate::net::wire::ReplyStamp {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        crate::net::wire::ReplyStamp { incarnation: self.incarnation, micros }
+    }
+
+    /// The moment a stamp of this run names; `None` for another run's stamp or one from the
+    /// future (a stamp this node never gave).
+    pub(crate) fn moment(&self, stamp: crate::net::wire::ReplyStamp) -> Option<tokio::time::Instant> {
+        if stamp.incarnation != self.incarnation {
+            return None;
+        }
+        let at = self.epoch.checked_add(Duration::from_micros(stamp.micros))?;
+        (at <= tokio::time::Instant::now()).then_some(at)
+    }
+
+    /// What a leader vouched for, as a moment of this node's clock and the index it needs.
+    pub(crate) fn vouched(&self, fresh: Option<crate::net::wire::Freshness>) -> Option<(tokio::time::Instant, u64)> {
+        let fresh = fresh?;
+        Some((self.moment(fresh.stamp)?, fresh.applied))
     }
 }
 
@@ -333,6 +400,8 @@ pub(crate) struct NodeInner {
     /// Bumped whenever a hosted shard's leader, term or membership changes, so subscribers
     /// (`LedgerNode::leadership`) are pushed every leadership change instead of polling.
     pub(crate) leadership: watch::Sender<u64>,
+    /// Stamps this node's answers to its leaders, and reads their echoes.
+    pub(crate) answers: AnswerClock,
 }
 
 impl NodeInner {
@@ -449,16 +518,19 @@ impl LedgerNode {
                 queue,
                 leader_changes: std::sync::atomic::AtomicU64::new(0),
                 leader_contact: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                fresh_as_of: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 leader_quorum_at: std::sync::Mutex::new(None),
                 outranks_candidate: tokio::sync::Notify::new(),
             });
-            router.watch_shard(s, shard.raft.metrics());
+            router.watch_shard(s, shard.raft.metrics(), shard.cell.applied.subscribe());
             queues.push((shard.clone(), rx));
             shards.insert(s, shard);
         }
         let map = ShardMap::new(config.shards, &config.home_regions);
         let (leadership, _) = watch::channel(0);
-        let inner = Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop, leadership });
+        let answers = AnswerClock::new();
+        let inner =
+            Arc::new(NodeInner { config, map, env, wal, shards: RwLock::new(shards), stop, leadership, answers });
         let node = Self { inner };
         for (shard, rx) in queues {
             tokio::spawn(loops::tick_loop(node.inner.clone(), shard.clone()));
@@ -713,7 +785,10 @@ impl LedgerNode {
         }
         let staleness_ms = match consistency {
             ReadConsistency::Linearizable => Some(0),
-            ReadConsistency::Local => self.staleness(shard_id).map(|d| d.as_millis() as u64),
+            // Rounded up: a bound of 0.4 ms reported as 0 would promise more than it holds.
+            ReadConsistency::Local => {
+                self.staleness(shard_id).map(|d| u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
+            }
         };
         let st = shard.cell.read();
         Ok(BalanceView {
@@ -728,23 +803,26 @@ impl LedgerNode {
     }
 
     /// How stale a local read of `shard` may be: every write acknowledged more than this long
-    /// ago (plus the one-way delay from the leader) is in this replica's applied state.
+    /// before the call is in this replica's applied state, whatever the network delays.
     ///
-    /// On the leader it is the time since a quorum last acknowledged its leadership: no other
-    /// leader can have acknowledged anything before then. On a follower it is the age of the
-    /// newest leader message whose commit index this replica has applied: the leader had
-    /// acknowledged nothing beyond that index when it sent the message. `None` when neither is
-    /// known, or this node hosts no replica of the shard.
+    /// On the leader it is the time since a quorum last acknowledged its leadership (no later
+    /// leader can have acknowledged anything before then), once it has applied an entry of its
+    /// own term (so every entry an earlier leader committed). On a follower it is the age of
+    /// the newest moment a leader vouched for (`wire::Freshness`) whose index this replica has
+    /// applied: the leader had applied every acknowledged write by the time it heard this
+    /// replica's answer stamped with that moment. `None` when neither is known, or this node
+    /// hosts no replica of the shard.
     pub fn staleness(&self, shard: u32) -> Option<Duration> {
         let s = self.inner.shard(shard)?;
         let m = s.raft.metrics().borrow_watched().clone();
         m.membership_config.membership().get_node(&self.inner.config.node_id)?;
         let now = tokio::time::Instant::now();
-        let contacts: Vec<(Duration, u64)> =
-            s.leader_contact.lock().expect("leader contact lock").iter().map(|(at, c)| (now - *at, *c)).collect();
+        let vouched: Vec<(Duration, u64)> =
+            s.fresh_as_of.lock().expect("freshness lock").iter().map(|(at, c)| (now - *at, *c)).collect();
         let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
-        let quorum_acked = m.last_quorum_acked.as_ref().map(|a| a.elapsed());
-        crate::decide::staleness_bound(m.state == ServerState::Leader, quorum_acked, &contacts, applied)
+        let own_term_applied = m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term);
+        let quorum_acked = m.last_quorum_acked.as_ref().map(|a| a.elapsed()).filter(|_| own_term_applied);
+        crate::decide::staleness_bound(m.state == ServerState::Leader, quorum_acked, &vouched, applied)
     }
 
     /// Up to `limit` journal entries of a shard from `from_seq` on, as this replica has them.
@@ -1049,7 +1127,46 @@ fn opening<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_interval;
+    use super::{AnswerClock, remember_point, snapshot_interval};
+    use crate::net::wire::{Freshness, ReplyStamp};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_reads_back_only_the_stamps_of_its_own_run() {
+        let clock = AnswerClock::new();
+        let stamped_at = tokio::time::Instant::now();
+        let stamp = clock.stamp();
+        tokio::time::advance(Duration::from_millis(250)).await;
+        let later = clock.stamp();
+        assert_eq!(clock.moment(stamp), Some(stamped_at), "the moment it stamped");
+        assert_eq!(clock.moment(later), Some(stamped_at + Duration::from_millis(250)));
+        assert_eq!(clock.vouched(Some(Freshness { stamp, applied: 9 })), Some((stamped_at, 9)));
+        assert_eq!(clock.vouched(None), None);
+        // Another run of the process (a restart): its stamps name no moment of this run.
+        let other = AnswerClock::new();
+        assert_ne!(other.incarnation, clock.incarnation);
+        assert_eq!(other.moment(stamp), None);
+        // A stamp from the future was never given by this run.
+        let ahead = ReplyStamp { micros: later.micros + 1_000, ..later };
+        assert_eq!(clock.moment(ahead), None);
+    }
+
+    #[test]
+    fn points_keep_their_indexes_ascending_and_the_latest_moment_per_index() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut points = std::collections::VecDeque::new();
+        remember_point(&mut points, at(10), 5);
+        remember_point(&mut points, at(20), 5);
+        remember_point(&mut points, at(30), 7);
+        remember_point(&mut points, at(40), 6);
+        assert_eq!(points, [(at(20), 5), (at(30), 7)], "an index arriving late adds nothing");
+        for i in 0..(super::LEADER_CONTACTS_MAX as u64 + 5) {
+            remember_point(&mut points, at(50 + i), 8 + i);
+        }
+        assert_eq!(points.len(), super::LEADER_CONTACTS_MAX, "bounded, oldest dropped");
+        assert!(points.iter().zip(points.iter().skip(1)).all(|(a, b)| a.1 < b.1 && a.0 < b.0));
+    }
 
     #[test]
     fn snapshot_intervals_are_fixed_bounded_and_spread_over_replicas() {

@@ -205,34 +205,35 @@ fn receive_error(e: &std::io::Error) -> PeerError {
 
 #[tonic::async_trait]
 impl RaftTransport for Transport {
-    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
-        let AppendRequest { shard, msg, quorum_age_ms } = request.into_inner();
+    async fn append(&self, request: Request<AppendCall>) -> Result<Response<AppendAnswer>, Status> {
+        let Extended { head: AppendRequest { shard, msg, quorum_age_ms }, ext: fresh } = request.into_inner();
         let received = tokio::time::Instant::now();
         let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
         let reply = match self.shard(shard) {
             Ok(s) => {
                 let reply = s.raft.append_entries(msg).await.map_err(PeerError::Raft);
-                // Accepted: the sender leads, and had acknowledged nothing past `commit` when
-                // it sent this; what bounds the staleness of local reads here. Its quorum's age
-                // tells whether it can still commit (health).
+                // Accepted: the sender leads. Its message tells that it is alive, its quorum's
+                // age whether it can still commit (health), and what it vouches for bounds the
+                // staleness of local reads here.
                 if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) = &reply {
-                    s.heard_from_leader(received, commit, quorum_age_ms.map(Duration::from_millis));
+                    let fresh = self.node.answers.vouched(fresh);
+                    s.heard_from_leader(received, commit, quorum_age_ms.map(Duration::from_millis), fresh);
                 }
                 reply
             }
             Err(e) => Err(e),
         };
-        Ok(Response::new(reply))
+        Ok(Response::new(Extended::new(reply, Some(self.node.answers.stamp()))))
     }
 
-    type AppendStreamStream = futures_util::stream::BoxStream<'static, Result<AppendStreamReply, Status>>;
+    type AppendStreamStream = futures_util::stream::BoxStream<'static, Result<AppendStreamAnswer, Status>>;
 
     /// An ordered stream of one shard's AppendEntries from its leader (pipelined replication):
     /// openraft's `stream_append` hands each request to the Raft core in arrival order without
     /// waiting for the one before to be flushed, and answers in the same order.
     async fn append_stream(
         &self,
-        request: Request<Streaming<AppendRequest>>,
+        request: Request<Streaming<AppendCall>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         use futures_util::StreamExt as _;
         // A node set to one append in flight takes no part in pipelined replication either
@@ -250,25 +251,32 @@ impl RaftTransport for Transport {
             .ok_or_else(|| Status::invalid_argument("an append stream must name its shard"))?;
         let s = match self.shard(shard) {
             Ok(s) => s,
-            Err(e) => return Ok(Response::new(futures_util::stream::once(async move { Ok(Err(e)) }).boxed())),
+            Err(e) => {
+                let answer = Extended::new(Err(e), None);
+                return Ok(Response::new(futures_util::stream::once(async move { Ok(answer) }).boxed()));
+            }
         };
         // What each request said about its leader, kept until its answer says it was accepted.
         let contacts = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let pushed = contacts.clone();
         // A broken stream or a request for another shard ends the input; openraft answers
         // what it was given, then the stream ends.
+        let (vouching, answering) = (self.node.clone(), self.node.clone());
         let requests = request.into_inner().scan((), move |(), r| {
             let msg = match r {
-                Ok(AppendRequest { shard: named, msg, quorum_age_ms }) if named == shard => {
+                Ok(Extended { head: AppendRequest { shard: named, msg, quorum_age_ms }, ext: fresh })
+                    if named == shard =>
+                {
                     let commit = msg.leader_commit.as_ref().map_or(0, |l| l.index);
                     pushed.lock().expect("contacts lock").push_back((
                         tokio::time::Instant::now(),
                         commit,
                         quorum_age_ms,
+                        vouching.answers.vouched(fresh),
                     ));
                     Some(msg)
                 }
-                Ok(other) => {
+                Ok(Extended { head: other, .. }) => {
                     tracing::warn!(shard, other = other.shard, "an append stream named another shard: ended");
                     None
                 }
@@ -278,16 +286,17 @@ impl RaftTransport for Transport {
         });
         let replies = s.raft.stream_append(requests).map(move |r| {
             let contact = contacts.lock().expect("contacts lock").pop_front();
-            Ok(match r {
+            let reply = match r {
                 Ok(Ok(matching)) => {
-                    if let Some((received, commit, age)) = contact {
-                        s.heard_from_leader(received, commit, age.map(Duration::from_millis));
+                    if let Some((received, commit, age, fresh)) = contact {
+                        s.heard_from_leader(received, commit, age.map(Duration::from_millis), fresh);
                     }
                     Ok(Ok(matching))
                 }
                 Ok(Err(refused)) => Ok(Err(refused)),
                 Err(fatal) => Err(PeerError::Raft(RaftError::Fatal(fatal))),
-            })
+            };
+            Ok(Extended::new(reply, Some(answering.answers.stamp())))
         });
         // The stream lives as long as its leader keeps it open, which a graceful shutdown
         // would wait for forever: it ends when this node stops.

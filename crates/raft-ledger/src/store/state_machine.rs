@@ -401,6 +401,10 @@ pub(crate) struct ShardState {
 pub(crate) struct ShardCell {
     pub(crate) state: RwLock<ShardState>,
     pub(crate) journal_len: watch::Sender<u64>,
+    /// The last applied log id, published before the replies of the entries up to it are sent:
+    /// so anything acknowledged is at or below what a reader of this sees (what a leader
+    /// vouches for to its followers, `net::wire::Freshness`).
+    pub(crate) applied: watch::Sender<Option<LogId>>,
     /// Commands applied since the last snapshot began. With the retained state on disk, their
     /// writes wait in memory until the next checkpoint, so the node takes one once this is large
     /// (`NodeConfig::checkpoint_every_commands`), however few log entries carried them.
@@ -788,9 +792,11 @@ impl LedgerStateMachine {
         }
         assert_eq!(state.ledger.head(), (state.journal.len(), state.journal.head()), "ledger and journal disagree");
         let (journal_len, _) = watch::channel(state.journal.len());
+        let (applied, _) = watch::channel(state.last_applied);
         let cell = Arc::new(ShardCell {
             state: RwLock::new(state),
             journal_len,
+            applied,
             commands_since_snapshot: std::sync::atomic::AtomicU64::new(0),
             background: Background::default(),
         });
@@ -1036,7 +1042,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let mut replies = Vec::with_capacity(batch.len());
         let mut commands = 0;
-        let journal_len = {
+        let (journal_len, applied) = {
             let mut st = self.cell.write();
             let st = &mut *st;
             self.sink.clear();
@@ -1076,9 +1082,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             st.journal.append(&self.sink)?;
             // A checkpoint's writes leave memory once the store has them.
             st.ledger.release_committed();
-            st.journal.len()
+            (st.journal.len(), st.last_applied)
         };
         self.cell.journal_len.send_replace(journal_len);
+        self.cell.applied.send_replace(applied);
         self.cell.commands_since_snapshot.fetch_add(commands, std::sync::atomic::Ordering::Relaxed);
         for (responder, reply) in replies {
             responder.send(reply);
@@ -1195,6 +1202,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             "installed snapshot"
         );
         self.cell.journal_len.send_replace(journal_len);
+        self.cell.applied.send_replace(last_log_id);
         // The installed state is checkpointed (or an image): nothing of it waits in memory.
         self.cell.commands_since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
