@@ -186,10 +186,16 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
     let mut voted_at = tokio::time::Instant::now();
     let mut asked: Option<tokio::time::Instant> = None;
     let mut outranks = false;
+    // Whether this replica has led the shard since it started: a leader that steps down (it
+    // handed leadership home, or heard a higher term) has heard a leader, itself, and the
+    // leases its heartbeats started run on the others. Taken for a fresh replica, it asked for
+    // an election at once and took leadership back from the one it had just handed it to.
+    let mut led = false;
     loop {
         // Read in place: the watch holds a lock while borrowed, and nothing here awaits.
         let (vote, follower) = {
             let m = metrics.borrow_watched();
+            led |= m.state == ServerState::Leader;
             let voter = m.membership_config.membership().voter_ids().any(|id| id == node.config.node_id);
             (Some((m.current_term, m.vote)), m.state == ServerState::Follower && voter)
         };
@@ -204,7 +210,7 @@ pub(super) async fn succession_loop(node: Arc<NodeInner>, shard: Arc<Shard>, slo
             follower,
             slot,
             silent: now - heard,
-            heard_leader: contact.is_some(),
+            heard_leader: contact.is_some() || led,
             since_asked: asked.map(|a| now - a),
             outranks: std::mem::take(&mut outranks),
         };
