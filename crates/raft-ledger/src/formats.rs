@@ -272,9 +272,9 @@ fn the_node_api_enums_encode_as_their_tags() {
     }
 }
 
-#[test]
-fn the_peer_messages_encode_as_pinned() {
-    let append = AppendRequest {
+/// An AppendEntries for shard 3 carrying one command entry.
+fn append_request() -> AppendRequest {
+    AppendRequest {
         shard: 3,
         msg: AppendEntriesRequest {
             vote: vote(),
@@ -283,7 +283,12 @@ fn the_peer_messages_encode_as_pinned() {
             leader_commit: Some(log_id(1, 1)),
         },
         quorum_age_ms: Some(12),
-    };
+    }
+}
+
+#[test]
+fn the_peer_messages_encode_as_pinned() {
+    let append = append_request();
     pinned(
         "AppendRequest",
         &postcard(&append),
@@ -330,16 +335,7 @@ fn the_peer_messages_encode_as_pinned() {
 /// each reads what the other sends, the older one without the addition.
 #[test]
 fn extended_messages_are_read_by_builds_on_either_side_of_the_addition() {
-    let request = || AppendRequest {
-        shard: 3,
-        msg: AppendEntriesRequest {
-            vote: vote(),
-            prev_log_id: Some(log_id(1, 1)),
-            entries: raft_entries()[1..2].to_vec(),
-            leader_commit: Some(log_id(1, 1)),
-        },
-        quorum_age_ms: Some(12),
-    };
+    let request = append_request;
     let fresh = Freshness { stamp: ReplyStamp { incarnation: u64::MAX, micros: 1 << 40 }, applied: 7 };
     let old_bytes = postcard(&request());
     // An older build's request, read by this one: no addition.

@@ -507,7 +507,7 @@ async fn t27_a_local_read_bounds_its_staleness_and_the_bound_holds() {
     // The promise: a write acknowledged longer than `staleness` before the read began is in it,
     // however late the leader's messages reach this follower (the write may have been
     // committed on the other follower's answer alone). Reads right after the write, and after
-    // pauses of one and seven heartbeats (idle, the bound is two to three heartbeats: a leader
+    // pauses of one and seven heartbeats (idle, the bound is one to three heartbeats: a leader
     // vouches for an answer once a later heartbeat is acknowledged).
     let mut checked = 0;
     for i in 1..=30i64 {
