@@ -125,15 +125,6 @@ impl PeerRouter {
         self.metrics.lock().expect("metrics lock").insert(shard, Watched { metrics, applied });
     }
 
-    /// How long ago this node, leading `shard`, last heard from a quorum.
-    fn quorum_age_ms(&self, shard: u32) -> Option<u64> {
-        use openraft::Instant as _;
-        use openraft::rt::WatchReceiver as _;
-        let metrics = self.metrics.lock().expect("metrics lock");
-        let acked = metrics.get(&shard)?.metrics.borrow_watched().last_quorum_acked?;
-        Some(acked.elapsed().as_millis() as u64)
-    }
-
     /// Notes a stamp `target` put on its answer for `shard`: while this node leads with an
     /// entry of its own term applied, a candidate to vouch for (see [`Vouching`]).
     fn heard(&self, target: NodeId, shard: u32, stamp: Option<ReplyStamp>) {
@@ -177,21 +168,29 @@ impl PeerRouter {
         leads.then_some((m.current_term, applied.index))
     }
 
-    /// What this node can vouch for about `target`'s freshness in `shard` on a request sent
-    /// now: the newest candidate taken strictly before the sending of a request a quorum has
-    /// acknowledged (strictly: a request stamped in the same instant may predate it), in the
-    /// same term: a quorum's acknowledgement in a later term says nothing of the leaders
-    /// elected between the two.
-    fn vouch(&self, target: NodeId, shard: u32) -> Option<Freshness> {
+    /// What a request to `target` in `shard` sent now says of this node's leadership, from one
+    /// look at its metrics: how long ago it last heard from a quorum, in ms, and what it can
+    /// vouch for about the follower's freshness ([`Self::vouch`]).
+    fn leader_says(&self, target: NodeId, shard: u32) -> (Option<u64>, Option<Freshness>) {
+        use openraft::Instant as _;
         use openraft::rt::WatchReceiver as _;
-        let (term, acked) = {
+        let (leads, term, acked) = {
             let metrics = self.metrics.lock().expect("metrics lock");
-            let m = metrics.get(&shard)?.metrics.borrow_watched();
-            if m.state != openraft::ServerState::Leader {
-                return None;
-            }
-            (m.current_term, m.last_quorum_acked?.into_inner())
+            let Some(watched) = metrics.get(&shard) else { return (None, None) };
+            let m = watched.metrics.borrow_watched();
+            (m.state == openraft::ServerState::Leader, m.current_term, m.last_quorum_acked.map(|a| a.into_inner()))
         };
+        let quorum_age_ms = acked.map(|a| a.elapsed().as_millis() as u64);
+        let fresh = acked.filter(|_| leads).and_then(|acked| self.vouch(target, shard, term, acked));
+        (quorum_age_ms, fresh)
+    }
+
+    /// What this node, leading `shard` in `term` with a quorum's last acknowledgement of a
+    /// request sent at `acked`, can vouch for about `target`'s freshness: the newest candidate
+    /// taken strictly before `acked` (strictly: a request stamped in the same instant may
+    /// predate it), in the same term: a quorum's acknowledgement in a later term says nothing
+    /// of the leaders elected between the two.
+    fn vouch(&self, target: NodeId, shard: u32, term: u64, acked: RaftInstant) -> Option<Freshness> {
         let mut vouching = self.vouching.lock().expect("vouching lock");
         let link = vouching.get_mut(&(target, shard))?;
         link.candidates.retain(|(_, taken_in, _)| *taken_in == term);
@@ -361,8 +360,7 @@ impl GroupRouter<TypeConfig, u32> for PeerRouter {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
-        let quorum_age_ms = self.quorum_age_ms(shard);
-        let fresh = self.vouch(target, shard);
+        let (quorum_age_ms, fresh) = self.leader_says(target, shard);
         let router = self.clone();
         self.call(RPCTypes::AppendEntries, target, option, |mut c, ttl| async move {
             let mut req = tonic::Request::new(Extended::new(AppendRequest { shard, msg: rpc, quorum_age_ms }, fresh));
@@ -579,8 +577,8 @@ where
             }
             let last = msg.entries.last().map(|e| e.log_id).or(msg.prev_log_id);
             sent.lock().expect("sent lock").push_back(Sent { at: tokio::time::Instant::now(), last });
-            let fresh = router.vouch(target, shard);
-            Extended::new(AppendRequest { shard, msg, quorum_age_ms: router.quorum_age_ms(shard) }, fresh)
+            let (quorum_age_ms, fresh) = router.leader_says(target, shard);
+            Extended::new(AppendRequest { shard, msg, quorum_age_ms }, fresh)
         }
     });
     // The request stream is polled by the HTTP/2 connection's task, not by openraft. openraft's
